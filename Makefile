@@ -1,0 +1,27 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Both set up .venv first if needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup demo test test-fast bench clean
+
+$(STAMP): setup.py constraints.txt scripts/setup_venv.sh
+	VENV=$(VENV) bash scripts/setup_venv.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fairseq-subnets demo --out demo_output
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+bench: $(STAMP)
+	$(VENV)/bin/fairseq-subnets bench
+
+clean:
+	rm -rf demo_output .pytest_cache

@@ -1,0 +1,38 @@
+"""`fairseq-subnets`: one command with subcommands for everything that is not training or decoding.
+
+Each module named in COMMAND_MODULES exposes `register(subparsers)`, which adds its subcommands and
+sets `func` (called with the parsed arguments; its return value is the exit status).
+"""
+import argparse
+import importlib
+import sys
+
+COMMAND_MODULES = ("data", "masks", "demo")
+
+
+class UserError(Exception):
+    """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="fairseq-subnets",
+        description="Subnetworks of wav2vec2 / XLS-R models for stock fairseq: data, masks, export, demo.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"fairseq_subnets.cli.{name}").register(subparsers)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except UserError as error:
+        print(f"fairseq-subnets {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,30 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="fairseq_subnets",
+    version="0.1.0",
+    description="Find, train, compare and ship subnetworks of wav2vec2 / XLS-R models inside stock fairseq.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["fairseq_subnets", "fairseq_subnets.*"]),
+    package_data={"fairseq_subnets": ["config/*/*.yaml"]},
+    # fairseq-fixed lists torchaudio (which drags in a CUDA torch), so `make setup` installs this
+    # package and fairseq-fixed with --no-deps after their real needs; see scripts/setup_venv.sh.
+    install_requires=[
+        "fairseq-fixed==0.12.3.1",
+        "torch==2.13.0",
+        "omegaconf==2.3.0",
+        "hydra-core==1.3.2",
+        "sentencepiece",
+        "editdistance",
+        "soundfile",
+        "safetensors",
+        "numpy",
+        "scipy",
+        "tqdm",
+        "pyyaml",
+        "matplotlib",
+    ],
+    entry_points={"console_scripts": ["fairseq-subnets=fairseq_subnets.cli.main:main"]},
+)
