@@ -52,7 +52,7 @@ class SubnetsAudioFinetuningTask(AudioFinetuningTask):
         super().load_dataset(split, task_cfg, **kwargs)
 
     def raise_on_manifest_problems(self, split):
-        problems = check_manifest_dir(self.cfg.data, splits=[split], labels=self.cfg.labels)
+        problems = check_manifest_dir(self.cfg.data, splits=[split])
         if problems:
             shown = "\n".join(str(p) for p in problems[:MAX_PROBLEMS_SHOWN])
             more = len(problems) - MAX_PROBLEMS_SHOWN
