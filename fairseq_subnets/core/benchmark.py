@@ -1,0 +1,209 @@
+"""Speed and memory of global L1 pruning on an XLS-R-300M-shaped encoder: ours against
+torch.nn.utils.prune.global_unstructured(L1Unstructured), plus mask file and statistics costs.
+
+Each pruning method runs in its own Python process, so that its peak resident memory can be read
+from getrusage (ru_maxrss) without the other method's allocations; "extra peak" is that peak minus
+the peak reached after building the random weights. Both processes build identical weights from
+one seed; the reference writes its mask to a mask file, and the run fails unless our mask equals
+it except for which of several weights with exactly the threshold magnitude are kept: at 300M
+float32 weights a few such ties are normal, and torch's topk orders them arbitrarily.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict
+
+import numpy as np
+import torch
+
+from .maskfile import load_mask_file, save_mask_file
+from .pruning import global_l1_masks
+from .stats import iou, union_ratio
+from .targets import KINDS, weight_name
+
+UNION_MASKS = 5
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    layers: int = 24
+    width: int = 1024
+    ffn: int = 4096
+
+    def shapes(self) -> Dict[str, tuple]:
+        square = (self.width, self.width)
+        by_kind = {"q": square, "k": square, "v": square, "out": square,
+                   "fc1": (self.ffn, self.width), "fc2": (self.width, self.ffn)}
+        return {weight_name(layer, kind): by_kind[kind] for layer in range(self.layers) for kind in KINDS}
+
+    def describe(self) -> str:
+        return f"{self.layers} layers, width {self.width}, FFN {self.ffn}"
+
+
+def build_weights(shape: EncoderShape, seed: int) -> Dict[str, torch.Tensor]:
+    """Gaussian weights, identical in every process for one seed, built without temporaries."""
+    generator = torch.Generator().manual_seed(seed)
+    return {name: torch.empty(size).normal_(0.0, 0.02, generator=generator) for name, size in shape.shapes().items()}
+
+
+def refill_weights(weights: Dict[str, torch.Tensor], seed: int) -> None:
+    """Overwrites the weights in place with another seed's values (no extra memory)."""
+    generator = torch.Generator().manual_seed(seed)
+    for tensor in weights.values():
+        tensor.normal_(0.0, 0.02, generator=generator)
+
+
+def differing_ties(weights, ours, reference) -> int:
+    """How many weights two L1 masks of the same weights disagree on; fails unless they keep the
+    same number of weights and disagree only on weights of one magnitude (a tie at the threshold)."""
+    kept = [sum(int(torch.count_nonzero(m)) for m in masks.values()) for masks in (ours, reference)]
+    if kept[0] != kept[1]:
+        raise RuntimeError(f"benchmark: ours keeps {kept[0]} weights, torch.nn.utils.prune {kept[1]}")
+    magnitudes = torch.cat([weights[name][ours[name] != reference[name]].abs() for name in weights])
+    if magnitudes.numel() and not bool((magnitudes == magnitudes[0]).all()):
+        raise RuntimeError("benchmark: our global L1 mask differs from torch.nn.utils.prune's beyond threshold ties")
+    return magnitudes.numel()
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _torch_global_l1(weights, sparsity):
+    from torch.nn.utils import prune
+
+    holders = []
+    for tensor in weights.values():
+        holder = torch.nn.Module()
+        holder.weight = torch.nn.Parameter(tensor, requires_grad=False)
+        holders.append(holder)
+    prune.global_unstructured(
+        [(holder, "weight") for holder in holders], pruning_method=prune.L1Unstructured, amount=sparsity
+    )
+    return {name: holder.weight_mask for name, holder in zip(weights, holders)}
+
+
+METHODS: Dict[str, Callable] = {"torch": _torch_global_l1, "ours": global_l1_masks}
+
+
+def _timed(function, *args):
+    start = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - start
+
+
+def worker(method: str, shape: EncoderShape, sparsity: float, mask_dir: str) -> Dict[str, object]:
+    """One method in this process: time and extra peak RSS. The reference then writes its mask
+    to mask_dir; ours compares with it, and measures the mask file size and save/load time, IOU of
+    two masks and the union ratio of UNION_MASKS masks."""
+    weights = build_weights(shape, seed=0)
+    baseline = _peak_rss_bytes()
+    masks, seconds = _timed(METHODS[method], weights, sparsity)
+    report = {"method": method, "seconds": seconds, "extra_peak_bytes": _peak_rss_bytes() - baseline,
+              "baseline_peak_bytes": baseline}
+    masks = {name: mask.to(torch.bool) for name, mask in masks.items()}
+    reference_path = os.path.join(mask_dir, "torch.safetensors")
+    if method == "torch":
+        save_mask_file(reference_path, masks, {"method": "torch.nn.utils.prune global L1", "sparsity": sparsity})
+    else:
+        report["differing_ties"] = differing_ties(weights, masks, load_mask_file(reference_path).masks)
+        report.update(_file_and_statistics(weights, masks, sparsity, os.path.join(mask_dir, "ours.safetensors")))
+    return report
+
+
+def _file_and_statistics(weights, masks, sparsity, path):
+    _, save_seconds = _timed(save_mask_file, path, masks, {"method": "global-l1", "sparsity": sparsity})
+    loaded, load_seconds = _timed(load_mask_file, path)
+    if any(not torch.equal(loaded.masks[name], mask) for name, mask in masks.items()):
+        raise RuntimeError(f"{path}: mask file round trip changed the masks")
+    others = []
+    for seed in range(1, UNION_MASKS):
+        refill_weights(weights, seed)
+        others.append(global_l1_masks(weights, sparsity))
+    iou_value, iou_seconds = _timed(iou, masks, others[0])
+    ratio, ratio_seconds = _timed(union_ratio, [masks] + others)
+    return {"file_bytes": os.path.getsize(path), "save_seconds": save_seconds, "load_seconds": load_seconds,
+            "iou": iou_value, "iou_seconds": iou_seconds, "union_ratio": ratio, "union_ratio_seconds": ratio_seconds}
+
+
+def _run_worker(method, shape, sparsity, threads, mask_dir):
+    command = [sys.executable, "-m", __name__, "--method", method, "--layers", str(shape.layers),
+               "--width", str(shape.width), "--ffn", str(shape.ffn), "--sparsity", str(sparsity),
+               "--threads", str(threads), "--mask-dir", mask_dir]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"benchmark worker '{method}' failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_benchmark(
+    shape: EncoderShape, sparsity: float = 0.9, threads: int = 1, say: Callable[[str], None] = print
+) -> Dict[str, object]:
+    """Runs the reference, then ours, each in a fresh process with `threads` torch threads;
+    returns every measurement plus the ratios, and fails if the two masks differ."""
+    total = sum(int(np.prod(size)) for size in shape.shapes().values())
+    result = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+                         f"{threads} torch thread(s) per process, load average {os.getloadavg()[0]:.2f}",
+              "shape": shape.describe(), "weights": total, "sparsity": sparsity}
+    with tempfile.TemporaryDirectory(prefix="fairseq-subnets-bench-") as mask_dir:
+        say(f"reference: torch.nn.utils.prune.global_unstructured on {total:,} weights ...")
+        result["torch"] = _run_worker("torch", shape, sparsity, threads, mask_dir)
+        say("ours: fairseq_subnets.core.pruning.global_l1_masks ...")
+        result["ours"] = _run_worker("ours", shape, sparsity, threads, mask_dir)
+    reference, ours = result["torch"], result["ours"]
+    result["speedup"] = reference["seconds"] / ours["seconds"]
+    result["memory_ratio"] = ours["extra_peak_bytes"] / max(reference["extra_peak_bytes"], 1)
+    result["bits_per_weight"] = 8 * ours["file_bytes"] / total
+    return result
+
+
+def format_report(result: Dict[str, object]) -> str:
+    """The benchmark as a plain-text table."""
+    reference, ours = result["torch"], result["ours"]
+    gib = 2.0 ** 30
+    rows = [
+        ("", "torch.prune", "fairseq-subnets", "ratio (target)"),
+        ("global L1 time (s)", f"{reference['seconds']:.2f}", f"{ours['seconds']:.2f}",
+         f"{result['speedup']:.1f}x faster (>= 20x)"),
+        ("extra peak RSS (GiB)", f"{reference['extra_peak_bytes'] / gib:.2f}", f"{ours['extra_peak_bytes'] / gib:.2f}",
+         f"1/{1 / max(result['memory_ratio'], 1e-9):.1f} (<= 1/15)"),
+        ("same mask", "", "", f"yes (up to {ours['differing_ties']} tied weights at the threshold)"),
+        ("mask file (MB, bits/weight)", "", f"{ours['file_bytes'] / 1e6:.1f}", f"{result['bits_per_weight']:.4f} (<= 1.02)"),
+        ("mask file save / load (s)", "", f"{ours['save_seconds']:.2f} / {ours['load_seconds']:.2f}", ""),
+        ("IOU of two masks (s)", "", f"{ours['iou_seconds']:.3f}", f"IOU {ours['iou']:.4f} (< 1 s)"),
+        (f"union ratio of {UNION_MASKS} masks (s)", "", f"{ours['union_ratio_seconds']:.3f}", f"UR {ours['union_ratio']:.4f}"),
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [f"{result['date']}  {result['machine']}",
+             f"{result['shape']}: {result['weights']:,} prunable weights, sparsity {result['sparsity']}"]
+    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def _worker_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="One benchmark worker (run by run_benchmark).")
+    parser.add_argument("--method", choices=sorted(METHODS), required=True)
+    parser.add_argument("--layers", type=int, required=True)
+    parser.add_argument("--width", type=int, required=True)
+    parser.add_argument("--ffn", type=int, required=True)
+    parser.add_argument("--sparsity", type=float, required=True)
+    parser.add_argument("--threads", type=int, required=True)
+    parser.add_argument("--mask-dir", required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    shape = EncoderShape(args.layers, args.width, args.ffn)
+    print(json.dumps(worker(args.method, shape, args.sparsity, args.mask_dir)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker_main())
