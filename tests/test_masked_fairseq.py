@@ -1,0 +1,151 @@
+"""Masks in real fairseq runs: a mask from `fairseq-subnets prune` fixed through
+`+model.mask_path` in stock fairseq-hydra-train, kept through checkpoints and resume, decoded by
+stock fairseq-generate, and exported to a plain checkpoint that stock fairseq loads without the
+plugin and that gives the masked model's outputs."""
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from fairseq_subnets import USER_DIR
+
+pytestmark = pytest.mark.slow
+
+SPARSITY = 0.6
+
+
+@pytest.fixture(scope="module")
+def masked_run(skeleton_run, tmp_path_factory):
+    from fairseq_subnets.cli.main import main as cli
+    from fairseq_subnets.runner import hydra_train
+
+    settings, result = skeleton_run
+    out = tmp_path_factory.mktemp("masked")
+    mask_path = out / "mask.safetensors"
+    assert cli(["prune", result.pretrained_checkpoint, "--method", "global-l1",
+                "--sparsity", str(SPARSITY), "--out", str(mask_path)]) == 0
+    overrides = [
+        f"common.user_dir={USER_DIR}", f"task.data={Path(result.corpus_dir) / settings.language}",
+        f"model.w2v_path={result.pretrained_checkpoint}", f"checkpoint.save_dir={out / 'run'}",
+        f"+model.mask_path={mask_path}", "dataset.validate_interval_updates=10",
+        "checkpoint.save_interval_updates=10",
+    ]
+    hydra_train("tiny", overrides + ["optimization.max_update=20"], out / "first.log")
+    resumed_log = hydra_train("tiny", overrides + ["optimization.max_update=30"], out / "resumed.log")
+    return settings, result, mask_path, out / "run", resumed_log
+
+
+def stored_masks_and_baked_weights(checkpoint):
+    from fairseq_subnets.core.parametrize import bake_state_dict, masks_from_state_dict
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.models import W2V_PREFIX
+
+    state = load_checkpoint(checkpoint)["model"]
+    return masks_from_state_dict(state, prefix=W2V_PREFIX), bake_state_dict(state)
+
+
+def test_every_checkpoint_holds_the_mask_with_pruned_weights_exactly_zero(masked_run):
+    from fairseq_subnets.core.maskfile import load_mask_file
+    from fairseq_subnets.plugin.models import W2V_PREFIX
+
+    _, _, mask_path, run_dir, _ = masked_run
+    expected = load_mask_file(str(mask_path)).masks
+    checkpoints = sorted(run_dir.glob("checkpoint*.pt"))
+    assert len(checkpoints) >= 2
+    for checkpoint in checkpoints:
+        masks, baked = stored_masks_and_baked_weights(checkpoint)
+        assert masks.keys() == expected.keys()
+        for name, mask in expected.items():
+            assert torch.equal(masks[name], mask), (checkpoint, name)
+            weight = baked[W2V_PREFIX + name]
+            assert torch.count_nonzero(weight[~mask]) == 0, (checkpoint, name)
+            assert torch.count_nonzero(weight[mask]) > 0
+
+
+def test_rerunning_the_command_resumes_from_the_masked_checkpoint(masked_run):
+    *_, resumed_log = masked_run
+    assert "Loaded checkpoint" in resumed_log and "@ 20 updates" in resumed_log
+    assert "num_updates 30" in resumed_log
+
+
+def test_fairseq_generate_decodes_the_masked_checkpoint(masked_run, tmp_path):
+    from fairseq_subnets.runner import generate
+
+    settings, result, _, run_dir, _ = masked_run
+    data = Path(result.corpus_dir) / settings.language
+    decoded = generate(data, run_dir / "checkpoint_last.pt", "test", tmp_path / "decode")
+    assert decoded.hypotheses == len((data / "test.tsv").read_text().splitlines()) - 1
+
+
+def test_export_loads_in_stock_fairseq_without_the_plugin_and_matches(masked_run, tmp_path):
+    from fairseq import checkpoint_utils
+
+    import fairseq_subnets.plugin  # noqa: F401
+    from fairseq_subnets.cli.main import main as cli
+
+    settings, result, _, run_dir, _ = masked_run
+    data = Path(result.corpus_dir) / settings.language
+    exported = tmp_path / "plain.pt"
+    assert cli(["export", str(run_dir / "checkpoint_last.pt"), "--out", str(exported)]) == 0
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(run_dir / "checkpoint_last.pt")], arg_overrides={"data": str(data)})
+    masked = models[0].eval()
+    task.load_dataset("test")
+    sample = task.dataset("test").collater([task.dataset("test")[i] for i in range(3)])
+    torch.save(sample["net_input"], tmp_path / "input.pt")
+    with torch.no_grad():
+        expected = masked.get_logits(masked(**sample["net_input"]))
+
+    stock_run = textwrap.dedent(f"""
+        import sys, torch
+        from fairseq import checkpoint_utils
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+            [{str(exported)!r}], arg_overrides={{"data": {str(data)!r}}})
+        assert not any(name.startswith("fairseq_subnets") for name in sys.modules)
+        model = models[0].eval()
+        print(type(model).__name__, cfg.task._name, flush=True)
+        with torch.no_grad():
+            logits = model.get_logits(model(**torch.load({str(tmp_path / 'input.pt')!r})))
+        torch.save(logits, {str(tmp_path / 'stock_logits.pt')!r})
+    """)
+    completed = subprocess.run([sys.executable, "-c", stock_run], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.split() == ["Wav2VecCtc", "audio_finetuning"]
+    # Same weights, separate processes: CPU GEMM kernels may sum in another order (alignment), so
+    # equality is to float32 rounding, not bit for bit.
+    torch.testing.assert_close(torch.load(tmp_path / "stock_logits.pt"), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_model_built_without_the_mask_file_takes_the_masks_from_the_checkpoint(masked_run):
+    from fairseq import checkpoint_utils
+
+    from fairseq_subnets.core.maskfile import load_mask_file
+    from fairseq_subnets.core.parametrize import masks_from_module
+    from fairseq_subnets.plugin.models import W2V_PREFIX
+
+    settings, result, mask_path, run_dir, _ = masked_run
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task(
+        [str(run_dir / "checkpoint_last.pt")],
+        arg_overrides={"data": str(Path(result.corpus_dir) / settings.language), "mask_path": None})
+    masks = masks_from_module(models[0], prefix=W2V_PREFIX)
+    expected = load_mask_file(str(mask_path)).masks
+    assert masks.keys() == expected.keys()
+    assert all(torch.equal(masks[name], expected[name]) for name in expected)
+
+
+def test_mask_of_another_architecture_fails_naming_the_first_mismatch(masked_run, tmp_path):
+    from fairseq import checkpoint_utils
+
+    from fairseq_subnets.core.maskfile import MaskFileError, save_mask_file
+
+    settings, result, _, run_dir, _ = masked_run
+    wrong = tmp_path / "wrong.safetensors"
+    save_mask_file(str(wrong), {"encoder.layers.0.fc1.weight": torch.ones(7, 5, dtype=torch.bool)})
+    with pytest.raises(MaskFileError, match=r"wrong.safetensors.*encoder.layers.0.fc1.weight"):
+        checkpoint_utils.load_model_ensemble_and_task(
+            [str(run_dir / "checkpoint_last.pt")],
+            arg_overrides={"data": str(Path(result.corpus_dir) / settings.language), "mask_path": str(wrong)})
