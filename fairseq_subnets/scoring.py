@@ -1,6 +1,7 @@
 """Character and word error rates, computed the way fairseq's `--wer-char-level` scorer counts.
 
-CER: edit distance over characters (spaces included) divided by the reference character count.
+CER: edit distance over characters (every space included, as emitted: a doubled word boundary in a
+hypothesis is an error) divided by the reference character count.
 WER: edit distance over whitespace-separated words divided by the reference word count.
 """
 from dataclasses import dataclass
@@ -23,7 +24,6 @@ def error_rates(pairs):
     """`pairs`: iterable of (reference, hypothesis) strings. Rates are percentages."""
     char_errors = chars = word_errors = words = utterances = 0
     for reference, hypothesis in pairs:
-        reference, hypothesis = " ".join(reference.split()), " ".join(hypothesis.split())
         char_errors += editdistance.eval(list(reference), list(hypothesis))
         chars += len(reference)
         word_errors += editdistance.eval(reference.split(), hypothesis.split())

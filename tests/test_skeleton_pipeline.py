@@ -32,7 +32,7 @@ def test_our_cer_matches_fairseq_char_level_score(skeleton_run):
     out = Path(result.finetuned_checkpoint).parent / "decode_check"
     decoded = generate(Path(result.corpus_dir) / settings.language, result.finetuned_checkpoint, "valid", out)
     assert decoded.hypotheses == manifest_size(Path(result.corpus_dir) / settings.language / "valid.tsv")
-    assert math.isclose(decoded.cer, decoded.fairseq_score, abs_tol=0.01)
+    assert math.isclose(decoded.cer, decoded.fairseq_score, abs_tol=0.005)  # fairseq prints 2 decimals
 
 
 def test_fine_tuned_checkpoint_loads_weights_only_with_the_plugin_and_not_without(skeleton_run):
