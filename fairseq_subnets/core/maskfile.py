@@ -14,7 +14,6 @@ never sees half a file.
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Sequence, Tuple
 
@@ -23,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save as safetensors_bytes
 
+from ..atomic import write_atomically
 from .targets import MaskSet
 
 FORMAT = "fairseq-subnets-masks"
@@ -56,23 +56,6 @@ def _digest(packed: Sequence[np.ndarray]) -> str:
     for array in packed:
         digest.update(memoryview(array))
     return digest.hexdigest()
-
-
-def write_atomically(path: str, data: bytes) -> None:
-    """Writes `data` to a temporary file beside `path`, flushes it to disk, then renames it over
-    `path`; on any failure the temporary file is removed and `path` is left as it was."""
-    directory = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 def save_mask_file(path: str, masks: Mapping[str, torch.Tensor], metadata: Mapping[str, object] = None) -> None:

@@ -1,33 +1,14 @@
-"""Atomic file output and a thread pool with a progress bar.
+"""Atomic text output, clean-up after interrupted runs, and a thread pool with a progress bar.
 
-Every file this package writes first goes to a hidden `.NAME.*.partial` file in the same folder
-and is then renamed over NAME, so a file that has its final name is always complete, whatever
-interrupts the run. Leftover `.partial` files (after a SIGKILL) are removed by the next run.
+Every file the data tools write goes through `fairseq_subnets.atomic`; leftover `.partial` files
+(after a SIGKILL) are removed by the next run.
 """
-import os
-import tempfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from contextlib import contextmanager
 from pathlib import Path
 
 from tqdm import tqdm
 
-PARTIAL_SUFFIX = ".partial"
-
-
-@contextmanager
-def atomic_path(path):
-    """Yields a temporary path next to `path`; it becomes `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
-    os.close(handle)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+from ..atomic import PARTIAL_SUFFIX, atomic_path
 
 
 def write_text_atomic(path, text):

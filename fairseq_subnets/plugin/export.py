@@ -16,7 +16,8 @@ from fairseq.criterions import CRITERION_DATACLASS_REGISTRY
 from fairseq.models import MODEL_DATACLASS_REGISTRY
 from fairseq.tasks import TASK_DATACLASS_REGISTRY
 
-from ..core.maskfile import load_mask_file, write_atomically
+from ..atomic import write_atomically
+from ..core.maskfile import load_mask_file
 from ..core.parametrize import bake_state_dict
 from .checkpoints import load_checkpoint
 
