@@ -58,6 +58,16 @@ def _digest(packed: Sequence[np.ndarray]) -> str:
     return digest.hexdigest()
 
 
+def mask_set_digest(masks: Mapping[str, torch.Tensor]) -> str:
+    """sha256 of names, shapes and bits of a mask set: equal digests mean identical masks, so
+    distributed ranks can compare their masks by exchanging 32 bytes."""
+    digest = hashlib.sha256()
+    for name in sorted(masks):
+        digest.update(f"{name}:{tuple(masks[name].shape)};".encode())
+        digest.update(memoryview(_packed(masks[name])))
+    return digest.hexdigest()
+
+
 def save_mask_file(path: str, masks: Mapping[str, torch.Tensor], metadata: Mapping[str, object] = None) -> None:
     """Writes `masks` bit-packed with `metadata` (values stored as strings) to `path`, atomically."""
     names = list(masks)

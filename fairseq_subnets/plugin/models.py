@@ -7,19 +7,41 @@ fairseq's fused attention path honours it and pruned effective weights stay exac
 
 The masks are buffers of the model, so every checkpoint carries them: resuming, fairseq-generate
 and `fairseq-subnets export` need the checkpoint only, even if the mask file has moved since.
+
+Downstream fine-tuning (Storey et al. 2025) starts from a fine-tuned *upstream* CTC checkpoint
+(`init_from`), which the stock model cannot do (its `w2v_path` must be a pretraining checkpoint):
+the encoder comes from the upstream model, the output layer too when the character sets match,
+and a fresh one otherwise. `freeze_encoder_epochs` trains only the output layer for the first
+epochs; the stock `freeze_finetune_updates` counts updates instead.
 """
+import logging
 from dataclasses import dataclass, field, replace
 from typing import Optional
 
+import torch
+from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
+from omegaconf import OmegaConf, open_dict
 
-from ..core.maskfile import load_mask_file
-from ..core.parametrize import apply_masks, masks_from_module, masks_from_state_dict
+from ..core.maskfile import load_mask_file, mask_set_digest
+from ..core.parametrize import apply_masks, bake_state_dict, masks_from_module, masks_from_state_dict
 from ..core.targets import TargetSelection, num_encoder_layers, relative_weight_names
+from .checkpoints import load_checkpoint
+from .tasks import SubnetsAudioFinetuningTask
+
+logger = logging.getLogger(__name__)
 
 W2V_PREFIX = "w2v_encoder.w2v_model."
 """Where the wav2vec2 model sits inside the CTC model; mask names are relative to it."""
+OUTPUT_LAYER_PREFIX = "w2v_encoder.proj."
+OUTPUT_LAYER_CHOICES = ChoiceEnum(["auto", "keep", "new"])
+FROZEN_FOREVER = 1 << 62
+"""A `freeze_finetune_updates` value no run reaches: fairseq's own switch, held on by epoch."""
+
+
+class UpstreamCheckpointError(ValueError):
+    """`init_from` names a checkpoint this model cannot start from; the message names the file."""
 
 
 @dataclass
@@ -36,15 +58,43 @@ class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig):
     mask_layers: Optional[str] = field(
         default=None, metadata={"help": "apply only these encoder layers of the mask file (e.g. 0-5); default: all"}
     )
+    init_from: Optional[str] = field(
+        default=None,
+        metadata={"help": "fine-tuned CTC checkpoint (an upstream model) to start from: its architecture "
+                  "and encoder weights, and its output layer per init_output_layer; w2v_path is then not read"},
+    )
+    init_output_layer: OUTPUT_LAYER_CHOICES = field(
+        default="auto",
+        metadata={"help": "with init_from: keep the upstream output layer, start a new one, or auto: keep it "
+                  "exactly when the upstream character dictionary equals this task's"},
+    )
+    freeze_encoder_epochs: int = field(
+        default=0,
+        metadata={"help": "train only the output layer during the first N epochs (needs the "
+                  "subnets_audio_finetuning task, which reports epochs to the model)"},
+    )
 
 
 @register_model("subnets_wav2vec_ctc", dataclass=SubnetsWav2Vec2CtcConfig)
 class SubnetsWav2VecCtc(Wav2VecCtc):
     @classmethod
     def build_model(cls, cfg, task):
+        upstream = load_checkpoint(cfg.init_from) if cfg.init_from else None
+        if upstream is not None:
+            with open_dict(cfg):
+                cfg.w2v_args = upstream_encoder_config(upstream, cfg.init_from)
         model = super().build_model(cfg, task)
+        if upstream is not None:
+            model.load_upstream(upstream, cfg.init_from, cfg.init_output_layer, task.target_dictionary)
         if cfg.mask_path:
             model.apply_mask_file(cfg.mask_path, cfg.mask_targets or "all", cfg.mask_layers or "all")
+        if cfg.freeze_encoder_epochs and not isinstance(task, SubnetsAudioFinetuningTask):
+            raise ValueError(
+                f"model.freeze_encoder_epochs={cfg.freeze_encoder_epochs} needs task._name="
+                "subnets_audio_finetuning, which tells the model when an epoch begins"
+            )
+        model.freeze_encoder_epochs = cfg.freeze_encoder_epochs
+        model.configured_freeze_updates = cfg.freeze_finetune_updates
         return model
 
     def encoder_weight_shapes(self):
@@ -60,6 +110,39 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
         chosen.check_against({name: shape for name, shape in model_shapes.items() if name in selected})
         apply_masks(self, chosen.masks, prefix=W2V_PREFIX, zero_pruned=True)
 
+    def load_upstream(self, upstream, path, output_layer, dictionary):
+        """Copies the upstream encoder (masks baked in) and, if kept, its output layer."""
+        keep_output_layer = output_layer == "keep" or (
+            output_layer == "auto" and same_dictionary(upstream, dictionary, path)
+        )
+        source = bake_state_dict(upstream["model"])
+        state = self.state_dict()
+        wanted = [key for key in state if key.startswith(W2V_PREFIX)
+                  or (keep_output_layer and key.startswith(OUTPUT_LAYER_PREFIX))]
+        for key in wanted:
+            if key not in source:
+                raise UpstreamCheckpointError(f"{path}: has no {key}; is it a wav2vec2 CTC checkpoint?")
+            if source[key].shape != state[key].shape:
+                raise UpstreamCheckpointError(
+                    f"{path}: {key} has shape {tuple(source[key].shape)}, this model "
+                    f"{tuple(state[key].shape)} (init_output_layer=new starts a fresh output layer)"
+                )
+            state[key] = source[key]
+        torch.nn.Module.load_state_dict(self, state)
+        logger.info("started from %s: encoder and %s output layer", path, "its" if keep_output_layer else "a new")
+
+    def begin_epoch(self, epoch):
+        """Freezes the encoder through fairseq's own switch while epoch <= freeze_encoder_epochs."""
+        frozen = epoch <= self.freeze_encoder_epochs
+        self.w2v_encoder.freeze_finetune_updates = FROZEN_FOREVER if frozen else self.configured_freeze_updates
+        if self.freeze_encoder_epochs:
+            logger.info("epoch %d: encoder %s", epoch, "frozen (output layer only)" if frozen else "trained")
+
+    def mask_digest(self):
+        """sha256 of the encoder's masks (empty string when unmasked)."""
+        masks = masks_from_module(self, prefix=W2V_PREFIX)
+        return mask_set_digest(masks) if masks else ""
+
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Takes the masks a checkpoint holds even when this model was built without them."""
         stored = masks_from_state_dict(state_dict, prefix=W2V_PREFIX)
@@ -68,3 +151,24 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
         if absent:
             apply_masks(self, absent, prefix=W2V_PREFIX)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+
+
+def upstream_encoder_config(upstream, path):
+    """The wav2vec2 config the upstream model was built with (so w2v_path is not needed)."""
+    try:
+        return OmegaConf.create(upstream["cfg"]["model"]["w2v_args"])
+    except (KeyError, TypeError, ValueError):
+        raise UpstreamCheckpointError(
+            f"{path}: not a fine-tuned wav2vec2 CTC checkpoint (no cfg.model.w2v_args); "
+            "a pretraining checkpoint goes in model.w2v_path instead"
+        ) from None
+
+
+def same_dictionary(upstream, dictionary, path):
+    upstream_dictionary = (upstream.get("task_state") or {}).get("target_dictionary")
+    if upstream_dictionary is None:
+        raise UpstreamCheckpointError(
+            f"{path}: holds no target dictionary (task_state), so init_output_layer=auto cannot tell "
+            "whether the character sets match; set model.init_output_layer=keep or new"
+        )
+    return list(upstream_dictionary.symbols) == list(dictionary.symbols)
