@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup demo test test-fast bench bench-train clean
 
 $(STAMP): setup.py constraints.txt scripts/setup_venv.sh
 	VENV=$(VENV) bash scripts/setup_venv.sh
@@ -22,6 +22,9 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/fairseq-subnets bench
+
+bench-train: $(STAMP)
+	$(VENV)/bin/fairseq-subnets bench-train
 
 clean:
 	rm -rf demo_output .pytest_cache

@@ -7,8 +7,10 @@ call a run successful when fairseq exited 0 having trained or decoded nothing.
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,16 +57,96 @@ def tail(text, lines=LOG_TAIL_LINES):
     return "\n".join(text.splitlines()[-lines:])
 
 
-def hydra_train(config_name, overrides, log_path, config_dir=CONFIG_DIR / "finetune"):
-    """`fairseq-hydra-train --config-dir DIR --config-name NAME overrides...`.
+def hydra_train(config_name, overrides, log_path, config_dir=CONFIG_DIR / "finetune", world_size=1, env=None):
+    """`fairseq-hydra-train --config-dir DIR --config-name NAME overrides...`, on `world_size` CPU
+    ranks (see launch_cpu_ranks) when it is above 1.
 
-    Paths in overrides must be absolute (Hydra changes the working directory). Returns the log text.
+    Paths in overrides must be absolute (Hydra changes the working directory). Returns the log text
+    (rank 0's).
     """
-    command = [fairseq_command("fairseq-hydra-train"), "--config-dir", config_dir, "--config-name", config_name]
-    text = run_logged(command + list(overrides), log_path)
+    arguments = ["--config-dir", config_dir, "--config-name", config_name, *overrides]
+    if world_size > 1:
+        log_path = Path(log_path)
+        return launch_cpu_ranks(arguments, world_size, log_path.parent, log_path.stem)[0]
+    text = run_logged([fairseq_command("fairseq-hydra-train"), *arguments], log_path, env=env)
+    require_finished(text, log_path)
+    return text
+
+
+def require_finished(text, log_path):
     if "done training" not in text:
         raise RunError(f"fairseq-hydra-train exited 0 without finishing training; log {log_path}:\n{tail(text)}")
-    return text
+
+
+def cpu_rank_overrides(world_size, rank, port):
+    """What makes one stock fairseq-hydra-train process one rank of a CPU run. Stock fairseq cannot
+    start CPU ranks itself: its spawn counts GPUs (0 processes, exit 0, nothing trained), torchrun
+    divides by the GPU count, NCCL needs GPUs and pytorch_ddp rejects device ids on CPU."""
+    return [
+        f"distributed_training.distributed_world_size={world_size}",
+        f"distributed_training.distributed_rank={rank}",
+        f"distributed_training.distributed_init_method=tcp://127.0.0.1:{port}",
+        "distributed_training.distributed_no_spawn=true",
+        "distributed_training.distributed_backend=gloo",
+        "distributed_training.ddp_backend=legacy_ddp",
+        "distributed_training.device_id=0",
+        f"hydra.run.dir=${{checkpoint.save_dir}}/hydra_rank{rank}",
+    ]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_cpu_ranks(train_arguments, world_size, log_dir, log_name="train", port=None, threads_per_rank=None):
+    """Runs `fairseq-hydra-train train_arguments...` as `world_size` gloo ranks on this machine.
+
+    Rank r logs to `log_dir/<log_name>_rank<r>.log`. If any rank fails the others are stopped and
+    RunError names the failing rank's log; rank 0 must report finished training. Returns the
+    logs' texts by rank.
+    """
+    port = port or free_port()
+    threads = threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    log_dir = Path(log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_paths = [log_dir / f"{log_name}_rank{rank}.log" for rank in range(world_size)]
+    processes = []
+    for rank, log_path in enumerate(log_paths):
+        command = [fairseq_command("fairseq-hydra-train"), *map(str, train_arguments),
+                   *cpu_rank_overrides(world_size, rank, port)]
+        with open(log_path, "w") as log:
+            log.write("$ " + " ".join(command) + "\n")
+            log.flush()
+            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
+    failed = wait_all_or_first_failure(processes)
+    if failed is not None:
+        text = log_paths[failed].read_text(errors="replace")
+        raise RunError(f"rank {failed} of {world_size} exited with {processes[failed].returncode}; "
+                       f"log {log_paths[failed]}:\n{tail(text)}")
+    texts = [path.read_text(errors="replace") for path in log_paths]
+    require_finished(texts[0], log_paths[0])
+    return texts
+
+
+def wait_all_or_first_failure(processes, poll_seconds=0.5):
+    """Waits for every process; on the first non-zero exit stops the rest and returns its index."""
+    try:
+        while True:
+            codes = [process.poll() for process in processes]
+            failed = next((i for i, code in enumerate(codes) if code not in (None, 0)), None)
+            if failed is not None or all(code == 0 for code in codes):
+                break
+            time.sleep(poll_seconds)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in processes:
+            process.wait()
+    return failed
 
 
 @dataclass(frozen=True)
@@ -77,7 +159,7 @@ class DecodeResult:
     results_file: Path
 
 
-def generate(data_dir, checkpoint, subset, results_dir, char_level=True, extra_args=()):
+def generate(data_dir, checkpoint, subset, results_dir, char_level=True, extra_args=(), env=None):
     """Decodes `subset` of `data_dir` with stock `fairseq-generate` and scores it."""
     results_dir = Path(results_dir)
     command = [
@@ -89,7 +171,7 @@ def generate(data_dir, checkpoint, subset, results_dir, char_level=True, extra_a
     ]
     if char_level:
         command.append("--wer-char-level")
-    run_logged(command + list(extra_args), results_dir / f"generate-{subset}.log")
+    run_logged(command + list(extra_args), results_dir / f"generate-{subset}.log", env=env)
     results_file = results_dir / f"generate-{subset}.txt"
     references, hypotheses, fairseq_score = read_generate_output(results_file.read_text())
     if not hypotheses:

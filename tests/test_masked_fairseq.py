@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoint_helpers import stored_masks_and_baked_weights
 from fairseq_subnets import USER_DIR
 
 pytestmark = pytest.mark.slow
@@ -36,15 +37,6 @@ def masked_run(skeleton_run, tmp_path_factory):
     hydra_train("tiny", overrides + ["optimization.max_update=20"], out / "first.log")
     resumed_log = hydra_train("tiny", overrides + ["optimization.max_update=30"], out / "resumed.log")
     return settings, result, mask_path, out / "run", resumed_log
-
-
-def stored_masks_and_baked_weights(checkpoint):
-    from fairseq_subnets.core.parametrize import bake_state_dict, masks_from_state_dict
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
-    from fairseq_subnets.plugin.models import W2V_PREFIX
-
-    state = load_checkpoint(checkpoint)["model"]
-    return masks_from_state_dict(state, prefix=W2V_PREFIX), bake_state_dict(state)
 
 
 def test_every_checkpoint_holds_the_mask_with_pruned_weights_exactly_zero(masked_run):

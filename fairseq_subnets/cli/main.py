@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("data", "masks", "demo")
+COMMAND_MODULES = ("data", "masks", "demo", "launch", "grid", "report", "bench_train")
 
 
 class UserError(Exception):

@@ -172,25 +172,34 @@ def _checkpoint_state(path: str):
 
 def run_prune(args) -> int:
     try:
-        selection = TargetSelection.parse(args.targets, args.layers)
-        block = parse_block(args.block)
-        pruned_count(args.sparsity, 0)
+        masks = prune_checkpoint(args.checkpoint, args.out, args.method, args.sparsity, args.targets,
+                                 args.layers, args.block, args.seed)
     except ValueError as error:
         raise UserError(str(error)) from None
-    state = _checkpoint_state(args.checkpoint)
+    return _report_written(args.out, masks, args)
+
+
+def prune_checkpoint(checkpoint, out, method, sparsity, targets="all", layers="all", block="8x1", seed=0):
+    """Prunes the selected encoder weights of `checkpoint` and writes the mask file `out`.
+
+    Raises ValueError (naming the parameter or the file) on bad input; returns the masks."""
+    selection = TargetSelection.parse(targets, layers)
+    block = parse_block(block)
+    pruned_count(sparsity, 0)
+    state = _checkpoint_state(checkpoint)
     try:
         weights = select_weights(bake_state_dict(state), selection)
-        masks = compute_masks(weights, args.method, args.sparsity, block=block, seed=args.seed)
+        masks = compute_masks(weights, method, sparsity, block=block, seed=seed)
     except ValueError as error:
-        raise UserError(f"{args.checkpoint}: {error}") from None
+        raise ValueError(f"{checkpoint}: {error}") from None
     metadata = {
-        "method": args.method, "sparsity": args.sparsity, "scope": SCOPES[args.method],
-        "block": f"{block[0]}x{block[1]}" if args.method == "block-l2" else "", "seed": args.seed if args.method == "random" else "",
+        "method": method, "sparsity": sparsity, "scope": SCOPES[method],
+        "block": f"{block[0]}x{block[1]}" if method == "block-l2" else "", "seed": seed if method == "random" else "",
         "targets": selection.targets_text(), "layers": selection.layers_text(),
-        "source": os.path.basename(args.checkpoint), "source_fingerprint": checkpoint_fingerprint(args.checkpoint),
+        "source": os.path.basename(checkpoint), "source_fingerprint": checkpoint_fingerprint(checkpoint),
     }
-    _save(args.out, masks, metadata)
-    return _report_written(args.out, masks, args)
+    _save(out, masks, metadata)
+    return masks
 
 
 # ----------------------------------------------------------------------------------------- masks

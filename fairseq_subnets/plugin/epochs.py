@@ -5,6 +5,7 @@ as tri_stage place their phases by max_update; a run specified in epochs (Storey
 epoch, then N) therefore needs the exact update count. We build the task's real batch iterator for
 the split instead of re-deriving fairseq's size-bucketed batching.
 """
+import logging
 import math
 
 from omegaconf import OmegaConf
@@ -14,6 +15,7 @@ from .tasks import SubnetsAudioFinetuningConfig, SubnetsAudioFinetuningTask
 
 def updates_per_epoch(data_dir, max_tokens, split="train", world_size=1, update_freq=1, max_sample_size=None):
     """Optimizer updates in one epoch of `split` on each of `world_size` ranks."""
+    logging.getLogger("fairseq").setLevel(logging.WARNING)  # the task's per-split chatter
     cfg = OmegaConf.structured(
         SubnetsAudioFinetuningConfig(data=str(data_dir), labels="ltr", max_sample_size=max_sample_size, tpu=False)
     )

@@ -3,13 +3,13 @@
 Everything runs in one process on one batch of random audio, with the real plugin model
 (`subnets_wav2vec_ctc`, built from a wav2vec2 config instead of a pretrained checkpoint):
 
-* training step (forward, CTC loss, backward, Adam step): reference = the model without masks;
-  measured = the same weights with a fixed global-L1 mask on every prunable encoder matrix, fixed
-  by `SubnetsWav2VecCtc.apply_mask_file` exactly as `+model.mask_path` does. After the masked
-  steps every pruned effective weight must still be exactly zero.
+* training step (forward, CTC loss, backward, a step of fairseq's Adam): reference = the model
+  without masks; measured = the same weights with a fixed global-L1 mask on every prunable encoder
+  matrix, fixed by `SubnetsWav2VecCtc.apply_mask_file` exactly as `+model.mask_path` does. After
+  the masked steps every pruned effective weight must still be exactly zero.
 * decoding (eval, no_grad forward): reference = the stock fairseq `Wav2VecCtc` holding the baked
   state dict of the masked model (what a checkpoint written by `fairseq-subnets export` holds);
-  measured = the masked model baked in place by `bake_module`. Their outputs must be identical.
+  measured = a copy of the masked model baked by `bake_module`. Their outputs must be identical.
   The masked model before baking is timed as well, for information.
 
 The models being compared run in turn (A, B, A, B, ...) so that drift of the machine (another
@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
+from fairseq.optim.adam import Adam as FairseqAdamImpl
 from omegaconf import OmegaConf
 
 from ..core.maskfile import save_mask_file
@@ -60,7 +61,7 @@ class StepBenchSettings:
     seconds: float = 4.0
     vocab: int = 32
     sparsity: float = 0.9
-    train_steps: int = 6
+    train_steps: int = 8
     train_warmup: int = 1
     decode_steps: int = 10
     decode_warmup: int = 2
@@ -185,6 +186,12 @@ def _ctc_loss(model, batch: Batch) -> torch.Tensor:
                       reduction="sum", zero_infinity=True)
 
 
+def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
+    """The Adam that fairseq's `optimizer: adam` runs on a CPU (fairseq.optim.adam.Adam, decoupled
+    weight decay, here 0), with the betas and eps of the wav2vec2 fine-tuning configs."""
+    return FairseqAdamImpl(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0)
+
+
 def train_step(model, optimizer: torch.optim.Optimizer, batch: Batch) -> float:
     """One fine-tuning update: forward, CTC loss, backward, Adam step."""
     optimizer.zero_grad(set_to_none=True)
@@ -264,8 +271,7 @@ def _run(settings: StepBenchSettings, say) -> Dict[str, object]:
     _require(pruned_nonzero(masked, masks) == 0, "pruned weights are nonzero right after applying the mask")
 
     say(f"training steps: {settings.train_warmup} warm-up + {settings.train_steps} timed per model, interleaved ...")
-    optimizers = {name: torch.optim.Adam(model.parameters(), lr=settings.lr, betas=(0.9, 0.98), eps=1e-8)
-                  for name, model in (("unmasked", unmasked), ("masked", masked))}
+    optimizers = {name: make_optimizer(model, settings.lr) for name, model in (("unmasked", unmasked), ("masked", masked))}
     unmasked.train()
     masked.train()
     losses: Dict[str, List[float]] = {"unmasked": [], "masked": []}
@@ -294,7 +300,10 @@ def _run(settings: StepBenchSettings, say) -> Dict[str, object]:
     outputs = {name: decode_forward(model, batch) for name, model in models.items()}
     _require(torch.equal(outputs["baked"], outputs["stock (exported)"]), "baked and stock decoding outputs differ")
     result["decode_outputs_equal"] = True
-    result["masked_outputs_equal"] = bool(torch.equal(outputs["masked, not baked"], outputs["stock (exported)"]))
+    # Not bit for bit: ATen's matmul folds the (non-contiguous) attention input differently when the
+    # weight does not require grad, as a weight computed under no_grad does; so only float rounding.
+    difference = (outputs["masked, not baked"] - outputs["stock (exported)"]).abs().max()
+    result["masked_max_abs_difference"] = float(difference)
     seconds = interleaved({name: (lambda model=model: decode_forward(model, batch)) for name, model in models.items()},
                           settings.decode_steps, settings.decode_warmup)
     result["decode"] = compare(seconds, "stock (exported)", "baked")
@@ -328,5 +337,5 @@ def format_step_report(result: Mapping[str, object]) -> str:
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.append(f"pruned effective weights after masked training: {result['pruned_nonzero_after_training']} nonzero; "
                  f"baked == stock outputs: {'yes' if result['decode_outputs_equal'] else 'NO'}; "
-                 f"masked == stock outputs: {'yes' if result['masked_outputs_equal'] else 'no'}")
+                 f"masked vs stock outputs: max |difference| {result['masked_max_abs_difference']:.2g}")
     return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""`fairseq-subnets report RESULTS --out DIR`: the tables and figures of a language-subnetwork grid.
+
+The work is in `fairseq_subnets.report` (imported when the command runs, so building the parser for
+other commands does not load matplotlib).
+"""
+from pathlib import Path
+
+from .main import UserError
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "report",
+        help="tables (Markdown, CSV) and figures (PNG) of a grid's results.csv and iou.csv, plus report.md",
+        description="Reads a grid's results.csv (and iou.csv beside it, when present) and writes into DIR "
+        "the views of Storey et al. (2025): CER per upstream subnetwork, sparsity and downstream language "
+        "with one CER-vs-sparsity plot per upstream model, mean CER per subnetwork and per downstream "
+        "language over the non-matching languages, exchanged, union and control masks, the upstream "
+        "models, and IOU heatmaps; report.md shows them all. Cells without a CER are shown as missing, "
+        "never as zero; views without data are skipped and named in report.md.",
+    )
+    parser.add_argument("results", metavar="RESULTS", type=Path,
+                        help="a grid output folder holding results.csv, or the path of a results.csv")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR", help="folder to write (created if needed)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from ..report import ResultsError, write_report
+
+    try:
+        written = write_report(args.results, args.out)
+    except ResultsError as error:
+        raise UserError(str(error)) from None
+    except OSError as error:
+        raise UserError(f"{error.filename or args.out}: {error.strerror}") from None
+    for path in written:
+        print(path)
+    return 0
