@@ -136,7 +136,8 @@ def test_two_cpu_ranks_train_downstream_with_the_identical_mask(skeleton_run, up
     status = cli(["launch", "--nprocs", "2", "--log-dir", str(tmp_path), "--",
                   "--config-dir", str(CONFIG_DIR / "finetune"), "--config-name", "tiny",
                   *downstream_overrides(result, upstream_mask, save_dir),
-                  "+model.freeze_encoder_epochs=1", "optimization.max_epoch=2", "optimization.max_update=1000"])
+                  "+model.freeze_encoder_epochs=1", "optimization.max_epoch=2", "optimization.max_update=1000",
+                  "checkpoint.save_interval=1"])
     assert status == 0
     rank0 = (tmp_path / "train_rank0.log").read_text()
     assert "encoder masks identical on all 2 ranks" in rank0
