@@ -48,7 +48,8 @@ def killed_and_resumed_grid(skeleton_run, tmp_path_factory):
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     before = {path.parent.name: path.read_text() for path in finished_cells(out)}
-    interrupted = [d.name for d in (out / "cells").iterdir() if not (d / "result.json").exists()]
+    interrupted = {d.name: (d / "checkpoint_last.pt").exists()
+                   for d in (out / "cells").iterdir() if not (d / "result.json").exists()}
     completed = subprocess.run(grid_command(grid, out), capture_output=True, text=True)
     assert completed.returncode == 0, completed.stderr[-3000:]
     return out, before, interrupted
@@ -76,8 +77,7 @@ def test_finished_cells_are_skipped_and_unfinished_ones_resume(killed_and_resume
     out, before, interrupted = killed_and_resumed_grid
     for name, text in before.items():
         assert (out / "cells" / name / "result.json").read_text() == text
-    resumed = [name for name in interrupted if (out / "cells" / name / "checkpoint_last.pt").exists()]
-    for name in resumed:
+    for name in [name for name, had_checkpoint in interrupted.items() if had_checkpoint]:
         log = (out / "cells" / name / "train.log").read_text()
         assert "Loaded checkpoint" in log or "loaded checkpoint" in log
 

@@ -130,14 +130,20 @@ def test_model_built_without_the_mask_file_takes_the_masks_from_the_checkpoint(m
 
 
 def test_mask_of_another_architecture_fails_naming_the_first_mismatch(masked_run, tmp_path):
-    from fairseq import checkpoint_utils
+    """Building the model for training (not rebuilding it from a checkpoint, which ignores
+    model.mask_path and takes the stored masks) checks the mask file against the model."""
+    from fairseq import tasks
+    from omegaconf import OmegaConf, open_dict
 
     from fairseq_subnets.core.maskfile import MaskFileError, save_mask_file
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
 
     settings, result, _, run_dir, _ = masked_run
     wrong = tmp_path / "wrong.safetensors"
     save_mask_file(str(wrong), {"encoder.layers.0.fc1.weight": torch.ones(7, 5, dtype=torch.bool)})
+    cfg = OmegaConf.create(load_checkpoint(run_dir / "checkpoint_last.pt")["cfg"])
+    with open_dict(cfg):
+        cfg.task.data = str(Path(result.corpus_dir) / settings.language)
+        cfg.model.mask_path = str(wrong)
     with pytest.raises(MaskFileError, match=r"wrong.safetensors.*encoder.layers.0.fc1.weight"):
-        checkpoint_utils.load_model_ensemble_and_task(
-            [str(run_dir / "checkpoint_last.pt")],
-            arg_overrides={"data": str(Path(result.corpus_dir) / settings.language), "mask_path": str(wrong)})
+        tasks.setup_task(cfg.task).build_model(cfg.model)
