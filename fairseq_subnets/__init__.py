@@ -9,7 +9,7 @@ imported first in that case. Code that needs the components without a fairseq CL
 import os
 import sys
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 """The path to give fairseq as `--user-dir` / `common.user_dir`."""

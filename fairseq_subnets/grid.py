@@ -273,13 +273,11 @@ class GridRun:
     progress: object = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     rows: dict = field(default_factory=dict)
+    _updates_per_epoch: dict = field(default_factory=dict)
 
     @property
     def threads_per_job(self):
         return max(1, (os.cpu_count() or 1) // self.jobs)
-
-    def env(self):
-        return {**os.environ, "OMP_NUM_THREADS": str(self.threads_per_job)}
 
     # ---- inputs
 
@@ -327,7 +325,7 @@ class GridRun:
 
     def decode(self, data_dir, checkpoint, cell_dir):
         started = time.monotonic()
-        decoded = generate(data_dir, checkpoint, "test", cell_dir / "decode", env=self.env())
+        decoded = generate(data_dir, checkpoint, "test", cell_dir / "decode", threads=self.threads_per_job)
         return {"cer": round(decoded.cer, 2), "wer": round(decoded.wer, 2), "test_utterances": decoded.hypotheses,
                 "decode_seconds": round(time.monotonic() - started, 1)}
 
@@ -344,7 +342,7 @@ class GridRun:
         def work():
             started = time.monotonic()
             if not given:
-                hydra_train("tiny", overrides, cell_dir / "train.log", env=self.env())
+                hydra_train("tiny", overrides, cell_dir / "train.log", threads=self.threads_per_job)
             train_seconds = round(time.monotonic() - started, 1)
             checkpoint = Path(given).resolve() if given else cell_dir / "checkpoint_best.pt"
             return {"cell": f"upstream-{language}-seed{seed}", "stage": "upstream", "upstream": language,
@@ -355,15 +353,23 @@ class GridRun:
 
         return self.run_cached(cell_dir, {"checkpoint": str(given)} if given else {"overrides": overrides}, work)
 
-    def downstream_cell(self, cell: Cell, corpus, pretrained, upstream_checkpoints, masks):
+    def updates_per_epoch(self, data_dir: Path) -> int:
+        """fairseq's batch count of an epoch of `data_dir`, computed once per language (it builds a
+        fairseq task, about a second, and every cell's configuration needs it)."""
         from .plugin.epochs import updates_per_epoch
 
+        down = self.spec.downstream
+        if data_dir not in self._updates_per_epoch:  # two cells computing it at once is harmless
+            self._updates_per_epoch[data_dir] = updates_per_epoch(data_dir, down.max_tokens, world_size=down.world_size)
+        return self._updates_per_epoch[data_dir]
+
+    def downstream_cell(self, cell: Cell, corpus, pretrained, upstream_checkpoints, masks):
         down = self.spec.downstream
         cell_dir = self.out_dir / "cells" / cell.name
         new_language = cell.downstream != cell.upstream
         frozen = down.freeze_epochs if new_language else 0
         epochs = frozen + down.epochs
-        per_epoch = updates_per_epoch(corpus / cell.downstream, down.max_tokens, world_size=down.world_size)
+        per_epoch = self.updates_per_epoch(corpus / cell.downstream)
         mask_path, mask_sparsity = masks.get(cell, ("", 0.0))
         overrides = [
             f"common.user_dir={USER_DIR}", f"task.data={corpus / cell.downstream}", f"model.w2v_path={pretrained}",
@@ -378,7 +384,7 @@ class GridRun:
 
         def work():
             started = time.monotonic()
-            hydra_train("tiny", overrides, cell_dir / "train.log", world_size=down.world_size, env=self.env())
+            hydra_train("tiny", overrides, cell_dir / "train.log", world_size=down.world_size, threads=self.threads_per_job)
             train_seconds = round(time.monotonic() - started, 1)
             checkpoint = cell_dir / "checkpoint_last.pt"
             return {"cell": cell.name, "stage": "downstream", "upstream": cell.upstream,
@@ -394,7 +400,7 @@ class GridRun:
     def build_masks(self, cells, pretrained, upstream_checkpoints):
         """Mask file and its actual sparsity for every masked cell, plus the own/base masks by
         (label, sparsity) for the IOU table. Existing files are reused (they are written atomically)."""
-        from .cli.masks import prune_checkpoint
+        from .plugin.prune import prune_checkpoint
         from .core import stats
         from .core.maskfile import load_mask_file, save_mask_file
 

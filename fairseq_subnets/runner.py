@@ -57,9 +57,11 @@ def tail(text, lines=LOG_TAIL_LINES):
     return "\n".join(text.splitlines()[-lines:])
 
 
-def hydra_train(config_name, overrides, log_path, config_dir=CONFIG_DIR / "finetune", world_size=1, env=None):
+def hydra_train(config_name, overrides, log_path, config_dir=CONFIG_DIR / "finetune", world_size=1, threads=None):
     """`fairseq-hydra-train --config-dir DIR --config-name NAME overrides...`, on `world_size` CPU
-    ranks (see launch_cpu_ranks) when it is above 1.
+    ranks (see launch_cpu_ranks) when it is above 1. `threads`: CPU threads for the whole run,
+    shared out between its ranks (None: one process keeps this environment's OMP_NUM_THREADS,
+    ranks share every core).
 
     Paths in overrides must be absolute (Hydra changes the working directory). Returns the log text
     (rank 0's).
@@ -67,10 +69,17 @@ def hydra_train(config_name, overrides, log_path, config_dir=CONFIG_DIR / "finet
     arguments = ["--config-dir", config_dir, "--config-name", config_name, *overrides]
     if world_size > 1:
         log_path = Path(log_path)
-        return launch_cpu_ranks(arguments, world_size, log_path.parent, log_path.stem)[0]
-    text = run_logged([fairseq_command("fairseq-hydra-train"), *arguments], log_path, env=env)
+        threads_per_rank = max(1, threads // world_size) if threads else None
+        return launch_cpu_ranks(arguments, world_size, log_path.parent, log_path.stem,
+                                threads_per_rank=threads_per_rank)[0]
+    text = run_logged([fairseq_command("fairseq-hydra-train"), *arguments], log_path, env=thread_env(threads))
     require_finished(text, log_path)
     return text
+
+
+def thread_env(threads):
+    """This process's environment with OMP_NUM_THREADS=threads (None: unchanged)."""
+    return {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
 
 
 def require_finished(text, log_path):
@@ -108,8 +117,7 @@ def launch_cpu_ranks(train_arguments, world_size, log_dir, log_name="train", por
     logs' texts by rank.
     """
     port = port or free_port()
-    threads = threads_per_rank or max(1, (os.cpu_count() or 1) // world_size)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    env = thread_env(threads_per_rank or max(1, (os.cpu_count() or 1) // world_size))
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_paths = [log_dir / f"{log_name}_rank{rank}.log" for rank in range(world_size)]
@@ -159,7 +167,7 @@ class DecodeResult:
     results_file: Path
 
 
-def generate(data_dir, checkpoint, subset, results_dir, char_level=True, extra_args=(), env=None):
+def generate(data_dir, checkpoint, subset, results_dir, char_level=True, extra_args=(), threads=None):
     """Decodes `subset` of `data_dir` with stock `fairseq-generate` and scores it."""
     results_dir = Path(results_dir)
     command = [
@@ -171,7 +179,7 @@ def generate(data_dir, checkpoint, subset, results_dir, char_level=True, extra_a
     ]
     if char_level:
         command.append("--wer-char-level")
-    run_logged(command + list(extra_args), results_dir / f"generate-{subset}.log", env=env)
+    run_logged(command + list(extra_args), results_dir / f"generate-{subset}.log", env=thread_env(threads))
     results_file = results_dir / f"generate-{subset}.txt"
     references, hypotheses, fairseq_score = read_generate_output(results_file.read_text())
     if not hypotheses:

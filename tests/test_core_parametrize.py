@@ -58,10 +58,11 @@ def test_fairseq_fused_attention_path_honours_the_masks():
 
     outputs = []
     for seed in (1, 2):
-        masks = projection_masks(module, 0.5, seed)
-        apply_masks(module, masks)
+        masked_module = attention()
+        masks = projection_masks(masked_module, 0.5, seed)
+        apply_masks(masked_module, masks)
         with torch.no_grad():
-            masked, _ = module(x, x, x)
+            masked, _ = masked_module(x, x, x)
         expected = manual_attention(module, x, {p: raw[p] * masks[f"{p}.weight"] for p in PROJECTIONS})
         assert torch.allclose(masked, expected, atol=1e-5)
         outputs.append(masked)
@@ -121,16 +122,85 @@ def test_pruned_effective_weights_stay_exactly_zero_through_training(optimizer):
     assert all(torch.equal(masks_from_module(layer)[name], mask) for name, mask in masks.items())
 
 
-def test_zero_pruned_clears_the_raw_weights_and_reapplying_updates_the_mask_in_place():
+class FullWeightWhereMask(torch.nn.Module):
+    """Reference: the textbook fixed mask, full raw weight stored, effective = where(mask, W, 0)."""
+
+    def __init__(self, mask):
+        super().__init__()
+        self.register_buffer("mask", mask)
+
+    def forward(self, weight):
+        return torch.where(self.mask, weight, 0.0)
+
+
+def test_kept_only_storage_trains_exactly_like_masking_the_full_weight():
+    masks = layer_masks(tiny_layer())
+    ours, reference = tiny_layer().train(), tiny_layer().train()
+    apply_masks(ours, masks)
+    for name, mask in masks.items():
+        parametrize.register_parametrization(reference.get_submodule(name[: -len(".weight")]), "weight",
+                                             FullWeightWhereMask(mask))
+    optimizers = [torch.optim.Adam(model.parameters(), lr=1e-2) for model in (ours, reference)]
+    generator = torch.Generator().manual_seed(6)
+    for _ in range(4):
+        x = torch.randn(6, 2, 16, generator=generator)
+        for model, optimizer in zip((ours, reference), optimizers):
+            optimizer.zero_grad()
+            model(x)[0].pow(2).mean().backward()
+            optimizer.step()
+    for name, mask in masks.items():
+        ours_weight, reference_weight = (m.get_submodule(name[: -len(".weight")]).weight for m in (ours, reference))
+        assert torch.equal(ours_weight, reference_weight), name
+    trained = sum(p.numel() for p in ours.parameters())
+    assert trained == sum(p.numel() for p in reference.parameters()) - sum(int((~m).sum()) for m in masks.values())
+
+
+def test_only_kept_weights_are_stored_and_reapplying_replaces_the_mask():
     layer = tiny_layer()
+    dense = layer.fc1.weight.detach().clone()
     masks = layer_masks(layer)
-    apply_masks(layer, masks, zero_pruned=True)
-    raw = layer.fc1.parametrizations.weight.original
-    assert torch.count_nonzero(raw[~masks["fc1.weight"]]) == 0
-    tighter = {"fc1.weight": masks["fc1.weight"] & random_masks({"fc1.weight": (32, 16)}, 0.5, seed=9)["fc1.weight"]}
-    apply_masks(layer, tighter)
+    apply_masks(layer, masks)
+    mask = masks["fc1.weight"]
+    stored = layer.fc1.parametrizations.weight.original
+    assert stored.shape == (int(mask.sum()),) and stored.requires_grad
+    assert torch.equal(stored, dense[mask])  # row-major order of the kept positions
+    assert torch.equal(layer.fc1.weight, torch.where(mask, dense, 0.0))
+    assert layer.state_dict()["fc1.parametrizations.weight.original"].shape == stored.shape
+
+    tighter = mask & random_masks({"fc1.weight": (32, 16)}, 0.5, seed=9)["fc1.weight"]
+    apply_masks(layer, {"fc1.weight": tighter})
     assert len(layer.fc1.parametrizations.weight) == 1
-    assert torch.equal(masks_from_module(layer)["fc1.weight"], tighter["fc1.weight"])
+    assert torch.equal(masks_from_module(layer)["fc1.weight"], tighter)
+    assert torch.equal(layer.fc1.weight, torch.where(tighter, dense, 0.0))
+    looser = torch.ones(32, 16, dtype=torch.bool)
+    apply_masks(layer, {"fc1.weight": looser})
+    assert torch.equal(layer.fc1.weight, torch.where(tighter, dense, 0.0))  # no old values come back
+
+
+def test_a_checkpoint_with_another_mask_loads_only_after_that_mask_is_applied():
+    source, target = tiny_layer(), tiny_layer()
+    apply_masks(source, {"fc1.weight": layer_masks(source, seed=3)["fc1.weight"]})
+    other = layer_masks(target, sparsity=0.3, seed=4)["fc1.weight"]
+    apply_masks(target, {"fc1.weight": other})
+    with pytest.raises(RuntimeError, match="size mismatch") as refused:
+        target.load_state_dict(source.state_dict())
+    assert "fc1.parametrizations.weight.0.mask keeps 205 weights, the model's 358" in str(refused.value)
+    assert torch.equal(masks_from_module(target)["fc1.weight"], other)  # untouched by the failed load
+    apply_masks(target, masks_from_module(source))
+    target.load_state_dict(source.state_dict())
+    assert torch.equal(target.fc1.weight, source.fc1.weight)
+
+
+def test_same_mask_positions_reload_into_the_scatter_index():
+    """Equal kept counts but other positions: loading the mask must also move the scatter index."""
+    source, target = tiny_layer(), tiny_layer()
+    first = torch.zeros(32, 16, dtype=torch.bool)
+    first[:, :8] = True
+    apply_masks(source, {"fc1.weight": first})
+    apply_masks(target, {"fc1.weight": ~first})
+    target.load_state_dict(source.state_dict())
+    assert torch.equal(target.fc1.weight, source.fc1.weight)
+    assert torch.count_nonzero(target.fc1.weight[:, 8:]) == 0
 
 
 def test_apply_masks_with_a_prefix_and_clear_errors():
@@ -173,6 +243,18 @@ def test_bake_state_dict_applies_extra_masks_and_names_missing_weights():
         bake_state_dict(state, masks={"encoder.layers.1.fc1.weight": mask})
 
 
+def test_bake_state_dict_reads_full_raw_weights_of_older_fixed_masks_and_checks_sizes():
+    mask = torch.tensor([[True, False], [False, True]])
+    older = {"fc1.parametrizations.weight.original": torch.tensor([[1.0, 2.0], [3.0, 4.0]]),
+             "fc1.parametrizations.weight.0.mask": mask}
+    assert torch.equal(bake_state_dict(older, prefix="")["fc1.weight"], torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
+    kept_only = {**older, "fc1.parametrizations.weight.original": torch.tensor([1.0, 4.0])}
+    assert torch.equal(bake_state_dict(kept_only, prefix="")["fc1.weight"], torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
+    wrong = {**older, "fc1.parametrizations.weight.original": torch.tensor([1.0, 2.0, 3.0])}
+    with pytest.raises(ValueError, match=r"original: holds 3 values of shape \(3,\); its mask has shape \(2, 2\) with 2 kept"):
+        bake_state_dict(wrong, prefix="")
+
+
 def test_bake_state_dict_refuses_foreign_parametrizations():
     state = {"encoder.layers.0.fc1.parametrizations.weight.original": torch.ones(2, 2),
              "encoder.layers.0.fc1.parametrizations.weight.0.lora_A": torch.ones(1, 2)}
@@ -213,6 +295,9 @@ def test_score_mask_keeps_the_top_scores_and_trains_them_straight_through():
 
 def test_parametrization_modules_are_plain_and_typed():
     mask = torch.tensor([True, False])
-    assert torch.equal(FixedMask(mask)(torch.tensor([2.0, float("inf")])), torch.tensor([2.0, 0.0]))
+    assert torch.equal(FixedMask(mask)(torch.tensor([2.0])), torch.tensor([2.0, 0.0]))
+    assert torch.equal(FixedMask(mask).right_inverse(torch.tensor([2.0, float("inf")])), torch.tensor([2.0]))
+    with pytest.raises(ValueError, match=r"weight shape \(3,\) != mask shape \(2,\)"):
+        FixedMask(mask).right_inverse(torch.ones(3))
     score_mask = ScoreMask(torch.tensor([0.1, 0.9, 0.5, 0.2]), sparsity=0.5)
     assert score_mask(torch.ones(4)).tolist() == [0.0, 1.0, 1.0, 0.0]

@@ -37,6 +37,8 @@ def test_masked_training_keeps_pruned_weights_zero_and_baked_decoding_equals_sto
     assert result["sparsity"] == pytest.approx(0.9, abs=1e-4)
     assert result["prunable_weights"] == 2 * (4 * 64 * 64 + 2 * 64 * 128)
     assert result["pruned_nonzero_after_training"] == 0
+    pruned = round(0.9 * result["prunable_weights"])
+    assert result["optimized_values"]["masked"] == result["optimized_values"]["unmasked"] - pruned
     assert result["decode_outputs_equal"] is True
     assert result["masked_max_abs_difference"] < 1e-4
     losses = result["train"]["losses"]

@@ -46,12 +46,14 @@ def run(args):
         return 0
     from tqdm import tqdm
 
+    from ..plugin.prune import PruneError
+
     total = len(cells) + len(spec.upstream.languages) * len(spec.seeds)
     with tqdm(total=total, unit="cell", disable=args.quiet, file=sys.stderr) as progress:
         runner = GridRun(spec, out, jobs=args.jobs, say=progress.write, progress=progress)
         try:
             results = runner.run()
-        except (RunError, GridError) as error:
+        except (RunError, GridError, PruneError) as error:
             raise UserError(f"{error}\n(finished cells are kept; fix the cause and run the same command again)") from None
     print(f"results: {results} ({len(runner.rows)} of {total} cells finished); iou: {out / 'iou.csv'}")
     print(f"views: fairseq-subnets report {out} --out {out / 'report'}")

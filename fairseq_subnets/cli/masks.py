@@ -12,14 +12,9 @@ import sys
 from typing import Dict, List, Sequence
 
 from ..core import stats
-from ..core.maskfile import MaskFile, MaskFileError, checkpoint_fingerprint, load_mask_file, save_mask_file
-from ..core.pruning import METHODS, compute_masks, parse_block, pruned_count
-from ..core.parametrize import bake_state_dict
-from ..core.targets import TargetSelection, select_weights
+from ..core.maskfile import MaskFile, MaskFileError, load_mask_file, save_mask_file
+from ..core.pruning import METHODS
 from .main import UserError
-
-SCOPES = {"global-l1": "global", "layer-l1": "per-matrix", "block-l2": "per-matrix", "random": "per-matrix"}
-
 
 def register(subparsers):
     _register_prune(subparsers)
@@ -158,48 +153,15 @@ def _register_prune(subparsers):
     parser.set_defaults(func=run_prune)
 
 
-def _checkpoint_state(path: str):
-    from ..plugin.checkpoints import CheckpointLoadError, load_checkpoint
-
-    try:
-        checkpoint = load_checkpoint(path)
-    except CheckpointLoadError as error:
-        raise UserError(str(error)) from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise UserError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
-    return checkpoint["model"]
-
-
 def run_prune(args) -> int:
+    from ..plugin.prune import PruneError, prune_checkpoint
+
     try:
         masks = prune_checkpoint(args.checkpoint, args.out, args.method, args.sparsity, args.targets,
                                  args.layers, args.block, args.seed)
-    except ValueError as error:
+    except PruneError as error:
         raise UserError(str(error)) from None
     return _report_written(args.out, masks, args)
-
-
-def prune_checkpoint(checkpoint, out, method, sparsity, targets="all", layers="all", block="8x1", seed=0):
-    """Prunes the selected encoder weights of `checkpoint` and writes the mask file `out`.
-
-    Raises ValueError (naming the parameter or the file) on bad input; returns the masks."""
-    selection = TargetSelection.parse(targets, layers)
-    block = parse_block(block)
-    pruned_count(sparsity, 0)
-    state = _checkpoint_state(checkpoint)
-    try:
-        weights = select_weights(bake_state_dict(state), selection)
-        masks = compute_masks(weights, method, sparsity, block=block, seed=seed)
-    except ValueError as error:
-        raise ValueError(f"{checkpoint}: {error}") from None
-    metadata = {
-        "method": method, "sparsity": sparsity, "scope": SCOPES[method],
-        "block": f"{block[0]}x{block[1]}" if method == "block-l2" else "", "seed": seed if method == "random" else "",
-        "targets": selection.targets_text(), "layers": selection.layers_text(),
-        "source": os.path.basename(checkpoint), "source_fingerprint": checkpoint_fingerprint(checkpoint),
-    }
-    _save(out, masks, metadata)
-    return masks
 
 
 # ----------------------------------------------------------------------------------------- masks

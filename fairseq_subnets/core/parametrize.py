@@ -5,7 +5,8 @@ without calling the projections, so a mask must change what `module.weight` retu
 `torch.nn.utils.parametrize` parametrization on it. A masked `encoder.layers.0.fc1` then has the
 state-dict keys
 
-    encoder.layers.0.fc1.parametrizations.weight.original   raw weight (what the optimizer updates)
+    encoder.layers.0.fc1.parametrizations.weight.original   FixedMask: the kept weights only, 1-D in
+                                                             row-major order; ScoreMask: the raw weight
     encoder.layers.0.fc1.parametrizations.weight.0.mask     bool buffer (FixedMask), or
     encoder.layers.0.fc1.parametrizations.weight.0.scores   real-valued Parameter (ScoreMask) and
     encoder.layers.0.fc1.parametrizations.weight.0.n_pruned int64 scalar buffer (ScoreMask)
@@ -27,18 +28,54 @@ _PARAMETRIZATION_KEY = re.compile(r"(?P<module>.+)\.parametrizations\.weight\.(?
 
 
 class FixedMask(nn.Module):
-    """Effective weight = W where mask else exactly 0. The gradient of a pruned weight is zero
-    too, and `where` (unlike W * mask) keeps the zeros exact even if a raw weight becomes inf."""
+    """Effective weight = the kept weights scattered into a zero matrix. Only the kept weights are
+    stored (`original` is 1-D), so gradients, optimizer state and checkpoints cover them alone,
+    and a pruned weight is exactly zero by construction whatever the optimizer does. This is also
+    what makes a masked training step cheap: no elementwise pass over pruned weights, and no Adam
+    arithmetic on their (all-zero) state, which is slow on some CPUs. The scatter index (int64 per
+    kept weight) is rebuilt from the mask, never saved."""
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
         self.register_buffer("mask", mask.detach().to(torch.bool).clone())
+        self.register_buffer("kept_index", _flat_kept_index(self.mask), persistent=False)
 
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return torch.where(self.mask, weight, 0.0)
+    def forward(self, kept_weights: torch.Tensor) -> torch.Tensor:
+        # In place into fresh zeros: no copy of the zeros, and the backward pass is one index_select.
+        full = kept_weights.new_zeros(self.mask.numel())
+        return full.index_copy_(0, self.kept_index, kept_weights).view(self.mask.shape)
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        """What `original` stores for a full weight (called on registration and on assignment)."""
+        if tuple(weight.shape) != tuple(self.mask.shape):
+            raise ValueError(f"weight shape {tuple(weight.shape)} != mask shape {tuple(self.mask.shape)}")
+        return weight.reshape(-1).index_select(0, self.kept_index)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Loads a mask with as many kept weights as `original` holds (refusing others leaves this
+        module consistent when torch then refuses the differently sized `original`)."""
+        incoming = state_dict.get(prefix + "mask")
+        if incoming is not None and int(incoming.sum()) != self.kept_index.numel():
+            error_msgs.append(f"{prefix}mask keeps {int(incoming.sum())} weights, the model's {self.kept_index.numel()}; "
+                              "apply the stored masks first (apply_masks(model, masks_from_state_dict(state)))")
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self.kept_index = _flat_kept_index(self.mask)
 
     def kept(self) -> torch.Tensor:
         return self.mask.clone()
+
+
+def _flat_kept_index(mask: torch.Tensor) -> torch.Tensor:
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
+def scatter_kept(kept_weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The full weight a FixedMask holding `kept_weights` under `mask` stands for."""
+    full = kept_weights.new_zeros(mask.shape)
+    return full.masked_scatter_(mask.to(torch.bool), kept_weights)
 
 
 class _TopKStraightThrough(torch.autograd.Function):
@@ -97,29 +134,23 @@ def _mask_parametrization(module: nn.Module):
     return next((p for p in module.parametrizations.weight if isinstance(p, MASK_PARAMETRIZATIONS)), None)
 
 
-def apply_masks(
-    root: nn.Module, masks: Mapping[str, torch.Tensor], prefix: str = "", zero_pruned: bool = False
-) -> None:
+def apply_masks(root: nn.Module, masks: Mapping[str, torch.Tensor], prefix: str = "") -> None:
     """Masks `root.<prefix><name>` for each mask (e.g. prefix 'w2v_encoder.w2v_model.' on a CTC
-    model). A weight that already holds a FixedMask gets the new mask in place, so iterative
-    pruning can tighten it. `zero_pruned` also zeroes the raw pruned weights, so that
-    unmasking later does not bring old values back."""
+    model). Pruned weights are dropped, not stored. A weight that already holds a FixedMask gets
+    the new mask instead (weights kept by both keep their values; newly kept ones start at the
+    effective value, 0), so iterative pruning can tighten a mask; its `original` is then a new
+    tensor, so build optimizers after masking."""
     for name, mask in masks.items():
         module = _module_of(root, name, prefix)
         weight = getattr(module, "weight")
         if tuple(weight.shape) != tuple(mask.shape):
             raise ValueError(f"{name}: mask shape {tuple(mask.shape)} != weight shape {tuple(weight.shape)}")
         existing = _mask_parametrization(module)
-        if isinstance(existing, FixedMask):
-            existing.mask.copy_(mask)
-        elif existing is not None:
+        if isinstance(existing, ScoreMask):
             raise ValueError(f"{name}: already holds a learnable ScoreMask; bake or remove it first")
-        else:
-            parametrize.register_parametrization(module, "weight", FixedMask(mask.to(weight.device)))
-        if zero_pruned:
-            with torch.no_grad():
-                raw = module.parametrizations.weight.original
-                raw.masked_fill_(~mask.to(device=raw.device, dtype=torch.bool), 0.0)
+        if existing is not None:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        parametrize.register_parametrization(module, "weight", FixedMask(mask.to(weight.device)))
 
 
 def apply_score_masks(
@@ -181,6 +212,20 @@ def _kept_from_entries(entries: Dict[str, str], state_dict) -> torch.Tensor:
     raise ValueError(f"{next(iter(entries.values()))}: incomplete mask parametrization in the state dict")
 
 
+def _effective_weight(entries: Dict[str, str], state_dict) -> torch.Tensor:
+    """The weight a parametrization group stands for: a FixedMask's kept weights scattered under
+    its mask, or a full raw weight (ScoreMask, or a FixedMask written by fairseq-subnets 0.1)
+    with its pruned entries zeroed."""
+    kept = _kept_from_entries(entries, state_dict)
+    original = state_dict[entries["original"]]
+    if original.shape == kept.shape:
+        return torch.where(kept, original, 0.0)
+    if "0.mask" in entries and original.dim() == 1 and original.numel() == int(kept.sum()):
+        return scatter_kept(original, kept)
+    raise ValueError(f"{entries['original']}: holds {original.numel()} values of shape {tuple(original.shape)}; "
+                     f"its mask has shape {tuple(kept.shape)} with {int(kept.sum())} kept")
+
+
 def masks_from_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: Optional[str] = None) -> MaskSet:
     """The kept-masks stored in a state dict of a masked model (FixedMask buffers, or ScoreMask
     scores binarised), keyed by model-relative name; prefix detected when None."""
@@ -205,10 +250,9 @@ def bake_state_dict(
     for path, entries in _parametrized_groups(state_dict).items():
         if "original" not in entries:
             raise ValueError(f"{next(iter(entries.values()))}: no '{path}.parametrizations.weight.original' beside it")
-        kept = _kept_from_entries(entries, state_dict)
+        baked[f"{path}.weight"] = _effective_weight(entries, state_dict)
         for key in entries.values():
             del baked[key]
-        baked[f"{path}.weight"] = torch.where(kept, state_dict[entries["original"]], 0.0)
     if masks:
         prefix = model_prefix(baked.keys()) if prefix is None else prefix
         for name, mask in masks.items():

@@ -98,17 +98,18 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
         return model
 
     def encoder_weight_shapes(self):
-        state = self.state_dict()
-        return {name: tuple(state[key].shape) for name, key in relative_weight_names(state, W2V_PREFIX).items()}
+        """Model-relative prunable weight name -> shape of the (effective) weight."""
+        names = relative_weight_names(self.state_dict().keys(), W2V_PREFIX)
+        return {name: tuple(self.get_submodule(W2V_PREFIX + name[: -len(".weight")]).weight.shape) for name in names}
 
     def apply_mask_file(self, path, targets="all", layers="all"):
-        """Fixes the selected masks of a mask file on the encoder; raw pruned weights are zeroed."""
+        """Fixes the selected masks of a mask file on the encoder (pruned weights are dropped)."""
         mask_file = load_mask_file(path)
         model_shapes = self.encoder_weight_shapes()
         selected = set(TargetSelection.parse(targets, layers).names(num_encoder_layers(model_shapes)))
         chosen = replace(mask_file, masks={n: m for n, m in mask_file.masks.items() if n in selected})
         chosen.check_against({name: shape for name, shape in model_shapes.items() if name in selected})
-        apply_masks(self, chosen.masks, prefix=W2V_PREFIX, zero_pruned=True)
+        apply_masks(self, chosen.masks, prefix=W2V_PREFIX)
 
     def load_upstream(self, upstream, path, output_layer, dictionary):
         """Copies the upstream encoder (masks baked in) and, if kept, its output layer."""
@@ -144,12 +145,14 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
         return mask_set_digest(masks) if masks else ""
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        """Takes the masks a checkpoint holds even when this model was built without them."""
+        """Takes the masks a checkpoint holds, also when this model was built without them or with
+        other ones (a FixedMask stores only its kept weights, so the mask must match first)."""
         stored = masks_from_state_dict(state_dict, prefix=W2V_PREFIX)
         present = masks_from_module(self, prefix=W2V_PREFIX)
-        absent = {name: mask for name, mask in stored.items() if name not in present}
-        if absent:
-            apply_masks(self, absent, prefix=W2V_PREFIX)
+        different = {name: mask for name, mask in stored.items()
+                     if name not in present or not torch.equal(present[name], mask)}
+        if different:
+            apply_masks(self, different, prefix=W2V_PREFIX)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 

@@ -5,8 +5,9 @@ Everything runs in one process on one batch of random audio, with the real plugi
 
 * training step (forward, CTC loss, backward, a step of fairseq's Adam): reference = the model
   without masks; measured = the same weights with a fixed global-L1 mask on every prunable encoder
-  matrix, fixed by `SubnetsWav2VecCtc.apply_mask_file` exactly as `+model.mask_path` does. After
-  the masked steps every pruned effective weight must still be exactly zero.
+  matrix, fixed by `SubnetsWav2VecCtc.apply_mask_file` exactly as `+model.mask_path` does (so the
+  optimizer holds only the kept weights). After the masked steps every pruned effective weight
+  must still be exactly zero.
 * decoding (eval, no_grad forward): reference = the stock fairseq `Wav2VecCtc` holding the baked
   state dict of the masked model (what a checkpoint written by `fairseq-subnets export` holds);
   measured = a copy of the masked model baked by `bake_module`. Their outputs must be identical.
@@ -268,6 +269,8 @@ def _run(settings: StepBenchSettings, say) -> Dict[str, object]:
     result["prunable_weights"] = sum(mask.numel() for mask in masks.values())
     result["parameters"] = sum(p.numel() for p in unmasked.parameters())
     result["sparsity"] = _sparsity(masks)
+    result["optimized_values"] = {name: sum(p.numel() for p in model.parameters() if p.requires_grad)
+                                  for name, model in (("unmasked", unmasked), ("masked", masked))}
     _require(pruned_nonzero(masked, masks) == 0, "pruned weights are nonzero right after applying the mask")
 
     say(f"training steps: {settings.train_warmup} warm-up + {settings.train_steps} timed per model, interleaved ...")
@@ -335,6 +338,9 @@ def format_step_report(result: Mapping[str, object]) -> str:
              f"medians of {settings['train_steps']} training steps and {settings['decode_steps']} forward passes "
              f"per model, interleaved, after {settings['train_warmup']} / {settings['decode_warmup']} warm-up"]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    optimized = result["optimized_values"]
+    lines.append(f"values the optimizer updates (Adam keeps 2 more per value): {optimized['unmasked']:,} without "
+                 f"masks, {optimized['masked']:,} with them (only kept weights are stored)")
     lines.append(f"pruned effective weights after masked training: {result['pruned_nonzero_after_training']} nonzero; "
                  f"baked == stock outputs: {'yes' if result['decode_outputs_equal'] else 'NO'}; "
                  f"masked vs stock outputs: max |difference| {result['masked_max_abs_difference']:.2g}")

@@ -1,0 +1,55 @@
+"""Pruning a fine-tuned fairseq checkpoint into a mask file: what `fairseq-subnets prune` and the
+experiment grid both run."""
+import os
+
+from ..core.maskfile import checkpoint_fingerprint, save_mask_file
+from ..core.parametrize import bake_state_dict
+from ..core.pruning import compute_masks, parse_block, pruned_count
+from ..core.targets import TargetSelection, select_weights
+from .checkpoints import CheckpointLoadError, load_checkpoint
+
+SCOPES = {"global-l1": "global", "layer-l1": "per-matrix", "block-l2": "per-matrix", "random": "per-matrix"}
+"""Over which weights each method ranks (written into the mask file's metadata)."""
+
+
+class PruneError(ValueError):
+    """A checkpoint could not be pruned; the message names the file or the parameter."""
+
+
+def checkpoint_model_state(path):
+    """The model state dict of a fairseq checkpoint (read with the safe unpickler)."""
+    try:
+        checkpoint = load_checkpoint(path)
+    except CheckpointLoadError as error:
+        raise PruneError(str(error)) from None
+    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
+        raise PruneError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
+    return checkpoint["model"]
+
+
+def prune_checkpoint(checkpoint, out, method, sparsity, targets="all", layers="all", block="8x1", seed=0):
+    """Prunes the selected encoder weights of `checkpoint` (masks it holds baked in first) and
+    writes the mask file `out` atomically; returns the masks."""
+    try:
+        selection = TargetSelection.parse(targets, layers)
+        block = parse_block(block)
+        pruned_count(sparsity, 0)
+    except ValueError as error:
+        raise PruneError(str(error)) from None
+    state = checkpoint_model_state(checkpoint)
+    try:
+        weights = select_weights(bake_state_dict(state), selection)
+        masks = compute_masks(weights, method, sparsity, block=block, seed=seed)
+    except ValueError as error:
+        raise PruneError(f"{checkpoint}: {error}") from None
+    metadata = {
+        "method": method, "sparsity": sparsity, "scope": SCOPES[method],
+        "block": f"{block[0]}x{block[1]}" if method == "block-l2" else "", "seed": seed if method == "random" else "",
+        "targets": selection.targets_text(), "layers": selection.layers_text(),
+        "source": os.path.basename(checkpoint), "source_fingerprint": checkpoint_fingerprint(checkpoint),
+    }
+    try:
+        save_mask_file(out, masks, metadata)
+    except OSError as error:
+        raise PruneError(f"{out}: cannot write ({error.strerror})") from None
+    return masks
