@@ -56,3 +56,11 @@ def test_data_package_never_imports_fairseq_or_torch():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert len(modules) >= 10
+
+
+def test_progress_bars_stay_out_of_logs(capsys):
+    """A bar written to a file is one endless line of carriage returns: none when stderr is no terminal."""
+    from fairseq_subnets.data.files import run_in_threads
+
+    assert run_in_threads(lambda x: x * 2, range(50), jobs=2, progress=True, description="double") == list(range(0, 100, 2))
+    assert capsys.readouterr().err == ""

@@ -23,7 +23,7 @@ def register(subparsers):
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<grid name>)")
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at the same time (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="check the grid file and list the cells, run nothing")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
     parser.set_defaults(func=run)
 
 
@@ -49,7 +49,7 @@ def run(args):
     from ..plugin.prune import PruneError
 
     total = len(cells) + len(spec.upstream.languages) * len(spec.seeds)
-    with tqdm(total=total, unit="cell", disable=args.quiet, file=sys.stderr) as progress:
+    with tqdm(total=total, unit="cell", disable=True if args.quiet else None, file=sys.stderr) as progress:
         runner = GridRun(spec, out, jobs=args.jobs, say=progress.write, progress=progress)
         try:
             results = runner.run()

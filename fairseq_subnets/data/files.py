@@ -23,7 +23,8 @@ def remove_partial_files(folder):
 
 
 def run_in_threads(function, items, jobs, progress, description):
-    """`[function(item) for item in items]` on `jobs` threads, with a tqdm bar over the items.
+    """`[function(item) for item in items]` on `jobs` threads, with a tqdm bar over the items
+    when `progress` is set and stderr is a terminal (in a log file a bar is one endless line).
 
     Threads suffice because the work is in subprocesses and numpy/libsndfile calls that release
     the GIL. On any exception (Ctrl-C included) the items not yet started are cancelled and the
@@ -34,7 +35,7 @@ def run_in_threads(function, items, jobs, progress, description):
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         futures = {pool.submit(function, item): index for index, item in enumerate(items)}
         try:
-            with tqdm(total=len(items), desc=description, unit="utt", disable=not progress) as bar:
+            with tqdm(total=len(items), desc=description, unit="utt", disable=None if progress else True) as bar:
                 for future in as_completed(futures):
                     results[futures[future]] = future.result()
                     bar.update()
