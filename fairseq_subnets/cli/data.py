@@ -9,7 +9,7 @@ import json
 import sys
 import time
 
-from .main import UserError
+from .main import QUIET_HELP, UserError
 
 
 def _comma_list(value):
@@ -124,7 +124,7 @@ def register(subparsers):
     synth.add_argument("--jobs", type=_positive, default=2, help="parallel espeak-ng processes (default: 2)")
     synth.add_argument("--languages", type=_comma_list, metavar="en,es",
                        help="only these languages of the definition (default: all)")
-    synth.add_argument("--quiet", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
+    synth.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     synth.set_defaults(func=run_synth)
 
     manifest = commands.add_parser(
@@ -156,7 +156,7 @@ def register(subparsers):
     manifest.add_argument("--no-dict", dest="dictionary", action="store_false",
                           help="do not write dict.ltr.txt (e.g. when converting only a test set)")
     manifest.add_argument("--jobs", type=_positive, default=2, help="parallel audio conversions (default: 2)")
-    manifest.add_argument("--quiet", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
+    manifest.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     manifest.set_defaults(func=run_manifest)
 
     check = commands.add_parser(

@@ -6,7 +6,7 @@ subprocess with its own log under OUT. The grid file is checked completely befor
 import sys
 from pathlib import Path
 
-from .main import UserError
+from .main import QUIET_HELP, UserError
 
 
 def register(subparsers):
@@ -23,7 +23,7 @@ def register(subparsers):
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<grid name>)")
     parser.add_argument("--jobs", type=int, default=1, help="cells trained at the same time (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true", help="check the grid file and list the cells, run nothing")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     parser.set_defaults(func=run)
 
 

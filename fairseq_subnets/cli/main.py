@@ -8,6 +8,7 @@ import importlib
 import sys
 
 COMMAND_MODULES = ("data", "masks", "demo", "launch", "grid", "report", "bench_train")
+QUIET_HELP = "no progress bar (none either when stderr is not a terminal)"
 
 
 class UserError(Exception):

@@ -58,7 +58,7 @@ class FixedMask(nn.Module):
         incoming = state_dict.get(prefix + "mask")
         if incoming is not None and int(incoming.sum()) != self.kept_index.numel():
             error_msgs.append(f"{prefix}mask keeps {int(incoming.sum())} weights, the model's {self.kept_index.numel()}; "
-                              "apply the stored masks first (apply_masks(model, masks_from_state_dict(state)))")
+                              "apply the stored masks first (apply_stored_masks(model, state))")
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
@@ -70,12 +70,6 @@ class FixedMask(nn.Module):
 
 def _flat_kept_index(mask: torch.Tensor) -> torch.Tensor:
     return mask.reshape(-1).nonzero().squeeze(1)
-
-
-def scatter_kept(kept_weights: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The full weight a FixedMask holding `kept_weights` under `mask` stands for."""
-    full = kept_weights.new_zeros(mask.shape)
-    return full.masked_scatter_(mask.to(torch.bool), kept_weights)
 
 
 class _TopKStraightThrough(torch.autograd.Function):
@@ -221,7 +215,7 @@ def _effective_weight(entries: Dict[str, str], state_dict) -> torch.Tensor:
     if original.shape == kept.shape:
         return torch.where(kept, original, 0.0)
     if "0.mask" in entries and original.dim() == 1 and original.numel() == int(kept.sum()):
-        return scatter_kept(original, kept)
+        return FixedMask(kept)(original)
     raise ValueError(f"{entries['original']}: holds {original.numel()} values of shape {tuple(original.shape)}; "
                      f"its mask has shape {tuple(kept.shape)} with {int(kept.sum())} kept")
 
@@ -236,6 +230,17 @@ def masks_from_state_dict(state_dict: Mapping[str, torch.Tensor], prefix: Option
         for path, entries in groups.items()
         if path.startswith(prefix)
     }
+
+
+def apply_stored_masks(root: nn.Module, state_dict: Mapping[str, torch.Tensor], prefix: str = "") -> None:
+    """Applies every mask under `prefix` in `state_dict` that `root` does not hold already, so that
+    the state dict then loads: a FixedMask's stored size follows its mask."""
+    stored = masks_from_state_dict(state_dict, prefix=prefix)
+    present = masks_from_module(root, prefix=prefix)
+    different = {name: mask for name, mask in stored.items()
+                 if name not in present or not torch.equal(present[name], mask)}
+    if different:
+        apply_masks(root, different, prefix=prefix)
 
 
 def bake_state_dict(

@@ -25,7 +25,7 @@ from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from omegaconf import OmegaConf, open_dict
 
 from ..core.maskfile import load_mask_file, mask_set_digest
-from ..core.parametrize import apply_masks, bake_state_dict, masks_from_module, masks_from_state_dict
+from ..core.parametrize import apply_masks, apply_stored_masks, bake_state_dict, masks_from_module
 from ..core.targets import TargetSelection, num_encoder_layers, relative_weight_names
 from .checkpoints import load_checkpoint
 from .tasks import SubnetsAudioFinetuningTask
@@ -147,12 +147,7 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Takes the masks a checkpoint holds, also when this model was built without them or with
         other ones (a FixedMask stores only its kept weights, so the mask must match first)."""
-        stored = masks_from_state_dict(state_dict, prefix=W2V_PREFIX)
-        present = masks_from_module(self, prefix=W2V_PREFIX)
-        different = {name: mask for name, mask in stored.items()
-                     if name not in present or not torch.equal(present[name], mask)}
-        if different:
-            apply_masks(self, different, prefix=W2V_PREFIX)
+        apply_stored_masks(self, state_dict, prefix=W2V_PREFIX)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 
