@@ -25,6 +25,7 @@ setup(
         "tqdm",
         "pyyaml",
         "matplotlib",
+        "submitit",
     ],
     entry_points={"console_scripts": ["fairseq-subnets=fairseq_subnets.cli.main:main"]},
 )

@@ -57,17 +57,21 @@ def tail(text, lines=LOG_TAIL_LINES):
     return "\n".join(text.splitlines()[-lines:])
 
 
-def hydra_train(config_name, overrides, log_path, config_dir=CONFIG_DIR / "finetune", world_size=1, threads=None):
+def hydra_train(config_name, overrides, log_path, config_dir=CONFIG_DIR / "finetune", world_size=1, threads=None,
+                gpus=0):
     """`fairseq-hydra-train --config-dir DIR --config-name NAME overrides...`, on `world_size` CPU
     ranks (see launch_cpu_ranks) when it is above 1. `threads`: CPU threads for the whole run,
     shared out between its ranks (None: one process keeps this environment's OMP_NUM_THREADS,
-    ranks share every core).
+    ranks share every core). With `gpus` (a job given GPUs) it is one fairseq process on the GPUs
+    that starts its `world_size` ranks itself (fairseq's own distributed training).
 
     Paths in overrides must be absolute (Hydra changes the working directory). Returns the log text
     (rank 0's).
     """
     arguments = ["--config-dir", config_dir, "--config-name", config_name, *overrides]
-    if world_size > 1:
+    if gpus:
+        arguments += ["common.cpu=false", f"distributed_training.distributed_world_size={world_size}"]
+    elif world_size > 1:
         log_path = Path(log_path)
         threads_per_rank = max(1, threads // world_size) if threads else None
         return launch_cpu_ranks(arguments, world_size, log_path.parent, log_path.stem,

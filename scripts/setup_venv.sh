@@ -33,7 +33,7 @@ fi
 echo "[setup] installing pinned dependencies"
 "${PIP[@]}" install "${PIP_QUIET[@]}" setuptools wheel cython numpy scipy hydra-core omegaconf bitarray \
   sacrebleu regex scikit-learn cffi tqdm packaging pyyaml editdistance soundfile sentencepiece \
-  safetensors matplotlib pytest Django
+  safetensors matplotlib submitit pytest Django
 
 if ! "$VENV/bin/python" -c "import fairseq" 2>/dev/null; then
   WHEEL=$(ls "$CACHE"/fairseq_fixed-0.12.3.1-cp311-*.whl 2>/dev/null | head -n 1 || true)

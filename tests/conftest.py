@@ -3,7 +3,7 @@ pretraining -> CTC fine-tuning through the plugin -> stock fairseq-generate), re
 that needs real checkpoints, so the suite pays for it once."""
 import pytest
 
-from fairseq_subnets.pipeline import SkeletonSettings, run_skeleton
+from fairseq_subnets.demo import SkeletonSettings, run_skeleton
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from fairseq_subnets.core.benchmark import EncoderShape
+from factory import BASE, encoder_shapes
 from fairseq_subnets.core.maskfile import (
     MaskFileError,
     checkpoint_fingerprint,
@@ -36,7 +36,7 @@ def test_round_trip_keeps_masks_order_and_metadata(tmp_path, masks):
 
 
 def test_file_size_is_at_most_1_02_bits_per_weight_for_an_encoder(tmp_path):
-    shapes = EncoderShape(layers=12, width=768, ffn=3072).shapes()
+    shapes = encoder_shapes(**BASE)
     path = str(tmp_path / "base.safetensors")
     save_mask_file(path, {n: torch.ones(s, dtype=torch.bool) for n, s in shapes.items()},
                    {"method": "global-l1", "sparsity": 0.5, "source_fingerprint": "x" * 80})

@@ -8,17 +8,15 @@ from fairseq.models.wav2vec.wav2vec2 import TransformerSentenceEncoderLayer
 from fairseq.modules.multihead_attention import MultiheadAttention
 
 from fairseq_subnets.core.parametrize import (
-    FixedMask,
-    ScoreMask,
     apply_masks,
     apply_score_masks,
-    apply_stored_masks,
     bake_module,
     bake_state_dict,
-    binarise_scores,
     masks_from_module,
     masks_from_state_dict,
+    prepare_for_state,
 )
+from fairseq_subnets.core.transforms import FixedMask, ScoreMask, binarise_scores
 from fairseq_subnets.core.pruning import random_masks
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
@@ -84,9 +82,10 @@ def test_state_dict_keys_of_a_masked_module():
     module = attention()
     apply_masks(module, {"q_proj.weight": torch.ones(16, 16, dtype=torch.bool)})
     keys = set(module.state_dict())
-    assert {"q_proj.parametrizations.weight.original", "q_proj.parametrizations.weight.0.mask"} <= keys
+    mask_key = "q_proj.parametrizations.weight.0.fixed_mask.default.mask"
+    assert {"q_proj.parametrizations.weight.original", mask_key} <= keys
     assert "q_proj.weight" not in keys and "k_proj.weight" in keys
-    assert module.state_dict()["q_proj.parametrizations.weight.0.mask"].dtype == torch.bool
+    assert module.state_dict()[mask_key].dtype == torch.bool
 
 
 def tiny_layer():
@@ -185,10 +184,10 @@ def test_a_checkpoint_with_another_mask_loads_only_after_that_mask_is_applied():
     apply_masks(target, {"fc1.weight": other})
     with pytest.raises(RuntimeError, match="size mismatch") as refused:
         target.load_state_dict(source.state_dict())
-    assert "fc1.parametrizations.weight.0.mask keeps 205 weights, the model's 358" in str(refused.value)
+    assert "fc1.parametrizations.weight.0.fixed_mask.default.mask keeps 205 weights, the model's 358" in str(
+        refused.value)
     assert torch.equal(masks_from_module(target)["fc1.weight"], other)  # untouched by the failed load
-    apply_stored_masks(target, source.state_dict())
-    target.load_state_dict(source.state_dict())
+    target.load_state_dict(prepare_for_state(target, source.state_dict()))
     assert torch.equal(target.fc1.weight, source.fc1.weight)
 
 
@@ -252,14 +251,14 @@ def test_bake_state_dict_reads_full_raw_weights_of_older_fixed_masks_and_checks_
     kept_only = {**older, "fc1.parametrizations.weight.original": torch.tensor([1.0, 4.0])}
     assert torch.equal(bake_state_dict(kept_only, prefix="")["fc1.weight"], torch.tensor([[1.0, 0.0], [0.0, 4.0]]))
     wrong = {**older, "fc1.parametrizations.weight.original": torch.tensor([1.0, 2.0, 3.0])}
-    with pytest.raises(ValueError, match=r"original: holds 3 values of shape \(3,\); its mask has shape \(2, 2\) with 2 kept"):
+    with pytest.raises(ValueError, match=r"original: holds 3 values; its mask of shape \(2, 2\) keeps 2"):
         bake_state_dict(wrong, prefix="")
 
 
 def test_bake_state_dict_refuses_foreign_parametrizations():
     state = {"encoder.layers.0.fc1.parametrizations.weight.original": torch.ones(2, 2),
              "encoder.layers.0.fc1.parametrizations.weight.0.lora_A": torch.ones(1, 2)}
-    with pytest.raises(ValueError, match="0.lora_A: not a fairseq-subnets mask parametrization"):
+    with pytest.raises(ValueError, match="0.lora_A: not a fairseq-subnets weight transform"):
         bake_state_dict(state)
 
 
@@ -289,16 +288,16 @@ def test_score_mask_keeps_the_top_scores_and_trains_them_straight_through():
     assert int(masks_from_module(layer)["fc1.weight"].sum()) == 128
 
     state = layer.state_dict()
-    assert {"fc1.parametrizations.weight.0.scores", "fc1.parametrizations.weight.0.n_pruned"} <= set(state)
+    assert {"fc1.parametrizations.weight.0.score_mask.default.scores",
+            "fc1.parametrizations.weight.0.score_mask.default.n_pruned"} <= set(state)
     stored = masks_from_state_dict({f"encoder.layers.0.{k}": v for k, v in state.items()})
     assert torch.equal(stored["encoder.layers.0.fc1.weight"], masks_from_module(layer)["fc1.weight"])
 
 
-def test_parametrization_modules_are_plain_and_typed():
+def test_mask_modules_are_plain_and_typed():
     mask = torch.tensor([True, False])
-    assert torch.equal(FixedMask(mask)(torch.tensor([2.0])), torch.tensor([2.0, 0.0]))
-    assert torch.equal(FixedMask(mask).right_inverse(torch.tensor([2.0, float("inf")])), torch.tensor([2.0]))
-    with pytest.raises(ValueError, match=r"weight shape \(3,\) != mask shape \(2,\)"):
-        FixedMask(mask).right_inverse(torch.ones(3))
+    assert torch.equal(FixedMask(mask).expand(torch.tensor([2.0])), torch.tensor([2.0, 0.0]))
+    assert torch.equal(FixedMask(mask).compact(torch.tensor([2.0, float("inf")])), torch.tensor([2.0]))
+    assert torch.equal(FixedMask(mask)(torch.tensor([2.0, 3.0])), torch.tensor([2.0, 0.0]))
     score_mask = ScoreMask(torch.tensor([0.1, 0.9, 0.5, 0.2]), sparsity=0.5)
     assert score_mask(torch.ones(4)).tolist() == [0.0, 1.0, 1.0, 0.0]

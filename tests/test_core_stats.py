@@ -111,27 +111,3 @@ def test_labelled_csv_matrix_is_reordered_and_errors_name_file_and_label(tmp_pat
     path.write_text(",es,en\nes,1,x\nen,1,1\n")
     with pytest.raises(ValueError, match="phonemes.csv: row 'es', column 'en': 'x' is not a number"):
         stats.read_labelled_matrix(str(path), ["es", "en"])
-
-
-@pytest.fixture
-def one_thread():
-    """Timing on a shared CI machine: 2-thread regions stall whenever another process holds a core."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.mark.slow
-def test_iou_of_two_encoder_sized_masks_takes_under_a_second(one_thread):
-    import time
-
-    from fairseq_subnets.core.benchmark import EncoderShape
-    from fairseq_subnets.core.pruning import random_masks
-
-    shapes = EncoderShape().shapes()
-    a = {name: torch.rand(size) < 0.1 for name, size in shapes.items()}
-    b = random_masks(shapes, 0.9, seed=1)
-    start = time.perf_counter()
-    stats.iou(a, b)
-    assert time.perf_counter() - start < 1.0

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 from fairseq_subnets.cli.main import main as cli
-from fairseq_subnets.grid import MANIFEST_FILES, Cell, GridError, load_grid, plan_cells
+from fairseq_subnets.methods.storey2025.spec import MANIFEST_FILES, DownstreamCell, GridError, load_grid, plan_cells
 
 
 @pytest.fixture
@@ -40,9 +40,9 @@ def test_cells_cover_every_combination_with_one_unmasked_cell_per_pair(tmp_path,
         ("ca", "ca", "own"), ("ca", "es", "own"), ("es", "ca", "own"), ("es", "es", "own")]
     masked = [cell for cell in cells if cell.sparsity == 0.5]
     assert len(masked) == 2 * 2 * 5
-    assert Cell("es", "ca", 0.5, "swap", "ca", 1) in masked
-    assert Cell("ca", "es", 0.5, "union", "es", 1).mask_language == "ca+es"
-    assert Cell("es", "ca", 0.5, "swap", "ca", 1).mask_language == "ca"
+    assert DownstreamCell("es", "ca", 0.5, "swap", "ca", 1) in masked
+    assert DownstreamCell("ca", "es", 0.5, "union", "es", 1).mask_language == "ca+es"
+    assert DownstreamCell("es", "ca", 0.5, "swap", "ca", 1).mask_language == "ca"
     assert not any(cell.partner == cell.upstream for cell in cells)
     assert len({cell.name for cell in cells}) == len(cells)
 
@@ -51,7 +51,7 @@ def test_a_named_partner_and_source_sparsities_restrict_the_cells(tmp_path, corp
     grid = write_grid(tmp_path, corpus_dir, sparsities="[0.0, 0.5, 0.9]",
                       downstream="languages: [es]\n  sources: [own, 'swap:es']\n  source_sparsities: [0.9]")
     swaps = [cell for cell in plan_cells(load_grid(grid)) if cell.source == "swap"]
-    assert swaps == [Cell("ca", "es", 0.9, "swap", "es", 1)]
+    assert swaps == [DownstreamCell("ca", "es", 0.9, "swap", "es", 1)]
 
 
 def test_dry_run_lists_cells_and_trains_nothing(tmp_path, corpus_dir, capsys):
@@ -69,6 +69,7 @@ BAD_GRIDS = {
     "unknown source": (dict(downstream="languages: [es]\n  sources: [own, swapped]"), "unknown source 'swapped'"),
     "swap partner not upstream": (dict(downstream="languages: [es]\n  sources: ['swap:pl']"), "'swap:pl'"),
     "zero epochs": (dict(downstream="languages: [es]\n  epochs: 0"), "downstream.epochs must be an integer >= 1"),
+    "unknown method": (dict(extra="method: s3router"), "method: unknown method 's3router' (known: storey2025)"),
 }
 
 

@@ -167,5 +167,30 @@ def test_export_bakes_a_mask_into_plain_weights(checkpoints, tmp_path, capsys):
 def test_bench_runs_both_methods_and_agrees(capsys):
     result = run_json(capsys, "bench", "--layers", "1", "--width", "64", "--ffn", "256")
     assert result["weights"] == 4 * 64 * 64 + 2 * 64 * 256
-    assert result["ours"]["differing_ties"] >= 0 and result["bits_per_weight"] < 1.5  # tiny: header dominates
+    assert result["ours"]["differing_ties"] == 0  # no exact ties among 49,152 Gaussian float32 weights
+    assert result["bits_per_weight"] < 1.5  # tiny: the header dominates
     assert 0 < result["ours"]["union_ratio"] <= 1
+    timing = result["ours"]["iou_timing"]
+    assert (timing["reference"], timing["measured"]) == ("plain torch IOU", "stats.iou")
+    assert len(timing["measured_s"]) == 3 and timing["ratio"] > 0
+
+
+def test_bench_mask_comparison_allows_only_ties_at_the_threshold():
+    from fairseq_subnets.benchmarks.prune import differing_ties
+
+    weights = {"w": torch.tensor([0.1, -0.5, 0.5, 0.9])}
+    ours = {"w": torch.tensor([False, True, False, True])}
+    tie_broken_the_other_way = {"w": torch.tensor([False, False, True, True])}
+    assert differing_ties(weights, ours, ours) == 0
+    assert differing_ties(weights, ours, tie_broken_the_other_way) == 2
+    with pytest.raises(RuntimeError, match="beyond threshold ties"):
+        differing_ties(weights, ours, {"w": torch.tensor([True, False, False, True])})
+    with pytest.raises(RuntimeError, match="ours keeps 2 weights, torch.nn.utils.prune 3"):
+        differing_ties(weights, ours, {"w": torch.tensor([False, True, True, True])})
+
+
+@pytest.mark.parametrize("argv, message", [(["--sparsity", "1.5"], "sparsity must lie in (0, 1), got 1.5"),
+                                           (["--width", "0"], "width must be positive, got 0")])
+def test_bench_rejects_bad_settings_before_running(argv, message, capsys):
+    code, _, err = run(capsys, "bench", "--quick", *argv)
+    assert code == 2 and message in err

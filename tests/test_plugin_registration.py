@@ -1,46 +1,118 @@
 """The plugin registers its components under `subnets_*` names, keeps every stock config key, and
-survives being imported twice (by the package import and by fairseq's --user-dir loader)."""
+registers them (and the checkpoint allow-list) exactly once whichever of fairseq and fairseq_subnets
+is imported first, by the package import, fairseq's --user-dir loader, or both. Every import-order
+test runs in a fresh interpreter."""
 import dataclasses
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import fairseq_subnets
+from factory import write_plugin_checkpoint
+
+SUBNETS_NAMES = {"TASK_REGISTRY": ["subnets_audio_finetuning"], "MODEL_REGISTRY": ["subnets_wav2vec_ctc"],
+                 "CRITERION_REGISTRY": ["subnets_ctc"]}
+REPORT_REGISTRATION = f"""
+    import torch
+    from fairseq.criterions import CRITERION_REGISTRY
+    from fairseq.data.dictionary import Dictionary
+    from fairseq.models import MODEL_REGISTRY
+    from fairseq.tasks import TASK_REGISTRY
+    registered = {{"TASK_REGISTRY": TASK_REGISTRY, "MODEL_REGISTRY": MODEL_REGISTRY,
+                   "CRITERION_REGISTRY": CRITERION_REGISTRY}}
+    for registry, names in registered.items():
+        print(registry, *sorted(name for name in names if name.startswith("subnets_")))
+    allowed = torch.serialization.get_safe_globals()
+    print("allow-listed", Dictionary in allowed, Namespace in allowed)
+"""
+STOCK_ORDER = f"""
+    from fairseq import utils
+    for _ in range(2):
+        utils.import_user_module(Namespace(user_dir={fairseq_subnets.USER_DIR!r}))
+"""
+"""What fairseq-hydra-train and fairseq-generate do (fairseq first, then the user dir), twice."""
+IMPORT_ORDERS = {
+    "package, then user dir loader (twice)": f"""
+        import sys
+        import fairseq_subnets
+        assert "fairseq" not in sys.modules
+        from fairseq import utils
+        for _ in range(2):
+            utils.import_user_module(Namespace(user_dir={fairseq_subnets.USER_DIR!r}))
+    """,
+    "package, then plain fairseq": """
+        import fairseq_subnets
+        import fairseq
+    """,
+    "package, then a fairseq submodule": """
+        import fairseq_subnets
+        from fairseq.tasks import TASK_REGISTRY
+    """,
+    "plugin by name, before fairseq": """
+        import fairseq_subnets.plugin
+    """,
+    "fairseq, then package": """
+        import fairseq
+        import fairseq_subnets
+    """,
+}
 
 
 def run_python(code):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
 
 
-def test_user_dir_import_twice_registers_each_name_once():
-    result = run_python(f"""
-        from argparse import Namespace
-        from fairseq import utils
-        from fairseq.tasks import TASK_REGISTRY
-        from fairseq.models import MODEL_REGISTRY
-        from fairseq.criterions import CRITERION_REGISTRY
-        import fairseq_subnets.plugin  # first import, as Python code using the components does
-        for _ in range(2):
-            utils.import_user_module(Namespace(user_dir={fairseq_subnets.USER_DIR!r}))
-        print(TASK_REGISTRY["subnets_audio_finetuning"].__name__,
-              MODEL_REGISTRY["subnets_wav2vec_ctc"].__name__,
-              CRITERION_REGISTRY["subnets_ctc"].__name__)
-    """)
+def registration_after(imports):
+    """What is registered and allow-listed after running `imports` in a fresh interpreter."""
+    result = run_python("from argparse import Namespace\n" + textwrap.dedent(imports) + textwrap.dedent(REPORT_REGISTRATION))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["SubnetsAudioFinetuningTask", "SubnetsWav2VecCtc", "SubnetsCtcCriterion"]
+    return result.stdout.splitlines()
 
 
-def test_user_dir_loader_alone_registers_components():
-    """What fairseq-hydra-train and fairseq-generate do: import fairseq, then the user dir."""
+@pytest.fixture(scope="module")
+def stock_registration():
+    """What the stock commands register; every other import order must register the same."""
+    registration = registration_after(STOCK_ORDER)
+    registered = {line.split()[0]: set(line.split()[1:]) for line in registration[:-1]}
+    assert all(set(names) <= registered[registry] for registry, names in SUBNETS_NAMES.items()), registration
+    assert registration[-1] == "allow-listed True True"
+    return registration
+
+
+@pytest.mark.parametrize("imports", IMPORT_ORDERS.values(), ids=IMPORT_ORDERS)
+def test_every_import_order_registers_each_component_and_the_allow_list_once(imports, stock_registration):
+    """fairseq raises on a second registration of a name, so a clean exit also means "once"."""
+    assert registration_after(imports) == stock_registration
+
+
+def test_a_notebook_importing_the_package_first_loads_a_plugin_checkpoint_with_stock_fairseq(tmp_path):
+    """Stock `load_model_ensemble_and_task` needs the task and model registered and the checkpoint's
+    Dictionary allow-listed for torch's weights-only loader, all after our package came first."""
+    path, model, _ = write_plugin_checkpoint(tmp_path, sparsity=0.5, seed=3)
     result = run_python(f"""
-        from argparse import Namespace
-        from fairseq import utils
-        from fairseq.tasks import TASK_REGISTRY
-        utils.import_user_module(Namespace(user_dir={fairseq_subnets.USER_DIR!r}))
-        print("subnets_audio_finetuning" in TASK_REGISTRY)
+        import fairseq_subnets
+        from fairseq import checkpoint_utils
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([{str(path)!r}])
+        print(type(models[0]).__name__, type(task).__name__, models[0].mask_digest())
     """)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "True"
+    assert result.stdout.split() == ["SubnetsWav2VecCtc", "SubnetsAudioFinetuningTask", model.mask_digest()]
+    assert model.mask_digest() != ""
+
+
+@pytest.mark.slow
+def test_a_notebook_loads_a_checkpoint_trained_by_fairseq_hydra_train(skeleton_run):
+    _, pipeline = skeleton_run
+    result = run_python(f"""
+        import fairseq_subnets
+        from fairseq import checkpoint_utils
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([{pipeline.finetuned_checkpoint!r}])
+        print(type(models[0]).__name__, cfg.model._name)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["SubnetsWav2VecCtc", "subnets_wav2vec_ctc"]
 
 
 def test_plugin_classes_extend_stock_ones_and_keep_every_stock_key():
@@ -65,7 +137,8 @@ def test_plugin_classes_extend_stock_ones_and_keep_every_stock_key():
 def test_package_import_does_not_import_fairseq():
     result = run_python("""
         import sys
-        import fairseq_subnets, fairseq_subnets.scoring, fairseq_subnets.runner
+        import fairseq_subnets, fairseq_subnets.scoring, fairseq_subnets.runner, fairseq_subnets.data
+        import fairseq_subnets.benchmarks.data_check
         print("fairseq" in sys.modules, "torch" in sys.modules)
     """)
     assert result.returncode == 0, result.stderr

@@ -1,7 +1,8 @@
 """`fairseq-subnets demo`: the main job on built-in example data (what `make demo` runs)."""
 from pathlib import Path
 
-from ..pipeline import SLICE_SPARSITIES, SkeletonSettings, run_skeleton, run_subnet_slice
+from ..demo import SkeletonSettings, run_skeleton
+from ..methods.storey2025.demo_slice import SLICE_SPARSITIES, run_subnet_slice
 
 
 def register(subparsers):

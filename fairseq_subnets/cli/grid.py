@@ -1,10 +1,13 @@
-"""`fairseq-subnets grid GRID.yaml`: the language-subnetwork experiment grid (Storey et al. 2025).
+"""`fairseq-subnets grid GRID.yaml`: run an experiment grid (the grid file's `method:`, by default
+the language subnetworks of Storey et al. 2025) through the experiment engine.
 
-See fairseq_subnets/grid.py for what runs; every training and decoding step is a stock fairseq
-subprocess with its own log under OUT. The grid file is checked completely before anything runs.
+Each cell is stock fairseq subprocesses with its own folder and logs under OUT; the grid file is
+checked completely before anything runs. See fairseq_subnets/engine/ and fairseq_subnets/methods/.
 """
 import sys
 from pathlib import Path
+
+import yaml
 
 from .main import QUIET_HELP, UserError
 
@@ -12,49 +15,70 @@ from .main import QUIET_HELP, UserError
 def register(subparsers):
     parser = subparsers.add_parser(
         "grid",
-        help="run upstream x downstream x sparsity x mask-source fine-tuning cells; resumable",
-        description="Runs every cell of GRID (upstream fine-tuning per language, pruning, downstream "
-        "fine-tuning with a fixed mask, fairseq-generate on the test set) and writes OUT/results.csv, "
-        "OUT/results.json and OUT/iou.csv. Interrupted? Run the same command again: finished cells are "
-        "skipped and unfinished ones resume from their last checkpoint. Then: fairseq-subnets report OUT.",
+        help="run an experiment grid's cells (fine-tuning, pruning, decoding); resumable",
+        description="Runs every cell of GRID (for Storey et al. 2025: upstream fine-tuning per language, "
+        "pruning, downstream fine-tuning with a fixed mask, fairseq-generate on the test set) and writes "
+        "OUT/results.csv, OUT/results.json and OUT/iou.csv. Interrupted? Run the same command again: finished "
+        "cells are skipped and unfinished ones resume from their last checkpoint; a cell whose settings, "
+        "input files or upstream cells changed is run anew. Then: fairseq-subnets report OUT.",
         epilog="grid file keys: see examples/storey2025/grid.yaml",
     )
     parser.add_argument("grid", type=Path, metavar="GRID", help="grid yaml file")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<grid name>)")
-    parser.add_argument("--jobs", type=int, default=1, help="cells trained at the same time (default: %(default)s)")
+    parser.add_argument("--jobs", type=int, default=1, help="cells run at the same time: threads, or submitit jobs in flight (default: %(default)s)")
+    parser.add_argument("--executor", default="local", choices=("local", "submitit-local", "slurm"),
+                        help="where cells run: threads of this process (default), one submitit process per "
+                        "cell on this machine, or one Slurm job per cell")
+    parser.add_argument("--slurm", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Slurm option over the grid file's `slurm:` section (partition, account, qos, "
+                        "constraint, time_min, gpus_per_rank, cpus_per_rank, mem_gb_per_rank); repeatable")
     parser.add_argument("--dry-run", action="store_true", help="check the grid file and list the cells, run nothing")
     parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     parser.set_defaults(func=run)
 
 
+def parse_pairs(pairs, flag):
+    """['partition=gpu', 'time_min=60'] -> {'partition': 'gpu', 'time_min': 60} (values read as YAML)."""
+    options = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise UserError(f"{flag} {pair!r}: expected KEY=VALUE")
+        options[key.strip()] = yaml.safe_load(value)
+    return options
+
+
 def run(args):
-    from ..grid import GridError, GridRun, load_grid, plan_cells
-    from ..runner import RunError
+    from ..engine.cells import CellError
+    from ..engine.executors import make_executor, slurm_options
+    from ..engine.scheduler import CellFailed
+    from ..methods import method_of_grid_file
 
     if args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: must be at least 1")
     try:
-        spec = load_grid(args.grid)
-    except GridError as error:
+        method = method_of_grid_file(args.grid)
+        spec = method.load_grid(args.grid)
+        slurm = slurm_options(parse_pairs(args.slurm, "--slurm"), "--slurm", base=spec.slurm)
+    except ValueError as error:  # the method's GridError, MethodError, bad --slurm values
         raise UserError(str(error)) from None
-    out = (args.out or Path("runs") / spec.name).resolve()
-    cells = plan_cells(spec)
     if args.dry_run:
-        for cell in cells:
-            print(cell.name)
-        print(f"{len(spec.upstream.languages) * len(spec.seeds)} upstream models, {len(cells)} downstream cells")
+        print("\n".join(method.dry_run_lines(spec)))
         return 0
     from tqdm import tqdm
 
-    from ..plugin.prune import PruneError
-
-    total = len(cells) + len(spec.upstream.languages) * len(spec.seeds)
-    with tqdm(total=total, unit="cell", disable=True if args.quiet else None, file=sys.stderr) as progress:
-        runner = GridRun(spec, out, jobs=args.jobs, say=progress.write, progress=progress)
+    out = (args.out or Path("runs") / spec.name).resolve()
+    try:
+        executor = make_executor(args.executor, args.jobs, out, slurm)
+    except ImportError as error:
+        raise UserError(f"--executor {args.executor}: {error} (pip install submitit)") from None
+    with tqdm(unit="cell", disable=True if args.quiet else None, file=sys.stderr) as progress:
+        runner = method.GridRun(spec, out, executor, say=progress.write, progress=progress)
+        progress.reset(total=len(runner.cells))
         try:
             results = runner.run()
-        except (RunError, GridError, PruneError) as error:
+        except (CellFailed, CellError) as error:
             raise UserError(f"{error}\n(finished cells are kept; fix the cause and run the same command again)") from None
-    print(f"results: {results} ({len(runner.rows)} of {total} cells finished); iou: {out / 'iou.csv'}")
+    print(f"results: {results} ({len(runner.results)} of {len(runner.cells)} cells finished); iou: {out / 'iou.csv'}")
     print(f"views: fairseq-subnets report {out} --out {out / 'report'}")
     return 0

@@ -1,4 +1,4 @@
-"""`fairseq-subnets prune | masks ... | export | bench`: finding, comparing and shipping masks.
+"""`fairseq-subnets prune | masks ... | export`: finding, comparing and shipping masks.
 
 Every `masks` subcommand prints a readable table by default, one JSON object with `--json`, and
 CSV with `--csv` where the result is a table. Mask files are the bit-packed safetensors files of
@@ -20,7 +20,6 @@ def register(subparsers):
     _register_prune(subparsers)
     _register_masks(subparsers)
     _register_export(subparsers)
-    _register_bench(subparsers)
 
 
 # ----------------------------------------------------------------------------------------- output
@@ -360,46 +359,4 @@ def run_export(args) -> int:
     except OSError as error:
         raise UserError(f"{args.out}: cannot write ({error.strerror})") from None
     print(f"wrote {args.out}")
-    return 0
-
-
-# ----------------------------------------------------------------------------------------- bench
-
-
-def _register_bench(subparsers):
-    parser = subparsers.add_parser(
-        "bench", help="speed and memory of global L1 pruning against torch.nn.utils.prune",
-        description="Builds an XLS-R-300M-shaped encoder (24 layers, width 1024, FFN 4096: 302M prunable "
-        "weights) with random weights and prunes it to --sparsity with torch.nn.utils.prune."
-        "global_unstructured(L1Unstructured) and with ours, each in its own process; checks the masks "
-        "agree, then times mask files, IOU and union ratio. Needs about 17 GiB of memory for the "
-        "reference at full size and a few minutes.",
-    )
-    parser.add_argument("--quick", action="store_true", help="4 layers instead of 24 (a smoke test)")
-    parser.add_argument("--layers", type=int, help="encoder layers (default: 24, or 4 with --quick)")
-    parser.add_argument("--width", type=int, default=1024, help="default: %(default)s")
-    parser.add_argument("--ffn", type=int, default=4096, help="default: %(default)s")
-    parser.add_argument("--sparsity", type=float, default=0.9, help="default: %(default)s")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads in both processes (default: %(default)s: on a small shared machine "
-                        "multi-threaded regions stall while another process holds a core)")
-    _add_format_options(parser, csv_too=False)
-    parser.set_defaults(func=run_bench)
-
-
-def run_bench(args) -> int:
-    from ..core.benchmark import EncoderShape, format_report, run_benchmark
-
-    layers = args.layers or (4 if args.quick else 24)
-    if min(layers, args.width, args.ffn, args.threads) < 1 or not 0 < args.sparsity < 1:
-        raise UserError("--layers, --width, --ffn and --threads must be positive and --sparsity in (0, 1)")
-    say = (lambda message: print(message, file=sys.stderr)) if args.json else print
-    try:
-        result = run_benchmark(EncoderShape(layers, args.width, args.ffn), args.sparsity, args.threads, say)
-    except RuntimeError as error:
-        raise UserError(str(error)) from None
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_report(result))
     return 0

@@ -1,7 +1,8 @@
-"""`fairseq-subnets report RESULTS --out DIR`: the tables and figures of a language-subnetwork grid.
+"""`fairseq-subnets report RESULTS --out DIR`: the tables and figures of a grid run, drawn by the
+views of the method that wrote it (the `method` of results.json; Storey et al. 2025 by default).
 
-The work is in `fairseq_subnets.report` (imported when the command runs, so building the parser for
-other commands does not load matplotlib).
+The work is in the method's `write_report` (imported when the command runs, so building the parser
+for other commands does not load matplotlib).
 """
 from pathlib import Path
 
@@ -26,11 +27,12 @@ def register(subparsers):
 
 
 def run(args) -> int:
-    from ..report import ResultsError, write_report
+    from ..engine.report import ResultsError
+    from ..methods import MethodError, method_of_results
 
     try:
-        written = write_report(args.results, args.out)
-    except ResultsError as error:
+        written = method_of_results(args.results).write_report(args.results, args.out)
+    except (ResultsError, MethodError) as error:
         raise UserError(str(error)) from None
     except OSError as error:
         raise UserError(f"{error.filename or args.out}: {error.strerror}") from None

@@ -6,5 +6,4 @@
   maskfile    bit-packed safetensors mask files with metadata and integrity checks
   stats       union / intersection / difference / complement, sparsity, IOU, union ratio,
               cosine similarity, pairwise matrices and their correlation with a user matrix
-  benchmark   global L1 speed and memory against torch.nn.utils.prune
 """

@@ -46,6 +46,14 @@ def weight_name(layer: int, kind: str) -> str:
     return f"{_LAYERS_PART}{layer}.{KIND_MODULES[kind]}.weight"
 
 
+def encoder_weight_shapes(layers: int, width: int, ffn: int) -> Dict[str, Tuple[int, int]]:
+    """Name -> shape of every prunable matrix of a wav2vec2 encoder of this size, without building
+    it, so that masks of a large model (XLS-R 300M: 24, 1024, 4096) can be made and measured alone."""
+    square = (width, width)
+    by_kind = {"q": square, "k": square, "v": square, "out": square, "fc1": (ffn, width), "fc2": (width, ffn)}
+    return {weight_name(layer, kind): by_kind[kind] for layer in range(layers) for kind in KINDS}
+
+
 def parse_weight_name(name: str) -> Optional[Tuple[int, str]]:
     """(layer, kind) of a model-relative prunable weight name, or None for any other name."""
     match = _WEIGHT_NAME.fullmatch(name)

@@ -1,7 +1,9 @@
-"""fairseq glue: registers the `subnets_*` task, model and criterion.
+"""fairseq glue: registers the `subnets_*` task, model and criterion, and allow-lists fairseq's
+checkpoint classes for torch's weights-only loader.
 
-Importing this module imports fairseq. It is imported automatically when fairseq loads the package
-as a user dir; import it explicitly when using the components from Python.
+Importing this module imports fairseq. Importing `fairseq_subnets` imports it too, at once if
+fairseq is already imported and otherwise right after fairseq's import (see
+`fairseq_subnets.plugin_loading`), so it is rarely imported by name.
 """
 from . import checkpoints  # noqa: F401  (allow-lists fairseq's checkpoint types for torch.load)
 from . import criterions, models, tasks  # noqa: F401

@@ -1,12 +1,16 @@
 """`subnets_wav2vec_ctc`: fairseq's wav2vec2 CTC model, the carrier of masks and adapters.
 
-With no mask configured it is exactly the stock `wav2vec_ctc` model (same parameters, same outputs
-from the same checkpoint). With `mask_path` the mask file is applied to the encoder after the
-pretrained weights are loaded, through the weight tensors themselves (see core.parametrize), so
-fairseq's fused attention path honours it and pruned effective weights stay exactly zero.
+With no transform configured it is exactly the stock `wav2vec_ctc` model (same parameters, same
+outputs from the same checkpoint). Methods change encoder weights through weight transforms
+(core.transforms: masks, learned scores, per-language masks, deltas), which act through the weight
+tensors themselves, so fairseq's fused attention path honours them. With `mask_path` the mask file
+is applied after the pretrained weights are loaded, and pruned effective weights stay exactly zero.
 
-The masks are buffers of the model, so every checkpoint carries them: resuming, fairseq-generate
-and `fairseq-subnets export` need the checkpoint only, even if the mask file has moved since.
+The model is rebuilt from its config: at build time it records which transforms it holds in
+`transform_plan` (kinds, names, options, weights), which fairseq saves in every checkpoint's cfg.
+A model rebuilt from a checkpoint (resume, fairseq-generate, export) creates the same transforms
+from the plan, and the checkpoint fills their state. The transforms' state is in the model's state
+dict, so nothing else is needed, even if the mask file has moved since.
 
 Downstream fine-tuning (Storey et al. 2025) starts from a fine-tuned *upstream* CTC checkpoint
 (`init_from`), which the stock model cannot do (its `w2v_path` must be a pretraining checkpoint):
@@ -14,20 +18,23 @@ the encoder comes from the upstream model, the output layer too when the charact
 and a fresh one otherwise. `freeze_encoder_epochs` trains only the output layer for the first
 epochs; the stock `freeze_finetune_updates` counts updates instead.
 """
+import json
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
-from omegaconf import OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..core.maskfile import load_mask_file, mask_set_digest
-from ..core.parametrize import apply_masks, apply_stored_masks, bake_state_dict, masks_from_module
-from ..core.targets import TargetSelection, num_encoder_layers, relative_weight_names
+from ..core.maskfile import load_mask_file
+from ..core.parametrize import MASK_STORAGES, apply_masks, bake_state_dict, mask_state_digest, prepare_for_state
+from ..core.targets import TargetSelection, num_encoder_layers, parse_weight_name
+from ..core.transforms import build_from_plan, parse_plan, transform_plan
 from .checkpoints import load_checkpoint
+from .language_heads import LanguageHeadsMixin
 from .tasks import SubnetsAudioFinetuningTask
 
 logger = logging.getLogger(__name__)
@@ -36,6 +43,7 @@ W2V_PREFIX = "w2v_encoder.w2v_model."
 """Where the wav2vec2 model sits inside the CTC model; mask names are relative to it."""
 OUTPUT_LAYER_PREFIX = "w2v_encoder.proj."
 OUTPUT_LAYER_CHOICES = ChoiceEnum(["auto", "keep", "new"])
+MASK_STORAGE_CHOICES = ChoiceEnum(list(MASK_STORAGES))
 FROZEN_FOREVER = 1 << 62
 """A `freeze_finetune_updates` value no run reaches: fairseq's own switch, held on by epoch."""
 
@@ -58,6 +66,17 @@ class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig):
     mask_layers: Optional[str] = field(
         default=None, metadata={"help": "apply only these encoder layers of the mask file (e.g. 0-5); default: all"}
     )
+    mask_storage: MASK_STORAGE_CHOICES = field(
+        default="kept",
+        metadata={"help": "kept: store and train only the kept weights (fastest; the mask never changes); "
+                  "dense: full weights under a mask that may change in place during training"},
+    )
+    transform_plan: Optional[str] = field(
+        default=None,
+        metadata={"help": "written by the plugin at build time and saved in checkpoints: which weight "
+                  "transforms the model holds (JSON); models rebuilt from a checkpoint recreate them "
+                  "from it. Leave unset."},
+    )
     init_from: Optional[str] = field(
         default=None,
         metadata={"help": "fine-tuned CTC checkpoint (an upstream model) to start from: its architecture "
@@ -73,10 +92,24 @@ class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig):
         metadata={"help": "train only the output layer during the first N epochs (needs the "
                   "subnets_audio_finetuning task, which reports epochs to the model)"},
     )
+    languages: Optional[List[str]] = field(
+        default=None,
+        metadata={"help": "written at build time by the subnets_multilingual_finetuning task and saved in "
+                  "checkpoints (see plugin.language_heads): the model's languages. Leave unset."},
+    )
+    language_output_layers: Optional[str] = field(
+        default=None,
+        metadata={"help": "written at build time with languages: per_language or shared. Leave unset."},
+    )
+    language_output_sizes: Optional[List[int]] = field(
+        default=None,
+        metadata={"help": "written at build time with languages: output size of each language's layer, or "
+                  "of the shared one. Leave unset."},
+    )
 
 
 @register_model("subnets_wav2vec_ctc", dataclass=SubnetsWav2Vec2CtcConfig)
-class SubnetsWav2VecCtc(Wav2VecCtc):
+class SubnetsWav2VecCtc(LanguageHeadsMixin, Wav2VecCtc):
     @classmethod
     def build_model(cls, cfg, task):
         upstream = load_checkpoint(cfg.init_from) if cfg.init_from else None
@@ -84,10 +117,14 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
             with open_dict(cfg):
                 cfg.w2v_args = upstream_encoder_config(upstream, cfg.init_from)
         model = super().build_model(cfg, task)
+        model.build_language_heads(cfg, task)
         if upstream is not None:
             model.load_upstream(upstream, cfg.init_from, cfg.init_output_layer, task.target_dictionary)
+        build_from_plan(model, parse_plan(cfg.transform_plan, "model.transform_plan"), prefix=W2V_PREFIX)
         if cfg.mask_path:
-            model.apply_mask_file(cfg.mask_path, cfg.mask_targets or "all", cfg.mask_layers or "all")
+            model.apply_mask_file(cfg.mask_path, cfg.mask_targets or "all", cfg.mask_layers or "all",
+                                  storage=cfg.mask_storage)
+        model.record_transform_plan(cfg)
         if cfg.freeze_encoder_epochs and not isinstance(task, SubnetsAudioFinetuningTask):
             raise ValueError(
                 f"model.freeze_encoder_epochs={cfg.freeze_encoder_epochs} needs task._name="
@@ -97,19 +134,32 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
         model.configured_freeze_updates = cfg.freeze_finetune_updates
         return model
 
+    def record_transform_plan(self, cfg):
+        """Writes the transforms the model now holds into its config (saved in checkpoints).
+        Methods that add transforms in build_model call this last."""
+        plan = transform_plan(self, prefix=W2V_PREFIX)
+        value = json.dumps(plan) if plan else None
+        if isinstance(cfg, DictConfig):
+            with open_dict(cfg):
+                cfg.transform_plan = value
+        else:  # a checkpoint's cfg as plain containers
+            cfg["transform_plan"] = value
+
     def encoder_weight_shapes(self):
         """Model-relative prunable weight name -> shape of the (effective) weight."""
-        names = relative_weight_names(self.state_dict().keys(), W2V_PREFIX)
-        return {name: tuple(self.get_submodule(W2V_PREFIX + name[: -len(".weight")]).weight.shape) for name in names}
+        w2v_model = self.get_submodule(W2V_PREFIX[:-1])
+        return {f"{path}.weight": tuple(module.weight.shape) for path, module in w2v_model.named_modules()
+                if parse_weight_name(f"{path}.weight") is not None}
 
-    def apply_mask_file(self, path, targets="all", layers="all"):
-        """Fixes the selected masks of a mask file on the encoder (pruned weights are dropped)."""
+    def apply_mask_file(self, path, targets="all", layers="all", storage="kept"):
+        """Fixes the selected masks of a mask file on the encoder (kept-only storage drops the
+        pruned weights; dense storage keeps them under a mask that may change later)."""
         mask_file = load_mask_file(path)
         model_shapes = self.encoder_weight_shapes()
         selected = set(TargetSelection.parse(targets, layers).names(num_encoder_layers(model_shapes)))
         chosen = replace(mask_file, masks={n: m for n, m in mask_file.masks.items() if n in selected})
         chosen.check_against({name: shape for name, shape in model_shapes.items() if name in selected})
-        apply_masks(self, chosen.masks, prefix=W2V_PREFIX)
+        apply_masks(self, chosen.masks, prefix=W2V_PREFIX, storage=storage)
 
     def load_upstream(self, upstream, path, output_layer, dictionary):
         """Copies the upstream encoder (masks baked in) and, if kept, its output layer."""
@@ -140,14 +190,14 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
             logger.info("epoch %d: encoder %s", epoch, "frozen (output layer only)" if frozen else "trained")
 
     def mask_digest(self):
-        """sha256 of the encoder's masks (empty string when unmasked)."""
-        masks = masks_from_module(self, prefix=W2V_PREFIX)
-        return mask_set_digest(masks) if masks else ""
+        """sha256 of every mask the encoder's transforms hold (empty string when unmasked)."""
+        return mask_state_digest(self, prefix=W2V_PREFIX)
 
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
-        """Takes the masks a checkpoint holds, also when this model was built without them or with
-        other ones (a FixedMask stores only its kept weights, so the mask must match first)."""
-        apply_stored_masks(self, state_dict, prefix=W2V_PREFIX)
+        """Takes the fixed masks a checkpoint holds, also when this model was built with other ones
+        or, for checkpoints older than transform plans, with none (kept-only storage is sized by
+        its mask, so the mask must match first); 0.2 key names are upgraded."""
+        state_dict = prepare_for_state(self, state_dict, prefix=W2V_PREFIX)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 

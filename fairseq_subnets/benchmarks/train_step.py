@@ -1,4 +1,4 @@
-"""Speed of fixed-mask training and of decoding a baked model, against the same model without masks.
+"""Speed of masked training and of decoding a baked model, against the same model without masks.
 
 Everything runs in one process on one batch of random audio, with the real plugin model
 (`subnets_wav2vec_ctc`, built from a wav2vec2 config instead of a pretrained checkpoint):
@@ -7,44 +7,49 @@ Everything runs in one process on one batch of random audio, with the real plugi
   without masks; measured = the same weights with a fixed global-L1 mask on every prunable encoder
   matrix, fixed by `SubnetsWav2VecCtc.apply_mask_file` exactly as `+model.mask_path` does (so the
   optimizer holds only the kept weights). After the masked steps every pruned effective weight
-  must still be exactly zero.
+  must still be exactly zero. The same mask with dense storage (`+model.mask_storage=dense`: full
+  weights, a mask that may change in place) is timed against the same reference.
+* language switching: two models with per-language masks on every prunable matrix (the global-L1
+  mask and a random mask of the same sparsity, one per "language"); reference = one that trains one
+  language throughout, measured = one whose active language changes at every step, as monolingual
+  batches of a multilingual run do.
 * decoding (eval, no_grad forward): reference = the stock fairseq `Wav2VecCtc` holding the baked
   state dict of the masked model (what a checkpoint written by `fairseq-subnets export` holds);
   measured = a copy of the masked model baked by `bake_module`. Their outputs must be identical.
   The masked model before baking is timed as well, for information.
 
-The models being compared run in turn (A, B, A, B, ...) so that drift of the machine (another
-job starting, clock changes) hits both alike; the first repetitions are warm-up and discarded.
-Each row reports the median seconds per repetition and ratio = median(measured) / median(reference),
-plus the range of the per-repetition ratios (measured_i / reference_i) as a noise estimate.
+Each row of the report is a `Comparison` in `COMPARISONS`: a measured model against a named
+reference model of the same phase. The models of one phase run in turn and are compared by their
+median seconds per repetition (see `timing`). A new row is a model added to its phase in `_run`
+and a `Comparison` naming it.
 """
 import datetime
+import itertools
 import math
 import os
 import platform
-import statistics
-import tempfile
-import time
-import types
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
-from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
-from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from fairseq.optim.adam import Adam as FairseqAdamImpl
-from omegaconf import OmegaConf
 
-from ..core.maskfile import save_mask_file
-from ..core.parametrize import bake_module, bake_state_dict
-from ..core.pruning import global_l1_masks
+from ..core.parametrize import apply_language_masks, bake_module, bake_state_dict
+from ..core.pruning import global_l1_masks, random_masks
 from ..core.targets import select_weights
-from .models import W2V_PREFIX, SubnetsWav2Vec2CtcConfig, SubnetsWav2VecCtc
+from ..core.transforms import select_language
+from ..plugin.models import W2V_PREFIX
+from ..plugin.untrained import CtcModelSize, build_untrained_ctc_model, fix_masks_as_mask_path_does, rebuild_with_state
+from .timing import compare, interleaved, ratio_cell, text_table
 
 SAMPLE_RATE = 16000
 TRAIN_TARGET = 1.10
-"""Most a fixed-mask training step may cost, relative to the same model without masks."""
+"""Most a masked training step (fixed or dense mask) may cost, relative to the same model without masks."""
+SWITCH_TARGET = 1.02
+"""Most a training step may cost when the active language mask changes at every step, relative to
+one language throughout."""
+LANGUAGES = ("first", "second")
 
 
 @dataclass(frozen=True)
@@ -71,12 +76,15 @@ class StepBenchSettings:
     lr: float = 5e-5
 
     @property
+    def model_size(self) -> CtcModelSize:
+        return CtcModelSize(self.layers, self.width, self.ffn, self.heads, self.vocab)
+
+    @property
     def attention_heads(self) -> int:
-        return self.heads or max(1, self.width // 64)
+        return self.model_size.attention_heads
 
     def describe(self) -> str:
-        return (f"{self.layers} layers, width {self.width}, FFN {self.ffn}, {self.attention_heads} heads; "
-                f"batch {self.batch} x {self.seconds:g} s of {SAMPLE_RATE // 1000} kHz audio")
+        return f"{self.model_size.describe()}; batch {self.batch} x {self.seconds:g} s of {SAMPLE_RATE // 1000} kHz audio"
 
     def check(self) -> None:
         positive = {"layers": self.layers, "width": self.width, "ffn": self.ffn, "batch": self.batch,
@@ -94,49 +102,37 @@ class StepBenchSettings:
             raise ValueError(f"seconds: {self.seconds} s of audio is shorter than the feature extractor's receptive field")
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """One row of the report: `measured` against the named `reference`, both models of `phase`."""
+
+    key: str
+    """the row's key in the result"""
+    label: str
+    phase: str
+    """"train" (training steps) or "decode" (eval forward passes)"""
+    reference: str
+    measured: str
+    target: str
+
+
+COMPARISONS = (
+    Comparison("train", "training step, fixed mask", "train", "no mask", "fixed mask", f"<= {TRAIN_TARGET:.2f}"),
+    Comparison("train_dense", "training step, dense mask", "train", "no mask", "dense mask", f"<= {TRAIN_TARGET:.2f}"),
+    Comparison("train_switch", "training step, language switched every step", "train", "one language",
+               "switching languages", f"<= {SWITCH_TARGET:.2f}"),
+    Comparison("decode", "decoding, baked", "decode", "stock export", "baked", "1.00 within noise"),
+    Comparison("decode_masked", "decoding, masked (not baked)", "decode", "stock export", "masked, not baked",
+               "information"),
+)
+
+
 # ------------------------------------------------------------------------------------------ models
 
 
-def _model_config(settings: StepBenchSettings, config_class):
-    """A CTC config whose wav2vec2 model is built from `w2v_args` instead of a checkpoint."""
-    model = OmegaConf.structured(Wav2Vec2Config(
-        encoder_layers=settings.layers, encoder_embed_dim=settings.width,
-        encoder_ffn_embed_dim=settings.ffn, encoder_attention_heads=settings.attention_heads,
-    ))
-    model._name = "wav2vec2"
-    # The task is only instantiated (no data is read), so its data directory need not exist.
-    w2v_args = OmegaConf.create({"task": {"_name": "audio_pretraining", "data": "unused", "normalize": False},
-                                 "model": model})
-    return config_class(w2v_path=None, w2v_args=w2v_args, data="unused", normalize=False)
-
-
-def _build(settings: StepBenchSettings, stock: bool = False):
-    """A freshly initialised `subnets_wav2vec_ctc` model (stock fairseq `Wav2VecCtc` with `stock`)."""
-    task = types.SimpleNamespace(target_dictionary=range(settings.vocab))
-    if stock:
-        return Wav2VecCtc.build_model(_model_config(settings, Wav2Vec2CtcConfig), task)
-    return SubnetsWav2VecCtc.build_model(_model_config(settings, SubnetsWav2Vec2CtcConfig), task)
-
-
-def _copy(settings: StepBenchSettings, model, stock: bool = False, state=None):
-    """A model with `model`'s state (or `state`). Built and loaded rather than deep-copied: the
-    positional convolution's weight_norm makes wav2vec2 models refuse deepcopy."""
-    twin = _build(settings, stock)
-    twin.load_state_dict(model.state_dict() if state is None else state, strict=True)
-    return twin
-
-
-def _prune_masks(model, sparsity: float):
+def prune_masks(model, sparsity: float):
     """The global-L1 mask set of every prunable encoder matrix, as `fairseq-subnets prune` finds it."""
     return global_l1_masks(select_weights(model.state_dict()), sparsity)
-
-
-def _apply_as_plugin(model, masks, sparsity: float) -> None:
-    """Fixes `masks` the way `+model.mask_path` does: through a mask file and apply_mask_file."""
-    with tempfile.TemporaryDirectory(prefix="fairseq-subnets-step-bench-") as directory:
-        path = os.path.join(directory, "mask.safetensors")
-        save_mask_file(path, masks, {"method": "global-l1", "sparsity": sparsity})
-        model.apply_mask_file(path)
 
 
 def _sparsity(masks) -> float:
@@ -148,6 +144,18 @@ def _require(condition: bool, message: str) -> None:
     """An assertion that `python -O` does not remove."""
     if not condition:
         raise AssertionError(f"benchmark: {message}")
+
+
+def _phase_models(models: Mapping[str, object], phase: str) -> Dict[str, object]:
+    """The models the comparisons of `phase` name, each once, in the order the comparisons name them."""
+    names = [name for row in COMPARISONS if row.phase == phase for name in (row.reference, row.measured)]
+    return {name: models[name] for name in dict.fromkeys(names)}
+
+
+def _compare_phase(result: Dict[str, object], seconds: Mapping[str, List[float]], phase: str) -> None:
+    for row in COMPARISONS:
+        if row.phase == phase:
+            result[row.key] = compare(seconds, row.reference, row.measured)
 
 
 def pruned_nonzero(model, masks: Mapping[str, torch.Tensor]) -> int:
@@ -208,30 +216,6 @@ def decode_forward(model, batch: Batch) -> torch.Tensor:
         return model(source=batch.audio, padding_mask=None)["encoder_out"]
 
 
-def interleaved(runs: Mapping[str, Callable[[], object]], steps: int, warmup: int) -> Dict[str, List[float]]:
-    """Seconds per call of each function, calling them in turn (A, B, A, B, ...) warmup + steps
-    times; the warm-up rounds are not kept."""
-    seconds: Dict[str, List[float]] = {name: [] for name in runs}
-    for round_index in range(warmup + steps):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            elapsed = time.perf_counter() - start
-            if round_index >= warmup:
-                seconds[name].append(elapsed)
-    return seconds
-
-
-def compare(seconds: Mapping[str, List[float]], reference: str, measured: str) -> Dict[str, object]:
-    """Medians, their ratio (measured / reference) and the range of the per-round ratios."""
-    pairs = [b / a for a, b in zip(seconds[reference], seconds[measured])]
-    ref_median, ours_median = statistics.median(seconds[reference]), statistics.median(seconds[measured])
-    return {"reference": reference, "measured": measured, "reference_median_s": ref_median,
-            "measured_median_s": ours_median, "ratio": ours_median / ref_median,
-            "pair_ratio_min": min(pairs), "pair_ratio_max": max(pairs),
-            "reference_s": list(seconds[reference]), "measured_s": list(seconds[measured])}
-
-
 # --------------------------------------------------------------------------------------- benchmark
 
 
@@ -242,8 +226,8 @@ def _machine(threads: int) -> str:
 
 def run_step_benchmark(settings: StepBenchSettings = StepBenchSettings(),
                        say: Callable[[str], None] = print) -> Dict[str, object]:
-    """Runs both comparisons (see the module docstring) and returns every measurement; raises
-    AssertionError if a pruned weight becomes nonzero or baked and stock outputs differ."""
+    """Runs every comparison of COMPARISONS and returns every measurement; raises AssertionError
+    if a pruned weight becomes nonzero or baked and stock outputs differ."""
     settings.check()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
@@ -260,88 +244,94 @@ def _run(settings: StepBenchSettings, say) -> Dict[str, object]:
               "machine": _machine(settings.threads), "settings": asdict(settings),
               "shape": settings.describe()}
     batch = make_batch(settings, torch.Generator().manual_seed(settings.seed))
+    size = settings.model_size
 
     say(f"building {settings.describe()} ...")
-    unmasked = _build(settings)
-    masked = _copy(settings, unmasked)
-    masks = _prune_masks(unmasked, settings.sparsity)
-    _apply_as_plugin(masked, masks, settings.sparsity)
+    unmasked = build_untrained_ctc_model(size)
+    masked = rebuild_with_state(size, unmasked.state_dict())
+    masks = prune_masks(unmasked, settings.sparsity)
+    metadata = {"method": "global-l1", "sparsity": settings.sparsity}
+    fix_masks_as_mask_path_does(masked, masks, metadata)
+    dense = rebuild_with_state(size, unmasked.state_dict())
+    fix_masks_as_mask_path_does(dense, masks, metadata, storage="dense")
+    language_masks = dict(zip(LANGUAGES, (masks, random_masks({n: m.shape for n, m in masks.items()},
+                                                              settings.sparsity, seed=settings.seed))))
+    one_language, switching = (rebuild_with_state(size, unmasked.state_dict()) for _ in range(2))
+    for model in (one_language, switching):
+        apply_language_masks(model, language_masks, prefix=W2V_PREFIX)
+        select_language(model, LANGUAGES[0])
+    trained = {"no mask": unmasked, "fixed mask": masked, "dense mask": dense, "one language": one_language,
+               "switching languages": switching}
     result["prunable_weights"] = sum(mask.numel() for mask in masks.values())
     result["parameters"] = sum(p.numel() for p in unmasked.parameters())
     result["sparsity"] = _sparsity(masks)
     result["optimized_values"] = {name: sum(p.numel() for p in model.parameters() if p.requires_grad)
-                                  for name, model in (("unmasked", unmasked), ("masked", masked))}
+                                  for name, model in trained.items()}
     _require(pruned_nonzero(masked, masks) == 0, "pruned weights are nonzero right after applying the mask")
 
     say(f"training steps: {settings.train_warmup} warm-up + {settings.train_steps} timed per model, interleaved ...")
-    optimizers = {name: make_optimizer(model, settings.lr) for name, model in (("unmasked", unmasked), ("masked", masked))}
-    unmasked.train()
-    masked.train()
-    losses: Dict[str, List[float]] = {"unmasked": [], "masked": []}
-    seconds = interleaved({
-        "unmasked": lambda: losses["unmasked"].append(train_step(unmasked, optimizers["unmasked"], batch)),
-        "masked": lambda: losses["masked"].append(train_step(masked, optimizers["masked"], batch)),
-    }, settings.train_steps, settings.train_warmup)
-    result["train"] = compare(seconds, "unmasked", "masked")
-    result["train"]["losses"] = losses
+    optimizers = {name: make_optimizer(model, settings.lr) for name, model in trained.items()}
+    losses: Dict[str, List[float]] = {name: [] for name in trained}
+    for model in trained.values():
+        model.train()
+    next_language = itertools.cycle(LANGUAGES[1:] + LANGUAGES[:1])
+    steps = {name: (lambda name=name, model=model: losses[name].append(train_step(model, optimizers[name], batch)))
+             for name, model in _phase_models(trained, "train").items()}
+    steps["switching languages"] = lambda: (select_language(switching, next(next_language)),
+                                            losses["switching languages"].append(
+                                                train_step(switching, optimizers["switching languages"], batch)))
+    seconds = interleaved(steps, settings.train_steps, settings.train_warmup)
+    _compare_phase(result, seconds, "train")
+    result["train_losses"] = losses
     if not all(math.isfinite(loss) for values in losses.values() for loss in values):
         raise RuntimeError(f"benchmark: a training loss is not finite: {losses}")
-    nonzero = pruned_nonzero(masked, masks)
+    nonzero = pruned_nonzero(masked, masks) + pruned_nonzero(dense, masks)
     _require(nonzero == 0, f"{nonzero} pruned effective weights became nonzero during masked training")
     result["pruned_nonzero_after_training"] = nonzero
-    del optimizers, unmasked
+    del optimizers, unmasked, dense, one_language, switching, trained
 
     say(f"decoding: {settings.decode_warmup} warm-up + {settings.decode_steps} timed forward passes per model, interleaved ...")
-    stock = _copy(settings, masked, stock=True, state=bake_state_dict(masked.state_dict()))
-    baked = _copy(settings, masked)
+    stock = rebuild_with_state(size, bake_state_dict(masked.state_dict()), stock=True)
+    baked = rebuild_with_state(size, masked.state_dict())
     bake_module(baked)
-    models = {"stock (exported)": stock, "baked": baked, "masked, not baked": masked}
-    for model in models.values():
+    decoded = {"stock export": stock, "baked": baked, "masked, not baked": masked}
+    for model in decoded.values():
         model.eval()
     _require(not any(".parametrizations." in key for key in baked.state_dict()), "bake_module left a parametrization")
     _require(baked.state_dict().keys() == stock.state_dict().keys(), "baked and stock models differ in their keys")
-    outputs = {name: decode_forward(model, batch) for name, model in models.items()}
-    _require(torch.equal(outputs["baked"], outputs["stock (exported)"]), "baked and stock decoding outputs differ")
-    result["decode_outputs_equal"] = True
+    outputs = {name: decode_forward(model, batch) for name, model in decoded.items()}
+    _require(torch.equal(outputs["baked"], outputs["stock export"]), "baked and stock decoding outputs differ")
     # Not bit for bit: ATen's matmul folds the (non-contiguous) attention input differently when the
     # weight does not require grad, as a weight computed under no_grad does; so only float rounding.
-    difference = (outputs["masked, not baked"] - outputs["stock (exported)"]).abs().max()
+    difference = (outputs["masked, not baked"] - outputs["stock export"]).abs().max()
     result["masked_max_abs_difference"] = float(difference)
-    seconds = interleaved({name: (lambda model=model: decode_forward(model, batch)) for name, model in models.items()},
+    seconds = interleaved({name: (lambda model=model: decode_forward(model, batch))
+                           for name, model in _phase_models(decoded, "decode").items()},
                           settings.decode_steps, settings.decode_warmup)
-    result["decode"] = compare(seconds, "stock (exported)", "baked")
-    result["decode_masked"] = compare(seconds, "stock (exported)", "masked, not baked")
+    _compare_phase(result, seconds, "decode")
     return result
 
 
 def format_step_report(result: Mapping[str, object]) -> str:
-    """The benchmark as a plain-text table (reference, ours, ratio and target)."""
-    train, decode, masked = result["train"], result["decode"], result["decode_masked"]
-
-    def ratio(row, target):
-        return f"{row['ratio']:.3f}x [{row['pair_ratio_min']:.3f}-{row['pair_ratio_max']:.3f}] ({target})"
-
-    rows = [
-        ("", "reference", "reference (s)", "ours (s)", "ratio [per-round range] (target)"),
-        ("training step, fixed mask", "no mask", f"{train['reference_median_s']:.3f}",
-         f"{train['measured_median_s']:.3f}", ratio(train, f"<= {TRAIN_TARGET:.2f}")),
-        ("decoding, baked", "stock export", f"{decode['reference_median_s']:.3f}",
-         f"{decode['measured_median_s']:.3f}", ratio(decode, "1.00 within noise")),
-        ("decoding, masked (not baked)", "stock export", f"{masked['reference_median_s']:.3f}",
-         f"{masked['measured_median_s']:.3f}", ratio(masked, "information")),
-    ]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    """The benchmark as a plain-text table (reference, ours, ratio and target), one row per comparison."""
+    rows = [("", "reference", "reference (s)", "ours (s)", "ratio [per-round range] (target)")]
+    for comparison in COMPARISONS:
+        row = result[comparison.key]
+        rows.append((comparison.label, comparison.reference, f"{row['reference_median_s']:.3f}",
+                     f"{row['measured_median_s']:.3f}", ratio_cell(row, comparison.target)))
     settings = result["settings"]
     lines = [f"{result['date']}  {result['machine']}",
              f"{result['shape']}; {result['parameters']:,} parameters, {result['prunable_weights']:,} prunable, "
              f"global L1 sparsity {result['sparsity']:.4f}",
              f"medians of {settings['train_steps']} training steps and {settings['decode_steps']} forward passes "
              f"per model, interleaved, after {settings['train_warmup']} / {settings['decode_warmup']} warm-up"]
-    lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines += text_table(rows)
     optimized = result["optimized_values"]
-    lines.append(f"values the optimizer updates (Adam keeps 2 more per value): {optimized['unmasked']:,} without "
-                 f"masks, {optimized['masked']:,} with them (only kept weights are stored)")
-    lines.append(f"pruned effective weights after masked training: {result['pruned_nonzero_after_training']} nonzero; "
-                 f"baked == stock outputs: {'yes' if result['decode_outputs_equal'] else 'NO'}; "
+    lines.append(f"values the optimizer updates (Adam keeps 2 more per value): {optimized['no mask']:,} without "
+                 f"masks, {optimized['fixed mask']:,} with a fixed mask (only kept weights are stored), "
+                 f"{optimized['dense mask']:,} with a dense one")
+    lines.append(f"pruned effective weights after masked training (fixed and dense): "
+                 f"{result['pruned_nonzero_after_training']} nonzero; "
+                 f"baked and stock outputs identical (the run fails otherwise); "
                  f"masked vs stock outputs: max |difference| {result['masked_max_abs_difference']:.2g}")
     return "\n".join(lines)

@@ -1,45 +1,32 @@
-"""Tables and figures of a language-subnetwork grid, laid out like Storey, Harte & Bell (2025).
+"""The views of a language-subnetwork grid, laid out like Storey, Harte & Bell (2025).
 
 Input: the grid's `results.csv` (one row per configuration and seed) and optionally `iou.csv` (IOU of
 kept weights between two subnetworks at a sparsity). Output: Markdown and CSV tables, PNG figures and
-a `report.md` that shows them in order. A configuration whose CER is empty (not finished, failed) or
-that is absent from results.csv is shown as missing (`–` in Markdown, an empty CSV field, a gap in a
-line plot, grey "n/a" in a heatmap), never as zero. Means carry how many of the parts they should
-average are present, so an incomplete mean is visible.
-
-Pure Python and matplotlib (its object API, which draws headless without pyplot's global state);
-no torch or fairseq, so reporting works anywhere the results files are.
+a `report.md` that shows them in order, built from the engine's report blocks. A configuration whose
+CER is empty (not finished, failed) or that is absent from results.csv is shown as missing, never as
+zero; means carry how many of the parts they should average are present.
 """
-import csv
-import io
-import math
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
-import matplotlib
-import numpy
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
+from ...engine.report import (
+    ABSENT, MISSING_MARK, Column, Heatmap, LinePlot, Measure, ResultsError, Table, View, bounded_field, choice_field,
+    mean_measure, nonempty_field, number_field, ordered, read_rows, write_views,
+)
+from ...engine.results import RESULTS_CSV as RESULTS_FILE
 
-from .atomic import atomic_path, write_atomically
-
-RESULTS_FILE = "results.csv"
 IOU_FILE = "iou.csv"
-REPORT_FILE = "report.md"
 STAGES = ("upstream", "downstream")
 SOURCES = ("own", "swap", "union", "base", "random", "none")
 RESULT_COLUMNS = ("cell", "stage", "upstream", "downstream", "sparsity", "source", "mask_language", "seed",
                   "cer", "wer", "mask_sparsity")
 IOU_COLUMNS = ("sparsity", "a", "b", "iou")
-MISSING_MARK = "–"
 IOU_TOLERANCE = 1e-6
-
-
-class ResultsError(ValueError):
-    """A problem in the results files the user can fix; the message names file, line and column."""
+SPARSITY_AXIS = "Sparsity (%)"
+CER_AXIS = "CER (%)"
 
 
 # ------------------------------------------------------------------------------------------ input
@@ -86,85 +73,34 @@ def locate_inputs(results) -> Tuple[Path, Optional[Path]]:
     return results_path, iou_path if iou_path.is_file() else None
 
 
-def _read_rows(path: Path, required: Sequence[str]) -> List[Tuple[int, Dict[str, str]]]:
-    """(line number, the required fields stripped) per data row; unknown columns are ignored."""
-    with open(path, newline="", encoding="utf-8-sig") as stream:
-        reader = csv.DictReader(stream)
-        if reader.fieldnames is None:
-            raise ResultsError(f"{path}: empty file, expected a header row with {', '.join(required)}")
-        reader.fieldnames = [name.strip() for name in reader.fieldnames]
-        missing = [name for name in required if name not in reader.fieldnames]
-        if missing:
-            raise ResultsError(f"{path}:1: missing column {', '.join(missing)} (required: {', '.join(required)})")
-        return [(reader.line_num, {name: (row.get(name) or "").strip() for name in required}) for row in reader]
-
-
-def _number(fields: Dict[str, str], column: str, where: str) -> Optional[float]:
-    """A finite float, or None for an empty field (missing, never zero)."""
-    text = fields[column]
-    if not text:
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise ResultsError(f"{where}: column {column}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ResultsError(f"{where}: column {column}: {text!r} is not a finite number")
-    return value
-
-
-def _required_number(fields: Dict[str, str], column: str, where: str, low: float, high: float,
-                     high_included: bool) -> float:
-    value = _number(fields, column, where)
-    if value is None:
-        raise ResultsError(f"{where}: column {column}: empty")
-    if not (low <= value <= high if high_included else low <= value < high):
-        interval = f"[{low:g}, {high:g}{']' if high_included else ')'}"
-        raise ResultsError(f"{where}: column {column}: {value:g} is outside {interval}")
-    return value
-
-
-def _choice(fields: Dict[str, str], column: str, where: str, choices: Sequence[str]) -> str:
-    if fields[column] not in choices:
-        raise ResultsError(f"{where}: column {column}: unknown value {fields[column]!r} "
-                           f"(expected one of {', '.join(choices)})")
-    return fields[column]
-
-
-def _nonempty(fields: Dict[str, str], column: str, where: str, why: str) -> str:
-    if not fields[column]:
-        raise ResultsError(f"{where}: column {column}: empty ({why})")
-    return fields[column]
-
-
 def _run_from_fields(fields: Dict[str, str], path: Path, line: int) -> Run:
     where = f"{path}:{line}"
-    stage = _choice(fields, "stage", where, STAGES)
-    source = _choice(fields, "source", where, SOURCES)
-    upstream = _nonempty(fields, "upstream", where, "every cell names its upstream model")
-    sparsity = _required_number(fields, "sparsity", where, 0.0, 1.0, high_included=False)
+    stage = choice_field(fields, "stage", where, STAGES)
+    source = choice_field(fields, "source", where, SOURCES)
+    upstream = nonempty_field(fields, "upstream", where, "every cell names its upstream model")
+    sparsity = bounded_field(fields, "sparsity", where, 0.0, 1.0, high_included=False)
     try:
         seed = int(fields["seed"])
     except ValueError:
         raise ResultsError(f"{where}: column seed: {fields['seed']!r} is not an integer") from None
     downstream, mask = fields["downstream"], fields["mask_language"]
     if stage == "downstream":
-        downstream = _nonempty(fields, "downstream", where, "a downstream cell names its language")
+        downstream = nonempty_field(fields, "downstream", where, "a downstream cell names its language")
         if source == "none" and sparsity != 0:
             raise ResultsError(f"{where}: column source: 'none' (no mask) with sparsity {sparsity:g}")
         if source in ("own", "none"):
             source, mask = "own", upstream
         elif source in ("swap", "union"):
-            mask = _nonempty(fields, "mask_language", where, f"a {source} cell names its subnetwork")
+            mask = nonempty_field(fields, "mask_language", where, f"a {source} cell names its subnetwork")
         else:
             mask = mask or source
-    cer, wer = _number(fields, "cer", where), _number(fields, "wer", where)
+    cer, wer = number_field(fields, "cer", where), number_field(fields, "wer", where)
     for column, value in (("cer", cer), ("wer", wer)):
         if value is not None and value < 0:
             raise ResultsError(f"{where}: column {column}: {value:g} is negative")
     mask_sparsity = None
     if fields["mask_sparsity"]:
-        mask_sparsity = _required_number(fields, "mask_sparsity", where, 0.0, 1.0, high_included=True)
+        mask_sparsity = bounded_field(fields, "mask_sparsity", where, 0.0, 1.0, high_included=True)
     return Run(line, fields["cell"], stage, upstream, downstream, sparsity, source, mask, seed, cer, wer,
                mask_sparsity)
 
@@ -172,7 +108,7 @@ def _run_from_fields(fields: Dict[str, str], path: Path, line: int) -> Run:
 def read_results(path) -> List[Run]:
     """Every row of results.csv, validated; one seed of a configuration may appear only once."""
     path, runs, seen = Path(path), [], {}
-    for line, fields in _read_rows(path, RESULT_COLUMNS):
+    for line, fields in read_rows(path, RESULT_COLUMNS):
         run = _run_from_fields(fields, path, line)
         key = run.configuration + (run.seed,)
         if key in seen:
@@ -189,16 +125,16 @@ def read_iou(path) -> Dict[float, Dict[Tuple[str, str], float]]:
     path = Path(path)
     matrices: Dict[float, Dict[Tuple[str, str], float]] = defaultdict(dict)
     origin: Dict[Tuple[float, str, str], int] = {}
-    for line, fields in _read_rows(path, IOU_COLUMNS):
+    for line, fields in read_rows(path, IOU_COLUMNS):
         where = f"{path}:{line}"
-        sparsity = _required_number(fields, "sparsity", where, 0.0, 1.0, high_included=False)
-        a = _nonempty(fields, "a", where, "a subnetwork label")
-        b = _nonempty(fields, "b", where, "a subnetwork label")
+        sparsity = bounded_field(fields, "sparsity", where, 0.0, 1.0, high_included=False)
+        a = nonempty_field(fields, "a", where, "a subnetwork label")
+        b = nonempty_field(fields, "b", where, "a subnetwork label")
         pairs = matrices[sparsity]
         pairs[a, a] = pairs[b, b] = 1.0
         if a == b or not fields["iou"]:
             continue
-        value = _required_number(fields, "iou", where, 0.0, 1.0, high_included=True)
+        value = bounded_field(fields, "iou", where, 0.0, 1.0, high_included=True)
         if (a, b) in pairs and abs(pairs[a, b] - value) > IOU_TOLERANCE:
             raise ResultsError(f"{where}: column iou: {value:g} contradicts {pairs[a, b]:g} for the same pair "
                                f"on line {origin[sparsity, a, b]}")
@@ -206,36 +142,7 @@ def read_iou(path) -> Dict[float, Dict[Tuple[str, str], float]]:
         origin[sparsity, a, b] = origin[sparsity, b, a] = line
     return dict(matrices)
 
-
 # ----------------------------------------------------------------------------------------- values
-
-
-@dataclass(frozen=True)
-class Measure:
-    """A number that is a mean over `count` of the `expected` parts (seeds or languages); None when
-    no part is present."""
-    value: Optional[float]
-    count: int = 1
-    expected: int = 1
-
-    @property
-    def incomplete(self) -> bool:
-        return self.count < self.expected
-
-
-ABSENT = Measure(None, 0, 0)
-
-
-def mean_measure(values: Iterable[Optional[float]]) -> Measure:
-    """The mean of the values that are present, counted against all of them."""
-    values = list(values)
-    present = [value for value in values if value is not None]
-    return Measure(fmean(present) if present else None, len(present), len(values))
-
-
-def _ordered(items: Iterable[str]) -> List[str]:
-    """Distinct items in order of first appearance (the grid's own order)."""
-    return list(dict.fromkeys(items))
 
 
 def sparsity_text(sparsity: float) -> str:
@@ -251,7 +158,7 @@ class Grid:
         for run in self.runs:
             self.by_configuration[run.configuration].append(run)
         self.own = [run for run in self.runs if run.stage == "downstream" and run.source == "own"]
-        order = _ordered(code for run in self.runs for code in (run.upstream, run.downstream) if code)
+        order = ordered(code for run in self.runs for code in (run.upstream, run.downstream) if code)
         self.rank = {code: position for position, code in enumerate(order)}
         self.colours = {code: f"C{position % 10}" for code, position in self.rank.items()}
         self.own_upstreams = self.in_order(run.upstream for run in self.own)
@@ -269,66 +176,6 @@ class Grid:
         return self.cer("own", upstream, upstream, downstream, sparsity)
 
 
-# ----------------------------------------------------------------------------------------- tables
-
-
-@dataclass(frozen=True)
-class Column:
-    """A table column. Text columns hold str, number columns hold Measure; `count_headers` names the
-    CSV columns that carry a Measure's count and expected count (Markdown marks `(count/expected)`)."""
-    header: str
-    decimals: Optional[int] = None
-    count_headers: Tuple[str, ...] = ()
-
-
-@dataclass
-class Table:
-    name: str
-    title: str
-    note: str
-    columns: List[Column]
-    rows: List[List[Union[str, Measure]]]
-
-
-def _number_text(measure: Measure, decimals: int) -> str:
-    return "" if measure.value is None else f"{measure.value:.{decimals}f}"
-
-
-def _markdown_cell(value, column: Column) -> str:
-    if column.decimals is None:
-        return value
-    if value.value is None:
-        return MISSING_MARK
-    mark = f" ({value.count}/{value.expected})" if value.incomplete else ""
-    return _number_text(value, column.decimals) + mark
-
-
-def markdown_table(table: Table) -> str:
-    lines = ["| " + " | ".join(column.header for column in table.columns) + " |",
-             "|" + "|".join("---" if column.decimals is None else "---:" for column in table.columns) + "|"]
-    for row in table.rows:
-        lines.append("| " + " | ".join(_markdown_cell(value, column)
-                                       for value, column in zip(row, table.columns)) + " |")
-    return "\n".join(lines)
-
-
-def csv_text(table: Table) -> str:
-    """The table as CSV: missing numbers are empty fields, counts get their own columns."""
-    stream = io.StringIO()
-    writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow([header for column in table.columns for header in (column.header, *column.count_headers)])
-    for row in table.rows:
-        fields = []
-        for value, column in zip(row, table.columns):
-            if column.decimals is None:
-                fields.append(value)
-                continue
-            fields.append(_number_text(value, column.decimals))
-            fields.extend(str(count) for count in (value.count, value.expected)[:len(column.count_headers)])
-        writer.writerow(fields)
-    return stream.getvalue()
-
-
 def _seed_columns(languages: Sequence[str]) -> List[Column]:
     return [Column(language, 2, (f"{language}_seeds",)) for language in languages]
 
@@ -340,83 +187,7 @@ LEGEND = ("CER values are means over seeds (their number: the CSV's `LANGUAGE_se
           f"`{MISSING_MARK}` (an empty CSV field): no result, never zero.")
 
 
-# ------------------------------------------------------------------------------------------ plots
-
-
-@dataclass
-class LinePlot:
-    """CER against sparsity, one line per language; a missing point is a gap, an incomplete one is hollow.
-    A language keeps its colour in every plot."""
-    name: str
-    title: str
-    legend_title: str
-    series: Dict[str, List[Tuple[float, Measure]]]
-    colours: Dict[str, str]
-
-    def draw(self, figure: Figure) -> None:
-        axes = figure.subplots()
-        any_incomplete = False
-        for label, points in self.series.items():
-            xs = [100 * sparsity for sparsity, _ in points]
-            ys = [math.nan if measure.value is None else measure.value for _, measure in points]
-            colour = self.colours[label]
-            axes.plot(xs, ys, marker="o", color=colour, label=label)
-            hollow = [(x, y) for x, y, (_, measure) in zip(xs, ys, points)
-                      if measure.value is not None and measure.incomplete]
-            if hollow:
-                any_incomplete = True
-                axes.plot(*zip(*hollow), linestyle="none", marker="o", color=colour, markerfacecolor="white")
-        handles, labels = axes.get_legend_handles_labels()
-        if any_incomplete:
-            handles.append(Line2D([], [], linestyle="none", marker="o", markerfacecolor="white",
-                                  markeredgecolor="grey"))
-            labels.append("incomplete (k of m)")
-        axes.legend(handles, labels, title=self.legend_title)
-        axes.set_title(self.title)
-        axes.set_xticks(sorted({100 * sparsity for points in self.series.values() for sparsity, _ in points}))
-        axes.set_xlabel("Sparsity (%)")
-        axes.set_ylabel("CER (%)")
-        axes.grid(True, alpha=0.3)
-
-
-@dataclass
-class Heatmap:
-    """A symmetric IOU matrix in percent, the value written in each cell; a missing pair is grey n/a."""
-    name: str
-    title: str
-    labels: List[str]
-    matrix: List[List[Optional[float]]]
-
-    def draw(self, figure: Figure) -> None:
-        percent = numpy.array([[math.nan if value is None else 100 * value for value in row]
-                               for row in self.matrix])
-        colormap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
-        axes = figure.subplots()
-        image = axes.imshow(numpy.ma.masked_invalid(percent), cmap=colormap)
-        ticks = range(len(self.labels))
-        axes.set_xticks(ticks, self.labels)
-        axes.set_yticks(ticks, self.labels)
-        for i in ticks:
-            for j in ticks:
-                value = percent[i, j]
-                missing = math.isnan(value)
-                colour = "black" if missing or image.norm(value) > 0.5 else "white"
-                axes.text(j, i, "n/a" if missing else f"{value:.2f}", ha="center", va="center", color=colour)
-        figure.colorbar(image, ax=axes, label="IOU of kept weights (%)")
-        axes.set_title(self.title)
-        axes.set_xlabel("Subnetwork")
-        axes.set_ylabel("Subnetwork")
-
-
 # ------------------------------------------------------------------------------------------ views
-
-
-@dataclass
-class View:
-    """One part of the report: tables and plots in display order, or why it was skipped."""
-    title: str
-    items: List[Union[Table, LinePlot, Heatmap]] = field(default_factory=list)
-    skipped: str = ""
 
 
 def main_view(grid: Grid) -> View:
@@ -434,8 +205,8 @@ def main_view(grid: Grid) -> View:
                  for sparsity in sparsities]
         plots.append(LinePlot(
             f"cer_vs_sparsity_{upstream}", f"Upstream {upstream} subnetwork: CER vs sparsity", "Downstream language",
-            {language: [(sparsity, cers[language, sparsity]) for sparsity in sparsities]
-             for language in grid.own_downstreams}, grid.colours))
+            {language: [(100 * sparsity, cers[language, sparsity]) for sparsity in sparsities]
+             for language in grid.own_downstreams}, grid.colours, SPARSITY_AXIS, CER_AXIS))
     table = Table("cer_by_sparsity", "CER (%) by upstream subnetwork and sparsity",
                   "Each upstream model pruned with its own subnetwork, then fine-tuned on each downstream "
                   "language (columns); sparsity 0 is the unpruned model.",
@@ -462,12 +233,12 @@ def _mean_view(grid: Grid, heading: str, name: str, group_header: str, title: st
     for group in groups:
         sparsities = sorted({run.sparsity for run in grid.own
                              if (run.downstream if by_downstream else run.upstream) == group})
-        series[group] = [(sparsity, mean_measure(cer(group, other, sparsity).value
-                                                 for other in others if other != group))
-                         for sparsity in sparsities]
-        rows += [[group, sparsity_text(sparsity), mean] for sparsity, mean in series[group]]
+        means = [mean_measure(cer(group, other, sparsity).value for other in others if other != group)
+                 for sparsity in sparsities]
+        series[group] = [(100 * sparsity, mean) for sparsity, mean in zip(sparsities, means)]
+        rows += [[group, sparsity_text(sparsity), mean] for sparsity, mean in zip(sparsities, means)]
     table = Table(name, title, note, [Column(group_header), Column("sparsity"), MEAN_COLUMN], rows)
-    view.items = [table, LinePlot(name, title, legend_title, series, grid.colours)]
+    view.items = [table, LinePlot(name, title, legend_title, series, grid.colours, SPARSITY_AXIS, CER_AXIS)]
     return view
 
 
@@ -583,7 +354,7 @@ def iou_view(iou: Optional[Dict[float, Dict[Tuple[str, str], float]]], iou_path:
         return view
     for sparsity in sorted(iou):
         pairs = iou[sparsity]
-        labels = _ordered(a for a, _ in pairs)
+        labels = ordered(a for a, _ in pairs)
         labels.sort(key=lambda label: label == "base")
         matrix = [[pairs.get((a, b)) for b in labels] for a in labels]
         name = f"iou_{sparsity_text(sparsity)}"
@@ -593,39 +364,14 @@ def iou_view(iou: Optional[Dict[float, Dict[Tuple[str, str], float]]], iou_path:
                       [Column("subnet")] + [Column(label, 2) for label in labels],
                       [[a] + [ABSENT if value is None else Measure(100 * value) for value in row]
                        for a, row in zip(labels, matrix)])
-        view.items += [table, Heatmap(name, title, labels, matrix)]
+        percent = [[None if value is None else 100 * value for value in row] for row in matrix]
+        view.items += [table, Heatmap(name, title, labels, percent, "IOU of kept weights (%)", "Subnetwork")]
     return view
 
 
 def build_views(grid: Grid, iou, iou_path: Optional[Path]) -> List[View]:
     return [main_view(grid), mean_by_subnet_view(grid), mean_by_downstream_view(grid), swap_view(grid),
             union_view(grid), control_view(grid), upstream_view(grid), iou_view(iou, iou_path)]
-
-
-# ----------------------------------------------------------------------------------------- output
-
-
-def _write_text(path: Path, text: str) -> None:
-    write_atomically(path, text.encode("utf-8"))
-
-
-def _write_table(out_dir: Path, table: Table) -> List[Path]:
-    """NAME.md (title, note, the legend where values carry counts, the table) and NAME.csv."""
-    legend = f" {LEGEND}" if any(column.count_headers for column in table.columns) else ""
-    markdown, comma_separated = out_dir / f"{table.name}.md", out_dir / f"{table.name}.csv"
-    _write_text(markdown, f"# {table.title}\n\n{table.note}{legend}\n\n{markdown_table(table)}\n")
-    _write_text(comma_separated, csv_text(table))
-    return [markdown, comma_separated]
-
-
-def _write_plot(out_dir: Path, plot: Union[LinePlot, Heatmap]) -> Path:
-    size = (7, 4.5) if isinstance(plot, LinePlot) else (1.3 * len(plot.labels) + 3, 1.1 * len(plot.labels) + 1.5)
-    figure = Figure(figsize=size, layout="constrained")
-    plot.draw(figure)
-    path = out_dir / f"{plot.name}.png"
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=120)
-    return path
 
 
 def _status_lines(grid: Grid, results_path: Path) -> List[str]:
@@ -643,21 +389,5 @@ def write_report(results, out_dir) -> List[Path]:
     results_path, iou_path = locate_inputs(results)
     grid = Grid(read_results(results_path))
     iou = read_iou(iou_path) if iou_path else None
-    out_dir = Path(out_dir)
-    written: List[Path] = []
-    report = ["# Language subnetwork report", "", *_status_lines(grid, results_path), "", LEGEND, ""]
-    for view in build_views(grid, iou, iou_path):
-        report += [f"## {view.title}", ""]
-        if view.skipped:
-            report += [f"Skipped: {view.skipped}.", ""]
-        for item in view.items:
-            if isinstance(item, Table):
-                written += _write_table(out_dir, item)
-                report += [f"### {item.title}", "", item.note, "", markdown_table(item), "",
-                           f"Files: [{item.name}.md]({item.name}.md), [{item.name}.csv]({item.name}.csv)", ""]
-            else:
-                written.append(_write_plot(out_dir, item))
-                report += [f"![{item.title}]({item.name}.png)", ""]
-    _write_text(out_dir / REPORT_FILE, "\n".join(report))
-    written.append(out_dir / REPORT_FILE)
-    return written
+    return write_views(out_dir, "Language subnetwork report", [*_status_lines(grid, results_path), "", LEGEND],
+                       build_views(grid, iou, iou_path), LEGEND)

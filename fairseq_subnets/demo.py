@@ -1,7 +1,7 @@
-"""The demo job: synthesize speech, pretrain a tiny wav2vec2, fine-tune it with CTC on one language
-through the plugin, decode the test split with stock fairseq-generate; then a slice of the
-language-subnetwork grid (Storey et al. 2025) on that model: its own subnetworks at three
-sparsities, fine-tuned downstream on the same language and on an unseen one.
+"""The general demo job, shared by every method: synthesize speech, pretrain a tiny wav2vec2,
+fine-tune it with CTC on one language through the plugin, decode the test split with stock
+fairseq-generate. `fairseq-subnets demo` then runs a method's slice on that model (Storey et al.
+2025: methods/storey2025/demo_slice.py), and the tests reuse its checkpoints.
 
 Each stage is a stock fairseq command; a rerun of the same call resumes from what is on disk
 (synthesis skips finished utterances, fairseq resumes from checkpoint_last.pt).
@@ -89,32 +89,3 @@ def run_skeleton(settings: SkeletonSettings, say=print):
     )
     (out / "summary.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
-
-
-SLICE_SPARSITIES = [0.0, 0.5, 0.9]
-SLICE_UNSEEN_LANGUAGE = "ast"
-
-
-def subnet_slice_spec(settings: SkeletonSettings, result: SkeletonResult):
-    """A two-language, three-sparsity grid on the skeleton's models (the upstream is not retrained)."""
-    from .grid import DownstreamSpec, GridSpec, PruneSpec, UpstreamSpec, validate
-
-    spec = GridSpec(
-        path="make demo", name="demo-slice", data=result.corpus_dir, pretrained=result.pretrained_checkpoint,
-        seeds=[settings.seed],
-        upstream=UpstreamSpec(languages=[settings.language],
-                              checkpoints={settings.language: result.finetuned_checkpoint}),
-        prune=PruneSpec(sparsities=SLICE_SPARSITIES),
-        downstream=DownstreamSpec(languages=[settings.language, SLICE_UNSEEN_LANGUAGE], epochs=1, freeze_epochs=1),
-    )
-    validate(spec)
-    return spec
-
-
-def run_subnet_slice(settings: SkeletonSettings, result: SkeletonResult, say=print):
-    """Runs the slice into OUT/subnets; returns its finished result rows."""
-    from .grid import GridRun
-
-    run = GridRun(subnet_slice_spec(settings, result), Path(settings.out_dir).resolve() / "subnets", say=say)
-    run.run()
-    return list(run.rows.values())

@@ -1,0 +1,9 @@
+"""Benchmarks: every speed or memory claim of the README, measured as a ratio against a named
+reference in the same run, so that the claim holds on any machine and unit tests never time.
+
+  prune        global L1 pruning against torch.nn.utils.prune, mask files, IOU (pure torch)
+  train_step   fixed-mask training steps and baked decoding against unmasked / stock models (fairseq)
+  data_check   `data check` on thousands of files against reading their headers alone (no torch)
+
+Importing this package imports none of them, so each keeps its module's dependencies.
+"""

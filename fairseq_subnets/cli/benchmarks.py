@@ -1,0 +1,133 @@
+"""`fairseq-subnets bench | bench-train | bench-data`: the benchmarks of `fairseq_subnets.benchmarks`.
+
+Each prints a table of measurements and their ratios against named references (one JSON object
+with `--json`, progress then goes to stderr) and exits 2 on bad settings, before anything runs.
+"""
+import json
+import sys
+
+from .main import UserError
+
+
+def register(subparsers):
+    _register_prune(subparsers)
+    _register_train_step(subparsers)
+    _register_data_check(subparsers)
+
+
+def _run_and_print(args, settings, run, format_report) -> int:
+    """Checks `settings` (a ValueError is the user's), runs the benchmark, prints its report."""
+    try:
+        settings.check()
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    say = (lambda message: print(message, file=sys.stderr)) if args.json else print
+    try:
+        result = run(settings, say)
+    except RuntimeError as error:
+        raise UserError(str(error)) from None
+    print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_report(result))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------- bench
+
+
+def _register_prune(subparsers):
+    parser = subparsers.add_parser(
+        "bench", help="speed and memory of global L1 pruning against torch.nn.utils.prune",
+        description="Builds an XLS-R-300M-shaped encoder (24 layers, width 1024, FFN 4096: 302M prunable "
+        "weights) with random weights and prunes it to --sparsity with torch.nn.utils.prune."
+        "global_unstructured(L1Unstructured) and with ours, each in its own process; checks the masks "
+        "agree, then times mask files, IOU (against the plain torch expression) and union ratio. Needs "
+        "about 17 GiB of memory for the reference at full size and a few minutes.",
+    )
+    parser.add_argument("--quick", action="store_true", help="4 layers instead of 24 (a smoke test)")
+    parser.add_argument("--layers", type=int, help="encoder layers (default: 24, or 4 with --quick)")
+    parser.add_argument("--width", type=int, default=1024, help="default: %(default)s")
+    parser.add_argument("--ffn", type=int, default=4096, help="default: %(default)s")
+    parser.add_argument("--sparsity", type=float, default=0.9, help="default: %(default)s")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads in both processes (default: %(default)s: on a small shared machine "
+                        "multi-threaded regions stall while another process holds a core)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run_prune_bench)
+
+
+def run_prune_bench(args) -> int:
+    from ..benchmarks.prune import PruneBenchSettings, format_report, run_benchmark
+
+    settings = PruneBenchSettings(args.layers or (4 if args.quick else 24), args.width, args.ffn, args.sparsity,
+                                  args.threads)
+    return _run_and_print(args, settings, run_benchmark, format_report)
+
+
+# ----------------------------------------------------------------------------------- bench-train
+
+
+def _register_train_step(subparsers):
+    parser = subparsers.add_parser(
+        "bench-train", help="time fixed-mask training and baked decoding against the same model without masks",
+        description="Builds a wav2vec2 CTC model (subnets_wav2vec_ctc; BASE-sized by default: 12 layers, width "
+        "768, FFN 3072) with random weights and, in one process with the two models taking turns, times "
+        "(1) a training step (forward, CTC loss, backward, Adam) of the model without masks against the same "
+        "weights under a fixed global-L1 mask on every prunable encoder matrix (target: at most 1.10x), and "
+        "(2) a forward pass of the stock fairseq model holding the exported (baked) weights against the masked "
+        "model baked by bake_module (target: 1.00x within noise). Fails if a pruned weight becomes nonzero "
+        "during training or baked and stock outputs differ. About 2 minutes with the defaults on one core.",
+    )
+    parser.add_argument("--quick", action="store_true", help="4 encoder layers instead of 12 (about a minute)")
+    parser.add_argument("--layers", type=int, help="encoder layers (default: 12, or 4 with --quick)")
+    parser.add_argument("--width", type=int, default=768, help="default: %(default)s")
+    parser.add_argument("--ffn", type=int, default=3072, help="default: %(default)s")
+    parser.add_argument("--heads", type=int, help="attention heads (default: width / 64)")
+    parser.add_argument("--batch", type=int, default=2, help="utterances per batch (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="seconds of 16 kHz audio per utterance (default: %(default)s)")
+    parser.add_argument("--sparsity", type=float, default=0.9, help="default: %(default)s")
+    parser.add_argument("--train-steps", type=int, default=8, help="timed training steps per model (default: %(default)s)")
+    parser.add_argument("--train-warmup", type=int, default=1, help="untimed training steps per model first (default: %(default)s)")
+    parser.add_argument("--decode-steps", type=int, default=10, help="timed forward passes per model (default: %(default)s)")
+    parser.add_argument("--decode-warmup", type=int, default=2, help="untimed forward passes per model first (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default: %(default)s: on a small shared machine multi-threaded regions "
+                        "stall while another process holds a core, which is noise that does not belong to either model)")
+    parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run_train_step_bench)
+
+
+def run_train_step_bench(args) -> int:
+    from ..benchmarks.train_step import StepBenchSettings, format_step_report, run_step_benchmark
+
+    settings = StepBenchSettings(
+        layers=args.layers or (4 if args.quick else 12), width=args.width, ffn=args.ffn, heads=args.heads,
+        batch=args.batch, seconds=args.seconds, sparsity=args.sparsity, train_steps=args.train_steps,
+        train_warmup=args.train_warmup, decode_steps=args.decode_steps, decode_warmup=args.decode_warmup,
+        threads=args.threads, seed=args.seed,
+    )
+    return _run_and_print(args, settings, run_step_benchmark, format_step_report)
+
+
+# ------------------------------------------------------------------------------------ bench-data
+
+
+def _register_data_check(subparsers):
+    parser = subparsers.add_parser(
+        "bench-data", help="time `data check` on thousands of files against reading their headers alone",
+        description="Writes a manifest of --files utterances (hard links of one WAV) and times, in turn, "
+        "`data check` on it, soundfile.info on every file (header reads alone: target at most 1.5x) and "
+        "soundfile.read on every file (decoding, for information). Fails if the check reports a problem.",
+    )
+    parser.add_argument("--files", type=int, default=3000, help="utterances in the manifest (default: %(default)s)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per utterance (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=5, help="timed rounds of each (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds of each first (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run_data_check_bench)
+
+
+def run_data_check_bench(args) -> int:
+    from ..benchmarks.data_check import DataCheckBenchSettings, format_data_check_report, run_data_check_benchmark
+
+    settings = DataCheckBenchSettings(files=args.files, seconds=args.seconds, steps=args.steps, warmup=args.warmup)
+    return _run_and_print(args, settings, run_data_check_benchmark, format_data_check_report)

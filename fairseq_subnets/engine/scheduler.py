@@ -1,0 +1,137 @@
+"""Runs cells in dependency order, several at a time, skipping the ones already finished.
+
+Bookkeeping per cell folder: `cell.json` holds the cell's key and what it digests (written before
+the work starts), `result.json` its result (written atomically after the work succeeded: a cell is
+finished exactly when it exists and cell.json holds the current key), `failure.txt` the traceback
+of its last failure. A cell whose key changed since its folder was written is started anew from an
+empty folder; an unfinished cell with the same key runs its work again in the same folder, so a
+training command resumes from its last checkpoint. Caching decisions are made here, in the
+submitting process, whatever executor runs the work.
+"""
+import json
+import shutil
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from pathlib import Path
+from typing import Callable, Dict, Optional, Sequence
+
+from ..atomic import write_atomically
+from .cells import Cell, cell_key, check_cells
+
+CELL_FILE = "cell.json"
+RESULT_FILE = "result.json"
+FAILURE_FILE = "failure.txt"
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _changed_parts(stored: dict, parts: dict) -> str:
+    changed = [name for name in ("config", "inputs", "after") if stored.get(name) != parts[name]]
+    labels = {"config": "configuration", "inputs": "input files", "after": "dependencies"}
+    return ", ".join(labels[name] for name in changed) or "cache key"
+
+
+def prepare(cell: Cell, key: str, parts: dict, say) -> Optional[dict]:
+    """The stored result when `cell` is finished with this key; otherwise readies its folder
+    (emptied when the key changed) and returns None."""
+    directory = Path(cell.directory)
+    stored = _read_json(directory / CELL_FILE)
+    result_file = directory / RESULT_FILE
+    if stored is not None and stored.get("key") == key:
+        result = _read_json(result_file)
+        if result is not None:
+            return result
+    elif stored is not None:
+        say(f"[engine] {cell.name}: {_changed_parts(stored, parts)} changed, starting it anew")
+        shutil.rmtree(directory)
+    elif result_file.exists():
+        result_file.unlink()  # a result without the key it was computed for cannot be trusted
+    directory.mkdir(parents=True, exist_ok=True)
+    write_atomically(directory / CELL_FILE, json.dumps({"key": key, **parts}, indent=2, sort_keys=True).encode())
+    return None
+
+
+class CellFailed(RuntimeError):
+    """A cell's work raised; `cause` is the original exception, the message names the cell."""
+
+    def __init__(self, cell: Cell, cause: BaseException):
+        super().__init__(f"cell {cell.name} failed: {cause}\n(traceback: {Path(cell.directory) / FAILURE_FILE})")
+        self.cell, self.cause = cell, cause
+
+
+def run_cells(cells: Sequence[Cell], executor, say: Callable[[str], None] = print, progress=None,
+              on_finished: Optional[Callable[[Cell, dict], None]] = None) -> Dict[str, dict]:
+    """Runs every cell not yet finished, at most `executor.slots` at a time, each once its
+    dependencies finished; returns the results by cell name. `progress.update(1)` and
+    `on_finished(cell, result)` follow every finished or skipped cell (from this thread only).
+
+    A failed cell's dependents never start; every other cell still runs, then the first failure is
+    raised as CellFailed. Finished cells keep their results.
+    """
+    ordered = check_cells(cells)
+    results: Dict[str, dict] = {}
+    keys: Dict[str, str] = {}
+    waiting = list(ordered)
+    running = {}
+    blocked = set()
+    """Failed cells and the cells that depend on them."""
+    failure: Optional[CellFailed] = None
+
+    def finish(cell, result):
+        results[cell.name] = result
+        if progress is not None:
+            progress.update(1)
+        if on_finished is not None:
+            on_finished(cell, result)
+
+    def execute(cell, context_results):
+        started = time.monotonic()
+        try:
+            result = executor.run(cell, context_results)
+        except BaseException as error:
+            write_atomically(Path(cell.directory) / FAILURE_FILE, traceback.format_exc().encode())
+            raise CellFailed(cell, error) from error
+        write_atomically(Path(cell.directory) / RESULT_FILE, json.dumps(result, indent=2).encode())
+        (Path(cell.directory) / FAILURE_FILE).unlink(missing_ok=True)
+        say(f"[engine] {cell.name}: finished in {time.monotonic() - started:.1f} s")
+        return result
+
+    with ThreadPoolExecutor(max_workers=executor.slots) as pool:
+        while waiting or running:
+            for cell in list(waiting):
+                if any(name in blocked for name in cell.after):
+                    waiting.remove(cell)
+                    blocked.add(cell.name)
+                    continue
+                if len(running) >= executor.slots:
+                    break
+                if not all(name in results for name in cell.after):
+                    continue
+                waiting.remove(cell)
+                keys[cell.name], parts = cell_key(cell, keys)
+                stored = prepare(cell, keys[cell.name], parts, say)
+                if stored is not None:
+                    finish(cell, stored)
+                    continue
+                say(f"[engine] {cell.name}: started")
+                running[pool.submit(execute, cell, {name: results[name] for name in cell.after})] = cell
+            if not running:
+                break
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                cell = running.pop(future)
+                try:
+                    finish(cell, future.result())
+                except CellFailed as error:
+                    say(f"[engine] {error}")
+                    blocked.add(cell.name)
+                    failure = failure or error
+    if failure is not None:
+        raise failure
+    return results

@@ -1,0 +1,83 @@
+"""Models, mask sets and checkpoints for tests, built through the package's public builders
+(`plugin.untrained`, `core.targets.encoder_weight_shapes`), the very ones the benchmarks use.
+
+fairseq is imported inside the functions that need it, so tests of the pure-torch core can use the
+shape and mask helpers without importing fairseq.
+"""
+import string
+
+import torch
+
+TINY = dict(layers=2, width=64, ffn=128)
+"""A two-layer encoder: real fairseq modules, small enough to build in a fraction of a second."""
+BASE = dict(layers=12, width=768, ffn=3072)
+"""wav2vec2 BASE."""
+LETTERS = ["|"] + list(string.ascii_lowercase) + ["'"]
+"""The characters of the checkpoint's dictionary (fairseq adds its 4 special symbols)."""
+
+
+def encoder_shapes(layers, width, ffn):
+    """Model-relative name -> shape of every prunable matrix of an encoder of this size."""
+    from fairseq_subnets.core.targets import encoder_weight_shapes
+
+    return encoder_weight_shapes(layers, width, ffn)
+
+
+def random_encoder_masks(sparsity, seed=0, **size):
+    """An encoder-shaped random mask set with exactly round(sparsity * n) pruned weights."""
+    from fairseq_subnets.core.pruning import random_masks
+
+    return random_masks(encoder_shapes(**size), sparsity, seed=seed)
+
+
+def ctc_model(seed=0, vocab=32, **size):
+    """A `subnets_wav2vec_ctc` model with random weights (TINY unless a size is given)."""
+    from fairseq_subnets.plugin.untrained import CtcModelSize, build_untrained_ctc_model
+
+    torch.manual_seed(seed)
+    return build_untrained_ctc_model(CtcModelSize(vocab=vocab, **(size or TINY)))
+
+
+def masked_ctc_model(sparsity, seed=0, vocab=32, **size):
+    """`ctc_model` with random masks fixed as `+model.mask_path` fixes them; returns (model, masks)."""
+    from fairseq_subnets.core.pruning import random_masks
+    from fairseq_subnets.core.targets import select_weights
+    from fairseq_subnets.plugin.untrained import fix_masks_as_mask_path_does
+
+    model = ctc_model(seed, vocab, **size)
+    shapes = {name: weight.shape for name, weight in select_weights(model.state_dict()).items()}
+    masks = random_masks(shapes, sparsity, seed=seed)
+    fix_masks_as_mask_path_does(model, masks, {"method": "random", "sparsity": sparsity, "seed": seed})
+    return model, masks
+
+
+def write_plugin_checkpoint(directory, sparsity=0.5, seed=0):
+    """A fine-tuning checkpoint laid out as fairseq's trainer writes it (cfg as plain containers,
+    the task's Dictionary in task_state) for a masked TINY `subnets_wav2vec_ctc` model, next to the
+    `dict.ltr.txt` its task reads. Returns (checkpoint path, model, masks)."""
+    from fairseq.data import Dictionary
+    from fairseq.dataclass.configs import FairseqConfig
+    from omegaconf import OmegaConf
+
+    from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+
+    dictionary = Dictionary()
+    for letter in LETTERS:
+        dictionary.add_symbol(letter)
+    dictionary.save(str(directory / "dict.ltr.txt"))
+    model, masks = masked_ctc_model(sparsity, seed, vocab=len(dictionary))
+    cfg = OmegaConf.structured(FairseqConfig)
+    cfg.model = ctc_model_config(CtcModelSize(vocab=len(dictionary), **TINY))
+    cfg.model._name = "subnets_wav2vec_ctc"
+    cfg.task = {"_name": "subnets_audio_finetuning", "data": str(directory), "labels": "ltr", "normalize": False}
+    path = directory / "checkpoint_best.pt"
+    torch.save({
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": model.state_dict(),
+        "task_state": {"target_dictionary": dictionary},
+        "optimizer_history": [{"criterion_name": "SubnetsCtcCriterion", "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+        "extra_state": {"train_iterator": {"epoch": 1}},
+        "last_optimizer_state": None,
+    }, path)
+    return path, model, masks

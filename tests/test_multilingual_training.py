@@ -1,0 +1,159 @@
+"""Multilingual fine-tuning end to end with the stock tools: `fairseq-hydra-train` with the
+shipped `multilingual_tiny` config on the skeleton's synthesized es/ca/ast sets and tiny pretrained
+model (per-language heads and a shared head), stock `fairseq-generate` decoding each language of
+the checkpoint, and a 2-rank CPU run through `fairseq-subnets launch` whose ranks train the same
+language in every update."""
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from fairseq_subnets import USER_DIR
+
+pytestmark = pytest.mark.slow
+
+LANGUAGES = ["es", "ca", "ast"]
+UPDATES = 10
+
+
+def overrides(result, save_dir, *extra):
+    return [
+        f"common.user_dir={USER_DIR}", f"task.data={result.corpus_dir}", f"task.languages=[{','.join(LANGUAGES)}]",
+        f"model.w2v_path={result.pretrained_checkpoint}", f"checkpoint.save_dir={save_dir}",
+        f"optimization.max_update={UPDATES}", "common.log_interval=1", *extra,
+    ]
+
+
+def train(skeleton_run, tmp_path_factory, name, *extra):
+    from fairseq_subnets.runner import hydra_train
+
+    _, result = skeleton_run
+    save_dir = tmp_path_factory.mktemp(name) / "run"
+    log = hydra_train("multilingual_tiny", overrides(result, save_dir, *extra), save_dir.parent / "train.log")
+    return result, save_dir, log
+
+
+@pytest.fixture(scope="module")
+def per_language_run(skeleton_run, tmp_path_factory):
+    return train(skeleton_run, tmp_path_factory, "multilingual_heads")
+
+
+@pytest.fixture(scope="module")
+def shared_run(skeleton_run, tmp_path_factory):
+    return train(skeleton_run, tmp_path_factory, "multilingual_shared", "task.output_layers=shared")
+
+
+def decode(result, checkpoint, language, out_dir, *task_options):
+    """The README's fairseq-generate command for one language; returns (fairseq's CER, hypotheses)."""
+    from fairseq_subnets.runner import fairseq_command, read_generate_output, run_logged
+
+    command = [
+        fairseq_command("fairseq-generate"), result.corpus_dir, "--user-dir", USER_DIR,
+        "--task", "subnets_multilingual_finetuning", "--languages", ",".join(LANGUAGES), *task_options,
+        "--decode-language", language, "--labels", "ltr", "--path", str(checkpoint), "--gen-subset", "test",
+        "--post-process", "letter", "--scoring", "wer", "--wer-char-level", "--max-tokens", "1600000",
+        "--required-batch-size-multiple", "1", "--cpu", "--results-path", str(out_dir),
+    ]
+    run_logged(command, Path(out_dir) / "generate.log")
+    references, hypotheses, cer = read_generate_output((Path(out_dir) / "generate-test.txt").read_text())
+    return cer, references, hypotheses
+
+
+def last_validation(log):
+    return [line for line in log.splitlines() if "valid on 'valid' subset" in line][-1]
+
+
+@pytest.mark.parametrize("run", ["per_language_run", "shared_run"])
+def test_validation_logs_loss_and_cer_per_language_and_their_mean(run, request):
+    _, save_dir, log = request.getfixturevalue(run)
+    validation = last_validation(log)
+    for key in [f"{metric}_{language}" for language in LANGUAGES for metric in ("loss", "cer")]:
+        assert re.search(rf"\| {key} [0-9.]+ ", validation), key
+    cers = [float(re.search(rf"\| cer_{language} ([0-9.]+) ", validation).group(1)) for language in LANGUAGES]
+    mean = float(re.search(r"\| cer_language_mean ([0-9.]+) ", validation).group(1))
+    assert mean == pytest.approx(sum(cers) / len(cers), abs=2e-3)
+    scores = [float(score) for score in re.findall(r"Saved checkpoint \S+ \(epoch .* score ([0-9.]+)\)", log)]
+    assert scores[-1] == mean and (save_dir / "checkpoint_best.pt").exists()  # the best checkpoint's metric
+
+
+def test_every_update_is_monolingual_and_the_epoch_plan_is_logged(per_language_run):
+    _, _, log = per_language_run
+    assert re.search(r"epoch 1: \d+ updates of 1 monolingual batches each; language shares: es 0\.\d+ "
+                     r"\(p 0\.\d+\), ca .*, ast ", log)
+    updates = [line for line in log.splitlines() if "[train_inner]" in line]
+    assert len(updates) == UPDATES
+    trained = set()
+    for line in updates:
+        shares = {language: float(re.search(rf"share_{language}=([0-9.]+)", line).group(1)) for language in LANGUAGES}
+        assert sorted(shares.values()) == [0, 0, 1], line
+        trained.add(max(shares, key=shares.get))
+        assert "mixed_language_updates=0" in line
+    assert len(trained) >= 2
+
+
+def test_the_checkpoint_records_its_languages_and_holds_one_head_per_language(per_language_run):
+    result, save_dir, _ = per_language_run
+    state = torch.load(save_dir / "checkpoint_best.pt", weights_only=False)
+    model_cfg = state["cfg"]["model"]
+    sizes = [len((Path(result.corpus_dir) / language / "dict.ltr.txt").read_text().splitlines()) + 4
+             for language in LANGUAGES]
+    assert (model_cfg["languages"], model_cfg["language_output_layers"], model_cfg["language_output_sizes"]) == (
+        LANGUAGES, "per_language", sizes)
+    for language, size in zip(LANGUAGES, sizes):
+        assert state["model"][f"language_heads.{language}.weight"].shape[0] == size
+    assert not any(key.startswith("w2v_encoder.proj.") for key in state["model"])
+
+
+@pytest.mark.parametrize("language", LANGUAGES)
+def test_fairseq_generate_decodes_each_language_with_its_head_and_prints_a_cer(per_language_run, language, tmp_path):
+    from fairseq_subnets.scoring import error_rates
+
+    result, save_dir, _ = per_language_run
+    cer, references, hypotheses = decode(result, save_dir / "checkpoint_best.pt", language, tmp_path)
+    expected = (Path(result.corpus_dir) / language / "test.wrd").read_text().splitlines()
+    assert sorted(references.values()) == sorted(expected)  # this language's test set, read with its dictionary
+    assert len(hypotheses) == len(expected)
+    assert cer == pytest.approx(error_rates((references[i], hypotheses[i]) for i in hypotheses).cer, abs=0.01)
+
+
+def test_fairseq_generate_decodes_a_shared_head_checkpoint(shared_run, tmp_path):
+    result, save_dir, _ = shared_run
+    state = torch.load(save_dir / "checkpoint_best.pt", weights_only=False)
+    assert state["cfg"]["model"]["language_output_layers"] == "shared"
+    cer, references, hypotheses = decode(result, save_dir / "checkpoint_best.pt", "ca", tmp_path,
+                                         "--output-layers", "shared")
+    assert len(hypotheses) == len((Path(result.corpus_dir) / "ca" / "test.wrd").read_text().splitlines())
+    assert 0 <= cer
+
+
+def test_decoding_a_language_the_checkpoint_lacks_or_with_the_wrong_head_mode_is_refused(per_language_run, tmp_path):
+    from fairseq_subnets.runner import RunError
+
+    result, save_dir, _ = per_language_run
+    with pytest.raises(RunError, match="task.decode_language=en is not one of task.languages"):
+        decode(result, save_dir / "checkpoint_best.pt", "en", tmp_path / "en")
+    with pytest.raises(RunError, match="the checkpoint has per_language output layers; pass --output-layers per_language"):
+        decode(result, save_dir / "checkpoint_best.pt", "es", tmp_path / "shared", "--output-layers", "shared")
+
+
+def test_two_cpu_ranks_train_the_same_language_in_every_update(skeleton_run, tmp_path):
+    """fairseq sums the logging outputs of all ranks and accumulated batches before they are
+    logged, so an update whose share of one language is exactly 1 was trained on that language by
+    both ranks in all of their update_freq batches."""
+    from fairseq_subnets.cli.main import main as cli
+
+    _, result = skeleton_run
+    save_dir = tmp_path / "ddp"
+    arguments = ["--config-dir", str(Path(USER_DIR) / "config" / "finetune"), "--config-name", "multilingual_tiny",
+                 *overrides(result, save_dir, "optimization.update_freq=[2]")]
+    arguments = [a.replace(f"optimization.max_update={UPDATES}", "optimization.max_update=6") for a in arguments]
+    assert cli(["launch", "--nprocs", "2", "--log-dir", str(tmp_path), "--", *arguments]) == 0
+    log = (tmp_path / "train_rank0.log").read_text()
+    assert re.search(r"epoch 1: \d+ updates of 4 monolingual batches each", log)
+    updates = [line for line in log.splitlines() if "[train_inner]" in line]
+    assert len(updates) == 6
+    for line in updates:
+        shares = sorted(float(re.search(rf"share_{language}=([0-9.]+)", line).group(1)) for language in LANGUAGES)
+        assert shares == [0, 0, 1] and "mixed_language_updates=0" in line, line
+    assert "done training" in log

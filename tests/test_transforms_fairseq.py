@@ -1,0 +1,75 @@
+"""A checkpoint holding learned scores (a transform that no mask file describes) in real fairseq:
+stock fairseq-generate rebuilds the model from the checkpoint's config and decodes it exactly as
+its baked export decodes, and `prune` reads its masks."""
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+FFN = ("fc1", "fc2")
+
+
+@pytest.fixture(scope="module")
+def score_checkpoint(skeleton_run, tmp_path_factory):
+    """The skeleton's fine-tuned model with WMI-initialised scores on every FFN matrix at 10%
+    sparsity, the scores then moved at random (as training would), saved as a checkpoint."""
+    from fairseq import checkpoint_utils
+
+    from fairseq_subnets.core.parametrize import apply_score_masks
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.models import W2V_PREFIX
+
+    settings, result = skeleton_run
+    out = tmp_path_factory.mktemp("scores")
+    (model,), _, _ = checkpoint_utils.load_model_ensemble_and_task([result.finetuned_checkpoint])
+    names = [name for name in model.encoder_weight_shapes() if name.rsplit(".", 2)[-2] in FFN]
+    generator = torch.Generator().manual_seed(0)
+    scores = {}
+    for name in names:
+        weight = model.get_submodule(W2V_PREFIX + name[: -len(".weight")]).weight.detach()
+        scores[name] = weight.abs() * (1 + 0.5 * torch.rand(weight.shape, generator=generator))
+    apply_score_masks(model, scores, sparsity=0.1, prefix=W2V_PREFIX, name="s3router")
+    checkpoint = load_checkpoint(result.finetuned_checkpoint)
+    model_cfg = checkpoint["cfg"]["model"]
+    model.record_transform_plan(model_cfg)
+    checkpoint["model"] = model.state_dict()
+    path = out / "scores.pt"
+    torch.save(checkpoint, path)
+    return settings, result, path, names
+
+
+def test_fairseq_generate_rebuilds_learned_scores_and_decodes_like_the_baked_export(score_checkpoint, tmp_path):
+    from fairseq_subnets.cli.main import main as cli
+    from fairseq_subnets.runner import generate, read_generate_output
+
+    settings, result, path, _ = score_checkpoint
+    data = Path(result.corpus_dir) / settings.language
+    exported = tmp_path / "plain.pt"
+    assert cli(["export", str(path), "--out", str(exported)]) == 0
+    with_scores = generate(data, path, "test", tmp_path / "scores")
+    baked = generate(data, exported, "test", tmp_path / "baked")
+    assert with_scores.hypotheses == baked.hypotheses == result.test_utterances
+    decoded = [read_generate_output(run.results_file.read_text())[:2] for run in (with_scores, baked)]
+    assert decoded[0] == decoded[1]
+    assert with_scores.cer == baked.cer
+
+
+def test_prune_and_the_mask_tools_read_a_checkpoints_learned_masks(score_checkpoint, tmp_path):
+    from fairseq_subnets.core.maskfile import load_mask_file
+    from fairseq_subnets.core.parametrize import masks_from_state_dict
+    from fairseq_subnets.core.stats import sparsity
+    from fairseq_subnets.cli.main import main as cli
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+
+    _, _, path, names = score_checkpoint
+    learned = masks_from_state_dict(load_checkpoint(path)["model"])
+    assert sorted(learned) == sorted(names)
+    assert sparsity(learned) == pytest.approx(0.1, abs=1e-3)
+
+    out = tmp_path / "pruned.mask"
+    assert cli(["prune", str(path), "--method", "global-l1", "--sparsity", "0.5", "--out", str(out)]) == 0
+    pruned = load_mask_file(str(out)).masks
+    for name in names:  # weights under a learned mask are 0 after baking, so pruned first
+        assert not (pruned[name] & ~learned[name]).any(), name
