@@ -1,6 +1,5 @@
 """Masks in real fairseq runs: a mask from `fairseq-subnets prune` fixed through
-`+model.mask_path` in stock fairseq-hydra-train (kept-only storage, and dense storage with
-`+model.mask_storage=dense`), kept through checkpoints and resume, decoded by
+`+model.mask_path` in stock fairseq-hydra-train, kept through checkpoints and resume, decoded by
 stock fairseq-generate, and exported to a plain checkpoint that stock fairseq loads without the
 plugin and that gives the masked model's outputs."""
 import subprocess
@@ -19,20 +18,20 @@ pytestmark = pytest.mark.slow
 SPARSITY = 0.6
 
 
-@pytest.fixture(scope="module", params=["kept", "dense"])
-def masked_run(skeleton_run, tmp_path_factory, request):
+@pytest.fixture(scope="module")
+def masked_run(skeleton_run, tmp_path_factory):
     from fairseq_subnets.cli.main import main as cli
     from fairseq_subnets.runner import hydra_train
 
     settings, result = skeleton_run
-    out = tmp_path_factory.mktemp(f"masked-{request.param}")
+    out = tmp_path_factory.mktemp("masked")
     mask_path = out / "mask.safetensors"
     assert cli(["prune", result.pretrained_checkpoint, "--method", "global-l1",
                 "--sparsity", str(SPARSITY), "--out", str(mask_path)]) == 0
     overrides = [
         f"common.user_dir={USER_DIR}", f"task.data={Path(result.corpus_dir) / settings.language}",
         f"model.w2v_path={result.pretrained_checkpoint}", f"checkpoint.save_dir={out / 'run'}",
-        f"+model.mask_path={mask_path}", f"+model.mask_storage={request.param}", "dataset.validate_interval_updates=10",
+        f"+model.mask_path={mask_path}", "dataset.validate_interval_updates=10",
         "checkpoint.save_interval_updates=10",
     ]
     hydra_train("tiny", overrides + ["optimization.max_update=20"], out / "first.log")

@@ -157,3 +157,59 @@ def test_two_cpu_ranks_train_the_same_language_in_every_update(skeleton_run, tmp
         shares = sorted(float(re.search(rf"share_{language}=([0-9.]+)", line).group(1)) for language in LANGUAGES)
         assert shares == [0, 0, 1] and "mixed_language_updates=0" in line, line
     assert "done training" in log
+
+
+def test_export_of_one_language_is_a_stock_checkpoint_with_that_languages_outputs(per_language_run, tmp_path):
+    """`fairseq-subnets export --language` gives a stock wav2vec_ctc checkpoint whose outputs equal
+    the multilingual model's for that language (to float rounding: GEMM order may differ)."""
+    from fairseq import checkpoint_utils
+
+    from fairseq_subnets.cli.main import main as cli
+
+    result, save_dir, _ = per_language_run
+    language = "ca"
+    exported = tmp_path / f"{language}.pt"
+    assert cli(["export", str(save_dir / "checkpoint_last.pt"), "--language", language, "--out", str(exported)]) == 0
+    assert cli(["export", str(save_dir / "checkpoint_last.pt"), "--language", "pl",
+                "--out", str(tmp_path / "pl.pt")]) == 2
+    assert not (tmp_path / "pl.pt").exists()
+    (multilingual,), _, _ = checkpoint_utils.load_model_ensemble_and_task([str(save_dir / "checkpoint_last.pt")])
+    (stock,), cfg, _ = checkpoint_utils.load_model_ensemble_and_task(
+        [str(exported)], arg_overrides={"data": str(Path(result.corpus_dir) / language)})
+    assert type(stock).__name__ == "Wav2VecCtc" and cfg.model._name == "wav2vec_ctc"
+    source = torch.randn(1, 16000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = multilingual.eval()(source=source, padding_mask=None, language=language)["encoder_out"]
+        theirs = stock.eval()(source=source, padding_mask=None)["encoder_out"]
+    torch.testing.assert_close(theirs, ours, rtol=1e-5, atol=1e-5)
+
+
+def test_the_data_wait_benchmark_reports_a_share_of_the_loop(skeleton_run):
+    from fairseq_subnets.benchmarks.multilingual_data import (DataWaitBenchSettings, format_data_wait_report,
+                                                              run_data_wait_benchmark)
+
+    _, result = skeleton_run
+    report = run_data_wait_benchmark(DataWaitBenchSettings(result.corpus_dir, tuple(LANGUAGES), layers=2, width=64,
+                                                           ffn=128, steps=3, warmup=1), say=lambda message: None)
+    assert 0 < report["data_wait_share"] < 1
+    assert len(report["batch_languages"]) == 3 and set(report["batch_languages"]) <= set(LANGUAGES)
+    assert report["comparison"]["reference"] == "training step"
+    assert "data-wait share of the loop" in format_data_wait_report(report)
+
+
+def test_rerunning_the_command_resumes_from_the_last_checkpoint_and_trains_on(per_language_run, tmp_path):
+    """A killed multilingual run restarts with the same command (here on a copy, with a later
+    max_update): fairseq loads checkpoint_last.pt, with its heads, and continues the language plan."""
+    import shutil
+
+    from fairseq_subnets.runner import hydra_train
+
+    result, save_dir, _ = per_language_run
+    copy = tmp_path / "run"
+    shutil.copytree(save_dir, copy)
+    arguments = [argument for argument in overrides(result, copy) if not argument.startswith("optimization.max_update=")]
+    log = hydra_train("multilingual_tiny", arguments + [f"optimization.max_update={UPDATES + 4}"],
+                      tmp_path / "resumed.log")
+    assert re.search(rf"Loaded checkpoint \S+checkpoint_last\.pt \(epoch \d+ @ {UPDATES} updates\)", log)
+    resumed = [line for line in log.splitlines() if "[train_inner]" in line]
+    assert len(resumed) == 4 and f"num_updates={UPDATES + 4}" in resumed[-1]

@@ -73,3 +73,55 @@ def test_prune_and_the_mask_tools_read_a_checkpoints_learned_masks(score_checkpo
     pruned = load_mask_file(str(out)).masks
     for name in names:  # weights under a learned mask are 0 after baking, so pruned first
         assert not (pruned[name] & ~learned[name]).any(), name
+
+
+def test_learned_scores_and_a_dense_mask_train_resume_and_decode_through_the_stock_commands(skeleton_run,
+                                                                                            tmp_path):
+    """A model config that declares learned scores on the FFN (here directly through
+    `model.transform_plan`; methods will derive it from their own keys) and a dense-storage mask
+    file on attention (`+model.mask_storage=dense`) trains with stock fairseq-hydra-train, resumes
+    from checkpoint_last.pt with its moved scores and its mask, keeps the exact sparsities, decodes
+    and exports."""
+    import json
+
+    from fairseq_subnets.cli.main import main as cli
+    from fairseq_subnets.core.maskfile import load_mask_file
+
+    from fairseq_subnets.core.parametrize import masks_from_state_dict
+    from fairseq_subnets.core.stats import sparsity
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.runner import generate, hydra_train
+    from fairseq_subnets import USER_DIR
+
+    settings, result = skeleton_run
+    layers = load_checkpoint(result.pretrained_checkpoint)["cfg"]["model"]["encoder_layers"]
+    plan = [{"kind": "score_mask", "name": "learned", "options": {"sparsity": 0.1},
+             "weights": [f"encoder.layers.{layer}.{kind}.weight" for layer in range(layers) for kind in FFN]}]
+    data = Path(result.corpus_dir) / settings.language
+    save_dir = tmp_path / "run"
+    mask_path = tmp_path / "attention.mask"
+    assert cli(["prune", result.pretrained_checkpoint, "--method", "global-l1", "--sparsity", "0.5", "--targets",
+                "attn", "--out", str(mask_path)]) == 0
+    overrides = [f"common.user_dir={USER_DIR}", f"task.data={data}", f"model.w2v_path={result.pretrained_checkpoint}",
+                 f"checkpoint.save_dir={save_dir}", f"+model.transform_plan='{json.dumps(plan)}'",
+                 f"+model.mask_path={mask_path}", "+model.mask_storage=dense",
+                 "checkpoint.save_interval_updates=10", "dataset.validate_interval_updates=10"]
+    hydra_train("tiny", overrides + ["optimization.max_update=10"], tmp_path / "first.log")
+    first = load_checkpoint(save_dir / "checkpoint_last.pt")
+    score_key = next(key for key in first["model"] if key.endswith("score_mask.learned.scores"))
+    assert torch.count_nonzero(first["model"][score_key]) > 0  # placeholders were zeros: the scores learned
+    log = hydra_train("tiny", overrides + ["optimization.max_update=15"], tmp_path / "resumed.log")
+    assert "Loaded checkpoint" in log and "@ 10 updates" in log and "num_updates 15" in log
+    last = load_checkpoint(save_dir / "checkpoint_last.pt")
+    assert not torch.equal(last["model"][score_key], first["model"][score_key])
+    masks = masks_from_state_dict(last["model"])
+    attention = load_mask_file(str(mask_path)).masks
+    assert len(masks) == 6 * layers
+    assert all(torch.equal(masks[name], mask) for name, mask in attention.items())  # the dense mask held
+    assert sparsity({name: masks[name] for name in masks if name not in attention}) == pytest.approx(0.1, abs=1e-3)
+    decoded = generate(data, save_dir / "checkpoint_last.pt", "test", tmp_path / "decode")
+    assert decoded.hypotheses == result.test_utterances
+    exported = tmp_path / "plain.pt"
+    assert cli(["export", str(save_dir / "checkpoint_last.pt"), "--out", str(exported)]) == 0
+    baked = generate(data, exported, "test", tmp_path / "baked")
+    assert baked.cer == decoded.cer

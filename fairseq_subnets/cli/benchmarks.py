@@ -1,4 +1,4 @@
-"""`fairseq-subnets bench | bench-train | bench-data`: the benchmarks of `fairseq_subnets.benchmarks`.
+"""`fairseq-subnets bench | bench-train | bench-data | bench-data-wait`: the benchmarks of `fairseq_subnets.benchmarks`.
 
 Each prints a table of measurements and their ratios against named references (one JSON object
 with `--json`, progress then goes to stderr) and exits 2 on bad settings, before anything runs.
@@ -13,6 +13,7 @@ def register(subparsers):
     _register_prune(subparsers)
     _register_train_step(subparsers)
     _register_data_check(subparsers)
+    _register_data_wait(subparsers)
 
 
 def _run_and_print(args, settings, run, format_report) -> int:
@@ -131,3 +132,36 @@ def run_data_check_bench(args) -> int:
 
     settings = DataCheckBenchSettings(files=args.files, seconds=args.seconds, steps=args.steps, warmup=args.warmup)
     return _run_and_print(args, settings, run_data_check_benchmark, format_data_check_report)
+
+
+# ------------------------------------------------------------------------------- bench-data-wait
+
+
+def _register_data_wait(subparsers):
+    parser = subparsers.add_parser(
+        "bench-data-wait", help="time waiting for monolingual batches against the training step (multilingual)",
+        description="Builds subnets_multilingual_finetuning on DATA (one manifest folder per language) and a "
+        "subnets_wav2vec_ctc model (BASE-sized by default), then for each training batch, as the trainer draws "
+        "them (num_workers 0), times fetching it against one training step on it; prints the ratio and the "
+        "data-wait share of the loop (target: at most 0.10).",
+    )
+    parser.add_argument("data", metavar="DATA", help="folder with one manifest folder per language")
+    parser.add_argument("--languages", required=True, help="comma-separated, e.g. es,ca,ast")
+    parser.add_argument("--quick", action="store_true", help="a 2-layer model of width 64 (a smoke test)")
+    parser.add_argument("--max-tokens", type=int, default=400_000, help="default: %(default)s")
+    parser.add_argument("--steps", type=int, default=8, help="timed batches (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed batches first (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run_data_wait_bench)
+
+
+def run_data_wait_bench(args) -> int:
+    from ..benchmarks.multilingual_data import (DataWaitBenchSettings, format_data_wait_report,
+                                                run_data_wait_benchmark)
+
+    size = dict(layers=2, width=64, ffn=128) if args.quick else {}
+    settings = DataWaitBenchSettings(args.data, tuple(l for l in args.languages.split(",") if l),
+                                     max_tokens=args.max_tokens, steps=args.steps, warmup=args.warmup,
+                                     threads=args.threads, **size)
+    return _run_and_print(args, settings, run_data_wait_benchmark, format_data_wait_report)

@@ -342,6 +342,8 @@ def _register_export(subparsers):
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="fairseq checkpoint (.pt)")
     parser.add_argument("--mask", metavar="MASK", help="also apply this mask file before exporting")
+    parser.add_argument("--language", metavar="LANG", help="of a multilingual checkpoint: export this language "
+                        "(its output layer and per-language masks) as a single-language model")
     parser.add_argument("--out", required=True, metavar="PLAIN_CKPT", help="checkpoint to write")
     parser.set_defaults(func=run_export)
 
@@ -351,7 +353,7 @@ def run_export(args) -> int:
     from ..plugin.export import export_plain_checkpoint
 
     try:
-        export_plain_checkpoint(args.checkpoint, args.out, mask_path=args.mask)
+        export_plain_checkpoint(args.checkpoint, args.out, mask_path=args.mask, language=args.language)
     except (CheckpointLoadError, MaskFileError) as error:
         raise UserError(str(error)) from None
     except ValueError as error:

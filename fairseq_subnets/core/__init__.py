@@ -1,8 +1,11 @@
-"""Pure-torch mask core (never imports fairseq, so it is usable and testable without it).
+"""Pure-torch core (never imports fairseq, so it is usable and testable without it).
 
   targets     names of the prunable wav2vec2 encoder matrices; module-kind / layer selection
   pruning     global / per-matrix L1, block L2, random criteria with exact kept counts
-  parametrize masks on live modules through the weight (torch.nn.utils.parametrize); baking
+  transforms  the stack of named weight transforms on one weight (fixed, dense, learned and
+              per-language masks; adaptations), the kind registry, transform plans, regularisers
+  parametrize transforms on whole models and on bare state dicts: applying mask sets, reading
+              masks back, baking for export, upgrading 0.2 checkpoints
   maskfile    bit-packed safetensors mask files with metadata and integrity checks
   stats       union / intersection / difference / complement, sparsity, IOU, union ratio,
               cosine similarity, pairwise matrices and their correlation with a user matrix

@@ -9,6 +9,7 @@ fairseq-generate reads the dictionary from the data directory, as it does for an
 without a task state.
 """
 import io
+import os
 from dataclasses import fields
 
 import torch
@@ -20,6 +21,7 @@ from ..atomic import write_atomically
 from ..core.maskfile import load_mask_file
 from ..core.parametrize import bake_state_dict
 from .checkpoints import load_checkpoint
+from .language_heads import single_language_state
 
 PLUGIN_PREFIX = "subnets_"
 STOCK_REGISTRIES = {"model": MODEL_DATACLASS_REGISTRY, "task": TASK_DATACLASS_REGISTRY, "criterion": CRITERION_DATACLASS_REGISTRY}
@@ -38,15 +40,30 @@ def stock_component_config(section, registry):
     return converted
 
 
-def export_plain_checkpoint(checkpoint_path, out_path, mask_path=None):
+def single_language_task(task_cfg, language):
+    """The single-language fine-tuning task of one language of a multilingual task config: its
+    data folder is the language's manifest folder (the multilingual task's `data/<language>`)."""
+    task_cfg = dict(task_cfg)
+    if task_cfg.get("data"):
+        task_cfg["data"] = os.path.join(task_cfg["data"], language)
+    task_cfg["_name"] = "subnets_audio_finetuning"
+    return task_cfg
+
+
+def export_plain_checkpoint(checkpoint_path, out_path, mask_path=None, language=None):
     """Writes `out_path` (atomically) from `checkpoint_path`, optionally masking it with a mask
-    file first."""
+    file first. `language` picks one language of a multilingual checkpoint (its output layer and
+    its per-language masks); a single-language stock model comes out."""
     state = load_checkpoint(checkpoint_path)
     masks = load_mask_file(mask_path).masks if mask_path else None
-    model_state = bake_state_dict(state["model"], masks=masks)
+    cfg = dict(state.get("cfg") or {})
+    model_state = state["model"]
+    if language is not None:
+        model_state, cfg["model"] = single_language_state(model_state, cfg.get("model") or {}, language)
+        cfg["task"] = single_language_task(cfg.get("task") or {}, language)
+    model_state = bake_state_dict(model_state, masks=masks, language=language)
     exported = {key: value for key, value in state.items() if key not in TRAINING_ONLY_KEYS}
     exported["model"] = model_state
-    cfg = dict(state.get("cfg") or {})
     for section, registry in STOCK_REGISTRIES.items():
         if section in cfg:
             cfg[section] = stock_component_config(cfg[section], registry)

@@ -80,13 +80,23 @@ class SubnetsAudioFinetuningTask(AudioFinetuningTask):
     def raise_on_manifest_problems(self, split):
         raise_on_manifest_problems(self.cfg.data, split)
 
+    recorded_model_keys = ("transform_plan", "w2v_args")
+    """Model config keys the model writes while it is built. fairseq builds models from a merged
+    copy of `model_cfg`, so these are copied back into `model_cfg`, the node checkpoints save:
+    a rebuilt model then has the same transforms and needs no `w2v_path`."""
+
     def build_model(self, model_cfg, from_checkpoint=False):
         if from_checkpoint:
             with open_dict(model_cfg):
                 for key in TRAINING_ONLY_MODEL_KEYS:
                     if model_cfg.get(key) is not None:
                         model_cfg[key] = None
-        return super().build_model(model_cfg, from_checkpoint)
+        model = super().build_model(model_cfg, from_checkpoint)
+        with open_dict(model_cfg):
+            for key in self.recorded_model_keys:
+                if key in getattr(model, "cfg", {}):
+                    model_cfg[key] = model.cfg[key]
+        return model
 
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
@@ -263,16 +273,13 @@ class SubnetsMultilingualFinetuningTask(SubnetsAudioFinetuningTask):
         language, _, language_split = split.partition("/")
         raise_on_manifest_problems(os.path.join(self.cfg.data, language), language_split, f"language '{language}': ")
 
+    recorded_model_keys = SubnetsAudioFinetuningTask.recorded_model_keys + MULTILINGUAL_MODEL_KEYS
+    """The model also records its language layout (plugin.language_heads)."""
+
     def build_model(self, model_cfg, from_checkpoint=False):
-        """Also copies the language layout the model recorded in its own (merged) config back into
-        `model_cfg`, the node fairseq saves in checkpoints, as fairseq's audio task does for w2v_args."""
         if from_checkpoint:
             self.check_checkpoint_layout(model_cfg)
-        model = super().build_model(model_cfg, from_checkpoint)
-        with open_dict(model_cfg):
-            for key in MULTILINGUAL_MODEL_KEYS:
-                model_cfg[key] = model.cfg.get(key)
-        return model
+        return super().build_model(model_cfg, from_checkpoint)
 
     def check_checkpoint_layout(self, model_cfg):
         """Refuses a checkpoint whose languages or output layers differ from this task's."""
