@@ -173,7 +173,8 @@ def test_export_of_one_language_is_a_stock_checkpoint_with_that_languages_output
     assert cli(["export", str(save_dir / "checkpoint_last.pt"), "--language", "pl",
                 "--out", str(tmp_path / "pl.pt")]) == 2
     assert not (tmp_path / "pl.pt").exists()
-    (multilingual,), _, _ = checkpoint_utils.load_model_ensemble_and_task([str(save_dir / "checkpoint_last.pt")])
+    (multilingual,), _, _ = checkpoint_utils.load_model_ensemble_and_task(
+        [str(save_dir / "checkpoint_last.pt")], arg_overrides={"decode_language": language})
     (stock,), cfg, _ = checkpoint_utils.load_model_ensemble_and_task(
         [str(exported)], arg_overrides={"data": str(Path(result.corpus_dir) / language)})
     assert type(stock).__name__ == "Wav2VecCtc" and cfg.model._name == "wav2vec_ctc"

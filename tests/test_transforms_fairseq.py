@@ -104,7 +104,7 @@ def test_learned_scores_and_a_dense_mask_train_resume_and_decode_through_the_sto
                 "attn", "--out", str(mask_path)]) == 0
     overrides = [f"common.user_dir={USER_DIR}", f"task.data={data}", f"model.w2v_path={result.pretrained_checkpoint}",
                  f"checkpoint.save_dir={save_dir}", f"+model.transform_plan='{json.dumps(plan)}'",
-                 f"+model.mask_path={mask_path}", "+model.mask_storage=dense",
+                 f"+model.mask_path={mask_path}", "+model.mask_targets=attn", "+model.mask_storage=dense",
                  "checkpoint.save_interval_updates=10", "dataset.validate_interval_updates=10"]
     hydra_train("tiny", overrides + ["optimization.max_update=10"], tmp_path / "first.log")
     first = load_checkpoint(save_dir / "checkpoint_last.pt")
