@@ -351,20 +351,26 @@ class WeightStack(nn.Module):
     def __init__(self):
         super().__init__()
         self.order: List[Tuple[str, str]] = []
+        self._applied: Tuple[Tuple[str, str, WeightTransform], ...] = ()
+        object.__setattr__(self, "_fixed", None)
+
+    def _reorder(self) -> None:
+        """Derives the application order and the fixed mask once per change of the stack, so the
+        forward pass (run for every weight at every step) only walks a tuple."""
+        entries = [(kind, name, getattr(self, kind)[name]) for kind, name in self.order]
+        self._applied = tuple(entry for stage in (ADAPT, MASK) for entry in entries if entry[2].stage == stage)
+        # A plain attribute, not a submodule: the mask is already the child `<kind>.<name>`.
+        object.__setattr__(self, "_fixed", next((t for kind, _, t in self._applied if kind == FixedMask.kind), None))
 
     def transforms(self) -> Iterator[Tuple[str, str, WeightTransform]]:
         """(kind, name, transform) in application order: adaptations, then masks."""
-        for stage in (ADAPT, MASK):
-            for kind, name in self.order:
-                transform = getattr(self, kind)[name]
-                if transform.stage == stage:
-                    yield kind, name, transform
+        return iter(self._applied)
 
     def get(self, kind: str, name: str) -> Optional[WeightTransform]:
         return getattr(self, kind)[name] if (kind, name) in self.order else None
 
     def kept_only_mask(self) -> Optional[FixedMask]:
-        return next((t for kind, _, t in self.transforms() if kind == FixedMask.kind), None)
+        return self._fixed
 
     def add(self, name: str, transform: WeightTransform) -> None:
         if (transform.kind, name) in self.order:
@@ -375,18 +381,20 @@ class WeightStack(nn.Module):
             raise TransformError(f"transform kind {transform.kind!r} clashes with a WeightStack attribute")
         getattr(self, transform.kind)[name] = transform
         self.order.append((transform.kind, name))
+        self._reorder()
 
     def remove(self, kind: str, name: str) -> WeightTransform:
         transform = getattr(self, kind)[name]
         del getattr(self, kind)[name]
         self.order.remove((kind, name))
+        self._reorder()
         return transform
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
-        fixed = self.kept_only_mask()
+        fixed = self._fixed
         weight = fixed.expand(original) if fixed is not None and original.dim() == 1 else original
         adapted = False
-        for _, _, transform in self.transforms():
+        for _, _, transform in self._applied:
             if transform is fixed and not adapted and weight is not original:
                 continue  # expanded from kept-only storage: already exactly zero where pruned
             weight = transform(weight)
