@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-fast bench bench-train clean
+.PHONY: setup demo test test-fast bench bench-train bench-rehearsal clean
 
 $(STAMP): setup.py constraints.txt scripts/setup_venv.sh
 	VENV=$(VENV) bash scripts/setup_venv.sh
@@ -26,5 +26,10 @@ bench: $(STAMP)
 bench-train: $(STAMP)
 	$(VENV)/bin/fairseq-subnets bench-train
 
+# The whole workflow at XLS-R 300M size on this machine's CPU; starts from an empty folder each time.
+bench-rehearsal: $(STAMP)
+	rm -rf rehearsal_output
+	$(VENV)/bin/fairseq-subnets bench-rehearsal --out rehearsal_output
+
 clean:
-	rm -rf demo_output .pytest_cache
+	rm -rf demo_output rehearsal_output .pytest_cache

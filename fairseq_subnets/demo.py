@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import USER_DIR
+from .atomic import write_atomically
 from .data.corpora import corpus_path
 from .data.synth import synthesize_corpus
 from .runner import CONFIG_DIR, generate, hydra_train
@@ -58,6 +59,7 @@ def run_skeleton(settings: SkeletonSettings, say=print):
         corpus_path(settings.corpus), out / "corpus", seed=settings.seed, jobs=settings.jobs)))
     pretrain_dir = out / "pretrain"
     stage("pretrain", lambda: hydra_train("tiny", [
+        f"common.user_dir={USER_DIR}",
         f"task.data={corpus_dir / 'pretrain'}",
         f"checkpoint.save_dir={pretrain_dir}",
         f"optimization.max_update={settings.pretrain_updates}",
@@ -87,5 +89,5 @@ def run_skeleton(settings: SkeletonSettings, say=print):
         test_utterances=decoded.hypotheses,
         seconds=seconds,
     )
-    (out / "summary.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    write_atomically(out / "summary.json", (json.dumps(asdict(result), indent=2) + "\n").encode())
     return result

@@ -59,7 +59,7 @@ def write_plugin_checkpoint(directory, sparsity=0.5, seed=0):
     from fairseq.dataclass.configs import FairseqConfig
     from omegaconf import OmegaConf
 
-    from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+    from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config, trainer_checkpoint
 
     dictionary = Dictionary()
     for letter in LETTERS:
@@ -71,13 +71,6 @@ def write_plugin_checkpoint(directory, sparsity=0.5, seed=0):
     cfg.model._name = "subnets_wav2vec_ctc"
     cfg.task = {"_name": "subnets_audio_finetuning", "data": str(directory), "labels": "ltr", "normalize": False}
     path = directory / "checkpoint_best.pt"
-    torch.save({
-        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model": model.state_dict(),
-        "task_state": {"target_dictionary": dictionary},
-        "optimizer_history": [{"criterion_name": "SubnetsCtcCriterion", "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
-        "extra_state": {"train_iterator": {"epoch": 1}},
-        "last_optimizer_state": None,
-    }, path)
+    torch.save(trainer_checkpoint(cfg, model.state_dict(), "SubnetsCtcCriterion",
+                                  task_state={"target_dictionary": dictionary}), path)
     return path, model, masks

@@ -1,9 +1,14 @@
-"""Mask files: exact round trip, <= 1.02 bits per weight, no pickle, atomic writes, and errors that
-name the file and the first mismatch."""
+"""Mask files: exact round trip, <= 1.02 bits per weight, no pickle, atomic writes, a checksum over
+bits and shapes, version 1 files still read, and errors that name the file and the first mismatch."""
+import hashlib
+import json
 import os
 
+import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from factory import BASE, encoder_shapes
 from fairseq_subnets.core.maskfile import (
@@ -23,6 +28,34 @@ def masks():
     return random_masks(SHAPES, 0.4, seed=1)
 
 
+def flip_a_stored_bit(path):
+    """Flips one bit of the packed masks (the tensor data ends the file)."""
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def tamper(path, shapes=None, **metadata):
+    """Rewrites a mask file's metadata in place as an editor would: `shapes` ([name, shape] pairs)
+    replaces the 'shapes' entry, other keywords replace theirs; the packed bits stay as they are."""
+    with safe_open(str(path), framework="numpy") as reader:
+        tensors = {name: reader.get_tensor(name) for name in reader.keys()}
+        header = dict(reader.metadata())
+    if shapes is not None:
+        header["shapes"] = json.dumps(shapes)
+    header.update(metadata)
+    save_file(tensors, str(path), metadata=header)
+
+
+def write_version_1_file(path, masks):
+    """A mask file as version 1 wrote it: the same layout, its sha256 over the packed bits only."""
+    packed = {name: np.packbits(mask.numpy().reshape(-1), bitorder="little") for name, mask in masks.items()}
+    digest = hashlib.sha256(b"".join(bits.tobytes() for bits in packed.values())).hexdigest()
+    save_file(packed, str(path), metadata={
+        "format": "fairseq-subnets-masks", "format_version": "1", "method": "random",
+        "shapes": json.dumps([[name, list(mask.shape)] for name, mask in masks.items()]), "sha256": digest})
+
+
 def test_round_trip_keeps_masks_order_and_metadata(tmp_path, masks):
     path = str(tmp_path / "m.safetensors")
     save_mask_file(path, masks, {"method": "random", "sparsity": 0.4, "seed": 1})
@@ -30,7 +63,7 @@ def test_round_trip_keeps_masks_order_and_metadata(tmp_path, masks):
     assert list(loaded.masks) == list(masks)
     assert all(torch.equal(loaded.masks[n], m) and loaded.masks[n].dtype == torch.bool for n, m in masks.items())
     assert loaded.metadata["method"] == "random" and loaded.metadata["sparsity"] == "0.4"
-    assert loaded.metadata["format"] == "fairseq-subnets-masks" and loaded.metadata["format_version"] == "1"
+    assert loaded.metadata["format"] == "fairseq-subnets-masks" and loaded.metadata["format_version"] == "2"
     assert loaded.shapes() == SHAPES
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
 
@@ -64,10 +97,67 @@ def test_truncated_file_fails_naming_it(tmp_path, masks, keep):
 def test_flipped_bit_is_caught_by_the_checksum(tmp_path, masks):
     path = tmp_path / "m.safetensors"
     save_mask_file(str(path), masks)
-    data = bytearray(path.read_bytes())
-    data[-3] ^= 0x10
-    path.write_bytes(bytes(data))
+    flip_a_stored_bit(path)
     with pytest.raises(MaskFileError, match="m.safetensors: damaged mask file \\(checksum mismatch\\)"):
+        load_mask_file(str(path))
+
+
+def test_reshaped_shapes_with_the_same_weight_count_are_caught_by_the_checksum(tmp_path, masks):
+    path = tmp_path / "m.safetensors"
+    save_mask_file(str(path), masks)
+    q, fc1 = SHAPES
+    tamper(path, [[q, [24, 6]], [fc1, [7, 13]]])
+    with pytest.raises(MaskFileError, match="m.safetensors: damaged mask file \\(checksum mismatch\\)"):
+        load_mask_file(str(path))
+
+
+def test_reordered_shapes_are_caught_by_the_checksum(tmp_path):
+    path = tmp_path / "m.safetensors"
+    square = {"encoder.layers.0.fc1.weight": (8, 8), "encoder.layers.0.fc2.weight": (8, 8)}
+    save_mask_file(str(path), random_masks(square, 0.5, seed=3))
+    tamper(path, [[name, list(shape)] for name, shape in reversed(square.items())])
+    with pytest.raises(MaskFileError, match="checksum mismatch"):
+        load_mask_file(str(path))
+
+
+@pytest.mark.parametrize("shape", [[-12, -12], [0, 144], [12.0, 12], [True, 144], "12x12", [], [144, 1, -1]])
+def test_shapes_that_are_not_positive_integers_are_refused_naming_the_mask(tmp_path, masks, shape):
+    path = tmp_path / "m.safetensors"
+    save_mask_file(str(path), masks)
+    q, fc1 = SHAPES
+    tamper(path, [[q, shape], [fc1, [7, 13]]])
+    message = rf"m.safetensors: damaged mask file \({q}: shape .* in 'shapes' is not a list of positive integers"
+    with pytest.raises(MaskFileError, match=message):
+        load_mask_file(str(path))
+
+
+@pytest.mark.parametrize("shape", [[7, 14], [10 ** 30, 1]], ids=["one-more-column", "beyond-int64"])
+def test_a_shape_that_does_not_match_the_packed_length_is_refused_naming_the_mask(tmp_path, masks, shape):
+    path = tmp_path / "m.safetensors"
+    save_mask_file(str(path), masks)
+    q, fc1 = SHAPES
+    tamper(path, [[q, [12, 12]], [fc1, shape]])
+    with pytest.raises(MaskFileError, match=rf"m.safetensors: damaged mask file \({fc1} holds 12 bytes for shape"):
+        load_mask_file(str(path))
+
+
+def test_version_1_files_still_load_and_their_checksum_is_still_verified(tmp_path, masks):
+    path = tmp_path / "old.safetensors"
+    write_version_1_file(path, masks)
+    loaded = load_mask_file(str(path))
+    assert loaded.metadata["format_version"] == "1" and loaded.shapes() == SHAPES
+    assert all(torch.equal(loaded.masks[name], mask) for name, mask in masks.items())
+    flip_a_stored_bit(path)
+    with pytest.raises(MaskFileError, match="old.safetensors: damaged mask file \\(checksum mismatch\\)"):
+        load_mask_file(str(path))
+
+
+def test_a_version_from_the_future_is_refused(tmp_path, masks):
+    path = tmp_path / "m.safetensors"
+    save_mask_file(str(path), masks)
+    tamper(path, format_version="3")
+    with pytest.raises(MaskFileError, match="m.safetensors: mask file format version '3'; this fairseq-subnets reads "
+                                            "versions 1, 2"):
         load_mask_file(str(path))
 
 

@@ -78,11 +78,13 @@ def test_pairwise_matrices():
 def test_mismatched_mask_sets_name_the_weight():
     other = dict(A)
     other[Q0] = torch.ones(5, dtype=torch.bool)
-    with pytest.raises(ValueError, match=f"{Q0} has shape"):
+    with pytest.raises(ValueError, match=rf"mask set 2: {Q0} has shape \(5,\) but"):
         stats.iou(A, other)
     del other[Q0]
-    with pytest.raises(ValueError, match=f"{Q0} is only in mask set 1"):
+    with pytest.raises(ValueError, match=f"mask set 2: no mask for {Q0}, which mask set 1 has"):
         stats.union(A, other)
+    with pytest.raises(ValueError, match=f"mask set 2: mask for {Q0}, which mask set 1 lacks"):
+        stats.union(other, A)
 
 
 def test_correlation_pearson_and_spearman_over_the_upper_triangle():

@@ -56,6 +56,20 @@ def test_selection_names_in_layer_major_order_and_range_check():
         selection.names(2)
 
 
+def test_selection_errors_name_the_callers_keys_and_selects_in_models_of_any_depth():
+    keys = ("model.mask_targets", "model.mask_layers")
+    with pytest.raises(ValueError, match="^model.mask_targets: unknown module kind 'mlp'"):
+        TargetSelection.parse("mlp", "all", keys=keys)
+    with pytest.raises(ValueError, match="^model.mask_layers: cannot read 'x'"):
+        TargetSelection.parse("all", "x", keys=keys)
+    selection = TargetSelection.parse("ffn", "1,3", keys=keys)
+    with pytest.raises(ValueError, match="^model.mask_layers: layer 3 is selected but the model has 2"):
+        selection.names(2)
+    assert selection.selects("encoder.layers.3.fc2.weight") and not selection.selects("encoder.layers.2.fc2.weight")
+    assert not selection.selects("encoder.layers.1.self_attn.q_proj.weight")
+    assert selection.selects("decoder.whatever.weight")  # not a prunable weight: reported, never dropped
+
+
 def test_weight_names_round_trip():
     assert weight_name(3, "out") == "encoder.layers.3.self_attn.out_proj.weight"
     assert parse_weight_name("encoder.layers.3.self_attn.out_proj.weight") == (3, "out")

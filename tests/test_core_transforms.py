@@ -181,6 +181,20 @@ def test_every_composition_round_trips_into_a_model_rebuilt_from_its_plan(name):
     assert mask_state_digest(rebuilt) == mask_state_digest(trained)
 
 
+def test_a_fixed_mask_rebuilt_from_its_plan_allocates_no_weights_before_its_state_loads():
+    """At XLS-R 300M size an all-kept placeholder would cost the full weights plus an 8-byte index
+    per weight before the stored mask shrinks them."""
+    trained = attention()
+    apply_masks(trained, masks_for(1, 0.5))
+    rebuilt = attention()
+    build_from_plan(rebuilt, parse_plan(json.dumps(transform_plan(trained)), "test"))
+    for p in PROJECTIONS:
+        assert getattr(rebuilt, p).parametrizations.weight.original.numel() == 0, p
+    rebuilt.load_state_dict(prepare_for_state(rebuilt, trained.state_dict()))
+    for p in PROJECTIONS:
+        assert torch.equal(getattr(rebuilt, p).weight, getattr(trained, p).weight), p
+
+
 def test_masks_apply_after_deltas_so_pruned_weights_stay_zero_through_training():
     module = attention().train()
     masks = masks_for(1, 0.7)

@@ -14,7 +14,7 @@ from fairseq_subnets.methods.storey2025.run import GridRun
 
 from test_grid_cache import fake  # noqa: F401  (a fixture)
 from test_grid_cache import write_grid as write_cache_grid
-from test_grid_config import corpus_dir, write_grid  # noqa: F401  (a fixture)
+from test_grid_config import corpus_dir, pretrained, write_grid  # noqa: F401  (fixtures)
 
 
 def test_a_cell_runs_as_a_submitit_job_while_finished_cells_stay_cached(tmp_path, fake):

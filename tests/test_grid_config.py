@@ -1,39 +1,27 @@
 """Grid files: what a grid expands to, and bad grid files failing before anything runs."""
+import re
 from pathlib import Path
 
 import pytest
 
 from fairseq_subnets.cli.main import main as cli
-from fairseq_subnets.methods.storey2025.spec import MANIFEST_FILES, DownstreamCell, GridError, load_grid, plan_cells
+from fairseq_subnets.methods.storey2025.spec import DownstreamCell, GridError, load_grid, plan_cells
+from grid_files import write_grid, write_grid_inputs, write_pretrained
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    return write_pretrained(tmp_path_factory.mktemp("pretrained") / "pretrained.pt")
 
 
 @pytest.fixture
-def corpus_dir(tmp_path):
-    """Manifest folders for es and ca (contents are not read before training)."""
-    for language in ("es", "ca"):
-        for name in MANIFEST_FILES:
-            path = tmp_path / "corpus" / language / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("")
-    pretrained = tmp_path / "pretrained.pt"
-    pretrained.write_bytes(b"")
-    return tmp_path / "corpus"
-
-
-def write_grid(tmp_path, corpus_dir, extra="", downstream="languages: [es, ca]", sparsities="[0.0, 0.5]"):
-    """A grid file; `downstream` lines after the first are indented by two spaces."""
-    text = "\n".join([
-        "name: test", f"data: {corpus_dir}", f"pretrained: {corpus_dir.parent / 'pretrained.pt'}",
-        "upstream:", "  languages: [es, ca]", "prune:", f"  sparsities: {sparsities}",
-        "downstream:", f"  {downstream}", extra,
-    ])
-    path = tmp_path / "grid.yaml"
-    path.write_text(text)
-    return path
+def corpus_dir(tmp_path, pretrained):
+    """Manifest folders for es and ca, and the pretrained checkpoint beside them."""
+    return write_grid_inputs(tmp_path, pretrained)
 
 
 def test_cells_cover_every_combination_with_one_unmasked_cell_per_pair(tmp_path, corpus_dir):
-    grid = write_grid(tmp_path, corpus_dir, downstream="languages: [es, ca]\n  sources: [own, swap, union, base, random]")
+    grid = write_grid(tmp_path, corpus_dir, downstream="languages: [es, ca]\nsources: [own, swap, union, base, random]")
     cells = plan_cells(load_grid(grid))
     unmasked = [cell for cell in cells if cell.sparsity == 0]
     assert sorted((c.upstream, c.downstream, c.source) for c in unmasked) == [
@@ -48,8 +36,8 @@ def test_cells_cover_every_combination_with_one_unmasked_cell_per_pair(tmp_path,
 
 
 def test_a_named_partner_and_source_sparsities_restrict_the_cells(tmp_path, corpus_dir):
-    grid = write_grid(tmp_path, corpus_dir, sparsities="[0.0, 0.5, 0.9]",
-                      downstream="languages: [es]\n  sources: [own, 'swap:es']\n  source_sparsities: [0.9]")
+    grid = write_grid(tmp_path, corpus_dir, prune="sparsities: [0.0, 0.5, 0.9]",
+                      downstream="languages: [es]\nsources: [own, 'swap:es']\nsource_sparsities: [0.9]")
     swaps = [cell for cell in plan_cells(load_grid(grid)) if cell.source == "swap"]
     assert swaps == [DownstreamCell("ca", "es", 0.9, "swap", "es", 1)]
 
@@ -61,26 +49,110 @@ def test_dry_run_lists_cells_and_trains_nothing(tmp_path, corpus_dir, capsys):
     assert not (tmp_path / "out").exists()
 
 
-BAD_GRIDS = {
-    "unknown downstream language": (dict(downstream="languages: [es, xx]"), "language 'xx': missing manifest"),
-    "sparsity 1.0": (dict(sparsities="[0.0, 1.0]"), "prune.sparsities: 1.0 is outside [0, 1)"),
-    "negative sparsity": (dict(sparsities="[-0.1]"), "prune.sparsities: -0.1 is outside [0, 1)"),
-    "unknown key": (dict(downstream="languages: [es]\n  epoch: 3"), "unknown key downstream.epoch"),
-    "unknown source": (dict(downstream="languages: [es]\n  sources: [own, swapped]"), "unknown source 'swapped'"),
-    "swap partner not upstream": (dict(downstream="languages: [es]\n  sources: ['swap:pl']"), "'swap:pl'"),
-    "zero epochs": (dict(downstream="languages: [es]\n  epochs: 0"), "downstream.epochs must be an integer >= 1"),
-    "unknown method": (dict(extra="method: s3router"), "method: unknown method 's3router' (known: storey2025)"),
+BAD_GRIDS = {  # case: (write_grid arguments, what follows "GRID:LINE: "); more in test_bad_inputs_training.py
+    "unknown downstream language": (dict(downstream="languages: [es, xx]"),
+                                    "downstream.languages: language 'xx': missing manifest"),
+    "sparsity 1.0": (dict(prune="sparsities: [0.0, 1.0]"), "prune.sparsities: 1.0 is outside [0, 1)"),
+    "negative sparsity": (dict(prune="sparsities: [-0.1]"), "prune.sparsities: -0.1 is outside [0, 1)"),
+    "no sparsities": (dict(prune="sparsities: []"), "prune.sparsities: must not be empty"),
+    "sparsity not a number": (dict(prune="sparsities: [0.5, half]"),
+                              "prune.sparsities: expected a list of numbers, got [0.5, 'half']"),
+    "iou sparsity 1.5": (dict(extra="iou_sparsities: [1.5]"), "iou_sparsities: 1.5 is outside [0, 1)"),
+    "source sparsity not pruned": (dict(downstream="languages: [es]\nsource_sparsities: [0.7]"),
+                                   "downstream.source_sparsities: 0.7 is not one of prune.sparsities"),
+    "unknown source": (dict(downstream="languages: [es]\nsources: [own, swapped]"),
+                       "downstream.sources: unknown source 'swapped'"),
+    "swap partner not upstream": (dict(downstream="languages: [es]\nsources: ['swap:pl']"),
+                                  "downstream.sources: 'swap:pl'"),
+    "zero epochs": (dict(downstream="languages: [es]\nepochs: 0"), "downstream.epochs: must be at least 1, got 0"),
+    "negative frozen epochs": (dict(downstream="languages: [es]\nfreeze_epochs: -1"),
+                               "downstream.freeze_epochs: must be at least 0, got -1"),
+    "zero ranks": (dict(downstream="languages: [es]\nworld_size: 0"),
+                   "downstream.world_size: must be at least 1, got 0"),
+    "fractional updates": (dict(upstream="languages: [es]\nupdates: 2.5"),
+                           "upstream.updates: expected an integer, got 2.5"),
+    "zero learning rate": (dict(upstream="languages: [es]\nlr: 0"), "upstream.lr: must be above 0, got 0"),
+    "boolean learning rate": (dict(downstream="languages: [es]\nlr: true"),
+                              "downstream.lr: expected a number, got True"),
+    "no languages": (dict(downstream="languages: []"), "downstream.languages: must not be empty"),
+    "a language twice": (dict(upstream="languages: [es, ca, es]"), "upstream.languages: lists es more than once"),
+    "overrides not a list": (dict(upstream="languages: [es]\noverrides: optimization.clip_norm=10"),
+                             "upstream.overrides: expected a list of strings, got 'optimization.clip_norm=10'"),
+    "unknown top-level key": (dict(extra="seed: [1]"), "seed: unknown key (did you mean seeds?)"),
+    "unknown key, nothing close": (dict(prune="sparsities: [0.5]\nwhatever: 1"),
+                                   "prune.whatever: unknown key (known: method, sparsities, targets, layers)"),
+    "slurm not a mapping": (dict(extra="slurm: gpu"), "slurm must be a mapping of Slurm options"),
+    "targets unreadable": (dict(prune="sparsities: [0.5]\ntargets: q,mlp"),
+                           "prune.targets: unknown module kind 'mlp'"),
+    "layers unreadable": (dict(prune="sparsities: [0.5]\nlayers: 3-1"), "prune.layers: range '3-1' runs backwards"),
+    "layers written bare": (dict(prune="sparsities: [0.5]\nlayers: 1"),
+                            "prune.layers: expected a string, got 1 (YAML reads bare words"),
 }
 
 
+def last_error_line(capsys):
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and "Traceback" not in "".join(lines)
+    return lines[-1]
+
+
 @pytest.mark.parametrize("case", sorted(BAD_GRIDS))
-def test_bad_grid_fails_before_any_training_naming_the_problem(tmp_path, corpus_dir, capsys, case):
+def test_bad_grid_fails_before_any_training_naming_the_file_line_and_key(tmp_path, corpus_dir, capsys, case):
     arguments, message = BAD_GRIDS[case]
     grid = write_grid(tmp_path, corpus_dir, **arguments)
     assert cli(["grid", str(grid), "--out", str(tmp_path / "out")]) == 2
-    error = capsys.readouterr().err
-    assert str(grid) in error and message in error
+    line = last_error_line(capsys)
+    assert re.match(rf"fairseq-subnets grid: error: {re.escape(str(grid))}:\d+: {re.escape(message)}", line), line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_method_the_package_lacks_is_named(tmp_path, corpus_dir, capsys):
+    grid = write_grid(tmp_path, corpus_dir, extra="method: s3router")
+    assert cli(["grid", str(grid), "--dry-run"]) == 2
+    assert last_error_line(capsys) == (f"fairseq-subnets grid: error: {grid}: method: unknown method 's3router' "
+                                       "(known: storey2025)")
+
+
+def test_errors_give_the_line_of_the_key(tmp_path, corpus_dir, capsys):
+    grid = write_grid(tmp_path, corpus_dir, downstream="languages: [es]\nepochs: 2\nmax_tokens: many")
+    assert cli(["grid", str(grid), "--dry-run"]) == 2
+    assert last_error_line(capsys) == (f"fairseq-subnets grid: error: {grid}:11: downstream.max_tokens: expected an "
+                                       "integer, got 'many'")
+
+
+def test_folder_name_must_be_a_plain_name(tmp_path, corpus_dir):
+    grid = write_grid(tmp_path, corpus_dir)
+    grid.write_text(grid.read_text().replace("name: test", "name: runs/test"))
+    with pytest.raises(GridError, match=rf"{grid}:1: name: 'runs/test' is not a folder name"):
+        load_grid(grid)
+
+
+def test_upstream_checkpoints_must_be_fine_tuned(tmp_path, corpus_dir):
+    pretraining = corpus_dir.parent / "pretrained.pt"
+    grid = write_grid(tmp_path, corpus_dir, upstream=f"languages: [es]\ncheckpoints: {{es: {pretraining}}}")
+    with pytest.raises(GridError, match=rf"{grid}:6: upstream.checkpoints.es: {pretraining} is a wav2vec2 "
+                       "pretraining checkpoint, not a fine-tuned wav2vec2 CTC checkpoint; a pretraining checkpoint "
+                       "goes in pretrained"):
+        load_grid(grid)
+
+
+def test_without_a_pretrained_checkpoint_the_pretraining_config_sets_the_depth(tmp_path, corpus_dir):
+    """No `pretrained`: the grid pretrains the tiny config's 3-layer model, so a 2-layer upstream
+    checkpoint and layer 3 are refused, before anything runs."""
+    from factory import write_plugin_checkpoint
+
+    (corpus_dir / "pretrain").mkdir()
+    (corpus_dir / "pretrain" / "train.tsv").write_text("")
+    upstream, _, _ = write_plugin_checkpoint(tmp_path)
+    grid = write_grid(tmp_path, corpus_dir, pretrained=None, prune="sparsities: [0.5]\nlayers: 0-3")
+    with pytest.raises(GridError, match=r"grid.yaml:7: prune.layers: layer 3 is selected but the model pretrained by "
+                       r".*pretrain/tiny.yaml has 3 encoder layers \(0-2\)"):
+        load_grid(grid)
+    grid = write_grid(tmp_path, corpus_dir, pretrained=None,
+                      upstream=f"languages: [es]\ncheckpoints: {{es: {upstream}}}")
+    with pytest.raises(GridError, match=rf"upstream.checkpoints.es: {upstream} has 2 encoder layers but the model "
+                       "pretrained by .*tiny.yaml has 3"):
+        load_grid(grid)
 
 
 def test_missing_manifest_file_is_named(tmp_path, corpus_dir):

@@ -125,31 +125,6 @@ def test_similarity_and_correlation(checkpoints, tmp_path, capsys):
     assert code == 2 and "phonemes.csv: no column labelled 'it'" in err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--method", "global-l1", "--sparsity", "1.5"], "sparsity must lie in [0, 1]"),
-    (["--method", "global-l1", "--sparsity", "0.5", "--layers", "0-7"], "layer 2 is selected but the model has 2"),
-    (["--method", "global-l1", "--sparsity", "0.5", "--targets", "mlp"], "unknown module kind 'mlp'"),
-    (["--method", "block-l2", "--sparsity", "0.5", "--block", "5x1"], "does not tile"),
-])
-def test_prune_input_errors_exit_2_with_a_message(argv, message, checkpoints, tmp_path, capsys):
-    code, _, err = run(capsys, "prune", checkpoints[0], *argv, "--out", tmp_path / "m.st")
-    assert code == 2 and message in err
-
-
-def test_unreadable_inputs_name_the_file(checkpoints, tmp_path, capsys):
-    code, _, err = run(capsys, "prune", tmp_path / "missing.pt", "--method", "random", "--sparsity", 0.5,
-                       "--out", tmp_path / "m.st")
-    assert code == 2 and "missing.pt" in err
-    (tmp_path / "junk.st").write_bytes(b"junk")
-    code, _, err = run(capsys, "masks", "stats", tmp_path / "junk.st")
-    assert code == 2 and "junk.st: not a readable mask file" in err
-    run_json(capsys, "prune", checkpoints[0], "--method", "random", "--sparsity", 0.5, "--out", tmp_path / "all.st")
-    run_json(capsys, "prune", checkpoints[0], "--method", "random", "--sparsity", 0.5, "--targets", "q",
-             "--out", tmp_path / "q.st")
-    code, _, err = run(capsys, "masks", "iou", tmp_path / "all.st", tmp_path / "q.st")
-    assert code == 2 and "encoder.layers.0.self_attn.k_proj.weight is only in" in err
-
-
 def test_export_bakes_a_mask_into_plain_weights(checkpoints, tmp_path, capsys):
     from fairseq_subnets.core.maskfile import load_mask_file
     from fairseq_subnets.plugin.checkpoints import load_checkpoint

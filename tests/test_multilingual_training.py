@@ -137,19 +137,36 @@ def test_decoding_a_language_the_checkpoint_lacks_or_with_the_wrong_head_mode_is
         decode(result, save_dir / "checkpoint_best.pt", "es", tmp_path / "shared", "--output-layers", "shared")
 
 
-def test_two_cpu_ranks_train_the_same_language_in_every_update(skeleton_run, tmp_path):
+def test_two_cpu_ranks_train_the_same_language_in_every_update_under_identical_masks(skeleton_run, tmp_path):
     """fairseq sums the logging outputs of all ranks and accumulated batches before they are
     logged, so an update whose share of one language is exactly 1 was trained on that language by
-    both ranks in all of their update_freq batches."""
+    both ranks in all of their update_freq batches. The model carries both mask kinds that live in
+    dense storage: per-language FFN masks and a dense attention mask; every rank must hold the
+    same ones."""
     from fairseq_subnets.cli.main import main as cli
+    from fairseq_subnets.core.maskfile import load_mask_file
+    from fairseq_subnets.core.parametrize import masks_from_state_dict
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
 
     _, result = skeleton_run
+    masks = {}
+    for seed, language in enumerate(LANGUAGES):
+        masks[language] = tmp_path / f"{language}.mask"
+        assert cli(["prune", result.pretrained_checkpoint, "--method", "random", "--seed", str(seed), "--sparsity",
+                    "0.5", "--targets", "ffn", "--out", str(masks[language])]) == 0
+    attention = tmp_path / "attention.mask"
+    assert cli(["prune", result.pretrained_checkpoint, "--method", "global-l1", "--sparsity", "0.5", "--targets",
+                "attn", "--out", str(attention)]) == 0
     save_dir = tmp_path / "ddp"
+    language_masks = ",".join(f"{language}:{path}" for language, path in masks.items())
     arguments = ["--config-dir", str(Path(USER_DIR) / "config" / "finetune"), "--config-name", "multilingual_tiny",
-                 *overrides(result, save_dir, "optimization.update_freq=[2]")]
+                 *overrides(result, save_dir, "optimization.update_freq=[2]",
+                            f"+model.language_mask_files=[{language_masks}]", f"+model.mask_path={attention}",
+                            "+model.mask_targets=attn", "+model.mask_storage=dense")]
     arguments = [a.replace(f"optimization.max_update={UPDATES}", "optimization.max_update=6") for a in arguments]
     assert cli(["launch", "--nprocs", "2", "--log-dir", str(tmp_path), "--", *arguments]) == 0
     log = (tmp_path / "train_rank0.log").read_text()
+    assert re.search(r"encoder masks identical on all 2 ranks \(sha256 [0-9a-f]{16}\)", log)
     assert re.search(r"epoch 1: \d+ updates of 4 monolingual batches each", log)
     updates = [line for line in log.splitlines() if "[train_inner]" in line]
     assert len(updates) == 6
@@ -157,6 +174,13 @@ def test_two_cpu_ranks_train_the_same_language_in_every_update(skeleton_run, tmp
         shares = sorted(float(re.search(rf"share_{language}=([0-9.]+)", line).group(1)) for language in LANGUAGES)
         assert shares == [0, 0, 1] and "mixed_language_updates=0" in line, line
     assert "done training" in log
+
+    state = load_checkpoint(save_dir / "checkpoint_last.pt")["model"]
+    for language, path in masks.items():
+        expected = {**load_mask_file(str(path)).masks, **load_mask_file(str(attention)).masks}
+        held = masks_from_state_dict(state, language=language)
+        assert held.keys() == expected.keys()
+        assert all(torch.equal(held[name], mask) for name, mask in expected.items()), language
 
 
 def test_export_of_one_language_is_a_stock_checkpoint_with_that_languages_outputs(per_language_run, tmp_path):
@@ -191,26 +215,9 @@ def test_the_data_wait_benchmark_reports_a_share_of_the_loop(skeleton_run):
 
     _, result = skeleton_run
     report = run_data_wait_benchmark(DataWaitBenchSettings(result.corpus_dir, tuple(LANGUAGES), layers=2, width=64,
-                                                           ffn=128, steps=3, warmup=1), say=lambda message: None)
+                                                           ffn=128, max_tokens=120_000, steps=3, warmup=1),
+                                      say=lambda message: None)
     assert 0 < report["data_wait_share"] < 1
     assert len(report["batch_languages"]) == 3 and set(report["batch_languages"]) <= set(LANGUAGES)
     assert report["comparison"]["reference"] == "training step"
     assert "data-wait share of the loop" in format_data_wait_report(report)
-
-
-def test_rerunning_the_command_resumes_from_the_last_checkpoint_and_trains_on(per_language_run, tmp_path):
-    """A killed multilingual run restarts with the same command (here on a copy, with a later
-    max_update): fairseq loads checkpoint_last.pt, with its heads, and continues the language plan."""
-    import shutil
-
-    from fairseq_subnets.runner import hydra_train
-
-    result, save_dir, _ = per_language_run
-    copy = tmp_path / "run"
-    shutil.copytree(save_dir, copy)
-    arguments = [argument for argument in overrides(result, copy) if not argument.startswith("optimization.max_update=")]
-    log = hydra_train("multilingual_tiny", arguments + [f"optimization.max_update={UPDATES + 4}"],
-                      tmp_path / "resumed.log")
-    assert re.search(rf"Loaded checkpoint \S+checkpoint_last\.pt \(epoch \d+ @ {UPDATES} updates\)", log)
-    resumed = [line for line in log.splitlines() if "[train_inner]" in line]
-    assert len(resumed) == 4 and f"num_updates={UPDATES + 4}" in resumed[-1]

@@ -9,8 +9,10 @@ import json
 import math
 import os
 import sys
+from contextlib import contextmanager
 from typing import Dict, List, Sequence
 
+from ..atomic import cannot_write_message, check_writable
 from ..core import stats
 from ..core.maskfile import MaskFile, MaskFileError, load_mask_file, save_mask_file
 from ..core.pruning import METHODS
@@ -88,11 +90,13 @@ def _load_all(paths: Sequence[str]) -> List[MaskFile]:
     return files
 
 
-def _save(path: str, masks, metadata) -> None:
+@contextmanager
+def _writing(path: str):
+    """Turns an OSError met while writing `path` into a one-line UserError naming it."""
     try:
-        save_mask_file(path, masks, metadata)
+        yield
     except OSError as error:
-        raise UserError(f"{path}: cannot write ({error.strerror})") from None
+        raise UserError(cannot_write_message(path, error)) from None
 
 
 def _labels(args) -> List[str]:
@@ -268,6 +272,8 @@ def run_iou(args) -> int:
 
 
 def run_combine(args) -> int:
+    with _writing(args.out):
+        check_writable(args.out)
     files = _load_all(args.masks)
     masks = [f.masks for f in files]
     if args.operation == "complement":
@@ -281,7 +287,8 @@ def run_combine(args) -> int:
     metadata = {"method": args.operation, "inputs": json.dumps(inputs),
                 "targets": source.get("targets", ""), "layers": source.get("layers", ""),
                 "sparsity": stats.sparsity(result)}
-    _save(args.out, result, metadata)
+    with _writing(args.out):
+        save_mask_file(args.out, result, metadata)
     return _report_written(args.out, result, args)
 
 
@@ -359,6 +366,6 @@ def run_export(args) -> int:
     except ValueError as error:
         raise UserError(f"{args.checkpoint}: {error}") from None
     except OSError as error:
-        raise UserError(f"{args.out}: cannot write ({error.strerror})") from None
+        raise UserError(cannot_write_message(args.out, error)) from None
     print(f"wrote {args.out}")
     return 0

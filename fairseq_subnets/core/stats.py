@@ -42,19 +42,20 @@ def group_of(name: str, by: str) -> str:
 
 
 def check_same_layout(mask_sets: Sequence[Mapping[str, torch.Tensor]], labels: Sequence[str] = None) -> None:
-    """Fails naming the first name or shape on which a mask set differs from the first one."""
+    """Fails naming the first mask set that differs from the first one, then the weight on which it
+    differs (a name only one of them has, or another shape)."""
     labels = labels or [f"mask set {i + 1}" for i in range(len(mask_sets))]
     first = mask_sets[0]
+    same_weights = "masks must cover the same weights"
     for label, masks in zip(labels[1:], mask_sets[1:]):
         for name in list(first) + [n for n in masks if n not in first]:
-            if name not in masks or name not in first:
-                owner = labels[0] if name in first else label
-                raise ValueError(f"{name} is only in {owner}; masks must cover the same weights")
+            if name not in masks:
+                raise ValueError(f"{label}: no mask for {name}, which {labels[0]} has; {same_weights}")
+            if name not in first:
+                raise ValueError(f"{label}: mask for {name}, which {labels[0]} lacks; {same_weights}")
             if first[name].shape != masks[name].shape:
-                raise ValueError(
-                    f"{name} has shape {tuple(first[name].shape)} in {labels[0]} "
-                    f"but {tuple(masks[name].shape)} in {label}"
-                )
+                raise ValueError(f"{label}: {name} has shape {tuple(masks[name].shape)} "
+                                 f"but {tuple(first[name].shape)} in {labels[0]}")
 
 
 def _combine(mask_sets: Sequence[MaskSet], operation) -> MaskSet:

@@ -11,7 +11,7 @@ A target selection is a set of module kinds (`q`, `k`, `v`, `out`, `fc1`, `fc2`,
 (`--targets ffn --layers 0-5`) and in a fairseq yaml.
 """
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
@@ -62,8 +62,9 @@ def parse_weight_name(name: str) -> Optional[Tuple[int, str]]:
     return int(match.group(1)), _KIND_OF_MODULE[match.group(2)]
 
 
-def parse_kinds(text: str) -> Tuple[str, ...]:
-    """'ffn' / 'attn,fc1' / 'q,v' / 'all' -> kinds in canonical order (q, k, v, out, fc1, fc2)."""
+def parse_kinds(text: str, key: str = "targets") -> Tuple[str, ...]:
+    """'ffn' / 'attn,fc1' / 'q,v' / 'all' -> kinds in canonical order (q, k, v, out, fc1, fc2);
+    errors start with `key`, the option or config key the text came from."""
     chosen = set()
     for item in (part.strip() for part in text.split(",")):
         if item in KIND_GROUPS:
@@ -72,22 +73,23 @@ def parse_kinds(text: str) -> Tuple[str, ...]:
             chosen.add(item)
         else:
             known = ", ".join(list(KIND_GROUPS) + list(KINDS))
-            raise ValueError(f"targets: unknown module kind {item!r} (known: {known})")
+            raise ValueError(f"{key}: unknown module kind {item!r} (known: {known})")
     return tuple(kind for kind in KINDS if kind in chosen)
 
 
-def parse_layers(text: str) -> Optional[Tuple[int, ...]]:
-    """'all' -> None (every layer); '0-5' / '0,3,5' / '0-3,8-11' -> sorted layer indices."""
+def parse_layers(text: str, key: str = "layers") -> Optional[Tuple[int, ...]]:
+    """'all' -> None (every layer); '0-5' / '0,3,5' / '0-3,8-11' -> sorted layer indices; errors
+    start with `key`."""
     if text.strip() == "all":
         return None
     chosen = set()
     for item in (part.strip() for part in text.split(",")):
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
         if match is None:
-            raise ValueError(f"layers: cannot read {item!r}; use 'all', '0-5', '0,3,5' or '0-3,8-11'")
+            raise ValueError(f"{key}: cannot read {item!r}; use 'all', '0-5', '0,3,5' or '0-3,8-11'")
         first, last = int(match.group(1)), int(match.group(2) or match.group(1))
         if last < first:
-            raise ValueError(f"layers: range {item!r} runs backwards")
+            raise ValueError(f"{key}: range {item!r} runs backwards")
         chosen.update(range(first, last + 1))
     return tuple(sorted(chosen))
 
@@ -111,10 +113,15 @@ class TargetSelection:
 
     kinds: Tuple[str, ...] = KINDS
     layers: Optional[Tuple[int, ...]] = None
+    layers_key: str = field(default="layers", compare=False)
+    """The option or config key the layers came from, named by errors."""
 
     @classmethod
-    def parse(cls, targets: str = "all", layers: str = "all") -> "TargetSelection":
-        return cls(parse_kinds(targets), parse_layers(layers))
+    def parse(cls, targets: str = "all", layers: str = "all", keys: Tuple[str, str] = ("targets", "layers")
+              ) -> "TargetSelection":
+        """The selection of a targets and a layers text; `keys`: the options or config keys they
+        came from, which errors start with."""
+        return cls(parse_kinds(targets, keys[0]), parse_layers(layers, keys[1]), keys[1])
 
     def targets_text(self) -> str:
         return ",".join(self.kinds)
@@ -128,9 +135,19 @@ class TargetSelection:
         beyond = [layer for layer in layers if layer >= num_layers]
         if beyond:
             raise ValueError(
-                f"layers: layer {beyond[0]} is selected but the model has {num_layers} encoder layers"
+                f"{self.layers_key}: layer {beyond[0]} is selected but the model has {num_layers} encoder layers"
             )
         return tuple(weight_name(layer, kind) for layer in layers for kind in self.kinds)
+
+    def selects(self, name: str) -> bool:
+        """Whether the model-relative weight `name` is of a selected kind and layer, in a model of
+        any depth. A name that is no prunable weight counts as selected, so that checking it
+        against a model reports it rather than dropping it."""
+        parsed = parse_weight_name(name)
+        if parsed is None:
+            return True
+        layer, kind = parsed
+        return kind in self.kinds and (self.layers is None or layer in self.layers)
 
 
 def model_prefix(keys) -> str:

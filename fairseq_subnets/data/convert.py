@@ -34,7 +34,7 @@ import soundfile
 
 from .audio import convert_to_wav, usable_in_place
 from .errors import DataError
-from .files import remove_partial_files, run_in_threads
+from .files import make_output_folder, remove_partial_files, run_in_threads
 from .manifest import ManifestEntry, read_dictionary_symbols, write_letter_dictionary, write_split
 from .text import normalize_transcript
 
@@ -210,7 +210,9 @@ def convert_corpus(corpus_format, source, out_dir, splits=None, transcripts=None
 
     `splits` are the source's split names (default train, dev, test); for `folder`, `transcripts`
     maps output split names to transcript files instead. `alphabet` is an iterable of allowed
-    characters (space is always allowed) or None for no check.
+    characters (space is always allowed) or None for no check. Every split's transcripts are read
+    and checked before OUT is created, so a bad transcript line leaves nothing on disk (audio
+    files are read, and found missing, only while converting).
     """
     source, out_dir = Path(source), Path(out_dir).resolve()
     if not source.is_dir():
@@ -228,14 +230,18 @@ def convert_corpus(corpus_format, source, out_dir, splits=None, transcripts=None
     else:
         raise DataError(f"unknown corpus format {corpus_format!r} (known: {', '.join([*FORMATS, 'folder'])})")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    remove_partial_files(out_dir)
-    reports, transcripts_by_split = [], {}
+    checked = {}
     for split, read_split in readers.items():
         report = SplitReport(split=split)
         kept = _normalized_entries(read_split(), report, lowercase, strip_punctuation, alphabet, on_unknown)
         if not kept:
             raise DataError(f"split {split}: no utterance left to write\n{report.describe()}")
+        checked[split] = report, kept
+
+    make_output_folder(out_dir)
+    remove_partial_files(out_dir)
+    reports, transcripts_by_split = [], {}
+    for split, (report, kept) in checked.items():
         audio = run_in_threads(lambda pair: _prepare_audio(source, out_dir, pair[0]), kept, jobs, progress,
                                f"audio {split}")
         entries = [ManifestEntry(path, num_samples, words) for (path, num_samples, _), (_, words) in zip(audio, kept)]

@@ -8,12 +8,22 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ..atomic import PARTIAL_SUFFIX, atomic_path
+from ..atomic import PARTIAL_SUFFIX, atomic_path, cannot_write_message, check_folder_writable
+from .errors import DataError
 
 
 def write_text_atomic(path, text):
     with atomic_path(path) as temporary:
         Path(temporary).write_text(text, encoding="utf-8")
+
+
+def make_output_folder(folder):
+    """Creates `folder` (and its parents) if needed; what stands in the way is a DataError naming it."""
+    try:
+        check_folder_writable(folder)
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataError(cannot_write_message(folder, error)) from None
 
 
 def remove_partial_files(folder):

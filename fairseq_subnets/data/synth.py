@@ -33,7 +33,7 @@ from .audio import SAMPLE_RATE, to_target_rate_mono_int16, write_wav_atomic
 from .catalogues import catalogue_sentences, sentences_digest, source_info
 from .corpora import SPLITS, default_output_dir, load_definition
 from .errors import DataError
-from .files import remove_partial_files, run_in_threads, write_text_atomic
+from .files import make_output_folder, remove_partial_files, run_in_threads, write_text_atomic
 from .manifest import ManifestEntry, write_letter_dictionary, write_split
 
 ESPEAK = "espeak-ng"
@@ -215,7 +215,7 @@ def synthesize_corpus(definition_path, out_dir=None, seed=None, jobs=2, language
     plan, sentences_by_language = plan_corpus(definition, seed, out_dir)
 
     audio_dir = out_dir / "audio"
-    audio_dir.mkdir(parents=True, exist_ok=True)
+    make_output_folder(audio_dir)
     remove_partial_files(out_dir)
     _record_settings(audio_dir, _settings(definition, seed, sentences_by_language))
 

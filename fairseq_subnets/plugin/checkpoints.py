@@ -4,35 +4,69 @@ torch >= 2.6 loads with `weights_only=True` by default and refuses any class it 
 Fine-tuned fairseq checkpoints hold a `fairseq.data.dictionary.Dictionary` (the task state) and old
 ones an `argparse.Namespace` (their `args`). We allow-list exactly these two classes, so stock
 `fairseq-hydra-train` (resume) and `fairseq-generate` load checkpoints once the plugin is imported,
-while arbitrary pickled objects are still refused. We never switch weights-only loading off.
+while arbitrary pickled objects are still refused. We never switch weights-only loading off, and
+never pass on torch's own error text, which advises doing exactly that.
 """
 import argparse
-import pickle
+import re
 
 import torch
 from fairseq.data.dictionary import Dictionary
 
+from ..core.maskfile import is_mask_file
+
 FAIRSEQ_CHECKPOINT_CLASSES = (Dictionary, argparse.Namespace)
+_ZIP_MAGIC = b"PK\x03\x04"
+"""How a checkpoint in torch.save's (zip) format begins."""
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+"""How torch's weights-only unpickler names a class or function it refuses to load."""
 
 torch.serialization.add_safe_globals(list(FAIRSEQ_CHECKPOINT_CLASSES))
 
 
-class CheckpointLoadError(RuntimeError):
-    """A checkpoint could not be read (missing, truncated, or holding a class we do not allow)."""
+class CheckpointLoadError(ValueError):
+    """A checkpoint could not be read (missing, truncated, another kind of file, or holding a class
+    we do not allow); the message starts with the file name."""
+
+
+def _unreadable(path, error: Exception) -> CheckpointLoadError:
+    """What the file is instead of a checkpoint, in our words, from what torch.load raised."""
+    refused = _REFUSED_GLOBAL.search(str(error))
+    if refused:
+        allowed = ", ".join(c.__module__ + "." + c.__qualname__ for c in FAIRSEQ_CHECKPOINT_CLASSES)
+        return CheckpointLoadError(
+            f"{path}: holds {refused.group(1)}, refused by torch's weights-only loader "
+            f"(fairseq-subnets allows only {allowed})"
+        )
+    if is_mask_file(path):
+        return CheckpointLoadError(f"{path} is a mask file, not a checkpoint")
+    with open(path, "rb") as handle:
+        if handle.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
+            return CheckpointLoadError(
+                f"{path}: damaged torch checkpoint (truncated, or a zip archive of another kind)"
+            )
+    return CheckpointLoadError(f"{path}: not a torch checkpoint")
 
 
 def load_checkpoint(path):
-    """Reads a fairseq checkpoint as a dict with the safe unpickler; errors name the file."""
+    """Reads a torch checkpoint with the safe unpickler; every failure is a CheckpointLoadError
+    naming the file. Fed arbitrary bytes, the unpickler raises nearly any exception type
+    (KeyError, IndexError, UnpicklingError, ...), hence the broad catch."""
     try:
         with open(path, "rb") as handle:
             return torch.load(handle, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointLoadError(f"{path}: no such checkpoint file") from None
-    except pickle.UnpicklingError as error:
-        raise CheckpointLoadError(
-            f"{path}: refused by torch's weights-only loader ({error}). fairseq-subnets allows only "
-            f"{', '.join(c.__module__ + '.' + c.__qualname__ for c in FAIRSEQ_CHECKPOINT_CLASSES)}; "
-            "if you trust this file, load it yourself with torch.load(..., weights_only=False)."
-        ) from None
-    except (RuntimeError, EOFError) as error:
-        raise CheckpointLoadError(f"{path}: not a readable torch checkpoint ({error})") from None
+    except OSError as error:
+        raise CheckpointLoadError(f"{path}: cannot read ({error.strerror})") from None
+    except Exception as error:
+        raise _unreadable(path, error) from None
+
+
+def load_fairseq_checkpoint(path):
+    """load_checkpoint for readers of the model weights: also refuses a torch file that holds no
+    fairseq checkpoint (no 'model' state dict)."""
+    checkpoint = load_checkpoint(path)
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise CheckpointLoadError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
+    return checkpoint

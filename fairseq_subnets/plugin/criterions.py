@@ -16,12 +16,13 @@ from fairseq.criterions import register_criterion
 from fairseq.criterions.ctc import CtcCriterion, CtcCriterionConfig
 
 from ..core.transforms import regularisation_terms
+from .errors import PluginInputError
 
 LOG_PREFIX = "regulariser_"
 COUNT_KEY = "regulariser_batches"
 
 
-class RegulariserConfigError(ValueError):
+class RegulariserConfigError(PluginInputError):
     """`criterion.regulariser_weights` is malformed or names a term no module contributes."""
 
 

@@ -17,10 +17,10 @@ from fairseq.criterions import CRITERION_DATACLASS_REGISTRY
 from fairseq.models import MODEL_DATACLASS_REGISTRY
 from fairseq.tasks import TASK_DATACLASS_REGISTRY
 
-from ..atomic import write_atomically
-from ..core.maskfile import load_mask_file
+from ..atomic import check_writable, write_atomically
+from ..core.maskfile import MaskFile, MaskFileError, load_mask_file
 from ..core.parametrize import bake_state_dict
-from .checkpoints import load_checkpoint
+from .checkpoints import load_fairseq_checkpoint
 from .language_heads import single_language_state
 
 PLUGIN_PREFIX = "subnets_"
@@ -40,6 +40,16 @@ def stock_component_config(section, registry):
     return converted
 
 
+def stock_components(cfg):
+    """A run config (a checkpoint's cfg, or the pretraining run's `w2v_args` a CTC model keeps)
+    with every component of ours rewritten as the stock component it extends."""
+    cfg = dict(cfg)
+    for section, registry in STOCK_REGISTRIES.items():
+        if section in cfg:
+            cfg[section] = stock_component_config(cfg[section], registry)
+    return cfg
+
+
 def single_language_task(task_cfg, language):
     """The single-language fine-tuning task of one language of a multilingual task config: its
     data folder is the language's manifest folder (the multilingual task's `data/<language>`)."""
@@ -50,23 +60,36 @@ def single_language_task(task_cfg, language):
     return task_cfg
 
 
+def _masked_by(model_state, mask_file: MaskFile, checkpoint_path):
+    """`model_state` (transforms already baked) with the mask file's masks applied; a mask the
+    checkpoint has no weight of that shape for fails naming both files."""
+    try:
+        return bake_state_dict(model_state, masks=mask_file.masks)
+    except ValueError as error:
+        raise MaskFileError(f"{mask_file.path}: does not fit {checkpoint_path} ({error})") from None
+
+
 def export_plain_checkpoint(checkpoint_path, out_path, mask_path=None, language=None):
     """Writes `out_path` (atomically) from `checkpoint_path`, optionally masking it with a mask
     file first. `language` picks one language of a multilingual checkpoint (its output layer and
-    its per-language masks); a single-language stock model comes out."""
-    state = load_checkpoint(checkpoint_path)
-    masks = load_mask_file(mask_path).masks if mask_path else None
+    its per-language masks); a single-language stock model comes out. The output location is
+    checked and both input files are read before any work; nothing is written unless all fit."""
+    check_writable(out_path)
+    state = load_fairseq_checkpoint(checkpoint_path)
+    mask_file = load_mask_file(mask_path) if mask_path else None
     cfg = dict(state.get("cfg") or {})
     model_state = state["model"]
     if language is not None:
         model_state, cfg["model"] = single_language_state(model_state, cfg.get("model") or {}, language)
         cfg["task"] = single_language_task(cfg.get("task") or {}, language)
-    model_state = bake_state_dict(model_state, masks=masks, language=language)
+    model_state = bake_state_dict(model_state, language=language)
+    if mask_file is not None:
+        model_state = _masked_by(model_state, mask_file, checkpoint_path)
     exported = {key: value for key, value in state.items() if key not in TRAINING_ONLY_KEYS}
     exported["model"] = model_state
-    for section, registry in STOCK_REGISTRIES.items():
-        if section in cfg:
-            cfg[section] = stock_component_config(cfg[section], registry)
+    cfg = stock_components(cfg)
+    if isinstance((cfg.get("model") or {}).get("w2v_args"), dict):
+        cfg["model"] = {**cfg["model"], "w2v_args": stock_components(cfg["model"]["w2v_args"])}
     if isinstance(cfg.get("common"), dict):
         cfg["common"] = {**cfg["common"], "user_dir": None}
     exported["cfg"] = cfg

@@ -29,13 +29,17 @@ from fairseq.models import register_model
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..core.maskfile import load_mask_file
-from ..core.parametrize import MASK_STORAGES, apply_masks, bake_state_dict, mask_state_digest, prepare_for_state
+from ..core.maskfile import MaskFileError, load_mask_file
+from ..core.parametrize import (
+    MASK_STORAGES, apply_language_masks, apply_masks, bake_state_dict, mask_state_digest, prepare_for_state,
+)
 from ..core.targets import TargetSelection, num_encoder_layers, parse_weight_name
 from ..core.transforms import build_from_plan, parse_plan, transform_plan
-from .checkpoints import load_checkpoint
+from .checkpoint_kinds import FINE_TUNED, PRETRAINING, read_checkpoint_of_kind
+from .errors import PluginInputError
 from .language_heads import LanguageHeadsMixin
 from .tasks import SubnetsAudioFinetuningTask
+from .time_masking import install_seeded_masking
 
 logger = logging.getLogger(__name__)
 
@@ -44,11 +48,12 @@ W2V_PREFIX = "w2v_encoder.w2v_model."
 OUTPUT_LAYER_PREFIX = "w2v_encoder.proj."
 OUTPUT_LAYER_CHOICES = ChoiceEnum(["auto", "keep", "new"])
 MASK_STORAGE_CHOICES = ChoiceEnum(list(MASK_STORAGES))
+MASK_SELECTION_KEYS = ("model.mask_targets", "model.mask_layers")
 FROZEN_FOREVER = 1 << 62
 """A `freeze_finetune_updates` value no run reaches: fairseq's own switch, held on by epoch."""
 
 
-class UpstreamCheckpointError(ValueError):
+class UpstreamCheckpointError(PluginInputError):
     """`init_from` names a checkpoint this model cannot start from; the message names the file."""
 
 
@@ -70,6 +75,12 @@ class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig):
         default="kept",
         metadata={"help": "kept: store and train only the kept weights (fastest; the mask never changes); "
                   "dense: full weights under a mask that may change in place during training"},
+    )
+    language_mask_files: Optional[List[str]] = field(
+        default=None,
+        metadata={"help": "per-language masks on shared encoder weights, one mask file per language of the "
+                  "subnets_multilingual_finetuning task, as [LANGUAGE:PATH, ...]; each batch trains and decodes "
+                  "under its language's mask. Every file must mask the same weights."},
     )
     transform_plan: Optional[str] = field(
         default=None,
@@ -112,26 +123,36 @@ class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig):
 class SubnetsWav2VecCtc(LanguageHeadsMixin, Wav2VecCtc):
     @classmethod
     def build_model(cls, cfg, task):
-        upstream = load_checkpoint(cfg.init_from) if cfg.init_from else None
+        upstream = read_checkpoint_of_kind(
+            cfg.init_from, FINE_TUNED, "model.init_from",
+            "a pretraining checkpoint goes in model.w2v_path") if cfg.init_from else None
         if upstream is not None:
             with open_dict(cfg):
                 cfg.w2v_args = upstream_encoder_config(upstream, cfg.init_from)
+        elif cfg.w2v_args is None:
+            check_pretraining_checkpoint(cfg)
         model = super().build_model(cfg, task)
         model.build_language_heads(cfg, task)
         if upstream is not None:
             model.load_upstream(upstream, cfg.init_from, cfg.init_output_layer, task.target_dictionary)
         build_from_plan(model, parse_plan(cfg.transform_plan, "model.transform_plan"), prefix=W2V_PREFIX)
         if cfg.mask_path:
-            model.apply_mask_file(cfg.mask_path, cfg.mask_targets or "all", cfg.mask_layers or "all",
-                                  storage=cfg.mask_storage)
+            try:
+                model.apply_mask_file(cfg.mask_path, cfg.mask_targets or "all", cfg.mask_layers or "all",
+                                      storage=cfg.mask_storage)
+            except MaskFileError as error:
+                raise MaskFileError(f"model.mask_path: {error}") from None
+        if cfg.language_mask_files:
+            model.apply_language_mask_files(cfg.language_mask_files)
         model.record_transform_plan(cfg)
         if cfg.freeze_encoder_epochs and not isinstance(task, SubnetsAudioFinetuningTask):
-            raise ValueError(
+            raise PluginInputError(
                 f"model.freeze_encoder_epochs={cfg.freeze_encoder_epochs} needs task._name="
                 "subnets_audio_finetuning, which tells the model when an epoch begins"
             )
         model.freeze_encoder_epochs = cfg.freeze_encoder_epochs
         model.configured_freeze_updates = cfg.freeze_finetune_updates
+        model.seeded_masking = install_seeded_masking(model.w2v_encoder.w2v_model)
         return model
 
     def record_transform_plan(self, cfg):
@@ -154,12 +175,46 @@ class SubnetsWav2VecCtc(LanguageHeadsMixin, Wav2VecCtc):
     def apply_mask_file(self, path, targets="all", layers="all", storage="kept"):
         """Fixes the selected masks of a mask file on the encoder (kept-only storage drops the
         pruned weights; dense storage keeps them under a mask that may change later)."""
-        mask_file = load_mask_file(path)
+        apply_masks(self, self.fitting_masks(path, targets, layers), prefix=W2V_PREFIX, storage=storage)
+
+    def fitting_masks(self, path, targets="all", layers="all"):
+        """The selected masks of a mask file, checked against this encoder's weights: every selected
+        weight needs a mask, and every selected mask a weight, so a file for a deeper model is
+        refused unless `layers` (model.mask_layers) leaves out the layers this model lacks; no mask
+        is dropped unnoticed. targets=None selects exactly the weights the file masks."""
         model_shapes = self.encoder_weight_shapes()
-        selected = set(TargetSelection.parse(targets, layers).names(num_encoder_layers(model_shapes)))
-        chosen = replace(mask_file, masks={n: m for n, m in mask_file.masks.items() if n in selected})
+        if targets is None:
+            mask_file = load_mask_file(path)
+            selected, chosen_masks = set(mask_file.masks), mask_file.masks
+        else:
+            try:
+                selection = TargetSelection.parse(targets, layers, keys=MASK_SELECTION_KEYS)
+                selected = set(selection.names(num_encoder_layers(model_shapes)))
+            except ValueError as error:  # its message starts with the key
+                raise PluginInputError(str(error)) from None
+            mask_file = load_mask_file(path)
+            chosen_masks = {name: mask for name, mask in mask_file.masks.items() if selection.selects(name)}
+        chosen = replace(mask_file, masks=chosen_masks)
         chosen.check_against({name: shape for name, shape in model_shapes.items() if name in selected})
-        apply_masks(self, chosen.masks, prefix=W2V_PREFIX, storage=storage)
+        return chosen.masks
+
+    def apply_language_mask_files(self, entries):
+        """One mask per language on the same shared weights (core LanguageMasks): every model
+        language needs one, since each batch selects its language's mask."""
+        files = parse_language_mask_files(entries)
+        if not self.languages:
+            raise PluginInputError("model.language_mask_files needs task._name=subnets_multilingual_finetuning, "
+                                   "which tells the model each batch's language")
+        if sorted(files) != sorted(self.languages):
+            raise PluginInputError(f"model.language_mask_files has masks for {', '.join(files)}; the task trains "
+                                   f"{', '.join(self.languages)}: give exactly one mask file per language")
+        masks = {language: self.fitting_masks(path, targets=None) for language, path in files.items()}
+        first_language, first_path = next(iter(files.items()))
+        for language, path in files.items():
+            if masks[language].keys() != masks[first_language].keys():
+                raise PluginInputError(f"model.language_mask_files: {path} ({language}) masks other weights than "
+                                       f"{first_path} ({first_language}); every language must mask the same weights")
+        apply_language_masks(self, masks, prefix=W2V_PREFIX)
 
     def load_upstream(self, upstream, path, output_layer, dictionary):
         """Copies the upstream encoder (masks baked in) and, if kept, its output layer."""
@@ -201,15 +256,51 @@ class SubnetsWav2VecCtc(LanguageHeadsMixin, Wav2VecCtc):
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
 
 
+def parse_language_mask_files(entries):
+    """[LANGUAGE:PATH, ...] -> {language: path}, refusing malformed and repeated entries."""
+    files = {}
+    for entry in entries:
+        language, separator, path = str(entry).partition(":")
+        if not separator or not language or not path:
+            raise PluginInputError(f"model.language_mask_files entry {entry!r}: expected LANGUAGE:PATH")
+        if language in files:
+            raise PluginInputError(f"model.language_mask_files names language {language!r} twice")
+        files[language] = path
+    return files
+
+
 def upstream_encoder_config(upstream, path):
     """The wav2vec2 config the upstream model was built with (so w2v_path is not needed)."""
     try:
         return OmegaConf.create(upstream["cfg"]["model"]["w2v_args"])
     except (KeyError, TypeError, ValueError):
         raise UpstreamCheckpointError(
-            f"{path}: not a fine-tuned wav2vec2 CTC checkpoint (no cfg.model.w2v_args); "
-            "a pretraining checkpoint goes in model.w2v_path instead"
+            f"model.init_from: {path} holds no cfg.model.w2v_args (the wav2vec2 config it was fine-tuned "
+            "from), which fairseq writes into every fine-tuned checkpoint since its hydra configs"
         ) from None
+
+
+def check_pretraining_checkpoint(cfg):
+    """Checks model.w2v_path before fairseq loads it, reading it without its weights: fairseq's
+    own failures on the wrong file are an AttributeError (a fine-tuned checkpoint) and a bare
+    assertion (a different normalization), neither naming the file."""
+    start_from_upstream = "a fine-tuned model to start from goes in +model.init_from (model.w2v_path is then not read)"
+    if not cfg.w2v_path:
+        raise PluginInputError(
+            f"model.w2v_path is not set: name a wav2vec2 pretraining checkpoint; {start_from_upstream}")
+    checkpoint = read_checkpoint_of_kind(cfg.w2v_path, PRETRAINING, "model.w2v_path", start_from_upstream,
+                                         weights=False)
+    pretraining_cfg = checkpoint.get("cfg")
+    if pretraining_cfg:  # fairseq's rule: the task's setting, else the model's
+        normalized = (pretraining_cfg.get("task") or {}).get(
+            "normalize", (pretraining_cfg.get("model") or {}).get("normalize", False))
+    else:  # a checkpoint from before fairseq's hydra configs
+        normalized = getattr(checkpoint.get("args"), "normalize", False)
+    if bool(normalized) != bool(cfg.normalize):
+        raise PluginInputError(
+            f"model.w2v_path: {cfg.w2v_path} was pretrained with normalize={normalized}; fine-tune with "
+            f"task.normalize={str(bool(normalized)).lower()} too (fairseq requires the same normalization)"
+        )
 
 
 def same_dictionary(upstream, dictionary, path):

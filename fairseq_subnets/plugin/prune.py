@@ -2,11 +2,12 @@
 experiment grid both run."""
 import os
 
+from ..atomic import cannot_write_message, check_writable
 from ..core.maskfile import checkpoint_fingerprint, save_mask_file
 from ..core.parametrize import bake_state_dict
 from ..core.pruning import compute_masks, parse_block, pruned_count
 from ..core.targets import TargetSelection, select_weights
-from .checkpoints import CheckpointLoadError, load_checkpoint
+from .checkpoints import CheckpointLoadError, load_fairseq_checkpoint
 
 SCOPES = {"global-l1": "global", "layer-l1": "per-matrix", "block-l2": "per-matrix", "random": "per-matrix"}
 """Over which weights each method ranks (written into the mask file's metadata)."""
@@ -19,21 +20,22 @@ class PruneError(ValueError):
 def checkpoint_model_state(path):
     """The model state dict of a fairseq checkpoint (read with the safe unpickler)."""
     try:
-        checkpoint = load_checkpoint(path)
+        return load_fairseq_checkpoint(path)["model"]
     except CheckpointLoadError as error:
         raise PruneError(str(error)) from None
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise PruneError(f"{path}: not a fairseq checkpoint (no 'model' entry)")
-    return checkpoint["model"]
 
 
 def prune_checkpoint(checkpoint, out, method, sparsity, targets="all", layers="all", block="8x1", seed=0):
     """Prunes the selected encoder weights of `checkpoint` (masks it holds baked in first) and
-    writes the mask file `out` atomically; returns the masks."""
+    writes the mask file `out` atomically; returns the masks. Parameters and the output location
+    are checked before the checkpoint is read."""
     try:
         selection = TargetSelection.parse(targets, layers)
         block = parse_block(block)
         pruned_count(sparsity, 0)
+        check_writable(out)
+    except OSError as error:
+        raise PruneError(cannot_write_message(out, error)) from None
     except ValueError as error:
         raise PruneError(str(error)) from None
     state = checkpoint_model_state(checkpoint)
@@ -51,5 +53,5 @@ def prune_checkpoint(checkpoint, out, method, sparsity, targets="all", layers="a
     try:
         save_mask_file(out, masks, metadata)
     except OSError as error:
-        raise PruneError(f"{out}: cannot write ({error.strerror})") from None
+        raise PruneError(cannot_write_message(out, error)) from None
     return masks

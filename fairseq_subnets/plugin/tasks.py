@@ -29,25 +29,31 @@ from fairseq.logging import metrics
 from fairseq.logging.meters import safe_round
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
-from omegaconf import II, open_dict
+from omegaconf import II, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
 
 from ..data.check import check_manifest_dir
 from ..data.language_sampling import check_sampling_alpha, language_probabilities
+from .checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
+from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator
 from .language_heads import MULTILINGUAL_MODEL_KEYS
 from .multilingual_data import (
     LANGUAGE_KEY, MonolingualBatchDataset, all_batches_in_language_order, language_block_sampler,
 )
+from .time_masking import masks_drawn_for
 
 logger = logging.getLogger(__name__)
 
 MAX_PROBLEMS_SHOWN = 20
 
 
-TRAINING_ONLY_MODEL_KEYS = ("init_from", "mask_path")
+TRAINING_ONLY_MODEL_KEYS = ("init_from", "mask_path", "language_mask_files")
+"""Files a model reads only when training starts; a model rebuilt from a checkpoint gets their
+content from the checkpoint's state (through its transform plan), so the files may have moved."""
 
 
-class ManifestError(ValueError):
+class ManifestError(PluginInputError):
     """The manifest set of a split is unusable; the message lists the problems with file and line."""
 
 
@@ -63,6 +69,7 @@ class SubnetsAudioFinetuningConfig(AudioFinetuningConfig):
 class SubnetsAudioFinetuningTask(AudioFinetuningTask):
     cfg: SubnetsAudioFinetuningConfig
 
+    @one_line_errors
     def __init__(self, cfg):
         if not os.path.isdir(cfg.data):
             raise ManifestError(
@@ -71,6 +78,7 @@ class SubnetsAudioFinetuningTask(AudioFinetuningTask):
             )
         super().__init__(cfg)
 
+    @one_line_errors
     def load_dataset(self, split, task_cfg=None, **kwargs):
         task_cfg = task_cfg or self.cfg
         if self.cfg.check_manifests and task_cfg.multi_corpus_keys is None:
@@ -85,8 +93,10 @@ class SubnetsAudioFinetuningTask(AudioFinetuningTask):
     copy of `model_cfg`, so these are copied back into `model_cfg`, the node checkpoints save:
     a rebuilt model then has the same transforms and needs no `w2v_path`."""
 
+    @one_line_errors
     def build_model(self, model_cfg, from_checkpoint=False):
         if from_checkpoint:
+            refuse_pretraining_checkpoint(self.cfg, model_cfg)
             with open_dict(model_cfg):
                 for key in TRAINING_ONLY_MODEL_KEYS:
                     if model_cfg.get(key) is not None:
@@ -97,6 +107,15 @@ class SubnetsAudioFinetuningTask(AudioFinetuningTask):
                 if key in getattr(model, "cfg", {}):
                     model_cfg[key] = model.cfg[key]
         return model
+
+    @one_line_errors
+    def build_criterion(self, cfg, from_checkpoint=False):
+        return super().build_criterion(cfg, from_checkpoint)
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        """The model's time masks are drawn for this update and these utterances (time_masking)."""
+        with masks_drawn_for(model, update_num, sample):
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
 
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
@@ -111,11 +130,29 @@ class SubnetsAudioFinetuningTask(AudioFinetuningTask):
         dictionary = self.target_dictionary
         return CtcGreedyGenerator(dictionary, blank_index=dictionary.index(self.blank_symbol))
 
+    @one_line_errors
     def get_batch_iterator(self, dataset, max_tokens=None, ignore_invalid_inputs=False, **kwargs):
         check_batch_limit(dataset, max_tokens, ignore_invalid_inputs)
         return super().get_batch_iterator(
             dataset, max_tokens=max_tokens, ignore_invalid_inputs=ignore_invalid_inputs, **kwargs
         )
+
+
+def refuse_pretraining_checkpoint(task_cfg, model_cfg):
+    """A checkpoint decoded with this task must be a CTC model, whose config has `w2v_path`; fed a
+    pretraining checkpoint, fairseq-generate would build its wav2vec2 model and then stop on a bare
+    assertion about labels. The message names the checkpoint: fairseq-generate's --path, read from
+    the full config above the task's (fairseq keeps the task config's parent)."""
+    if "w2v_path" in model_cfg:
+        return
+    try:
+        path = OmegaConf.select(task_cfg, "..common_eval.path")
+    except OmegaConfBaseException:  # a task config on its own, built outside a fairseq command
+        path = None
+    raise PluginInputError(
+        f"{path or 'the checkpoint'} is {DESCRIPTIONS[PRETRAINING]} (model {model_cfg.get('_name')}), not "
+        f"{DESCRIPTIONS[FINE_TUNED]}: decode a fine-tuned model, or fine-tune this one first (model.w2v_path)"
+    )
 
 
 def raise_on_manifest_problems(folder, split, what=""):
@@ -137,7 +174,7 @@ def check_batch_limit(dataset, max_tokens, ignore_invalid_inputs):
     if max_tokens is not None and not ignore_invalid_inputs and len(dataset) > 0:
         longest = int(dataset.sizes.max())
         if longest > max_tokens:
-            raise ValueError(
+            raise PluginInputError(
                 f"the longest utterance has {longest} samples but max_tokens is {max_tokens} "
                 "(fairseq-generate uses 12000, i.e. 0.75 s of 16 kHz audio, when neither "
                 "--max-tokens nor --batch-size is given): pass --max-tokens "
@@ -168,7 +205,7 @@ LANGUAGE_MEAN_SUFFIX = "language_mean"
 """Validation keys `loss_language_mean` and `cer_language_mean`: unweighted means over languages."""
 
 
-class LanguageConfigError(ValueError):
+class LanguageConfigError(PluginInputError):
     """A multilingual option that cannot work; the message names the option or language."""
 
 
@@ -207,6 +244,7 @@ class SubnetsMultilingualFinetuningTask(SubnetsAudioFinetuningTask):
 
     cfg: SubnetsMultilingualFinetuningConfig
 
+    @one_line_errors
     def __init__(self, cfg):
         self.languages = parse_languages(cfg.languages)
         check_sampling_alpha(cfg.language_sampling_alpha)
@@ -260,6 +298,7 @@ class SubnetsMultilingualFinetuningTask(SubnetsAudioFinetuningTask):
             sizes = [len(self.language_dictionaries[self.languages[0]])]
         return list(self.languages), str(self.cfg.output_layers), sizes
 
+    @one_line_errors
     def load_dataset(self, split, task_cfg=None, **kwargs):
         languages = [self.cfg.decode_language] if self.cfg.decode_language else self.languages
         datasets = {}
@@ -276,6 +315,7 @@ class SubnetsMultilingualFinetuningTask(SubnetsAudioFinetuningTask):
     recorded_model_keys = SubnetsAudioFinetuningTask.recorded_model_keys + MULTILINGUAL_MODEL_KEYS
     """The model also records its language layout (plugin.language_heads)."""
 
+    @one_line_errors
     def build_model(self, model_cfg, from_checkpoint=False):
         if from_checkpoint:
             self.check_checkpoint_layout(model_cfg)
@@ -306,6 +346,7 @@ class SubnetsMultilingualFinetuningTask(SubnetsAudioFinetuningTask):
             raise LanguageConfigError("each language of this checkpoint has its own output layer and dictionary: "
                                       f"pass --decode-language (one of {', '.join(recorded[0])})")
 
+    @one_line_errors
     def get_batch_iterator(self, dataset, max_tokens=None, max_sentences=None, max_positions=None,
                            ignore_invalid_inputs=False, required_batch_size_multiple=1, seed=1, num_shards=1,
                            shard_id=0, num_workers=0, epoch=1, data_buffer_size=0, disable_iterator_cache=False,

@@ -5,6 +5,8 @@ own attention, our `subnets_wav2vec_ctc` or the stock `wav2vec_ctc`) of a given 
 pretraining checkpoint to point `w2v_path` at. fairseq's wav2vec2 encoder also builds from the
 pretraining config given in `w2v_args`, which is what these functions write. The benchmarks and
 the test factory both build through here, so a test measures the very models a benchmark times.
+Where a run must go through stock `fairseq-hydra-train` (which reads `w2v_path`), a random
+pretraining checkpoint in the trainer's own format stands in for a downloaded one.
 """
 import os
 import tempfile
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 from typing import Mapping, Optional
 
 import torch
-from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
+from fairseq.dataclass.configs import FairseqConfig
+from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from omegaconf import OmegaConf
 
@@ -40,17 +43,30 @@ class CtcModelSize:
         return f"{self.layers} layers, width {self.width}, FFN {self.ffn}, {self.attention_heads} heads"
 
 
+XLSR_ARCHITECTURE = {"extractor_mode": "layer_norm", "conv_bias": True, "layer_norm_first": True, "final_dim": 768}
+"""What XLS-R's pretraining config sets beyond the encoder size, against fairseq's wav2vec2
+defaults (BASE): a feature extractor with layer norm in every convolution and conv biases,
+transformer layers that normalize first, and a 768-wide projection for the contrastive loss. The
+convolutions themselves (7 layers of 512 channels, 20 ms frames) are the default ones."""
+
+
+def wav2vec2_model_config(size: CtcModelSize, **architecture):
+    """The pretraining model config (`wav2vec2`) of an encoder of `size`, with `architecture`
+    (e.g. XLSR_ARCHITECTURE) replacing fairseq's defaults; a DictConfig."""
+    model = OmegaConf.structured(Wav2Vec2Config(
+        encoder_layers=size.layers, encoder_embed_dim=size.width,
+        encoder_ffn_embed_dim=size.ffn, encoder_attention_heads=size.attention_heads, **architecture,
+    ))
+    model._name = "wav2vec2"
+    return model
+
+
 def ctc_model_config(size: CtcModelSize, stock: bool = False):
     """The model config (`subnets_wav2vec_ctc`, or stock `wav2vec_ctc`) whose wav2vec2 encoder is
     built from `w2v_args`, so `w2v_path` is never read; its task is only instantiated, so its data
     directory need not exist either. A DictConfig, as fairseq hands models their config."""
-    model = OmegaConf.structured(Wav2Vec2Config(
-        encoder_layers=size.layers, encoder_embed_dim=size.width,
-        encoder_ffn_embed_dim=size.ffn, encoder_attention_heads=size.attention_heads,
-    ))
-    model._name = "wav2vec2"
     w2v_args = OmegaConf.create({"task": {"_name": "audio_pretraining", "data": "unused", "normalize": False},
-                                 "model": model})
+                                 "model": wav2vec2_model_config(size)})
     config_class = Wav2Vec2CtcConfig if stock else SubnetsWav2Vec2CtcConfig
     return OmegaConf.structured(config_class(w2v_path="unused", w2v_args=w2v_args, data="unused", normalize=False))
 
@@ -80,3 +96,35 @@ def fix_masks_as_mask_path_does(model: SubnetsWav2VecCtc, masks: Mapping[str, to
         path = os.path.join(directory, "mask.safetensors")
         save_mask_file(path, masks, metadata)
         model.apply_mask_file(path, storage=storage)
+
+
+def trainer_checkpoint(cfg, model_state: Mapping[str, torch.Tensor], criterion_name: str,
+                       task_state: Optional[Mapping[str, object]] = None):
+    """The dictionary fairseq's trainer saves after 0 updates, holding `cfg` (a FairseqConfig) as
+    plain containers and `model_state`. Stock loaders upgrade (and, without an optimizer history,
+    reject) anything laid out differently, so checkpoints made outside a training run use this."""
+    checkpoint = {
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": model_state,
+        "optimizer_history": [{"criterion_name": criterion_name, "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+        "extra_state": {"train_iterator": {"epoch": 1}},
+        "last_optimizer_state": None,
+    }
+    if task_state is not None:
+        checkpoint["task_state"] = task_state
+    return checkpoint
+
+
+def save_untrained_pretraining_checkpoint(path, size: CtcModelSize, normalize: bool, **architecture) -> int:
+    """Writes a wav2vec2 pretraining checkpoint with random weights (an encoder of `size` with
+    `architecture`, the quantizer and projections included, as a real one has) that stock
+    fine-tuning accepts as `model.w2v_path`; its task's `normalize` must equal the fine-tuning
+    task's. Seed torch first for reproducible weights. Returns the number of parameters."""
+    model_config = wav2vec2_model_config(size, **architecture)
+    model = Wav2Vec2Model.build_model(model_config)
+    cfg = OmegaConf.structured(FairseqConfig)
+    cfg.model = model_config
+    cfg.task = {"_name": "audio_pretraining", "data": "unused", "normalize": normalize}
+    torch.save(trainer_checkpoint(cfg, model.state_dict(), "Wav2vecCriterion"), path)
+    return sum(parameter.numel() for parameter in model.parameters())

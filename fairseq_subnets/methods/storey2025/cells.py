@@ -27,7 +27,7 @@ from typing import Dict, List, Optional
 from ... import USER_DIR
 from ...engine.cells import Cell, CellContext
 from ...runner import CONFIG_DIR, generate, hydra_train
-from .spec import MANIFEST_FILES, DownstreamCell, GridSpec, plan_cells, sparsity_label
+from .spec import MANIFEST_FILES, PRETRAIN_CONFIG_NAME, DownstreamCell, GridSpec, plan_cells, sparsity_label
 
 RESULT_COLUMNS = (
     "cell", "stage", "upstream", "downstream", "sparsity", "source", "mask_language", "seed", "cer", "wer",
@@ -60,8 +60,8 @@ def decode(data_dir, checkpoint, context: CellContext) -> dict:
 
 
 def pretrain_work(corpus: Path, updates: int, seed: int, context: CellContext) -> dict:
-    hydra_train("tiny", [
-        f"task.data={corpus / 'pretrain'}", f"checkpoint.save_dir={context.directory}",
+    hydra_train(PRETRAIN_CONFIG_NAME, [
+        f"common.user_dir={USER_DIR}", f"task.data={corpus / 'pretrain'}", f"checkpoint.save_dir={context.directory}",
         f"optimization.max_update={updates}", f"common.seed={seed}",
     ], context.directory / "train.log", config_dir=CONFIG_DIR / "pretrain", threads=context.threads, gpus=context.gpus)
     return {"checkpoint": str(context.directory / "checkpoint_last.pt")}

@@ -1,0 +1,201 @@
+"""The "Grid files and training" catalogue of docs/bad-inputs.md, one test per row.
+
+Grid files are checked in-process by `fairseq-subnets grid`, before any cell runs. Training and
+decoding inputs are checked by the real `fairseq-hydra-train` and `fairseq-generate` (our one-line
+errors exist only in those commands), on untrained tiny checkpoints; each run fails while the
+model is built, before any training. The fairseq runs start together in one module fixture, so
+the module waits about as long as the slowest start-up, not their sum. Every case must end with
+exit status 2, a last stderr line that starts with the documented message and names the culprit,
+no traceback, and no checkpoint or output folder written. The pytest ids are the catalogue ids;
+`<NAME>` in a message stands for a path the test substitutes.
+"""
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Sequence
+
+import pytest
+
+from fairseq_subnets import USER_DIR
+from fairseq_subnets.cli.main import main
+from fairseq_subnets.runner import CONFIG_DIR, fairseq_command
+from grid_files import write_grid, write_grid_inputs, write_pretrained
+
+GRID_ERROR = "fairseq-subnets grid: error: <GRID>"
+TRAIN_ERROR = "fairseq-hydra-train: error: "
+EXIT_STATUS = 2
+
+
+@dataclass(frozen=True)
+class GridCase:
+    id: str
+    message: str
+    """The stable prefix of the last stderr line; it names the grid file (and the key)."""
+    grid: Dict[str, str] = field(default_factory=dict)
+    """write_grid arguments; `text` instead writes the file as it is."""
+
+
+GRID_CASES = [
+    GridCase("grid-missing", GRID_ERROR + ": no such grid file", {"text": None}),
+    GridCase("grid-not-yaml", GRID_ERROR + ":3: not valid YAML (expected ',' or '}'",
+             {"text": "name: broken\nupstream: {languages: [es]\ndownstream: x\n"}),
+    GridCase("grid-unknown-key", GRID_ERROR + ":10: downstream.epoch: unknown key (did you mean downstream.epochs?)",
+             {"downstream": "languages: [es, ca]\nepoch: 3"}),
+    GridCase("grid-key-twice", GRID_ERROR + ":8: prune.sparsities: given twice (first on line 7)",
+             {"prune": "sparsities: [0.5]\nsparsities: [0.9]"}),
+    GridCase("grid-prune-targets", GRID_ERROR + ":8: prune.targets: unknown module kind 'foo'",
+             {"prune": "sparsities: [0.5]\ntargets: foo"}),
+    GridCase("grid-prune-layers-beyond-model", GRID_ERROR + ":8: prune.layers: layer 99 is selected but pretrained "
+             "<PRETRAINED> has 2 encoder layers (0-1)", {"prune": "sparsities: [0.5]\nlayers: '0,99'"}),
+    GridCase("grid-prune-layers-bare-number", GRID_ERROR + ":8: prune.layers: expected a string, got 99 (YAML reads "
+             "bare words", {"prune": "sparsities: [0.5]\nlayers: 99"}),
+    GridCase("grid-lr-not-a-number", GRID_ERROR + ":6: upstream.lr: expected a number, got 'fast'",
+             {"upstream": "languages: [es, ca]\nlr: fast"}),
+    GridCase("grid-max-tokens-negative", GRID_ERROR + ":10: downstream.max_tokens: must be at least 1, got -5",
+             {"downstream": "languages: [es, ca]\nmax_tokens: -5"}),
+    GridCase("grid-seeds-not-a-list", GRID_ERROR + ":10: seeds: expected a list of integers, got 1",
+             {"extra": "seeds: 1"}),
+    GridCase("grid-sources-not-a-list", GRID_ERROR + ":10: downstream.sources: expected a list of strings, got 'own'",
+             {"downstream": "languages: [es, ca]\nsources: own"}),
+    GridCase("grid-language-unquoted", GRID_ERROR + ":5: upstream.languages: expected a list of strings, got "
+             "['es', False] (YAML reads bare words", {"upstream": "languages: [es, no]"}),
+    GridCase("grid-override-syntax", GRID_ERROR + ":10: downstream.overrides: 'optimization.clip_norm 10' is not a "
+             "Hydra override", {"downstream": "languages: [es, ca]\noverrides: ['optimization.clip_norm 10']"}),
+    GridCase("grid-pretrained-missing", GRID_ERROR + ":3: pretrained: <INPUTS>/none.pt: no such checkpoint file",
+             {"pretrained": "none.pt"}),
+    GridCase("grid-pretrained-fine-tuned", GRID_ERROR + ":3: pretrained: <FINETUNED> is a fine-tuned wav2vec2 CTC "
+             "checkpoint, not a wav2vec2 pretraining checkpoint; a fine-tuned model goes in upstream.checkpoints",
+             {"pretrained": "data/checkpoint_best.pt"}),
+]
+
+
+@dataclass(frozen=True)
+class RunCase:
+    id: str
+    message: str
+    """The stable prefix of the last stderr line; it names the key or the file."""
+    argv: Sequence[str]
+    """fairseq-hydra-train overrides after the required ones, or (generate) the whole command."""
+    generate: bool = False
+
+
+def train(w2v_path="<PRETRAINED>", *overrides):
+    return (f"model.w2v_path={w2v_path}", *overrides)
+
+
+RUN_CASES = [
+    RunCase("train-mask-deeper-model", TRAIN_ERROR + "model.mask_path: <DEEP_MASK>: mask for "
+            "encoder.layers.2.self_attn.q_proj.weight, which the model does not have",
+            train("<PRETRAINED>", "+model.mask_path=<DEEP_MASK>")),
+    RunCase("train-mask-missing", TRAIN_ERROR + "model.mask_path: <INPUTS>/none.mask: no such mask file",
+            train("<PRETRAINED>", "+model.mask_path=<INPUTS>/none.mask")),
+    RunCase("train-mask-layers-beyond-model", TRAIN_ERROR + "model.mask_layers: layer 2 is selected but the model has "
+            "2 encoder layers", train("<PRETRAINED>", "+model.mask_path=<DEEP_MASK>", "+model.mask_layers=0-5")),
+    RunCase("train-w2v-path-fine-tuned", TRAIN_ERROR + "model.w2v_path: <FINETUNED> is a fine-tuned wav2vec2 CTC "
+            "checkpoint, not a wav2vec2 pretraining checkpoint; a fine-tuned model to start from goes in "
+            "+model.init_from", train("<FINETUNED>")),
+    RunCase("train-w2v-path-text", TRAIN_ERROR + "model.w2v_path: <INPUTS>/notes.txt: not a torch checkpoint",
+            train("<INPUTS>/notes.txt")),
+    RunCase("train-init-from-pretraining", TRAIN_ERROR + "model.init_from: <PRETRAINED> is a wav2vec2 pretraining "
+            "checkpoint, not a fine-tuned wav2vec2 CTC checkpoint; a pretraining checkpoint goes in model.w2v_path",
+            train("<PRETRAINED>", "+model.init_from=<PRETRAINED>")),
+    RunCase("train-normalize-differs", TRAIN_ERROR + "model.w2v_path: <PRETRAINED> was pretrained with "
+            "normalize=False; fine-tune with task.normalize=false too", train("<PRETRAINED>", "task.normalize=true")),
+    RunCase("train-language-masks-malformed", TRAIN_ERROR + "model.language_mask_files entry 'es': expected "
+            "LANGUAGE:PATH", train("<PRETRAINED>", "+model.language_mask_files=[es]")),
+    RunCase("train-language-masks-one-language-task", TRAIN_ERROR + "model.language_mask_files needs "
+            "task._name=subnets_multilingual_finetuning", train("<PRETRAINED>", "+model.language_mask_files=[es:<DEEP_MASK>]")),
+    RunCase("generate-pretraining-checkpoint", "fairseq-generate: error: <PRETRAINED> is a wav2vec2 pretraining "
+            "checkpoint (model wav2vec2), not a fine-tuned wav2vec2 CTC checkpoint",
+            ("<DATA>", "--path", "<PRETRAINED>", "--task", "subnets_audio_finetuning", "--user-dir", USER_DIR,
+             "--labels", "ltr", "--gen-subset", "test", "--cpu"), generate=True),
+]
+CATALOGUE_IDS = tuple(case.id for case in GRID_CASES + RUN_CASES)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """<INPUTS>: manifest folders and a grid's pretrained.pt (TINY, 2 encoder layers); data/ with a
+    dictionary and a fine-tuned TINY checkpoint; a mask file for a 3-layer encoder; a text file."""
+    from factory import TINY, random_encoder_masks, write_plugin_checkpoint
+    from fairseq_subnets.core.maskfile import save_mask_file
+
+    folder = tmp_path_factory.mktemp("inputs")
+    write_grid_inputs(folder, write_pretrained(folder / "pretrained-source.pt"))
+    (folder / "data").mkdir()
+    write_plugin_checkpoint(folder / "data")
+    save_mask_file(str(folder / "deep.mask"), random_encoder_masks(0.5, **{**TINY, "layers": 3}))
+    (folder / "notes.txt").write_text("epoch 3: loss 0.41\n")
+    return folder
+
+
+def placeholders(inputs: Path) -> Dict[str, str]:
+    return {"<PRETRAINED>": str(inputs / "pretrained.pt"), "<FINETUNED>": str(inputs / "data" / "checkpoint_best.pt"),
+            "<DEEP_MASK>": str(inputs / "deep.mask"), "<DATA>": str(inputs / "data"), "<INPUTS>": str(inputs)}
+
+
+def substituted(text, paths):
+    for placeholder, path in paths.items():
+        text = text.replace(placeholder, path)
+    return text
+
+
+def last_line(stderr):
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    assert lines, "nothing on stderr"
+    return lines[-1]
+
+
+@pytest.mark.parametrize("case", GRID_CASES, ids=[case.id for case in GRID_CASES])
+def test_bad_grid_file_stops_the_grid_before_anything_runs(case, inputs, tmp_path, capsys):
+    options = dict(case.grid)
+    if "text" in options:
+        grid = tmp_path / "grid.yaml"
+        if options["text"] is not None:
+            grid.write_text(options["text"])
+    else:
+        grid = write_grid(tmp_path, inputs / "corpus", **options)
+    paths = {"<GRID>": str(grid), **placeholders(inputs)}
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["grid", str(grid), "--out", str(tmp_path / "out")]) == EXIT_STATUS
+    line = last_line(capsys.readouterr().err)
+    assert line.startswith(substituted(case.message, paths)), line
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.fixture(scope="module")
+def fairseq_runs(inputs, tmp_path_factory):
+    """Every RunCase's command, started at once in its own folder, stderr to a file beside it (a
+    pipe, unread while the others run, could fill and stall it); case id -> (exit status, stderr,
+    the folder)."""
+    paths = placeholders(inputs)
+    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
+    started = {}
+    for case in RUN_CASES:
+        folder = tmp_path_factory.mktemp(case.id)
+        stderr_path = folder.parent / f"{folder.name}.stderr"
+        arguments = [substituted(argument, paths) for argument in case.argv]
+        if case.generate:
+            command = [fairseq_command("fairseq-generate"), *arguments]
+        else:
+            command = [fairseq_command("fairseq-hydra-train"), "--config-dir", str(CONFIG_DIR / "finetune"),
+                       "--config-name", "tiny", f"common.user_dir={USER_DIR}", f"task.data={paths['<DATA>']}",
+                       f"checkpoint.save_dir={folder / 'run'}", *arguments]
+        with open(stderr_path, "w") as stderr:
+            process = subprocess.Popen(command, cwd=folder, env=environment, stdout=subprocess.DEVNULL, stderr=stderr)
+        started[case.id] = (process, stderr_path, folder)
+    return {case_id: (process.wait(), stderr_path.read_text(), folder)
+            for case_id, (process, stderr_path, folder) in started.items()}
+
+
+@pytest.mark.parametrize("case", RUN_CASES, ids=[case.id for case in RUN_CASES])
+def test_bad_training_or_decoding_input_stops_fairseq_before_training(case, inputs, fairseq_runs):
+    status, stderr, folder = fairseq_runs[case.id]
+    assert status == EXIT_STATUS, stderr[-3000:]
+    line = last_line(stderr)
+    assert line.startswith(substituted(case.message, placeholders(inputs))), line
+    assert not list(folder.rglob("*.pt")), "a checkpoint was written"
+    assert "done training" not in stderr
+    assert not [path for path in folder.iterdir() if path.name != "run"], "the command wrote outside its save_dir"

@@ -1,0 +1,105 @@
+"""Bit-reproducible CPU training with the shipped tiny configs, through stock fairseq-hydra-train.
+
+For each training mode one command runs twice from scratch: once uninterrupted, once killed with
+SIGKILL at a random update and then simply run again (fairseq resumes from checkpoint_last.pt).
+Both runs' first interval checkpoints (written before the kill) must be bit-identical, which is
+"the same command twice gives the same checkpoint"; so must their final checkpoints: weights,
+masks, Adam's state, the scheduler and the data position. The modes: wav2vec2 pretraining, plain
+fine-tuning, fixed-mask fine-tuning, downstream fine-tuning with a frozen first epoch, and
+multilingual training with per-language masks on shared weights.
+
+Without seeded time masking (plugin.time_masking) every mode fails from the first masked update,
+and pretraining also without seeded crops (plugin.pretraining).
+"""
+import random
+from pathlib import Path
+
+import pytest
+
+from fairseq_subnets import USER_DIR
+from interrupted_runs import (
+    assert_bit_identical, interval_checkpoints, kill_at_random_update, start_training, training_state, wait_finished,
+)
+
+pytestmark = pytest.mark.slow
+
+LANGUAGE = "ca"
+"""The skeleton's smallest set: 20 updates per epoch with the tiny config."""
+SAVE_EVERY = 6
+FFN_TARGETS = "ffn"
+
+
+@pytest.fixture(scope="module")
+def masks(skeleton_run, tmp_path_factory):
+    """Mask files from `fairseq-subnets prune`: of the pretrained model (fixed-mask fine-tuning),
+    of the fine-tuned one (downstream), and two different FFN masks for two languages."""
+    from fairseq_subnets.cli.main import main as cli
+
+    _, result = skeleton_run
+    out = tmp_path_factory.mktemp("reproducible_masks")
+    wanted = {
+        "pretrained": [result.pretrained_checkpoint, "--method", "global-l1", "--sparsity", "0.6"],
+        "finetuned": [result.finetuned_checkpoint, "--method", "global-l1", "--sparsity", "0.5"],
+        "es": [result.pretrained_checkpoint, "--method", "global-l1", "--sparsity", "0.5", "--targets", FFN_TARGETS],
+        "ca": [result.pretrained_checkpoint, "--method", "random", "--sparsity", "0.5", "--targets", FFN_TARGETS],
+    }
+    for name, arguments in wanted.items():
+        assert cli(["prune", *arguments, "--out", str(out / f"{name}.mask")]) == 0
+    return {name: out / f"{name}.mask" for name in wanted}
+
+
+def mode_arguments(mode, result, masks):
+    """(config folder, config name, overrides) of one training mode, without the save dir."""
+    from fairseq_subnets.runner import CONFIG_DIR
+
+    finetune = CONFIG_DIR / "finetune"
+    pretrained = [f"model.w2v_path={result.pretrained_checkpoint}"]
+    one_language = [f"task.data={Path(result.corpus_dir) / LANGUAGE}", "optimization.max_update=18"]
+    if mode == "pretraining":
+        return CONFIG_DIR / "pretrain", "tiny", [f"task.data={Path(result.corpus_dir) / 'pretrain'}",
+                                                 "optimization.max_update=18"]
+    if mode == "finetuning":
+        return finetune, "tiny", pretrained + one_language
+    if mode == "fixed_mask":
+        return finetune, "tiny", pretrained + one_language + [f"+model.mask_path={masks['pretrained']}"]
+    if mode == "downstream_frozen_first_epoch":
+        return finetune, "tiny", pretrained + [
+            f"task.data={Path(result.corpus_dir) / LANGUAGE}", f"+model.init_from={result.finetuned_checkpoint}",
+            f"+model.mask_path={masks['finetuned']}", "+model.freeze_encoder_epochs=1", "optimization.max_epoch=2",
+            "optimization.max_update=1000"]
+    if mode == "multilingual_language_masks":
+        return finetune, "multilingual_tiny", pretrained + [
+            f"task.data={result.corpus_dir}", "task.languages=[es,ca]", "optimization.max_update=18",
+            f"+model.language_mask_files=[es:{masks['es']},ca:{masks['ca']}]"]
+    raise ValueError(mode)
+
+
+MODES = ["pretraining", "finetuning", "fixed_mask", "downstream_frozen_first_epoch", "multilingual_language_masks"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_run_killed_at_a_random_update_and_rerun_ends_bit_identical_to_an_uninterrupted_run(
+        mode, skeleton_run, masks, tmp_path):
+    """The uninterrupted and the interrupted run go side by side, one thread each: bit-identity
+    holds for the same command with the same thread count (float sums depend on the split)."""
+    from fairseq_subnets.runner import hydra_train
+
+    _, result = skeleton_run
+    config_dir, config_name, arguments = mode_arguments(mode, result, masks)
+    arguments = [f"common.user_dir={USER_DIR}", *arguments, f"checkpoint.save_interval_updates={SAVE_EVERY}",
+                 "checkpoint.keep_interval_updates=-1", "dataset.disable_validation=true"]
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    reference = start_training(config_dir, config_name, arguments + [f"checkpoint.save_dir={uninterrupted}"],
+                               tmp_path / "uninterrupted.log", threads=1)
+    seed = random.randrange(1 << 30)
+    rerun_arguments = arguments + [f"checkpoint.save_dir={interrupted}"]
+    killed = start_training(config_dir, config_name, rerun_arguments, tmp_path / "killed.log", threads=1)
+    kill_at_random_update(killed, interrupted, random.Random(seed))
+    resumed_from = training_state(interrupted / "checkpoint_last.pt")["num_updates"]
+    log = hydra_train(config_name, rerun_arguments, tmp_path / "rerun.log", config_dir=config_dir, threads=1)
+    assert f"@ {resumed_from} updates" in log, f"kill seed {seed}: the rerun did not resume from update {resumed_from}"
+    wait_finished(reference, tmp_path / "uninterrupted.log")
+
+    first = min(interval_checkpoints(uninterrupted))
+    assert_bit_identical(interval_checkpoints(uninterrupted)[first], interval_checkpoints(interrupted)[first])
+    assert_bit_identical(uninterrupted / "checkpoint_last.pt", interrupted / "checkpoint_last.pt")
