@@ -255,6 +255,13 @@ def convert_corpus(corpus_format, source, out_dir, splits=None, transcripts=None
 
 
 def parse_alphabet(value):
-    """An alphabet from the command line: the symbols of a dict.ltr.txt file, or the characters of a string."""
+    """An alphabet from the command line: the symbols of a dict.ltr.txt file, or the characters of a
+    string. A value that looks like a path but names no file is refused: read as characters, a
+    mistyped dictionary path would silently drop nearly every utterance."""
     path = Path(value)
-    return read_dictionary_symbols(path) if path.is_file() else list(value)
+    if path.is_file():
+        return read_dictionary_symbols(path)
+    if os.sep in value or path.suffix == ".txt":
+        raise DataError(f"--alphabet {value}: no such dictionary file (to give the characters themselves, "
+                        "leave out path separators and .txt)")
+    return list(value)
