@@ -85,7 +85,7 @@ CASES = [
     stats_of("mask-shape-count", "miscounted.st", ": damaged mask file (encoder.layers.0.self_attn.q_proj.weight "
              "holds 128 bytes for shape (32, 33))"),
     stats_of("mask-future-version", "future.st",
-             ": mask file format version '3'; this fairseq-subnets reads versions 1, 2"),
+             ": mask file format version '4'; this fairseq-subnets reads versions 1, 2, 3"),
     # ------------------------------------------------------------------------------ checkpoints
     prune_of("ckpt-missing", "missing.pt", ": no such checkpoint file"),
     prune_of("ckpt-folder", "a-folder", ": cannot read (Is a directory)"),
@@ -264,7 +264,7 @@ def write_mask_inputs(folder: Path) -> None:
         (folder / name).write_bytes(data)
         tamper(folder / name, [[shapes[0][0], first_shape], *shapes[1:]])
     (folder / "future.st").write_bytes(data)
-    tamper(folder / "future.st", format_version="3")
+    tamper(folder / "future.st", format_version="4")
 
 
 def write_checkpoint_inputs(folder: Path) -> None:

@@ -148,6 +148,20 @@ def test_bench_runs_both_methods_and_agrees(capsys):
     timing = result["ours"]["iou_timing"]
     assert (timing["reference"], timing["measured"]) == ("plain torch IOU", "stats.iou")
     assert len(timing["measured_s"]) == 3 and timing["ratio"] > 0
+    assert list(result["mask_files"]) == ["0.1", "0.5", "0.9"]
+
+
+def test_bench_times_mask_files_against_version_2_alone(capsys):
+    code, out, err = run(capsys, "bench", "--only-mask-files", "--layers", "1", "--width", "64", "--ffn", "256")
+    assert code == 0, err
+    assert "global L1" not in out and "version 2 (raw bits)" in out and "s = 0.9: read (s)" in out
+    result = run_json(capsys, "bench", "--only-mask-files", "--layers", "1", "--width", "64", "--ffn", "256")
+    assert "ours" not in result
+    costs = result["mask_files"]
+    assert all(cost["write"]["reference"] == "version 2 (raw bits)" and cost["read"]["measured"] == "version 3"
+               for cost in costs.values())
+    assert all(costs[s]["bits_per_weight"]["version 3"] < costs[s]["bits_per_weight"]["version 2 (raw bits)"]
+               for s in ("0.1", "0.9"))
 
 
 def test_bench_mask_comparison_allows_only_ties_at_the_threshold():

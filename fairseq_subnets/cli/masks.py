@@ -1,7 +1,7 @@
 """`fairseq-subnets prune | masks ... | export`: finding, comparing and shipping masks.
 
 Every `masks` subcommand prints a readable table by default, one JSON object with `--json`, and
-CSV with `--csv` where the result is a table. Mask files are the bit-packed safetensors files of
+CSV with `--csv` where the result is a table. Mask files are the compressed safetensors files of
 `fairseq_subnets.core.maskfile`.
 """
 import csv
@@ -136,7 +136,7 @@ def _register_prune(subparsers):
         "prune",
         help="compute a mask from a pretrained or fine-tuned wav2vec2 checkpoint and write a mask file",
         description="Ranks the selected encoder weights of CKPT (a pretrained wav2vec2 checkpoint or a "
-        "fine-tuned CTC one; mask names are the same for both) and writes a bit-packed mask file. "
+        "fine-tuned CTC one; mask names are the same for both) and writes a compressed mask file. "
         "Exactly round(S * N) units are pruned (N: all selected weights for global-l1, each matrix's "
         "weights or blocks otherwise); equal scores are pruned in name/position order.",
     )

@@ -6,7 +6,7 @@
               per-language masks; adaptations), the kind registry, transform plans, regularisers
   parametrize transforms on whole models and on bare state dicts: applying mask sets, reading
               masks back, baking for export, upgrading 0.2 checkpoints
-  maskfile    bit-packed safetensors mask files with metadata and integrity checks
+  maskfile    compressed safetensors mask files with metadata and integrity checks
   stats       union / intersection / difference / complement, sparsity, IOU, union ratio,
               cosine similarity, pairwise matrices and their correlation with a user matrix
 """
