@@ -27,7 +27,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -45,7 +44,7 @@ from ..core.maskfile import FORMAT, file_checksum, load_mask_file, save_mask_fil
 from ..core.pruning import global_l1_masks
 from ..core.stats import iou, union_ratio
 from ..core.targets import encoder_weight_shapes
-from .timing import compare, interleaved, ratio_cell, text_table
+from .timing import compare, interleaved, machine_description, ratio_cell, text_table
 
 UNION_MASKS = 5
 IOU_ROUNDS = 3
@@ -248,8 +247,7 @@ def run_benchmark(settings: PruneBenchSettings = PruneBenchSettings(),
     settings.check()
     total = sum(int(np.prod(size)) for size in settings.shapes().values())
     result = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-                         f"{settings.threads} torch thread(s) per process, load average {os.getloadavg()[0]:.2f}",
+              "machine": machine_description(f"{settings.threads} torch thread(s) per process"),
               "shape": settings.describe(), "weights": total, "sparsity": settings.sparsity}
     with tempfile.TemporaryDirectory(prefix="fairseq-subnets-bench-") as mask_dir:
         if not settings.only_mask_files:

@@ -28,11 +28,9 @@ fairseq itself. It is a per-process peak; processes running at the same time are
 rehearsal is an absolute measurement of one machine, unlike the ratios of the other benchmarks.
 """
 import datetime
-import importlib.metadata
 import json
 import math
 import os
-import platform
 import re
 import subprocess
 import sys
@@ -45,7 +43,7 @@ import yaml
 
 from .. import USER_DIR
 from ..runner import CONFIG_DIR, fairseq_command, tail
-from .timing import text_table
+from .timing import machine_description, text_table
 
 SHIPPED_CONFIG = "xlsr_300m"
 LANGUAGE = "es"
@@ -296,12 +294,10 @@ def run_measured(command: Sequence[str], stdout_path: Path, stderr_path: Path, c
     return ChildRun(process.returncode, seconds, usage.ru_utime + usage.ru_stime, usage.ru_maxrss)
 
 
-def _machine() -> str:
+def _memory() -> str:
     with open("/proc/meminfo") as meminfo:
         total_kib = int(next(line for line in meminfo if line.startswith("MemTotal:")).split()[1])
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, {total_kib / KIB_PER_GIB:.1f} GiB, "
-            f"torch {importlib.metadata.version('torch')}, "
-            f"load average {os.getloadavg()[0]:.2f}")
+    return f"{total_kib / KIB_PER_GIB:.1f} GiB"
 
 
 def _write_report(result: Mapping[str, object], path: Path) -> None:
@@ -316,7 +312,7 @@ def run_rehearsal(settings: RehearsalSettings, say: Callable[[str], None] = prin
     files.logs.mkdir(parents=True, exist_ok=True)
     files.corpus_definition.write_text(CORPUS_DEFINITION, encoding="utf-8")
     result: Dict[str, object] = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": _machine(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine_description(_memory()),
         "settings": asdict(settings), "shape": settings.describe(),
         "config": str(CONFIG_DIR / "finetune" / f"{SHIPPED_CONFIG}.yaml"),
         "training_overrides": training_overrides(settings), "report": str(files.report), "steps": []}

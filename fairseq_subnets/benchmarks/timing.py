@@ -6,6 +6,9 @@ ratio of medians plus the range of the per-round ratios as a noise estimate: a r
 one run holds on another machine, an absolute time does not. Standard library only, so that
 benchmarks of torch-free code stay torch-free.
 """
+import importlib.metadata
+import os
+import platform
 import statistics
 import time
 from typing import Callable, Dict, List, Mapping, Sequence
@@ -44,3 +47,11 @@ def text_table(rows: Sequence[Sequence[str]]) -> List[str]:
     """Rows of cells as left-aligned text lines, the first row being the header."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
+
+def machine_description(*details: str) -> str:
+    """The machine line of every benchmark report: architecture, CPUs, torch's version (from its
+    package metadata, so torch-free benchmarks stay torch-free), the benchmark's own details, and
+    the load average, which tells how much other work shared the machine."""
+    parts = [platform.machine(), f"{os.cpu_count()} CPUs", f"torch {importlib.metadata.version('torch')}", *details]
+    return ", ".join(parts + [f"load average {os.getloadavg()[0]:.2f}"])

@@ -26,8 +26,6 @@ and a `Comparison` naming it.
 import datetime
 import itertools
 import math
-import os
-import platform
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Mapping, Optional
 
@@ -41,7 +39,7 @@ from ..core.targets import select_weights
 from ..core.transforms import select_language
 from ..plugin.models import W2V_PREFIX
 from ..plugin.untrained import CtcModelSize, build_untrained_ctc_model, fix_masks_as_mask_path_does, rebuild_with_state
-from .timing import compare, interleaved, ratio_cell, text_table
+from .timing import compare, interleaved, machine_description, ratio_cell, text_table
 
 SAMPLE_RATE = 16000
 TRAIN_TARGET = 1.10
@@ -219,11 +217,6 @@ def decode_forward(model, batch: Batch) -> torch.Tensor:
 # --------------------------------------------------------------------------------------- benchmark
 
 
-def _machine(threads: int) -> str:
-    return (f"{platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {threads} torch thread(s), "
-            f"load average {os.getloadavg()[0]:.2f}")
-
-
 def run_step_benchmark(settings: StepBenchSettings = StepBenchSettings(),
                        say: Callable[[str], None] = print) -> Dict[str, object]:
     """Runs every comparison of COMPARISONS and returns every measurement; raises AssertionError
@@ -241,7 +234,7 @@ def run_step_benchmark(settings: StepBenchSettings = StepBenchSettings(),
 
 def _run(settings: StepBenchSettings, say) -> Dict[str, object]:
     result = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": _machine(settings.threads), "settings": asdict(settings),
+              "machine": machine_description(f"{settings.threads} torch thread(s)"), "settings": asdict(settings),
               "shape": settings.describe()}
     batch = make_batch(settings, torch.Generator().manual_seed(settings.seed))
     size = settings.model_size

@@ -187,7 +187,7 @@ def _register_rehearsal(subparsers):
         "updates), decodes with stock fairseq-generate, exports, and loads the export in a stock fairseq "
         "process without the plugin. Prints each step's wall time, CPU time and peak RSS (ru_maxrss from os.wait4) "
         "and writes them to OUT/rehearsal.json. Fails if a step fails or the largest peak is over "
-        "--budget-gib. At full size about 7 minutes (4.5 of them CPU time) and a 5.3 GiB peak on 2 shared "
+        "--budget-gib. At full size about 7 minutes (4.5 of them CPU time) and a 3.7 GiB peak on 2 shared "
         "CPU cores.",
     )
     parser.add_argument("--out", required=True, metavar="OUT", help="output folder (empty or new)")

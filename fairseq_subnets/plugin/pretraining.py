@@ -17,7 +17,7 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 
-from .time_masking import install_seeded_masking, masks_drawn_for
+from .time_masking import SeededMaskingTrainStep, install_seeded_masking
 
 
 class SeededCrops:
@@ -48,7 +48,7 @@ def install_seeded_crops(dataset, seed):
 
 
 @register_task("subnets_audio_pretraining", dataclass=AudioPretrainingConfig)
-class SubnetsAudioPretrainingTask(AudioPretrainingTask):
+class SubnetsAudioPretrainingTask(SeededMaskingTrainStep, AudioPretrainingTask):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.seed = torch.initial_seed()  # common.seed: fairseq's train.py seeds torch just before
@@ -62,7 +62,3 @@ class SubnetsAudioPretrainingTask(AudioPretrainingTask):
         if isinstance(model, Wav2Vec2Model):
             model.seeded_masking = install_seeded_masking(model)
         return model
-
-    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
-        with masks_drawn_for(model, update_num, sample):
-            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)

@@ -41,7 +41,7 @@ from .language_heads import MULTILINGUAL_MODEL_KEYS
 from .multilingual_data import (
     LANGUAGE_KEY, MonolingualBatchDataset, all_batches_in_language_order, language_block_sampler,
 )
-from .time_masking import masks_drawn_for
+from .time_masking import SeededMaskingTrainStep
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class SubnetsAudioFinetuningConfig(AudioFinetuningConfig):
 
 
 @register_task("subnets_audio_finetuning", dataclass=SubnetsAudioFinetuningConfig)
-class SubnetsAudioFinetuningTask(AudioFinetuningTask):
+class SubnetsAudioFinetuningTask(SeededMaskingTrainStep, AudioFinetuningTask):
     cfg: SubnetsAudioFinetuningConfig
 
     @one_line_errors
@@ -111,11 +111,6 @@ class SubnetsAudioFinetuningTask(AudioFinetuningTask):
     @one_line_errors
     def build_criterion(self, cfg, from_checkpoint=False):
         return super().build_criterion(cfg, from_checkpoint)
-
-    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
-        """The model's time masks are drawn for this update and these utterances (time_masking)."""
-        with masks_drawn_for(model, update_num, sample):
-            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
 
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)

@@ -24,7 +24,6 @@ stock behaviour, and says so once.
 import logging
 from contextlib import contextmanager, nullcontext
 
-import numpy as np
 import torch
 from fairseq.data.data_utils import compute_mask_indices
 from fairseq.utils import index_put
@@ -85,12 +84,12 @@ class SeededMasking:
 
     def channel_mask(self, batch, channels):
         model = self.w2v_model
-        return torch.from_numpy(np.asarray(compute_mask_indices(
+        return torch.from_numpy(compute_mask_indices(
             (batch, channels), None, model.mask_channel_prob, model.mask_channel_length,
             model.mask_channel_selection, model.mask_channel_other, no_overlap=model.no_mask_channel_overlap,
             min_space=model.mask_channel_min_space,
             seed=self.seed, epoch=-1 - self.update, indices=self.utterance_ids,
-        )))
+        ))
 
 
 def install_seeded_masking(w2v_model):
@@ -108,3 +107,12 @@ def masks_drawn_for(model, update, sample):
     if masking is None or sample is None or "id" not in sample:
         return nullcontext()
     return masking.drawn_for(update, sample["id"])
+
+
+class SeededMaskingTrainStep:
+    """Mixed into a task before its fairseq base: every training step draws the model's masks for
+    its update and its utterances (masks_drawn_for)."""
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        with masks_drawn_for(model, update_num, sample):
+            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
