@@ -22,3 +22,43 @@ def assert_pruned_weights_zero(checkpoint, expected_masks):
     for name, mask in expected_masks.items():
         assert torch.equal(masks[name], mask), (checkpoint, name)
         assert torch.count_nonzero(baked[W2V_PREFIX + name][~mask]) == 0, (checkpoint, name)
+
+
+def assert_export_matches_in_stock_fairseq(checkpoint, exported, data, work_dir):
+    """`exported` (from `fairseq-subnets export checkpoint`) loads in a fresh process that never
+    imports the plugin, as stock `Wav2VecCtc` under `audio_finetuning`, and gives the logits the
+    plugin's model of `checkpoint` gives on three test utterances. Equality is to float32
+    rounding: separate processes may sum GEMMs in another order (alignment)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    import torch
+    from fairseq import checkpoint_utils
+
+    import fairseq_subnets.plugin  # noqa: F401
+
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data)})
+    model = models[0].eval()
+    task.load_dataset("test")
+    sample = task.dataset("test").collater([task.dataset("test")[i] for i in range(3)])
+    torch.save(sample["net_input"], work_dir / "input.pt")
+    with torch.no_grad():
+        expected = model.get_logits(model(**sample["net_input"]))
+
+    stock_run = textwrap.dedent(f"""
+        import sys, torch
+        from fairseq import checkpoint_utils
+        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+            [{str(exported)!r}], arg_overrides={{"data": {str(data)!r}}})
+        assert not any(name.startswith("fairseq_subnets") for name in sys.modules)
+        model = models[0].eval()
+        print(type(model).__name__, cfg.task._name, flush=True)
+        with torch.no_grad():
+            logits = model.get_logits(model(**torch.load({str(work_dir / 'input.pt')!r})))
+        torch.save(logits, {str(work_dir / 'stock_logits.pt')!r})
+    """)
+    completed = subprocess.run([sys.executable, "-c", stock_run], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.split() == ["Wav2VecCtc", "audio_finetuning"]
+    torch.testing.assert_close(torch.load(work_dir / "stock_logits.pt"), expected, rtol=1e-5, atol=1e-5)

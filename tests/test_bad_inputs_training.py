@@ -106,6 +106,18 @@ RUN_CASES = [
             "LANGUAGE:PATH", train("<PRETRAINED>", "+model.language_mask_files=[es]")),
     RunCase("train-language-masks-one-language-task", TRAIN_ERROR + "model.language_mask_files needs "
             "task._name=subnets_multilingual_finetuning", train("<PRETRAINED>", "+model.language_mask_files=[es:<DEEP_MASK>]")),
+    RunCase("train-score-sparsity-out-of-range", TRAIN_ERROR + "model.score_sparsity=1.5: the fraction of weights "
+            "removed must lie strictly between 0 and 1", train("<PRETRAINED>", "+model.score_sparsity=1.5")),
+    RunCase("train-score-init-unknown", TRAIN_ERROR + "model.score_init=magnitude: choose one of ori, wmi, ri",
+            train("<PRETRAINED>", "+model.score_sparsity=0.1", "+model.score_init=magnitude")),
+    RunCase("train-score-targets-unknown", TRAIN_ERROR + "model.score_targets: unknown module kind 'ffm'",
+            train("<PRETRAINED>", "+model.score_sparsity=0.1", "+model.score_targets=ffm")),
+    RunCase("train-score-layers-beyond-model", TRAIN_ERROR + "model.score_layers: layer 2 is selected but the model "
+            "has 2 encoder layers", train("<PRETRAINED>", "+model.score_sparsity=0.1", "+model.score_layers=0-5")),
+    RunCase("train-score-freeze-with-trainable-biases", TRAIN_ERROR + "model.freeze_finetune_updates=100 with learned "
+            "masks and trainable biases or layer norms: fairseq's freeze runs the encoder without gradients, which "
+            "would also stop the scores", train("<PRETRAINED>", "+model.score_sparsity=0.1",
+                                                "+model.score_train_biases=true", "model.freeze_finetune_updates=100")),
     RunCase("generate-pretraining-checkpoint", "fairseq-generate: error: <PRETRAINED> is a wav2vec2 pretraining "
             "checkpoint (model wav2vec2), not a fine-tuned wav2vec2 CTC checkpoint",
             ("<DATA>", "--path", "<PRETRAINED>", "--task", "subnets_audio_finetuning", "--user-dir", USER_DIR,

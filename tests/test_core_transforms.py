@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 from fairseq.modules.multihead_attention import MultiheadAttention
+from torch import nn
 
 from fairseq_subnets.core.parametrize import (
     apply_language_masks,
@@ -307,3 +308,27 @@ def test_regularisation_terms_are_collected_by_name_and_can_be_skipped():
     assert torch.equal(module.q_proj.parametrizations.weight[0].test_scaled_delta["delta"].delta.grad,
                        torch.sign(deltas(3)["q_proj"]))
     assert regularisation_terms(module, wanted=lambda name: False) == {}
+
+
+def test_eval_mode_reuses_the_effective_weight_until_something_it_depends_on_changes():
+    """Decoding pays for a transformed weight once, not per forward pass; a language switch, a
+    state change or a change of mode makes it anew."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 6))
+    masks = {"es": torch.rand(6, 8) < 0.5, "ca": torch.rand(6, 8) < 0.5}
+    apply_language_masks(model, {language: {"0.weight": mask} for language, mask in masks.items()})
+    layer, original = model[0], model[0].parametrizations.weight.original
+    select_language(model, "es")
+    model.eval()
+    with torch.no_grad():
+        first = layer.weight
+        assert layer.weight is first and torch.equal(first, original * masks["es"])
+        select_language(model, "ca")
+        assert torch.equal(layer.weight, original * masks["ca"])
+        original.mul_(2)  # an in-place change of the stored weight
+        assert torch.equal(layer.weight, original * masks["ca"])
+        original.data.mul_(2)  # as optimizers step: no version counter sees it, until the mode changes
+        model.train()
+        model.eval()
+        assert torch.equal(layer.weight, original * masks["ca"])
+    assert layer.weight is not layer.weight  # with gradients: computed at each access

@@ -2,15 +2,12 @@
 `+model.mask_path` in stock fairseq-hydra-train, kept in every checkpoint (resuming after a kill is
 in test_reproducible_training), decoded by stock fairseq-generate, and exported to a plain checkpoint that stock fairseq loads without the
 plugin and that gives the masked model's outputs."""
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 
-from checkpoint_helpers import stored_masks_and_baked_weights
+from checkpoint_helpers import assert_export_matches_in_stock_fairseq, stored_masks_and_baked_weights
 from fairseq_subnets import USER_DIR
 
 pytestmark = pytest.mark.slow
@@ -66,43 +63,13 @@ def test_fairseq_generate_decodes_the_masked_checkpoint(masked_run, tmp_path):
 
 
 def test_export_loads_in_stock_fairseq_without_the_plugin_and_matches(masked_run, tmp_path):
-    from fairseq import checkpoint_utils
-
-    import fairseq_subnets.plugin  # noqa: F401
     from fairseq_subnets.cli.main import main as cli
 
     settings, result, _, run_dir = masked_run
-    data = Path(result.corpus_dir) / settings.language
     exported = tmp_path / "plain.pt"
     assert cli(["export", str(run_dir / "checkpoint_last.pt"), "--out", str(exported)]) == 0
-
-    models, _, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(run_dir / "checkpoint_last.pt")], arg_overrides={"data": str(data)})
-    masked = models[0].eval()
-    task.load_dataset("test")
-    sample = task.dataset("test").collater([task.dataset("test")[i] for i in range(3)])
-    torch.save(sample["net_input"], tmp_path / "input.pt")
-    with torch.no_grad():
-        expected = masked.get_logits(masked(**sample["net_input"]))
-
-    stock_run = textwrap.dedent(f"""
-        import sys, torch
-        from fairseq import checkpoint_utils
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-            [{str(exported)!r}], arg_overrides={{"data": {str(data)!r}}})
-        assert not any(name.startswith("fairseq_subnets") for name in sys.modules)
-        model = models[0].eval()
-        print(type(model).__name__, cfg.task._name, flush=True)
-        with torch.no_grad():
-            logits = model.get_logits(model(**torch.load({str(tmp_path / 'input.pt')!r})))
-        torch.save(logits, {str(tmp_path / 'stock_logits.pt')!r})
-    """)
-    completed = subprocess.run([sys.executable, "-c", stock_run], capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.split() == ["Wav2VecCtc", "audio_finetuning"]
-    # Same weights, separate processes: CPU GEMM kernels may sum in another order (alignment), so
-    # equality is to float32 rounding, not bit for bit.
-    torch.testing.assert_close(torch.load(tmp_path / "stock_logits.pt"), expected, rtol=1e-5, atol=1e-5)
+    assert_export_matches_in_stock_fairseq(run_dir / "checkpoint_last.pt", exported,
+                                           Path(result.corpus_dir) / settings.language, tmp_path)
 
 
 def test_model_built_without_the_mask_file_takes_the_masks_from_the_checkpoint(masked_run):

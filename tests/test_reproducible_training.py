@@ -5,8 +5,9 @@ SIGKILL at a random update and then simply run again (fairseq resumes from check
 Both runs' first interval checkpoints (written before the kill) must be bit-identical, which is
 "the same command twice gives the same checkpoint"; so must their final checkpoints: weights,
 masks, Adam's state, the scheduler and the data position. The modes: wav2vec2 pretraining, plain
-fine-tuning, fixed-mask fine-tuning, downstream fine-tuning with a frozen first epoch, and
-multilingual training with per-language masks on shared weights.
+fine-tuning, fixed-mask fine-tuning, downstream fine-tuning with a frozen first epoch,
+multilingual training with per-language masks on shared weights, and learned masks (S3-Router)
+with one top-k over all encoder matrices.
 
 Without seeded time masking (plugin.time_masking) every mode fails from the first masked update,
 and pretraining also without seeded crops (plugin.pretraining).
@@ -71,10 +72,14 @@ def mode_arguments(mode, result, masks):
         return finetune, "multilingual_tiny", pretrained + [
             f"task.data={result.corpus_dir}", "task.languages=[es,ca]", "optimization.max_update=18",
             f"+model.language_mask_files=[es:{masks['es']},ca:{masks['ca']}]"]
+    if mode == "learned_masks_global_top_k":
+        return finetune, "learned_masks_tiny", pretrained + one_language + ["model.score_scope=global",
+                                                                             "model.score_targets=all"]
     raise ValueError(mode)
 
 
-MODES = ["pretraining", "finetuning", "fixed_mask", "downstream_frozen_first_epoch", "multilingual_language_masks"]
+MODES = ["pretraining", "finetuning", "fixed_mask", "downstream_frozen_first_epoch", "multilingual_language_masks",
+         "learned_masks_global_top_k"]
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -25,8 +25,9 @@ def result(bench):
 
 
 def test_every_comparison_has_a_positive_finite_ratio_of_medians_against_its_reference(bench, result):
-    assert [row.key for row in bench.COMPARISONS] == ["train", "train_dense", "train_switch", "decode",
-                                                      "decode_masked"]
+    assert [row.key for row in bench.COMPARISONS] == ["train", "train_dense", "train_switch", "train_learned",
+                                                      "train_full_sort", "train_learned_vs_full_sort", "decode",
+                                                      "decode_masked", "decode_learned"]
     for comparison in bench.COMPARISONS:
         row = result[comparison.key]
         assert (row["reference"], row["measured"]) == (comparison.reference, comparison.measured)
@@ -36,6 +37,8 @@ def test_every_comparison_has_a_positive_finite_ratio_of_medians_against_its_ref
         assert row["ratio"] == pytest.approx(row["measured_median_s"] / row["reference_median_s"])
         assert 0 < row["pair_ratio_min"] <= row["pair_ratio_max"]
     assert result["train"]["reference"] == "no mask" and result["decode"]["reference"] == "stock export"
+    assert result["train_learned"]["reference"] == result["train_full_sort"]["reference"] == "no mask"
+    assert result["train_learned_vs_full_sort"]["measured"] == result["train_learned"]["measured"]
     report = bench.format_step_report(result)
     assert all(comparison.label in report for comparison in bench.COMPARISONS)
 
@@ -51,6 +54,31 @@ def test_masked_training_keeps_pruned_weights_zero_and_stores_only_kept_weights(
     losses = result["train_losses"]
     assert len(losses["no mask"]) == len(losses["fixed mask"]) == len(losses["switching languages"]) == 3  # with warm-up
     assert all(math.isfinite(loss) for values in losses.values() for loss in values)
+
+
+def test_learned_mask_models_optimize_only_scores_and_head_and_decode_close_to_the_export_as_loaded(result):
+    optimized = result["optimized_values"]
+    ffn_weights = 2 * 2 * 64 * 128
+    head = 64 * 32 + 32
+    assert optimized["learned mask"] == optimized["learned mask, full sort"] == ffn_weights + head
+    assert len(result["train_losses"]["learned mask, full sort"]) == 3
+    assert result["full_sort_threshold_ties"] == 0
+    assert result["learned_unfrozen_export_max_abs_difference"] < 1e-4  # identical when frozen alike, or the run fails
+
+
+def test_full_sort_binarisation_keeps_the_same_weights_as_the_threshold_search(bench):
+    from fairseq_subnets.core.transforms import binarise_scores
+
+    scores = torch.randn(48, 40, generator=torch.Generator().manual_seed(0))
+    for n_pruned in (0, 1, 192, 1919, 1920):
+        assert torch.equal(bench.full_sort_kept(scores, n_pruned), binarise_scores(scores, n_pruned))
+
+
+def test_the_run_fails_when_the_binarisations_keep_different_weights(bench, monkeypatch):
+    full_sort_kept = bench.full_sort_kept
+    monkeypatch.setattr(bench, "full_sort_kept", lambda scores, n_pruned: full_sort_kept(scores, n_pruned + 1))
+    with pytest.raises(AssertionError, match="binarisations keep different scores"):
+        bench.run_step_benchmark(bench.StepBenchSettings(**SMALL), say=lambda message: None)
 
 
 def test_the_run_fails_when_baked_and_stock_outputs_differ(bench, monkeypatch):
@@ -107,7 +135,8 @@ def test_cli_prints_parseable_json(capsys):
     payload = json.loads(capsys.readouterr().out)
     assert payload["settings"]["layers"] == 2 and payload["settings"]["threads"] == 1
     assert payload["pruned_nonzero_after_training"] == 0
-    assert all(math.isfinite(payload[row]["ratio"]) for row in ("train", "decode", "decode_masked"))
+    assert all(math.isfinite(payload[row]["ratio"])
+               for row in ("train", "train_learned", "train_learned_vs_full_sort", "decode", "decode_learned"))
 
 
 def test_cli_rejects_bad_settings(capsys):

@@ -13,10 +13,30 @@ Everything runs in one process on one batch of random audio, with the real plugi
   mask and a random mask of the same sparsity, one per "language"); reference = one that trains one
   language throughout, measured = one whose active language changes at every step, as monolingual
   batches of a multilingual run do.
+* learned masks (S3-Router): measured = the same weights with learned masks on the FFN (`fc1`,
+  `fc2` of every layer; ORI scores, sparsity 0.1, per-matrix top-k) added and frozen exactly as
+  `+model.score_sparsity` does (`add_learned_masks`, `prepare_learned_masks`), so the optimizer holds
+  only the scores and the CTC head; reference = the model without masks trained fully, the stock
+  weight fine-tuning that learned masks replace, so the ratio is what a user pays for training a
+  mask instead of the weights. The same model whose masks binarise by a full sort of every score
+  tensor at every forward pass, as S3-Router's published code does, is timed against the same
+  reference and against ours: that pair differs in nothing but the binarisation, so it says what
+  the exact chunked threshold search of `prune_smallest` saves. Before training, both binarisations
+  must give the same mask on the initial scores, up to which of several scores tied at the
+  threshold each keeps (ours: the later ones; the unstable sort: any).
 * decoding (eval, no_grad forward): reference = the stock fairseq `Wav2VecCtc` holding the baked
   state dict of the masked model (what a checkpoint written by `fairseq-subnets export` holds);
   measured = a copy of the masked model baked by `bake_module`. Their outputs must be identical.
   The masked model before baking is timed as well, for information.
+* decoding with a learned mask: measured = the trained learned-mask model in eval mode, which
+  binarises its scores and masks its weights once, then reuses the masked weights (the weight
+  stack's eval-mode cache); reference = the stock `Wav2VecCtc` holding its
+  baked state dict, what `fairseq-subnets export` makes of it, so the ratio is what decoding from
+  the training checkpoint costs against decoding from the export. The export's wav2vec2 model is
+  frozen as the learned-mask model's is: otherwise its weights require grad, and ATen's matmul
+  then folds non-contiguous inputs differently (the rounding difference of the masked model
+  above), so only with the same flags can their outputs be, and must be, identical. The
+  difference from the export as loaded, every weight requiring grad, is reported.
 
 Each row of the report is a `Comparison` in `COMPARISONS`: a measured model against a named
 reference model of the same phase. The models of one phase run in turn and are compared by their
@@ -33,12 +53,14 @@ import torch
 import torch.nn.functional as F
 from fairseq.optim.adam import Adam as FairseqAdamImpl
 
-from ..core.parametrize import apply_language_masks, bake_module, bake_state_dict
+from ..core.parametrize import apply_language_masks, bake_module, bake_state_dict, score_masks
 from ..core.pruning import global_l1_masks, random_masks
 from ..core.targets import select_weights
-from ..core.transforms import select_language
+from ..core.transforms import ScoreMask, add_transform, module_of, select_language
+from ..plugin.learned_masks import LEARNED_MASK_NAME
 from ..plugin.models import W2V_PREFIX
-from ..plugin.untrained import CtcModelSize, build_untrained_ctc_model, fix_masks_as_mask_path_does, rebuild_with_state
+from ..plugin.untrained import (CtcModelSize, build_untrained_ctc_model, ctc_model_config, fix_masks_as_mask_path_does,
+                                rebuild_with_state)
 from .timing import compare, interleaved, machine_description, ratio_cell, text_table
 
 SAMPLE_RATE = 16000
@@ -47,7 +69,16 @@ TRAIN_TARGET = 1.10
 SWITCH_TARGET = 1.02
 """Most a training step may cost when the active language mask changes at every step, relative to
 one language throughout."""
+LEARNED_TRAIN_TARGET = 1.25
+"""Most a training step with learned masks (frozen weights, trained scores) may cost, relative to
+fine-tuning every weight of the same model without masks."""
+LEARNED_DECODE_TARGET = 1.02
+"""Most decoding with a learned mask (binarised once, then reused) may cost, relative to the stock
+model holding the baked export."""
 LANGUAGES = ("first", "second")
+LEARNED_MASKS = {"score_sparsity": 0.1, "score_init": "ori", "score_targets": "ffn", "score_scope": "matrix"}
+"""The model config keys of the learned-mask rows: S3-Router's fine-tuning setting (the FFN of every
+layer, ORI scores, 10% of each matrix removed, top-k per matrix)."""
 
 
 @dataclass(frozen=True)
@@ -119,9 +150,17 @@ COMPARISONS = (
     Comparison("train_dense", "training step, dense mask", "train", "no mask", "dense mask", f"<= {TRAIN_TARGET:.2f}"),
     Comparison("train_switch", "training step, language switched every step", "train", "one language",
                "switching languages", f"<= {SWITCH_TARGET:.2f}"),
+    Comparison("train_learned", "training step, learned mask (FFN, sparsity 0.1)", "train", "no mask",
+               "learned mask", f"<= {LEARNED_TRAIN_TARGET:.2f}"),
+    Comparison("train_full_sort", "training step, learned mask binarised by full sort", "train", "no mask",
+               "learned mask, full sort", "information"),
+    Comparison("train_learned_vs_full_sort", "training step, learned mask against full-sort binarisation", "train",
+               "learned mask, full sort", "learned mask", "< 1.00"),
     Comparison("decode", "decoding, baked", "decode", "stock export", "baked", "1.00 within noise"),
     Comparison("decode_masked", "decoding, masked (not baked)", "decode", "stock export", "masked, not baked",
                "information"),
+    Comparison("decode_learned", "decoding, learned mask (cached)", "decode", "stock learned export",
+               "learned mask", f"<= {LEARNED_DECODE_TARGET:.2f}"),
 )
 
 
@@ -131,6 +170,69 @@ COMPARISONS = (
 def prune_masks(model, sparsity: float):
     """The global-L1 mask set of every prunable encoder matrix, as `fairseq-subnets prune` finds it."""
     return global_l1_masks(select_weights(model.state_dict()), sparsity)
+
+
+class FullSortScoreMask(ScoreMask):
+    """A score mask that binarises as S3-Router's published code does, for the benchmark alone:
+    every training forward pass fully sorts the scores and drops the `n_pruned` lowest. The mask
+    stays a bool tensor, as ours is, so that a model holding these differs from one holding ours
+    in the binarisation alone."""
+
+    def kept(self) -> torch.Tensor:
+        return full_sort_kept(self.scores, self._pruned)
+
+
+def full_sort_kept(scores: torch.Tensor, n_pruned: int) -> torch.Tensor:
+    """Sorts all scores, then marks the `n_pruned` positions sorted first as pruned and every other
+    one as kept. The sort is not stable, so among equal scores it keeps whichever it placed last."""
+    flat = scores.detach().reshape(-1)
+    order = flat.sort().indices
+    kept = torch.empty(flat.shape, dtype=torch.bool, device=flat.device)
+    kept[order[:n_pruned]] = False
+    kept[order[n_pruned:]] = True
+    return kept.view(scores.shape)
+
+
+def learned_mask_config(size: CtcModelSize):
+    """The model config of `size` with the learned-mask keys of LEARNED_MASKS set."""
+    cfg = ctc_model_config(size)
+    for key, value in LEARNED_MASKS.items():
+        cfg[key] = value
+    return cfg
+
+
+def learned_mask_model(size: CtcModelSize, state: Mapping[str, torch.Tensor], full_sort_of=None):
+    """A model holding `state`, with learned masks added and the model frozen around them as
+    `build_model` does for LEARNED_MASKS (only the scores and the CTC head train). With
+    `full_sort_of` (a learned-mask model), the masks are `FullSortScoreMask`s starting from that
+    model's scores instead of freshly initialised ones."""
+    model = rebuild_with_state(size, state)
+    cfg = learned_mask_config(size)
+    if full_sort_of is None:
+        model.add_learned_masks(cfg, W2V_PREFIX)
+    else:
+        for name, mask in score_masks(full_sort_of, W2V_PREFIX).items():
+            add_transform(module_of(model, name, W2V_PREFIX), LEARNED_MASK_NAME,
+                          FullSortScoreMask(mask.scores, mask.sparsity, mask.scope))
+    model.prepare_learned_masks(cfg, W2V_PREFIX)
+    return model
+
+
+def check_binarisations_agree(ours: Mapping[str, ScoreMask], full_sort: Mapping[str, ScoreMask]) -> int:
+    """Checks that two sets of score masks holding the same scores keep the same weights: the same
+    mask, or masks keeping as many weights and differing only among scores of one value (a tie at
+    the threshold, which the unstable full sort breaks its own way). Returns how many matrices
+    had such a tie."""
+    _require(ours.keys() == full_sort.keys(), "the full-sort model masks other weights")
+    ties = 0
+    for name, mask in ours.items():
+        _require(torch.equal(mask.scores, full_sort[name].scores), f"{name}: the full-sort model starts from other scores")
+        kept, kept_by_full_sort = mask.kept(), full_sort[name].kept()
+        differing = mask.scores.detach()[kept != kept_by_full_sort]
+        _require(int(kept.sum()) == int(kept_by_full_sort.sum()) and differing.unique().numel() <= 1,
+                 f"{name}: full-sort and threshold-search binarisations keep different scores")
+        ties += differing.numel() > 0
+    return ties
 
 
 def _sparsity(masks) -> float:
@@ -195,8 +297,10 @@ def _ctc_loss(model, batch: Batch) -> torch.Tensor:
 
 def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
     """The Adam that fairseq's `optimizer: adam` runs on a CPU (fairseq.optim.adam.Adam, decoupled
-    weight decay, here 0), with the betas and eps of the wav2vec2 fine-tuning configs."""
-    return FairseqAdamImpl(model.parameters(), lr=lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0)
+    weight decay, here 0), with the betas and eps of the wav2vec2 fine-tuning configs, over the
+    parameters that require gradients, as fairseq's trainer gives it (frozen weights get no state)."""
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    return FairseqAdamImpl(trainable, lr=lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0)
 
 
 def train_step(model, optimizer: torch.optim.Optimizer, batch: Batch) -> float:
@@ -253,8 +357,12 @@ def _run(settings: StepBenchSettings, say) -> Dict[str, object]:
     for model in (one_language, switching):
         apply_language_masks(model, language_masks, prefix=W2V_PREFIX)
         select_language(model, LANGUAGES[0])
+    learned = learned_mask_model(size, unmasked.state_dict())
+    full_sort = learned_mask_model(size, unmasked.state_dict(), full_sort_of=learned)
+    result["full_sort_threshold_ties"] = check_binarisations_agree(score_masks(learned, W2V_PREFIX),
+                                                                   score_masks(full_sort, W2V_PREFIX))
     trained = {"no mask": unmasked, "fixed mask": masked, "dense mask": dense, "one language": one_language,
-               "switching languages": switching}
+               "switching languages": switching, "learned mask": learned, "learned mask, full sort": full_sort}
     result["prunable_weights"] = sum(mask.numel() for mask in masks.values())
     result["parameters"] = sum(p.numel() for p in unmasked.parameters())
     result["sparsity"] = _sparsity(masks)
@@ -281,23 +389,31 @@ def _run(settings: StepBenchSettings, say) -> Dict[str, object]:
     nonzero = pruned_nonzero(masked, masks) + pruned_nonzero(dense, masks)
     _require(nonzero == 0, f"{nonzero} pruned effective weights became nonzero during masked training")
     result["pruned_nonzero_after_training"] = nonzero
-    del optimizers, unmasked, dense, one_language, switching, trained
+    del optimizers, unmasked, dense, one_language, switching, full_sort, trained
 
     say(f"decoding: {settings.decode_warmup} warm-up + {settings.decode_steps} timed forward passes per model, interleaved ...")
     stock = rebuild_with_state(size, bake_state_dict(masked.state_dict()), stock=True)
     baked = rebuild_with_state(size, masked.state_dict())
     bake_module(baked)
-    decoded = {"stock export": stock, "baked": baked, "masked, not baked": masked}
+    stock_learned = rebuild_with_state(size, bake_state_dict(learned.state_dict()), stock=True)
+    decoded = {"stock export": stock, "baked": baked, "masked, not baked": masked,
+               "stock learned export": stock_learned, "learned mask": learned}
     for model in decoded.values():
         model.eval()
     _require(not any(".parametrizations." in key for key in baked.state_dict()), "bake_module left a parametrization")
     _require(baked.state_dict().keys() == stock.state_dict().keys(), "baked and stock models differ in their keys")
+    as_exported = decode_forward(stock_learned, batch)
+    stock_learned.get_submodule(W2V_PREFIX[:-1]).requires_grad_(False)  # as the learned-mask model's (docstring)
     outputs = {name: decode_forward(model, batch) for name, model in decoded.items()}
     _require(torch.equal(outputs["baked"], outputs["stock export"]), "baked and stock decoding outputs differ")
+    _require(torch.equal(outputs["learned mask"], outputs["stock learned export"]),
+             "learned-mask and stock (baked) decoding outputs differ")
     # Not bit for bit: ATen's matmul folds the (non-contiguous) attention input differently when the
     # weight does not require grad, as a weight computed under no_grad does; so only float rounding.
     difference = (outputs["masked, not baked"] - outputs["stock export"]).abs().max()
     result["masked_max_abs_difference"] = float(difference)
+    difference = (outputs["learned mask"] - as_exported).abs().max()
+    result["learned_unfrozen_export_max_abs_difference"] = float(difference)
     seconds = interleaved({name: (lambda model=model: decode_forward(model, batch))
                            for name, model in _phase_models(decoded, "decode").items()},
                           settings.decode_steps, settings.decode_warmup)
@@ -322,9 +438,16 @@ def format_step_report(result: Mapping[str, object]) -> str:
     optimized = result["optimized_values"]
     lines.append(f"values the optimizer updates (Adam keeps 2 more per value): {optimized['no mask']:,} without "
                  f"masks, {optimized['fixed mask']:,} with a fixed mask (only kept weights are stored), "
-                 f"{optimized['dense mask']:,} with a dense one")
+                 f"{optimized['dense mask']:,} with a dense one, {optimized['learned mask']:,} with learned masks "
+                 f"(scores and CTC head)")
     lines.append(f"pruned effective weights after masked training (fixed and dense): "
                  f"{result['pruned_nonzero_after_training']} nonzero; "
-                 f"baked and stock outputs identical (the run fails otherwise); "
-                 f"masked vs stock outputs: max |difference| {result['masked_max_abs_difference']:.2g}")
+                 f"baked and stock outputs identical, learned-mask and stock (baked) outputs identical "
+                 f"(the run fails otherwise); "
+                 f"masked vs stock outputs: max |difference| {result['masked_max_abs_difference']:.2g}; "
+                 f"learned-mask vs stock outputs with every weight requiring grad, as loaded: max |difference| "
+                 f"{result['learned_unfrozen_export_max_abs_difference']:.2g}")
+    lines.append(f"initial learned masks: full sort and threshold search agree (the run fails otherwise), "
+                 f"differing only among scores tied at the threshold in {result['full_sort_threshold_ties']} "
+                 f"matrices")
     return "\n".join(lines)

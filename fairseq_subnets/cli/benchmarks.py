@@ -75,14 +75,19 @@ def run_prune_bench(args) -> int:
 
 def _register_train_step(subparsers):
     parser = subparsers.add_parser(
-        "bench-train", help="time fixed-mask training and baked decoding against the same model without masks",
+        "bench-train", help="time masked and learned-mask training and decoding against the same model without masks",
         description="Builds a wav2vec2 CTC model (subnets_wav2vec_ctc; BASE-sized by default: 12 layers, width "
-        "768, FFN 3072) with random weights and, in one process with the two models taking turns, times "
+        "768, FFN 3072) with random weights and, in one process with the models taking turns, times "
         "(1) a training step (forward, CTC loss, backward, Adam) of the model without masks against the same "
-        "weights under a fixed global-L1 mask on every prunable encoder matrix (target: at most 1.10x), and "
-        "(2) a forward pass of the stock fairseq model holding the exported (baked) weights against the masked "
-        "model baked by bake_module (target: 1.00x within noise). Fails if a pruned weight becomes nonzero "
-        "during training or baked and stock outputs differ. About 2 minutes with the defaults on one core.",
+        "weights under a fixed global-L1 mask on every prunable encoder matrix (target: at most 1.10x), with "
+        "the active per-language mask switched every step against one language (at most 1.02x), and with "
+        "learned masks on the FFN (frozen weights, ORI scores, sparsity 0.1; at most 1.25x against training "
+        "every weight without masks), also against the same learned masks binarised by a full sort as "
+        "S3-Router's code does (below 1.00x), and (2) a forward pass of the stock fairseq model holding the "
+        "exported (baked) weights against the masked model baked by bake_module (target: 1.00x within noise) "
+        "and against the learned-mask model decoding with its cached mask (at most 1.02x). Fails if a pruned "
+        "weight becomes nonzero during training, the two binarisations keep different weights, or baked and "
+        "stock outputs differ. About 14 minutes with the defaults on a shared 2-core machine (load average 4).",
     )
     parser.add_argument("--quick", action="store_true", help="4 encoder layers instead of 12 (about a minute)")
     parser.add_argument("--layers", type=int, help="encoder layers (default: 12, or 4 with --quick)")

@@ -219,6 +219,17 @@ def _register_masks(subparsers):
     _add_format_options(complement_parser, csv_too=False)
     complement_parser.set_defaults(func=run_combine, operation="complement")
 
+    extract_parser = commands.add_parser(
+        "extract", help="write the masks a checkpoint holds (learned scores binarised) as a mask file",
+        description="Writes the masks a fine-tuned checkpoint holds as a mask file: learned scores (S3-Router) "
+        "binarised exactly as training and decoding binarise them, fixed masks, or one language's per-language "
+        "masks; several masks on one weight are combined. The mask tools and +model.mask_path then apply.")
+    extract_parser.add_argument("checkpoint", metavar="CKPT", help="fairseq checkpoint (.pt)")
+    extract_parser.add_argument("--language", help="the language whose masks to take, for per-language masks")
+    extract_parser.add_argument("--out", required=True, metavar="MASK", help="mask file to write")
+    _add_format_options(extract_parser, csv_too=False)
+    extract_parser.set_defaults(func=run_extract)
+
     ratio_parser = commands.add_parser("ratio", help="union ratio |m1 | ... | mn| / weights of several masks",
                                        description="Union ratio UR = |m1 | ... | mn| / number of weights (Yang Eq. 3).")
     ratio_parser.add_argument("masks", nargs="+", metavar="MASK")
@@ -290,6 +301,16 @@ def run_combine(args) -> int:
     with _writing(args.out):
         save_mask_file(args.out, result, metadata)
     return _report_written(args.out, result, args)
+
+
+def run_extract(args) -> int:
+    from ..plugin.prune import PruneError, extract_checkpoint_masks
+
+    try:
+        masks = extract_checkpoint_masks(args.checkpoint, args.out, args.language)
+    except PruneError as error:
+        raise UserError(str(error)) from None
+    return _report_written(args.out, masks, args)
 
 
 def run_ratio(args) -> int:

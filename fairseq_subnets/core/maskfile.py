@@ -39,6 +39,7 @@ from typing import Callable, ClassVar, Dict, List, Mapping, Sequence, Tuple, Uni
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.numpy import load as safetensors_numpy_load
 from safetensors.numpy import save as safetensors_bytes
 
 from ..atomic import write_atomically
@@ -316,9 +317,9 @@ def mask_set_digest(masks: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def save_mask_file(path: str, masks: Mapping[str, torch.Tensor], metadata: Mapping[str, object] = None) -> None:
-    """Writes `masks`, each in its smaller payload, with `metadata` (values stored as strings) to
-    `path`, atomically."""
+def mask_file_bytes(masks: Mapping[str, torch.Tensor], metadata: Mapping[str, object] = None) -> bytes:
+    """The bytes of a mask file holding `masks`, each in its smaller payload, with `metadata`
+    (values stored as strings): what `save_mask_file` writes, and what a bundle embeds."""
     names = list(masks)
     encoded = [_encoded(masks[name]) for name in names]
     header = {key: str(value) for key, value in (metadata or {}).items()}
@@ -332,7 +333,12 @@ def save_mask_file(path: str, masks: Mapping[str, torch.Tensor], metadata: Mappi
     tensor_name = FORMAT_VERSIONS[FORMAT_VERSION].tensor_name
     tensors = {tensor_name(name, stream): array
                for name, (payload, streams) in zip(names, encoded) for stream, array in zip(payload.streams, streams)}
-    write_atomically(path, safetensors_bytes(tensors, metadata=header))
+    return safetensors_bytes(tensors, metadata=header)
+
+
+def save_mask_file(path: str, masks: Mapping[str, torch.Tensor], metadata: Mapping[str, object] = None) -> None:
+    """Writes the mask file of `masks` and `metadata` to `path`, atomically."""
+    write_atomically(path, mask_file_bytes(masks, metadata))
 
 
 @dataclass
@@ -404,6 +410,25 @@ def _read_shapes(path: str, shapes_text) -> List[Tuple[str, Shape]]:
     return [(name, tuple(shape)) for name, shape in entries]
 
 
+class _BytesReader:
+    """The part of safetensors' file reader that `_read` uses, over the bytes of a file in memory
+    (a mask embedded in a bundle). The header is a little-endian u64 length, then JSON."""
+
+    def __init__(self, data: bytes):
+        length = int.from_bytes(data[:8], "little")
+        self._metadata = json.loads(data[8:8 + length]).get("__metadata__") or {}
+        self._tensors = safetensors_numpy_load(data)
+
+    def metadata(self):
+        return self._metadata
+
+    def keys(self):
+        return self._tensors.keys()
+
+    def get_tensor(self, name):
+        return self._tensors[name]
+
+
 def load_mask_file(path: str) -> MaskFile:
     """Reads and verifies a mask file (format, names, payloads, sizes, checksum, then what each
     payload decodes to); every problem raises MaskFileError naming the file."""
@@ -411,16 +436,33 @@ def load_mask_file(path: str) -> MaskFile:
         raise MaskFileError(f"{path}: no such mask file")
     try:
         with safe_open(path, framework="numpy") as reader:
-            metadata = dict(reader.metadata() or {})
-            version = _read_version(path, metadata)
-            layout = FORMAT_VERSIONS[version]
-            shapes = _read_shapes(path, metadata.get("shapes"))
-            payloads = layout.payloads(path, metadata, shapes)
-            tensor_names = [[layout.tensor_name(name, stream) for stream in payload.streams]
-                            for (name, _), payload in zip(shapes, payloads)]
-            if set(reader.keys()) != {tensor for names in tensor_names for tensor in names}:
-                raise _damaged(path, "tensor names disagree with 'shapes'")
-            streams = [[reader.get_tensor(tensor) for tensor in names] for names in tensor_names]
+            return _read(path, reader)
+    except (SafetensorError, OSError) as error:
+        raise MaskFileError(f"{path}: not a readable mask file, truncated or damaged ({error})") from None
+
+
+def read_mask_bytes(data: bytes, label: str) -> MaskFile:
+    """`load_mask_file` for a mask file's bytes held in memory; errors name `label`."""
+    try:
+        return _read(label, _BytesReader(bytes(data)))
+    except (SafetensorError, ValueError, TypeError) as error:
+        if isinstance(error, MaskFileError):
+            raise
+        raise MaskFileError(f"{label}: not a readable mask file, truncated or damaged ({error})") from None
+
+
+def _read(path: str, reader) -> MaskFile:
+    try:
+        metadata = dict(reader.metadata() or {})
+        version = _read_version(path, metadata)
+        layout = FORMAT_VERSIONS[version]
+        shapes = _read_shapes(path, metadata.get("shapes"))
+        payloads = layout.payloads(path, metadata, shapes)
+        tensor_names = [[layout.tensor_name(name, stream) for stream in payload.streams]
+                        for (name, _), payload in zip(shapes, payloads)]
+        if set(reader.keys()) != {tensor for names in tensor_names for tensor in names}:
+            raise _damaged(path, "tensor names disagree with 'shapes'")
+        streams = [[reader.get_tensor(tensor) for tensor in names] for names in tensor_names]
     except (SafetensorError, OSError, ValueError, TypeError) as error:
         if isinstance(error, MaskFileError):
             raise

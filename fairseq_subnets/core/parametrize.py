@@ -79,15 +79,22 @@ def apply_masks(root: nn.Module, masks: Mapping[str, torch.Tensor], prefix: str 
 
 
 def apply_score_masks(root: nn.Module, scores: Mapping[str, torch.Tensor], sparsity: float, prefix: str = "",
-                      name: str = DEFAULT_NAME) -> Dict[str, ScoreMask]:
+                      name: str = DEFAULT_NAME, scope: str = "matrix") -> Dict[str, ScoreMask]:
     """Adds a learnable score mask on each named weight; returns them by weight name (their
-    `scores` are the Parameters to train; freeze the weights yourself)."""
+    `scores` are the Parameters to train; freeze the weights yourself). With scope 'global', run
+    `GlobalTopK(returned).decide()` before each forward pass."""
     added = {}
     for weight_name, initial in scores.items():
         module = module_of(root, weight_name, prefix)
-        added[weight_name] = ScoreMask(initial.to(module.weight.device), sparsity)
+        added[weight_name] = ScoreMask(initial.to(module.weight.device), sparsity, scope)
         add_transform(module, name, added[weight_name])
     return added
+
+
+def score_masks(root: nn.Module, prefix: str = "") -> Dict[str, ScoreMask]:
+    """Every score mask under prefix, by weight name relative to it (in module order)."""
+    return {weight_name: transform for weight_name, _, stack in stacks(root, prefix)
+            for _, _, transform in stack.transforms() if isinstance(transform, ScoreMask)}
 
 
 def apply_language_masks(root: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]], prefix: str = "",

@@ -31,6 +31,7 @@ chosen per batch with `select_language`). Modules and transforms may also contri
 regularisation terms (`regularisation_term_names` / `regularisation_term`), which the
 `subnets_ctc` criterion adds to the loss.
 """
+import itertools
 import json
 from typing import ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
 
@@ -88,6 +89,12 @@ class WeightTransform(nn.Module):
 
     def regularisation_term_names(self) -> Tuple[str, ...]:
         return ()
+
+    def eval_token(self) -> Tuple:
+        """What the transform's output depends on besides the weight, for the stack's eval-mode
+        cache: its tensors' storage and in-place version (subclasses add Python state)."""
+        return tuple((tensor.data_ptr(), tensor._version)
+                     for tensor in itertools.chain(self.parameters(recurse=False), self.buffers(recurse=False)))
 
     def weight_shape(self) -> Optional[Tuple[int, ...]]:
         """The weight shape this transform was built for (None: fits any)."""
@@ -216,13 +223,13 @@ class DenseMask(_CachedFloatMask):
         self._refresh()
 
 
-class _TopKStraightThrough(torch.autograd.Function):
-    """0/1 mask keeping all but the n_pruned smallest scores; backward passes the gradient of the
-    mask to the scores unchanged (straight-through estimator)."""
+class _StraightThrough(torch.autograd.Function):
+    """The 0/1 mask in the scores' dtype; backward passes the gradient of the mask to the scores
+    unchanged (the straight-through estimator: dL/dscores = dL/dmask)."""
 
     @staticmethod
-    def forward(ctx, scores: torch.Tensor, n_pruned: int) -> torch.Tensor:
-        return binarise_scores(scores, n_pruned).to(scores.dtype)
+    def forward(ctx, scores: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+        return kept.to(scores.dtype)
 
     @staticmethod
     def backward(ctx, grad_mask: torch.Tensor):
@@ -235,46 +242,120 @@ def binarise_scores(scores: torch.Tensor, n_pruned: int) -> torch.Tensor:
     return prune_smallest({"scores": scores.detach()}, n_pruned)["scores"]
 
 
+SCORE_SCOPES = ("matrix", "global")
+"""Over what a score mask's top-k runs: each matrix alone (the S3-Router code) or all matrices of
+the model together (`GlobalTopK`)."""
+
+
 @register_transform_kind
 class ScoreMask(MaskTransform):
     """Learnable mask (S3-Router): a real-valued `scores` Parameter of the weight's shape,
-    binarised in every training forward pass by keeping its top (1 - sparsity) fraction, trained
-    through the straight-through estimator. Outside training (or under no_grad) the binary mask is
-    reused while the scores are unchanged, so decoding pays no top-k per forward pass. How scores
-    are initialised (RI, WMI, ORI) is the caller's choice: pass the initial values in."""
+    binarised by keeping all but the `n_pruned` smallest scores, trained through the
+    straight-through estimator.
+
+    In training mode the binary mask is recomputed at every forward pass, so the kept count is
+    exact whatever changed the scores: fairseq's optimizers update `p.data` in place, which bumps
+    no version counter, so no cache could tell. Outside training the mask is computed once and
+    reused until the module changes mode or loads state, so validation and decoding pay no top-k
+    per forward pass (call `refresh()` after editing scores by hand in eval mode).
+
+    With scope 'global' the model's `GlobalTopK` decides `n_pruned` of every member from all
+    scores together and hands each member its mask before the forward pass; `n_pruned` is then
+    that matrix's share, and `kept()` from it alone gives the same mask (same tie rule)."""
 
     kind = "score_mask"
 
-    def __init__(self, scores: torch.Tensor, sparsity: float):
+    def __init__(self, scores: torch.Tensor, sparsity: float, scope: str = "matrix"):
         super().__init__()
+        if scope not in SCORE_SCOPES:
+            raise TransformError(f"score mask scope {scope!r}: choose one of {', '.join(SCORE_SCOPES)}")
         self.scores = nn.Parameter(scores.detach().float().clone())
+        self.sparsity = float(sparsity)
+        self.scope = scope
         self.register_buffer("n_pruned", torch.tensor(pruned_count(sparsity, scores.numel())))
-        self._cached: Optional[Tuple[int, torch.Tensor]] = None
+        self._pruned = int(self.n_pruned)
+        self._kept: Optional[torch.Tensor] = None
+        self._given: Optional[torch.Tensor] = None
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            kept = self._given if self._given is not None else self.kept()
+            self._given = None
+        else:
+            if self._kept is None or self._kept.device != weight.device:
+                self._kept = self.kept().to(weight.device)
+            kept = self._kept
         if torch.is_grad_enabled() and self.scores.requires_grad:
-            return weight * _TopKStraightThrough.apply(self.scores, int(self.n_pruned)).to(weight.dtype)
-        version = self.scores._version
-        if self._cached is None or self._cached[0] != version or self._cached[1].device != weight.device:
-            self._cached = (version, self.kept().to(weight.device))
-        return weight * self._cached[1].to(weight.dtype)
+            return weight * _StraightThrough.apply(self.scores, kept).to(weight.dtype)
+        return weight * kept.to(weight.dtype)
 
     def kept(self) -> torch.Tensor:
-        return binarise_scores(self.scores, int(self.n_pruned))
+        return binarise_scores(self.scores, self._pruned)
+
+    def give(self, kept: torch.Tensor, n_pruned: int) -> None:
+        """Sets this matrix's pruned count and the mask of its next forward pass (in training) or
+        of every forward pass until the next refresh (outside it), decided by a global top-k over
+        several matrices."""
+        self.set_pruned_count(n_pruned)
+        if self.training:
+            self._given = kept
+        else:
+            self._kept = kept
+
+    def set_pruned_count(self, n_pruned: int) -> None:
+        if n_pruned != self._pruned:
+            self.n_pruned.fill_(n_pruned)
+            self._pruned = n_pruned
+        self.refresh()
+
+    def refresh(self) -> None:
+        self._kept = None
+
+    def train(self, mode: bool = True):
+        self.refresh()
+        return super().train(mode)
 
     def weight_shape(self):
         return tuple(self.scores.shape)
 
     def options(self):
-        return {"sparsity": int(self.n_pruned) / self.scores.numel()}
+        return {"sparsity": self.sparsity, "scope": self.scope}
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
-        self._cached = None
+        self._pruned = int(self.n_pruned)
+        self._given = None
+        self.refresh()
 
     @classmethod
     def placeholder(cls, shape, options):
-        return cls(torch.zeros(shape), float(options.get("sparsity", 0.0)))
+        return cls(torch.zeros(shape), float(options.get("sparsity", 0.0)), str(options.get("scope", "matrix")))
+
+
+class GlobalTopK:
+    """Exact top-k over the scores of several score masks together (scope 'global'). `decide()`,
+    called before each forward pass of the model that owns the members, chooses every member's mask
+    from all scores at once (`prune_smallest`: exactly the members' total pruned count; ties by
+    member order, then position). It holds no state: the members' `n_pruned` buffers carry the
+    allocation into checkpoints. Outside training it decides only while some member has no cached
+    mask (after a mode change or a state load)."""
+
+    def __init__(self, members: Mapping[str, ScoreMask]):
+        if not members:
+            raise TransformError("a global top-k needs at least one score mask")
+        self.members = dict(members)
+
+    def decide(self, total: Optional[int] = None) -> None:
+        """`total`: prune this many in all (once, when the masks are new: round(sparsity x all
+        weights), which the members' own rounded counts need not sum to); default: as many as the
+        members prune now."""
+        members = self.members.values()
+        if total is None and not any(m.training for m in members) and all(m._kept is not None for m in members):
+            return
+        total = sum(member._pruned for member in members) if total is None else total
+        kept = prune_smallest({name: member.scores.detach() for name, member in self.members.items()}, total)
+        for name, member in self.members.items():
+            member.give(kept[name], member.scores.numel() - int(kept[name].sum()))
 
 
 @register_transform_kind
@@ -328,6 +409,9 @@ class LanguageMasks(MaskTransform):
         super()._load_from_state_dict(*args, **kwargs)
         self._multiplier = None
 
+    def eval_token(self):
+        return super().eval_token() + (self.active,)
+
     def options(self):
         return {"languages": list(self.languages)}
 
@@ -360,6 +444,7 @@ class WeightStack(nn.Module):
         self.order: List[Tuple[str, str]] = []
         self._applied: Tuple[Tuple[str, str, WeightTransform], ...] = ()
         object.__setattr__(self, "_fixed", None)
+        self._eval_cache: Optional[Tuple[Tuple, torch.Tensor]] = None
 
     def _reorder(self) -> None:
         """Derives the application order and the fixed mask once per change of the stack, so the
@@ -368,6 +453,7 @@ class WeightStack(nn.Module):
         self._applied = tuple(entry for stage in (ADAPT, MASK) for entry in entries if entry[2].stage == stage)
         # A plain attribute, not a submodule: the mask is already the child `<kind>.<name>`.
         object.__setattr__(self, "_fixed", next((t for kind, _, t in self._applied if kind == FixedMask.kind), None))
+        self._eval_cache = None
 
     def transforms(self) -> Iterator[Tuple[str, str, WeightTransform]]:
         """(kind, name, transform) in application order: adaptations, then masks."""
@@ -398,6 +484,22 @@ class WeightStack(nn.Module):
         return transform
 
     def forward(self, original: torch.Tensor) -> torch.Tensor:
+        """The effective weight. In eval mode without gradients (validation, decoding) it is kept
+        and returned again while the stored weight and every transform's state are unchanged, so a
+        transformed model decodes at the cost of a baked one; changing mode drops it (optimizers
+        may update `.data`, which no version counter sees)."""
+        if self.training or torch.is_grad_enabled():
+            return self._effective(original)
+        key = (original.data_ptr(), original._version, tuple(t.eval_token() for _, _, t in self._applied))
+        if self._eval_cache is None or self._eval_cache[0] != key:
+            self._eval_cache = (key, self._effective(original))
+        return self._eval_cache[1]
+
+    def train(self, mode: bool = True):
+        self._eval_cache = None
+        return super().train(mode)
+
+    def _effective(self, original: torch.Tensor) -> torch.Tensor:
         fixed = self._fixed
         weight = fixed.expand(original) if fixed is not None and original.dim() == 1 else original
         adapted = False

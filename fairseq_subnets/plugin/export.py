@@ -20,6 +20,7 @@ from fairseq.tasks import TASK_DATACLASS_REGISTRY
 from ..atomic import check_writable, write_atomically
 from ..core.maskfile import MaskFile, MaskFileError, load_mask_file
 from ..core.parametrize import bake_state_dict
+from .bundles import expand_bundle_masks
 from .checkpoints import load_fairseq_checkpoint
 from .language_heads import single_language_state
 
@@ -78,7 +79,7 @@ def export_plain_checkpoint(checkpoint_path, out_path, mask_path=None, language=
     state = load_fairseq_checkpoint(checkpoint_path)
     mask_file = load_mask_file(mask_path) if mask_path else None
     cfg = dict(state.get("cfg") or {})
-    model_state = state["model"]
+    model_state = expand_bundle_masks(state["model"])
     if language is not None:
         model_state, cfg["model"] = single_language_state(model_state, cfg.get("model") or {}, language)
         cfg["task"] = single_language_task(cfg.get("task") or {}, language)

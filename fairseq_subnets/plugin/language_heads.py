@@ -15,12 +15,27 @@ from omegaconf import OmegaConf, open_dict
 from torch import nn
 
 from ..core.transforms import select_language as select_language_masks
+from .errors import PluginInputError
 from .multilingual_data import LANGUAGE_KEY
 
 HEADS_PREFIX = "language_heads."
 STOCK_OUTPUT_LAYER_PREFIX = "w2v_encoder.proj."
 MULTILINGUAL_MODEL_KEYS = ("languages", "language_output_layers", "language_output_sizes")
 """The model config keys this module records; a single-language model has them unset."""
+
+
+def parse_language_entries(entries, separator: str, where: str, form: str):
+    """[LANGUAGE<separator>VALUE, ...] -> {language: value}, refusing malformed and repeated
+    entries with a PluginInputError naming `where` (a config key or a command) and the `form`."""
+    values = {}
+    for entry in entries:
+        language, found, value = str(entry).partition(separator)
+        if not found or not language or not value:
+            raise PluginInputError(f"{where} entry {entry!r}: expected {form}")
+        if language in values:
+            raise PluginInputError(f"{where} names language {language!r} twice")
+        values[language] = value
+    return values
 
 
 class UnknownLanguageError(ValueError):

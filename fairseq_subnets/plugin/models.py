@@ -35,9 +35,11 @@ from ..core.parametrize import (
 )
 from ..core.targets import TargetSelection, num_encoder_layers, parse_weight_name
 from ..core.transforms import build_from_plan, parse_plan, transform_plan
+from .bundles import expand_bundle_masks
 from .checkpoint_kinds import FINE_TUNED, PRETRAINING, read_checkpoint_of_kind
 from .errors import PluginInputError
-from .language_heads import LanguageHeadsMixin
+from .language_heads import LanguageHeadsMixin, parse_language_entries
+from .learned_masks import LearnedMaskConfig, LearnedMasksMixin, check_learned_mask_config
 from .tasks import SubnetsAudioFinetuningTask
 from .time_masking import install_seeded_masking
 
@@ -58,7 +60,7 @@ class UpstreamCheckpointError(PluginInputError):
 
 
 @dataclass
-class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig):
+class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig, LearnedMaskConfig):
     mask_path: Optional[str] = field(
         default=None,
         metadata={"help": "mask file (from `fairseq-subnets prune`) fixed on the encoder weights"},
@@ -120,9 +122,10 @@ class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig):
 
 
 @register_model("subnets_wav2vec_ctc", dataclass=SubnetsWav2Vec2CtcConfig)
-class SubnetsWav2VecCtc(LanguageHeadsMixin, Wav2VecCtc):
+class SubnetsWav2VecCtc(LearnedMasksMixin, LanguageHeadsMixin, Wav2VecCtc):
     @classmethod
     def build_model(cls, cfg, task):
+        check_learned_mask_config(cfg)
         upstream = read_checkpoint_of_kind(
             cfg.init_from, FINE_TUNED, "model.init_from",
             "a pretraining checkpoint goes in model.w2v_path") if cfg.init_from else None
@@ -144,6 +147,7 @@ class SubnetsWav2VecCtc(LanguageHeadsMixin, Wav2VecCtc):
                 raise MaskFileError(f"model.mask_path: {error}") from None
         if cfg.language_mask_files:
             model.apply_language_mask_files(cfg.language_mask_files)
+        model.add_learned_masks(cfg, W2V_PREFIX)
         model.record_transform_plan(cfg)
         if cfg.freeze_encoder_epochs and not isinstance(task, SubnetsAudioFinetuningTask):
             raise PluginInputError(
@@ -152,6 +156,8 @@ class SubnetsWav2VecCtc(LanguageHeadsMixin, Wav2VecCtc):
             )
         model.freeze_encoder_epochs = cfg.freeze_encoder_epochs
         model.configured_freeze_updates = cfg.freeze_finetune_updates
+        if model.prepare_learned_masks(cfg, W2V_PREFIX):  # the scores need gradients from update 0
+            model.configured_freeze_updates = model.w2v_encoder.freeze_finetune_updates = 0
         model.seeded_masking = install_seeded_masking(model.w2v_encoder.w2v_model)
         return model
 
@@ -201,7 +207,7 @@ class SubnetsWav2VecCtc(LanguageHeadsMixin, Wav2VecCtc):
     def apply_language_mask_files(self, entries):
         """One mask per language on the same shared weights (core LanguageMasks): every model
         language needs one, since each batch selects its language's mask."""
-        files = parse_language_mask_files(entries)
+        files = parse_language_entries(entries, ":", "model.language_mask_files", "LANGUAGE:PATH")
         if not self.languages:
             raise PluginInputError("model.language_mask_files needs task._name=subnets_multilingual_finetuning, "
                                    "which tells the model each batch's language")
@@ -251,22 +257,10 @@ class SubnetsWav2VecCtc(LanguageHeadsMixin, Wav2VecCtc):
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Takes the fixed masks a checkpoint holds, also when this model was built with other ones
         or, for checkpoints older than transform plans, with none (kept-only storage is sized by
-        its mask, so the mask must match first); 0.2 key names are upgraded."""
-        state_dict = prepare_for_state(self, state_dict, prefix=W2V_PREFIX)
+        its mask, so the mask must match first); 0.2 key names are upgraded; a bundle's embedded
+        mask files are decoded (plugin.bundles)."""
+        state_dict = prepare_for_state(self, expand_bundle_masks(state_dict), prefix=W2V_PREFIX)
         return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
-
-
-def parse_language_mask_files(entries):
-    """[LANGUAGE:PATH, ...] -> {language: path}, refusing malformed and repeated entries."""
-    files = {}
-    for entry in entries:
-        language, separator, path = str(entry).partition(":")
-        if not separator or not language or not path:
-            raise PluginInputError(f"model.language_mask_files entry {entry!r}: expected LANGUAGE:PATH")
-        if language in files:
-            raise PluginInputError(f"model.language_mask_files names language {language!r} twice")
-        files[language] = path
-    return files
 
 
 def upstream_encoder_config(upstream, path):

@@ -4,9 +4,10 @@ import os
 
 from ..atomic import cannot_write_message, check_writable
 from ..core.maskfile import checkpoint_fingerprint, save_mask_file
-from ..core.parametrize import bake_state_dict
+from ..core.parametrize import bake_state_dict, masks_from_state_dict
 from ..core.pruning import compute_masks, parse_block, pruned_count
 from ..core.targets import TargetSelection, select_weights
+from .bundles import expand_bundle_masks
 from .checkpoints import CheckpointLoadError, load_fairseq_checkpoint
 
 SCOPES = {"global-l1": "global", "layer-l1": "per-matrix", "block-l2": "per-matrix", "random": "per-matrix"}
@@ -50,6 +51,32 @@ def prune_checkpoint(checkpoint, out, method, sparsity, targets="all", layers="a
         "targets": selection.targets_text(), "layers": selection.layers_text(),
         "source": os.path.basename(checkpoint), "source_fingerprint": checkpoint_fingerprint(checkpoint),
     }
+    try:
+        save_mask_file(out, masks, metadata)
+    except OSError as error:
+        raise PruneError(cannot_write_message(out, error)) from None
+    return masks
+
+
+def extract_checkpoint_masks(checkpoint, out, language=None):
+    """Writes the masks a checkpoint holds (learned scores binarised, fixed masks, `language`'s
+    per-language masks; all masks of a weight combined) as the mask file `out`, atomically, so the
+    mask tools (stats, iou, similarity, correlate) and `+model.mask_path` take them; returns them."""
+    try:
+        check_writable(out)
+    except OSError as error:
+        raise PruneError(cannot_write_message(out, error)) from None
+    state = checkpoint_model_state(checkpoint)
+    try:
+        masks = masks_from_state_dict(expand_bundle_masks(state), language=language)
+    except ValueError as error:  # TransformError, BundleError (a damaged embedded mask)
+        raise PruneError(f"{checkpoint}: {error}") from None
+    if not masks:
+        raise PruneError(f"{checkpoint}: holds no masks (no learned scores, fixed or per-language masks)")
+    kept = sum(int(mask.sum()) for mask in masks.values())
+    weights = sum(mask.numel() for mask in masks.values())
+    metadata = {"method": "extracted", "sparsity": 1 - kept / weights, "language": language or "",
+                "source": os.path.basename(checkpoint), "source_fingerprint": checkpoint_fingerprint(checkpoint)}
     try:
         save_mask_file(out, masks, metadata)
     except OSError as error:

@@ -1,0 +1,176 @@
+"""Learned masks on frozen weights (S3-Router, Fu et al. 2022) on `subnets_wav2vec_ctc`.
+
+`+model.score_sparsity=S` gives every selected encoder matrix (`score_targets` x `score_layers`,
+FFN of every layer by default) a trainable score tensor (core `ScoreMask`), initialised by
+`score_init` (core.scores) from the weights the model starts from, and freezes the whole wav2vec2
+model except the scores: the pretrained weights stay bit-identical and what trains is the scores
+and the CTC head (plus biases and layer norms when asked). The top-k runs per matrix, as in the
+paper's code, or over all selected matrices together (`score_scope=global`).
+
+A model rebuilt from a checkpoint (fairseq-generate, export) already holds its score masks from
+the transform plan; the checkpoint then fills them, so no initialisation runs. A resumed run is
+built from the training config, initialises as the first run did (fairseq seeds first) and then
+loads the checkpoint's scores.
+
+fairseq's `freeze_finetune_updates` runs the encoder under `no_grad`, which would stop the scores
+from learning while the run looks healthy. Under learned masks the pretrained weights are frozen
+anyway, so the encoder runs with gradients from the first update and the setting has nothing left
+to freeze; with trainable biases or layer norms it would be ambiguous and is refused, as is
+`freeze_encoder_epochs`.
+"""
+import logging
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from ..core.parametrize import apply_score_masks, score_masks
+from ..core.pruning import pruned_count
+from ..core.scores import SCORE_INITS, initial_scores
+from ..core.targets import TargetSelection, num_encoder_layers
+from ..core.transforms import SCORE_SCOPES, GlobalTopK, base_weight, module_of
+from .errors import PluginInputError
+
+logger = logging.getLogger(__name__)
+
+SCORE_SELECTION_KEYS = ("model.score_targets", "model.score_layers")
+LEARNED_MASK_NAME = "learned"
+"""The transform name of the score masks the config adds (state keys `...score_mask.learned.*`)."""
+
+
+@dataclass
+class LearnedMaskConfig:
+    score_sparsity: Optional[float] = field(
+        default=None,
+        metadata={"help": "learned masks on frozen weights (S3-Router): the fraction of each selected matrix's "
+                  "weights removed, strictly between 0 and 1 (0.02-0.10 to fine-tune, 0.5-0.9 to prune). The "
+                  "S3-Router code's prune_rate is the fraction kept: its prune_rate=0.9 is score_sparsity=0.1. "
+                  "Unset: no learned masks"},
+    )
+    score_init: str = field(
+        default="ori",
+        metadata={"help": "initial scores: ori (random values in the order of |W|), wmi (|W|), ri (random)"},
+    )
+    score_targets: str = field(
+        default="ffn", metadata={"help": "module kinds with learned masks: q,k,v,out,fc1,fc2 or attn, ffn, all"},
+    )
+    score_layers: str = field(
+        default="all", metadata={"help": "encoder layers with learned masks, e.g. 0-5 or 0,3,5 (default: all)"},
+    )
+    score_scope: str = field(
+        default="matrix",
+        metadata={"help": "top-k per matrix (each matrix loses exactly score_sparsity of its weights, as in the "
+                  "S3-Router code) or global (over all selected matrices together)"},
+    )
+    freeze_backbone: bool = field(
+        default=False,
+        metadata={"help": "freeze every wav2vec2 weight (learned masks do so anyway; bundles record it, so a "
+                  "language decodes from a bundle with the very kernels its own run used)"},
+    )
+    score_train_biases: bool = field(
+        default=False, metadata={"help": "with learned masks: also train the wav2vec2 model's biases"},
+    )
+    score_train_layer_norms: bool = field(
+        default=False, metadata={"help": "with learned masks: also train the wav2vec2 model's layer norms"},
+    )
+
+
+class LearnedMasksMixin:
+    """Adds, freezes and drives the learned masks of a `subnets_wav2vec_ctc` model."""
+
+    def add_learned_masks(self, cfg, w2v_prefix: str) -> None:
+        """Adds score masks from the config unless the model holds some already (rebuilt from a
+        checkpoint's transform plan). `check_learned_mask_config` has checked the config."""
+        if cfg.score_sparsity is None or score_masks(self, w2v_prefix):
+            return
+        selection = TargetSelection.parse(cfg.score_targets, cfg.score_layers, keys=SCORE_SELECTION_KEYS)
+        try:  # a layer group beyond the model
+            names = selection.names(num_encoder_layers(self.encoder_weight_shapes()))
+        except ValueError as error:  # its message starts with the key
+            raise PluginInputError(str(error)) from None
+        scores = {name: initial_scores(base_weight(module_of(self, name, w2v_prefix)), cfg.score_init)
+                  for name in names}
+        added = apply_score_masks(self, scores, cfg.score_sparsity, prefix=w2v_prefix, name=LEARNED_MASK_NAME,
+                                  scope=cfg.score_scope)
+        if cfg.score_scope == "global":
+            GlobalTopK(added).decide(total=pruned_count(cfg.score_sparsity, sum(s.numel() for s in scores.values())))
+        logger.info("learned masks (%s init, %s top-k) on %d matrices at sparsity %g", cfg.score_init,
+                    cfg.score_scope, len(scores), cfg.score_sparsity)
+
+    def prepare_learned_masks(self, cfg, w2v_prefix: str) -> bool:
+        """Freezes the wav2vec2 model around its score masks (or wholly, with `freeze_backbone`)
+        and sets up the global top-k; returns whether the model has learned masks (from the config
+        or its transform plan). Frozen weights also matter outside training: torch's attention
+        takes another kernel when no weight requires a gradient, which changes float rounding."""
+        masks = score_masks(self, w2v_prefix)
+        self.global_top_k = None
+        if not masks and not cfg.freeze_backbone:
+            return False
+        w2v_model = self.get_submodule(w2v_prefix[:-1])
+        layer_norm_parameters = {id(p) for m in w2v_model.modules() if isinstance(m, torch.nn.LayerNorm)
+                                 for p in m.parameters(recurse=False)}
+        for name, parameter in w2v_model.named_parameters():
+            parameter.requires_grad_(name.endswith(".scores")
+                                     or (cfg.score_train_biases and name.endswith(".bias"))
+                                     or (cfg.score_train_layer_norms and id(parameter) in layer_norm_parameters))
+        global_members = {name: mask for name, mask in masks.items() if mask.scope == "global"}
+        if global_members:
+            self.global_top_k = GlobalTopK(global_members)
+            self.register_forward_pre_hook(decide_global_top_k)
+        return bool(masks)
+
+
+    def state_dict(self, *args, **kwargs):
+        """Decides the global top-k first, so that each matrix's stored pruned count belongs to the
+        stored scores (tools that read a bare state dict, such as export, use them alone)."""
+        if getattr(self, "global_top_k", None) is not None:
+            self.global_top_k.decide()
+        return super().state_dict(*args, **kwargs)
+
+
+def decide_global_top_k(model, args):
+    """Forward pre-hook: the global top-k chooses every member's mask before the forward pass."""
+    model.global_top_k.decide()
+
+
+def check_learned_mask_config(cfg) -> None:
+    """Refuses bad learned-mask settings before any checkpoint is read."""
+    sparsity = cfg.score_sparsity
+    if sparsity is None:
+        return
+    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 < sparsity < 1:
+        raise PluginInputError(
+            f"model.score_sparsity={sparsity}: the fraction of weights removed must lie strictly between 0 and 1 "
+            "(the S3-Router code's prune_rate is the fraction kept: prune_rate=0.9 is score_sparsity=0.1)")
+    for key, value, choices in (("score_init", cfg.score_init, SCORE_INITS),
+                                ("score_scope", cfg.score_scope, SCORE_SCOPES)):
+        if value not in choices:  # checked here, not by an enum, so that the error is one line
+            raise PluginInputError(f"model.{key}={value}: choose one of {', '.join(choices)}")
+    try:
+        TargetSelection.parse(cfg.score_targets, cfg.score_layers, keys=SCORE_SELECTION_KEYS)
+    except ValueError as error:  # its message starts with the key
+        raise PluginInputError(str(error)) from None
+    for key in ("mask_path", "language_mask_files"):
+        if cfg.get(key):
+            raise PluginInputError(f"model.score_sparsity with model.{key}: learned masks and fixed masks on one "
+                                   "model are not supported; bake the fixed masks into a checkpoint first "
+                                   "(fairseq-subnets export) and start from it with model.init_from")
+    check_freezing(cfg)
+
+
+def check_freezing(cfg) -> None:
+    """The encoder must run with gradients, or the scores learn nothing (see the module docstring)."""
+    if cfg.freeze_encoder_epochs:
+        raise PluginInputError(
+            f"model.freeze_encoder_epochs={cfg.freeze_encoder_epochs} with learned masks: a frozen epoch runs the "
+            "encoder without gradients, so the scores would not learn in it; the pretrained weights are frozen "
+            "anyway under learned masks: set it to 0")
+    if cfg.freeze_finetune_updates and (cfg.score_train_biases or cfg.score_train_layer_norms):
+        raise PluginInputError(
+            f"model.freeze_finetune_updates={cfg.freeze_finetune_updates} with learned masks and trainable biases "
+            "or layer norms: fairseq's freeze runs the encoder without gradients, which would also stop the scores; "
+            "set model.freeze_finetune_updates=0 (or train only the scores)")
+    if cfg.freeze_finetune_updates:
+        logger.info("model.freeze_finetune_updates=%d: under learned masks the pretrained weights are frozen "
+                    "throughout, so the encoder runs with gradients from update 0 and the scores learn",
+                    cfg.freeze_finetune_updates)
