@@ -171,12 +171,17 @@ class DecodeResult:
     results_file: Path
 
 
-def generate(data_dir, checkpoint, subset, results_dir, char_level=True, extra_args=(), threads=None):
-    """Decodes `subset` of `data_dir` with stock `fairseq-generate` and scores it."""
+SINGLE_LANGUAGE_TASK = ("--task", "subnets_audio_finetuning")
+
+
+def generate(data_dir, checkpoint, subset, results_dir, char_level=True, extra_args=(), threads=None,
+             task_args=SINGLE_LANGUAGE_TASK):
+    """Decodes `subset` of `data_dir` with stock `fairseq-generate` and scores it (`task_args`: the
+    task and its options, e.g. the multilingual task with `--decode-language`)."""
     results_dir = Path(results_dir)
     command = [
         fairseq_command("fairseq-generate"), os.path.abspath(data_dir),
-        "--user-dir", USER_DIR, "--task", "subnets_audio_finetuning", "--labels", "ltr",
+        "--user-dir", USER_DIR, *task_args, "--labels", "ltr",
         "--path", os.path.abspath(checkpoint), "--gen-subset", subset,
         "--cpu", "--max-tokens", str(DECODE_MAX_TOKENS), "--required-batch-size-multiple", "1",
         "--post-process", "letter", "--scoring", "wer", "--results-path", results_dir,

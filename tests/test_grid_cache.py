@@ -40,7 +40,7 @@ class FakeFairseq:
         log_path.write_text("done training\n")
         return "done training"
 
-    def generate(self, data_dir, checkpoint, subset, results_dir, threads=None):
+    def generate(self, data_dir, checkpoint, subset, results_dir, threads=None, task_args=()):
         self.decoded.append(results_dir.parent.name)
         return SimpleNamespace(cer=10.0, wer=20.0, hypotheses=3)
 

@@ -230,3 +230,25 @@ def test_bad_bundle_commands_fail_with_one_line_and_write_nothing(arguments, mes
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"fairseq-subnets bundle: error: {message.format(tmp=tmp_path)}"), line
     assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("name, lr, max_update, max_tokens", [
+    ("learned_masks_tiny", 0.001, 600, 400000), ("learned_masks_xlsr_300m", 0.00005, 12000, 1280000)])
+def test_shipped_learned_mask_configs_are_their_base_config_plus_the_learned_mask_settings(
+        name, lr, max_update, max_tokens):
+    """Composed as fairseq-hydra-train composes them; the XLS-R one follows Fu et al. Sec. 4.1
+    (Adam at 5e-5, tri-stage, 12k updates, no encoder freeze)."""
+    from fairseq.dataclass.initialize import hydra_init
+    from hydra import compose, initialize_config_dir
+
+    from fairseq_subnets import USER_DIR
+
+    hydra_init(name)
+    with initialize_config_dir(config_dir=f"{USER_DIR}/config/finetune", version_base="1.1"):
+        cfg = compose(config_name=name)
+    assert cfg.model._name == "subnets_wav2vec_ctc" and cfg.model.score_sparsity == 0.1
+    assert (cfg.model.score_init, cfg.model.score_targets, cfg.model.score_scope) == ("ori", "ffn", "matrix")
+    assert cfg.model.freeze_finetune_updates == 0
+    assert list(cfg.optimization.lr) == [lr] and cfg.optimization.max_update == max_update
+    assert cfg.optimizer._name == "adam" and cfg.lr_scheduler._name == "tri_stage"
+    assert cfg.dataset.max_tokens == max_tokens and cfg.task._name == "subnets_audio_finetuning"

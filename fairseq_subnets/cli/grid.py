@@ -16,12 +16,14 @@ def register(subparsers):
     parser = subparsers.add_parser(
         "grid",
         help="run an experiment grid's cells (fine-tuning, pruning, decoding); resumable",
-        description="Runs every cell of GRID (for Storey et al. 2025: upstream fine-tuning per language, "
-        "pruning, downstream fine-tuning with a fixed mask, fairseq-generate on the test set) and writes "
-        "OUT/results.csv, OUT/results.json and OUT/iou.csv. Interrupted? Run the same command again: finished "
+        description="Runs every cell of GRID, for the method its `method:` key names (storey2025, the default: "
+        "upstream fine-tuning per language, pruning, downstream fine-tuning with a fixed mask; fu2022: weight "
+        "fine-tuning, learned masks, S3-Router-P against global L1, a bundle, mask similarity; every model "
+        "decoded with fairseq-generate) and writes OUT/results.csv, OUT/results.json and the method's other "
+        "results files. Interrupted? Run the same command again: finished "
         "cells are skipped and unfinished ones resume from their last checkpoint; a cell whose settings, "
         "input files or upstream cells changed is run anew. Then: fairseq-subnets report OUT.",
-        epilog="grid file keys: see examples/storey2025/grid.yaml",
+        epilog="grid file keys: see examples/storey2025/grid.yaml and examples/fu2022/grid.yaml",
     )
     parser.add_argument("grid", type=Path, metavar="GRID", help="grid yaml file")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<grid name>)")
@@ -79,6 +81,6 @@ def run(args):
             results = runner.run()
         except (CellFailed, CellError) as error:
             raise UserError(f"{error}\n(finished cells are kept; fix the cause and run the same command again)") from None
-    print(f"results: {results} ({len(runner.results)} of {len(runner.cells)} cells finished); iou: {out / 'iou.csv'}")
+    print(f"results: {results} ({len(runner.results)} of {len(runner.cells)} cells finished)")
     print(f"views: fairseq-subnets report {out} --out {out / 'report'}")
     return 0

@@ -12,12 +12,14 @@ from .main import UserError
 def register(subparsers):
     parser = subparsers.add_parser(
         "report",
-        help="tables (Markdown, CSV) and figures (PNG) of a grid's results.csv and iou.csv, plus report.md",
-        description="Reads a grid's results.csv (and iou.csv beside it, when present) and writes into DIR "
-        "the views of Storey et al. (2025): CER per upstream subnetwork, sparsity and downstream language "
+        help="tables (Markdown, CSV) and figures (PNG) of a grid's results, plus report.md",
+        description="Reads a grid's results.csv (and the method's other results files beside it, when present) "
+        "and writes into DIR the views of the method that wrote it. Storey et al. (2025): CER per upstream subnetwork, sparsity and downstream language "
         "with one CER-vs-sparsity plot per upstream model, mean CER per subnetwork and per downstream "
         "language over the non-matching languages, exchanged, union and control masks, the upstream "
-        "models, and IOU heatmaps; report.md shows them all. Cells without a CER are shown as missing, "
+        "models, and IOU heatmaps. Fu et al. (2022): CER of S3-Router against weight fine-tuning by sparsity, "
+        "score initialisations, masked modules, S3-Router-P against global L1, bundle storage, mask similarity "
+        "heatmaps and its scatter against the language similarities. report.md shows them all. Cells without a CER are shown as missing, "
         "never as zero; views without data are skipped and named in report.md.",
     )
     parser.add_argument("results", metavar="RESULTS", type=Path,

@@ -6,7 +6,8 @@
   bookkeeping and failure logs;
 - `executors.py`: local threads (`--jobs N`, the default), or submitit on this machine or Slurm;
 - `results.py`: results.csv / results.json, written atomically;
-- `report.py`: tables, Markdown/CSV writers, line plots, heatmaps and report.md for a method's views.
+- `report.py`: tables, Markdown/CSV writers, line plots, heatmaps, scatter plots and report.md for a
+  method's views.
 
 The engine knows nothing of languages, sparsities or masks; see fairseq_subnets/methods/README.md.
 """

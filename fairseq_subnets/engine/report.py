@@ -1,9 +1,10 @@
 """Method-neutral report building blocks: reading a results CSV with errors that name file, line and
 column; measures that know how many of their parts are present; tables written as Markdown and CSV;
-line plots and heatmaps as PNG; and a `report.md` that shows a method's views in order.
+line plots, heatmaps and scatter plots as PNG; and a `report.md` that shows a method's views in order.
 
 Missing values are shown as missing (`–` in Markdown, an empty CSV field, a gap in a line plot, a
-grey "n/a" heatmap cell), never as zero, and a mean over fewer parts than expected says so.
+grey "n/a" heatmap cell, a scatter point left out and counted), never as zero, and a mean over
+fewer parts than expected says so.
 
 Pure Python and matplotlib (its object API, which draws headless without pyplot's global state);
 no torch or fairseq, so reporting works anywhere the results files are.
@@ -248,6 +249,39 @@ class Heatmap:
         axes.set_ylabel(self.axis_label)
 
 
+@dataclass
+class ScatterPlot:
+    """Points per label, one colour per label, each point annotated with its text (e.g. the pair it
+    stands for); a point missing a coordinate is left out, and the title says how many were."""
+    name: str
+    title: str
+    legend_title: str
+    series: Dict[str, List[Tuple[Optional[float], Optional[float], str]]]
+    colours: Dict[str, str]
+    x_label: str
+    y_label: str
+
+    def draw(self, figure: Figure) -> None:
+        axes = figure.subplots()
+        left_out = 0
+        for label, points in self.series.items():
+            present = [(x, y, text) for x, y, text in points if x is not None and y is not None]
+            left_out += len(points) - len(present)
+            if not present:
+                continue
+            axes.scatter([x for x, _, _ in present], [y for _, y, _ in present], color=self.colours[label],
+                         label=label)
+            for x, y, text in present:
+                axes.annotate(text, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        title = f"{self.title}\n({left_out} points without a value left out)" if left_out else self.title
+        if any(x is not None and y is not None for points in self.series.values() for x, y, _ in points):
+            axes.legend(title=self.legend_title)
+        axes.set_title(title)
+        axes.set_xlabel(self.x_label)
+        axes.set_ylabel(self.y_label)
+        axes.grid(True, alpha=0.3)
+
+
 # ----------------------------------------------------------------------------------------- output
 
 
@@ -255,7 +289,7 @@ class Heatmap:
 class View:
     """One part of a report: tables and plots in display order, or why it was skipped."""
     title: str
-    items: List[Union[Table, LinePlot, Heatmap]] = field(default_factory=list)
+    items: List[Union[Table, LinePlot, Heatmap, ScatterPlot]] = field(default_factory=list)
     skipped: str = ""
 
 
@@ -272,8 +306,8 @@ def write_table(out_dir: Path, table: Table, legend: str) -> List[Path]:
     return [markdown, comma_separated]
 
 
-def write_plot(out_dir: Path, plot: Union[LinePlot, Heatmap]) -> Path:
-    size = (7, 4.5) if isinstance(plot, LinePlot) else (1.3 * len(plot.labels) + 3, 1.1 * len(plot.labels) + 1.5)
+def write_plot(out_dir: Path, plot: Union[LinePlot, Heatmap, ScatterPlot]) -> Path:
+    size = (1.3 * len(plot.labels) + 3, 1.1 * len(plot.labels) + 1.5) if isinstance(plot, Heatmap) else (7, 4.5)
     figure = Figure(figsize=size, layout="constrained")
     plot.draw(figure)
     path = out_dir / f"{plot.name}.png"

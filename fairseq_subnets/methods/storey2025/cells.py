@@ -26,7 +26,7 @@ from typing import Dict, List, Optional
 
 from ... import USER_DIR
 from ...engine.cells import Cell, CellContext
-from ...runner import CONFIG_DIR, generate, hydra_train
+from ...runner import CONFIG_DIR, SINGLE_LANGUAGE_TASK, generate, hydra_train
 from .spec import MANIFEST_FILES, PRETRAIN_CONFIG_NAME, DownstreamCell, GridSpec, plan_cells, sparsity_label
 
 RESULT_COLUMNS = (
@@ -48,13 +48,13 @@ def epoch_updates(data_dir, max_tokens, world_size) -> int:
     return updates_per_epoch(data_dir, max_tokens, world_size=world_size)
 
 
-def decode(data_dir, checkpoint, context: CellContext) -> dict:
+def decode(data_dir, checkpoint, context: CellContext, task_args=SINGLE_LANGUAGE_TASK) -> dict:
     """Test CER/WER of `checkpoint`; decoding output of an earlier, unfinished attempt is discarded."""
     results_dir = context.directory / "decode"
     if results_dir.exists():
         shutil.rmtree(results_dir)
     started = time.monotonic()
-    decoded = generate(data_dir, checkpoint, "test", results_dir, threads=context.threads)
+    decoded = generate(data_dir, checkpoint, "test", results_dir, threads=context.threads, task_args=task_args)
     return {"cer": round(decoded.cer, 2), "wer": round(decoded.wer, 2), "test_utterances": decoded.hypotheses,
             "decode_seconds": round(time.monotonic() - started, 1)}
 
@@ -80,7 +80,7 @@ def upstream_work(row: dict, data_dir: Path, overrides: Optional[List[str]], giv
             **decode(data_dir, checkpoint, context)}
 
 
-def _mask_result(path: Path) -> dict:
+def mask_result(path: Path) -> dict:
     from ...core import stats
     from ...core.maskfile import load_mask_file
 
@@ -95,7 +95,7 @@ def prune_work(source_cell: Optional[str], pretrained: Path, file_name: str, met
     checkpoint = context.results[source_cell]["checkpoint"] if source_cell else pretrained
     path = context.directory / file_name
     prune_checkpoint(str(checkpoint), str(path), method, sparsity, targets, layers, seed=seed)
-    return _mask_result(path)
+    return mask_result(path)
 
 
 def union_work(part_cells: List[str], file_name: str, sparsity: float, context: CellContext) -> dict:
@@ -106,7 +106,7 @@ def union_work(part_cells: List[str], file_name: str, sparsity: float, context: 
     path = context.directory / file_name
     save_mask_file(str(path), stats.union(*(load_mask_file(part).masks for part in paths)),
                    {"method": "union", "sparsity": sparsity, "parts": ",".join(paths)})
-    return _mask_result(path)
+    return mask_result(path)
 
 
 def iou_work(labelled: Dict[str, List[List]], context: CellContext) -> dict:
@@ -149,23 +149,16 @@ def placeholder_row(cell, stage, upstream, downstream, sparsity, source, mask_la
     return row
 
 
-class GridPlan:
-    """Builds the engine cells of a grid whose corpus is (or will be) at `corpus` and whose run
-    folder is `out_dir`; `cells` lists them in dependency order."""
+class CorpusPlan:
+    """What every grid on a synthesized corpus and one pretrained model plans (shared with the
+    fu2022 method): the `pretrain` cell unless the grid names a pretrained checkpoint, the
+    manifests of a language, and a cell registry in dependency order."""
 
-    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path):
-        self.spec, self.out_dir, self.corpus = spec, Path(out_dir), Path(corpus)
+    def __init__(self, out_dir: Path, corpus: Path, pretrained: Optional[str], pretrain_updates: int, seed: int):
+        self.out_dir, self.corpus = Path(out_dir), Path(corpus)
         self.cells: Dict[str, Cell] = {}
-        self.mask_files: Dict[str, Path] = {}
-        """Mask cell name -> the mask file it writes."""
-        self.pretrained_inputs, self.pretrained_after = self._pretrained()
-        self.upstreams = {(language, seed): self._upstream(language, seed)
-                          for language, seed in itertools.product(spec.upstream.languages, spec.seeds)}
-        self.downstreams = plan_cells(spec)
-        self.masks = {cell: self._mask(cell) for cell in self.downstreams if cell.sparsity > 0}
-        self._iou()
-        for cell in self.downstreams:
-            self._downstream(cell)
+        self.given_pretrained = pretrained
+        self.pretrained_inputs, self.pretrained_after = self._pretrained(pretrain_updates, seed)
 
     def add(self, cell: Cell) -> str:
         self.cells.setdefault(cell.name, cell)
@@ -176,19 +169,36 @@ class GridPlan:
 
     @property
     def pretrained_path(self) -> Path:
-        if self.spec.pretrained is not None:
-            return Path(self.spec.pretrained).resolve()
+        if self.given_pretrained is not None:
+            return Path(self.given_pretrained).resolve()
         return self.out_dir / PRETRAIN_CELL / "checkpoint_last.pt"
 
-    def _pretrained(self):
+    def _pretrained(self, pretrain_updates: int, seed: int):
         """(inputs, after) of a cell that reads the pretrained checkpoint."""
-        if self.spec.pretrained is not None:
+        if self.given_pretrained is not None:
             return [self.pretrained_path], []
-        spec = self.spec
-        work = partial(pretrain_work, self.corpus, spec.pretrain_updates, spec.seeds[0])
+        work = partial(pretrain_work, self.corpus, pretrain_updates, seed)
         inputs = [self.corpus / "pretrain" / f"{split}.tsv" for split in ("train", "valid")]
-        config = {"pretrain_updates": spec.pretrain_updates, "seed": spec.seeds[0]}
+        config = {"pretrain_updates": pretrain_updates, "seed": seed}
         return [], [self.add(Cell(PRETRAIN_CELL, self.out_dir / PRETRAIN_CELL, work, config, inputs))]
+
+
+class GridPlan(CorpusPlan):
+    """Builds the engine cells of a grid whose corpus is (or will be) at `corpus` and whose run
+    folder is `out_dir`; `cells` lists them in dependency order."""
+
+    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path):
+        self.spec = spec
+        self.mask_files: Dict[str, Path] = {}
+        """Mask cell name -> the mask file it writes."""
+        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.seeds[0])
+        self.upstreams = {(language, seed): self._upstream(language, seed)
+                          for language, seed in itertools.product(spec.upstream.languages, spec.seeds)}
+        self.downstreams = plan_cells(spec)
+        self.masks = {cell: self._mask(cell) for cell in self.downstreams if cell.sparsity > 0}
+        self._iou()
+        for cell in self.downstreams:
+            self._downstream(cell)
 
     def _upstream(self, language: str, seed: int) -> str:
         up = self.spec.upstream

@@ -21,11 +21,14 @@ IOU_FILE = "iou.csv"
 class GridRun:
     """One grid into `out_dir`; `executor` (default: one local thread) runs the cells."""
 
+    plan = GridPlan
+    """What builds the cells (a method reusing this run class names its own)."""
+
     def __init__(self, spec: GridSpec, out_dir, executor=None, say=print, progress=None):
         self.spec, self.out_dir = spec, Path(out_dir).resolve()
         self.executor = executor or LocalExecutor(1)
         self.say, self.progress = say, progress
-        self.cells: List[Cell] = list(GridPlan(spec, self.out_dir, self.corpus_dir()).cells.values())
+        self.cells: List[Cell] = list(self.plan(spec, self.out_dir, self.corpus_dir()).cells.values())
         self.results: Dict[str, dict] = {}
 
     def corpus_dir(self) -> Path:

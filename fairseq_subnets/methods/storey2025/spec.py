@@ -112,7 +112,7 @@ class GridFile:
         return GridError(f"{self.where(key)}: {key}: {problem}")
 
 
-def _read_yaml(path: str):
+def read_yaml(path: str):
     """The grid file's content and the line of every dotted key, from the YAML node tree, which
     also reveals a key written twice (the loader alone would silently keep the last value)."""
     try:
@@ -149,7 +149,7 @@ def _read_yaml(path: str):
     return raw, lines
 
 
-def _section(raw, spec_class, where: str, grid: GridFile):
+def read_section(raw, spec_class, where: str, grid: GridFile):
     """A section's spec from its mapping. An unknown key is refused, with the closest known one: a
     misspelt key would otherwise leave its default in force unnoticed."""
     if raw is None:
@@ -166,23 +166,32 @@ def _section(raw, spec_class, where: str, grid: GridFile):
     return spec_class(**raw)
 
 
-def load_grid(path) -> GridSpec:
-    """Reads and validates a grid file; every error names the file, the line and the offending key."""
+def read_grid(path, spec_class, section_classes: Dict[str, type]):
+    """(spec, line of each key) of a grid file: its top-level keys read into `spec_class`, each
+    section of `section_classes` into its class, and its `slurm` section; unknown keys, wrong types
+    and a bad slurm section are refused naming the file, the line and the key. Every method's
+    `load_grid` starts here, then validates what it read."""
     path = str(path)
-    raw, lines = _read_yaml(path)
+    raw, lines = read_yaml(path)
     grid = GridFile(path, lines)
     if not isinstance(raw, dict):
         raise GridError(f"{path}: the grid file must be a mapping of keys")
-    sections = {key: raw.pop(key, None) for key in SECTIONS}
-    spec = _section(raw, GridSpec, "", grid)
+    sections = {key: raw.pop(key, None) for key in (*section_classes, "slurm")}
+    spec = read_section(raw, spec_class, "", grid)
     spec.path = path
-    spec.upstream = _section(sections["upstream"], UpstreamSpec, "upstream", grid)
-    spec.prune = _section(sections["prune"], PruneSpec, "prune", grid)
-    spec.downstream = _section(sections["downstream"], DownstreamSpec, "downstream", grid)
+    for name, section_class in section_classes.items():
+        setattr(spec, name, read_section(sections[name], section_class, name, grid))
     try:
         spec.slurm = slurm_options(sections["slurm"], "slurm")
     except ValueError as error:
         raise GridError(f"{grid.where('slurm')}: {error}") from None
+    return spec, lines
+
+
+def load_grid(path) -> GridSpec:
+    """Reads and validates a grid file; every error names the file, the line and the offending key."""
+    spec, lines = read_grid(path, GridSpec, {"upstream": UpstreamSpec, "prune": PruneSpec,
+                                              "downstream": DownstreamSpec})
     validate(spec, lines)
     return spec
 
@@ -282,14 +291,7 @@ def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
     before anything runs; GridError names the file, the line where known, and the key."""
     grid = GridFile(spec.path, lines)
     check_values(spec, grid)
-    if spec.method != METHOD:
-        raise grid.error("method", f"{spec.method!r} is not {METHOD!r}, the method this file was read for")
-    if not spec.name or spec.name in (".", "..") or "/" in spec.name:
-        raise grid.error("name", f"{spec.name!r} is not a folder name (the default output is runs/NAME)")
-    if (spec.corpus is None) == (spec.data is None):
-        raise GridError(f"{grid.where('corpus' if spec.corpus is not None else 'data')}: give exactly one of "
-                        "corpus (a corpus definition to synthesize) or data (a directory with one manifest folder "
-                        "per language)")
+    check_identity(spec, grid, METHOD)
     check_sources(spec, grid)
     check_pruning(spec, grid)
     check_overrides(spec.upstream.overrides, "upstream.overrides", grid)
@@ -299,6 +301,19 @@ def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
             raise grid.error(f"upstream.checkpoints.{language}", f"{language} is not in upstream.languages")
     check_languages(spec, grid)
     check_encoders(spec, grid)
+
+
+def check_identity(spec, grid: GridFile, method: str) -> None:
+    """The keys every method's grid file has: `method`, `name` (the output folder) and exactly one
+    of `corpus` and `data`."""
+    if spec.method != method:
+        raise grid.error("method", f"{spec.method!r} is not {method!r}, the method this file was read for")
+    if not spec.name or spec.name in (".", "..") or "/" in spec.name:
+        raise grid.error("name", f"{spec.name!r} is not a folder name (the default output is runs/NAME)")
+    if (spec.corpus is None) == (spec.data is None):
+        raise GridError(f"{grid.where('corpus' if spec.corpus is not None else 'data')}: give exactly one of "
+                        "corpus (a corpus definition to synthesize) or data (a directory with one manifest folder "
+                        "per language)")
 
 
 def check_sources(spec: GridSpec, grid: GridFile) -> None:
@@ -377,7 +392,7 @@ def check_languages(spec: GridSpec, grid: GridFile) -> None:
                          "to pretrain on")
 
 
-def _checkpoint_depth(grid: GridFile, key: str, path: str, kind: str, advice: str) -> int:
+def checkpoint_depth(grid: GridFile, key: str, path: str, kind: str, advice: str) -> int:
     """The encoder layers of the checkpoint `key` names, if it is of `kind` (read without its weights)."""
     from ...plugin.checkpoint_kinds import CheckpointKindError, encoder_layer_count, read_checkpoint_of_kind
 
@@ -395,7 +410,7 @@ def check_encoders(spec: GridSpec, grid: GridFile) -> None:
     from ...runner import CONFIG_DIR
 
     if spec.pretrained is not None:
-        depth = _checkpoint_depth(grid, "pretrained", spec.pretrained, PRETRAINING,
+        depth = checkpoint_depth(grid, "pretrained", spec.pretrained, PRETRAINING,
                                   "a fine-tuned model goes in upstream.checkpoints.LANGUAGE")
         described = f"pretrained {spec.pretrained}"
     else:
@@ -404,7 +419,7 @@ def check_encoders(spec: GridSpec, grid: GridFile) -> None:
         described = f"the model pretrained by {config}"
     for language, path in spec.upstream.checkpoints.items():
         key = f"upstream.checkpoints.{language}"
-        upstream_depth = _checkpoint_depth(grid, key, path, FINE_TUNED, "a pretraining checkpoint goes in pretrained")
+        upstream_depth = checkpoint_depth(grid, key, path, FINE_TUNED, "a pretraining checkpoint goes in pretrained")
         if upstream_depth != depth:
             raise grid.error(key, f"{path} has {upstream_depth} encoder layers but {described} has {depth}")
     layers = parse_layers(spec.prune.layers)

@@ -58,8 +58,9 @@ class Run:
         return self.stage, self.source, self.upstream, self.mask, self.downstream, self.sparsity
 
 
-def locate_inputs(results) -> Tuple[Path, Optional[Path]]:
-    """RESULTS (a grid folder or its results.csv) -> (results.csv, iou.csv beside it or None)."""
+def locate_results(results, beside: Sequence[str]) -> Tuple[Optional[Path], ...]:
+    """RESULTS (a grid folder or its results.csv) -> (results.csv, then each file named in `beside`
+    next to it, or None where it is missing): how every method's report finds its inputs."""
     path = Path(results)
     if path.is_dir():
         results_path = path / RESULTS_FILE
@@ -69,8 +70,8 @@ def locate_inputs(results) -> Tuple[Path, Optional[Path]]:
         results_path = path
     else:
         raise ResultsError(f"{path}: no such file or folder")
-    iou_path = results_path.with_name(IOU_FILE)
-    return results_path, iou_path if iou_path.is_file() else None
+    found = [results_path.with_name(name) for name in beside]
+    return (results_path, *(candidate if candidate.is_file() else None for candidate in found))
 
 
 def _run_from_fields(fields: Dict[str, str], path: Path, line: int) -> Run:
@@ -374,7 +375,7 @@ def build_views(grid: Grid, iou, iou_path: Optional[Path]) -> List[View]:
             union_view(grid), control_view(grid), upstream_view(grid), iou_view(iou, iou_path)]
 
 
-def _status_lines(grid: Grid, results_path: Path) -> List[str]:
+def status_lines(grid: Grid, results_path: Path) -> List[str]:
     unfinished = [run for run in grid.runs if run.cer is None]
     lines = [f"{len(grid.runs) - len(unfinished)} of {len(grid.runs)} cells in `{results_path}` have a CER; "
              f"{len(unfinished)} not finished (empty CER). Cells absent from the file cannot be counted here."]
@@ -386,8 +387,8 @@ def _status_lines(grid: Grid, results_path: Path) -> List[str]:
 def write_report(results, out_dir) -> List[Path]:
     """Reads RESULTS (a grid folder or its results.csv), writes every view into out_dir and report.md;
     returns the files written, report.md last."""
-    results_path, iou_path = locate_inputs(results)
+    results_path, iou_path = locate_results(results, [IOU_FILE])
     grid = Grid(read_results(results_path))
     iou = read_iou(iou_path) if iou_path else None
-    return write_views(out_dir, "Language subnetwork report", [*_status_lines(grid, results_path), "", LEGEND],
+    return write_views(out_dir, "Language subnetwork report", [*status_lines(grid, results_path), "", LEGEND],
                        build_views(grid, iou, iou_path), LEGEND)
