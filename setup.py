@@ -2,7 +2,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="fairseq_subnets",
-    version="0.3.0",
+    version="0.4.0",
     description="Find, train, compare and ship subnetworks of wav2vec2 / XLS-R models inside stock fairseq.",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

@@ -10,7 +10,7 @@ import os
 
 from .plugin_loading import register_now_or_after_fairseq
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 USER_DIR = os.path.dirname(os.path.abspath(__file__))
 """The path to give fairseq as `--user-dir` / `common.user_dir`."""
