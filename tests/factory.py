@@ -59,7 +59,8 @@ def write_plugin_checkpoint(directory, sparsity=0.5, seed=0):
     from fairseq.dataclass.configs import FairseqConfig
     from omegaconf import OmegaConf
 
-    from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config, trainer_checkpoint
+    from fairseq_subnets.plugin.checkpoints import trainer_checkpoint
+    from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
 
     dictionary = Dictionary()
     for letter in LETTERS:

@@ -20,16 +20,18 @@ from dataclasses import MISSING, dataclass, fields
 from typing import Dict, List, Mapping
 
 import torch
+from omegaconf import OmegaConf
 
 from ..atomic import write_atomically
 from ..core.maskfile import MaskFileError, checkpoint_fingerprint, mask_file_bytes, read_mask_bytes
 from ..core.parametrize import masks_from_state_dict
 from ..core.transforms import LanguageMasks
-from .checkpoints import load_fairseq_checkpoint
+from .checkpoints import load_fairseq_checkpoint, trainer_checkpoint
 from .errors import PluginInputError
-from .language_heads import HEADS_PREFIX, STOCK_OUTPUT_LAYER_PREFIX, parse_language_entries
+from .language_heads import (
+    HEADS_PREFIX, MULTILINGUAL_MODEL_KEYS, STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX, parse_language_entries,
+)
 
-W2V_PREFIX = "w2v_encoder.w2v_model."
 BUNDLE_MASKS_PREFIX = "bundle_masks."
 BUNDLE_FORMAT = "fairseq-subnets-bundle"
 BUNDLE_VERSION = 1
@@ -185,10 +187,7 @@ def bundle_checkpoint(bundle: Bundle) -> dict:
     record = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "languages": {
         language: {"source": entry.source, "source_fingerprint": entry.source_fingerprint,
                    "dictionary": entry.dictionary} for language, entry in bundle.languages.items()}}
-    return {"cfg": cfg, "model": state, "bundle": record, "optimizer_history": [
-        {"criterion_name": "SubnetsCtcCriterion", "optimizer_name": "FairseqAdam",
-         "lr_scheduler_state": {"best": None}, "num_updates": 0}],
-        "extra_state": {"train_iterator": {"epoch": 1}}, "last_optimizer_state": None}
+    return {**trainer_checkpoint(OmegaConf.create(cfg), state, "SubnetsCtcCriterion"), "bundle": record}
 
 
 def multilingual_task_config(cfg: Mapping, languages: List[str]) -> dict:
@@ -241,7 +240,7 @@ def read_bundle(path: str) -> Bundle:
                 if not key.startswith((BUNDLE_MASKS_PREFIX, HEADS_PREFIX))}
     cfg = dict(checkpoint["cfg"])
     cfg["model"] = {key: value for key, value in cfg["model"].items()
-                    if key not in ("languages", "language_output_layers", "language_output_sizes", "transform_plan")}
+                    if key not in (*MULTILINGUAL_MODEL_KEYS, "transform_plan")}
     return Bundle(cfg=cfg, backbone=backbone, languages=languages)
 
 

@@ -9,9 +9,11 @@ never pass on torch's own error text, which advises doing exactly that.
 """
 import argparse
 import re
+from typing import Mapping, Optional
 
 import torch
 from fairseq.data.dictionary import Dictionary
+from omegaconf import OmegaConf
 
 from ..core.maskfile import is_mask_file
 
@@ -69,4 +71,22 @@ def load_fairseq_checkpoint(path):
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise CheckpointLoadError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
+    return checkpoint
+
+
+def trainer_checkpoint(cfg, model_state: Mapping[str, torch.Tensor], criterion_name: str,
+                       task_state: Optional[Mapping[str, object]] = None):
+    """The dictionary fairseq's trainer saves after 0 updates, holding `cfg` (a FairseqConfig) as
+    plain containers and `model_state`. Stock loaders upgrade (and, without an optimizer history,
+    reject) anything laid out differently, so checkpoints made outside a training run use this."""
+    checkpoint = {
+        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": model_state,
+        "optimizer_history": [{"criterion_name": criterion_name, "optimizer_name": "FairseqAdam",
+                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
+        "extra_state": {"train_iterator": {"epoch": 1}},
+        "last_optimizer_state": None,
+    }
+    if task_state is not None:
+        checkpoint["task_state"] = task_state
     return checkpoint

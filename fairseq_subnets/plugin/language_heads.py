@@ -18,6 +18,8 @@ from ..core.transforms import select_language as select_language_masks
 from .errors import PluginInputError
 from .multilingual_data import LANGUAGE_KEY
 
+W2V_PREFIX = "w2v_encoder.w2v_model."
+"""Where the wav2vec2 model sits inside the CTC model; mask names are relative to it."""
 HEADS_PREFIX = "language_heads."
 STOCK_OUTPUT_LAYER_PREFIX = "w2v_encoder.proj."
 MULTILINGUAL_MODEL_KEYS = ("languages", "language_output_layers", "language_output_sizes")

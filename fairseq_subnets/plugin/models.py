@@ -38,15 +38,13 @@ from ..core.transforms import build_from_plan, parse_plan, transform_plan
 from .bundles import expand_bundle_masks
 from .checkpoint_kinds import FINE_TUNED, PRETRAINING, read_checkpoint_of_kind
 from .errors import PluginInputError
-from .language_heads import LanguageHeadsMixin, parse_language_entries
+from .language_heads import W2V_PREFIX, LanguageHeadsMixin, parse_language_entries
 from .learned_masks import LearnedMaskConfig, LearnedMasksMixin, check_learned_mask_config
 from .tasks import SubnetsAudioFinetuningTask
 from .time_masking import install_seeded_masking
 
 logger = logging.getLogger(__name__)
 
-W2V_PREFIX = "w2v_encoder.w2v_model."
-"""Where the wav2vec2 model sits inside the CTC model; mask names are relative to it."""
 OUTPUT_LAYER_PREFIX = "w2v_encoder.proj."
 OUTPUT_LAYER_CHOICES = ChoiceEnum(["auto", "keep", "new"])
 MASK_STORAGE_CHOICES = ChoiceEnum(list(MASK_STORAGES))

@@ -6,6 +6,7 @@ from ..atomic import cannot_write_message, check_writable
 from ..core.maskfile import checkpoint_fingerprint, save_mask_file
 from ..core.parametrize import bake_state_dict, masks_from_state_dict
 from ..core.pruning import compute_masks, parse_block, pruned_count
+from ..core.stats import sparsity_by
 from ..core.targets import TargetSelection, select_weights
 from .bundles import expand_bundle_masks
 from .checkpoints import CheckpointLoadError, load_fairseq_checkpoint
@@ -73,9 +74,7 @@ def extract_checkpoint_masks(checkpoint, out, language=None):
         raise PruneError(f"{checkpoint}: {error}") from None
     if not masks:
         raise PruneError(f"{checkpoint}: holds no masks (no learned scores, fixed or per-language masks)")
-    kept = sum(int(mask.sum()) for mask in masks.values())
-    weights = sum(mask.numel() for mask in masks.values())
-    metadata = {"method": "extracted", "sparsity": 1 - kept / weights, "language": language or "",
+    metadata = {"method": "extracted", "sparsity": sparsity_by(masks)["total"], "language": language or "",
                 "source": os.path.basename(checkpoint), "source_fingerprint": checkpoint_fingerprint(checkpoint)}
     try:
         save_mask_file(out, masks, metadata)

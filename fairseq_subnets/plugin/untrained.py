@@ -21,6 +21,7 @@ from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from omegaconf import OmegaConf
 
 from ..core.maskfile import save_mask_file
+from .checkpoints import trainer_checkpoint
 from .models import SubnetsWav2Vec2CtcConfig, SubnetsWav2VecCtc
 
 
@@ -96,24 +97,6 @@ def fix_masks_as_mask_path_does(model: SubnetsWav2VecCtc, masks: Mapping[str, to
         path = os.path.join(directory, "mask.safetensors")
         save_mask_file(path, masks, metadata)
         model.apply_mask_file(path, storage=storage)
-
-
-def trainer_checkpoint(cfg, model_state: Mapping[str, torch.Tensor], criterion_name: str,
-                       task_state: Optional[Mapping[str, object]] = None):
-    """The dictionary fairseq's trainer saves after 0 updates, holding `cfg` (a FairseqConfig) as
-    plain containers and `model_state`. Stock loaders upgrade (and, without an optimizer history,
-    reject) anything laid out differently, so checkpoints made outside a training run use this."""
-    checkpoint = {
-        "cfg": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
-        "model": model_state,
-        "optimizer_history": [{"criterion_name": criterion_name, "optimizer_name": "FairseqAdam",
-                               "lr_scheduler_state": {"best": None}, "num_updates": 0}],
-        "extra_state": {"train_iterator": {"epoch": 1}},
-        "last_optimizer_state": None,
-    }
-    if task_state is not None:
-        checkpoint["task_state"] = task_state
-    return checkpoint
 
 
 def save_untrained_pretraining_checkpoint(path, size: CtcModelSize, normalize: bool, **architecture) -> int:
