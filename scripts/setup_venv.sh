@@ -35,6 +35,10 @@ echo "[setup] installing pinned dependencies"
   sacrebleu regex scikit-learn cffi tqdm packaging pyyaml editdistance soundfile sentencepiece \
   safetensors matplotlib submitit pytest Django
 
+# Test-only: HF PEFT, the library the S2-LoRA paper used, which tests/test_tuners_peft.py checks
+# our tuners against (the package never imports it).
+"${PIP[@]}" install "${PIP_QUIET[@]}" peft
+
 if ! "$VENV/bin/python" -c "import fairseq" 2>/dev/null; then
   WHEEL=$(ls "$CACHE"/fairseq_fixed-0.12.3.1-cp311-*.whl 2>/dev/null | head -n 1 || true)
   if [ -z "$WHEEL" ]; then

@@ -26,6 +26,7 @@ from .transforms import (
     ScoreMask,
     TransformError,
     WeightStack,
+    adapt_bias,
     add_transform,
     module_of,
     replace_fixed_mask,
@@ -41,6 +42,7 @@ MASK_STORAGES = ("kept", "dense")
 never changes) or full storage with a mask that may change in place (`dense_mask`)."""
 
 _PARAMETRIZATION_KEY = re.compile(r"(?P<module>.+)\.parametrizations\.weight\.(?P<rest>.+)")
+_FOLLOWED_BIAS = ".parametrizations.bias.original"
 _LEGACY_ENTRIES = {
     "0.mask": f"0.{FixedMask.kind}.{DEFAULT_NAME}.mask",
     "0.scores": f"0.{ScoreMask.kind}.{DEFAULT_NAME}.scores",
@@ -152,7 +154,8 @@ def bake_module(root: nn.Module) -> None:
     (pruned entries exactly zero, deltas merged); the model then has stock keys."""
     for module in root.modules():
         if parametrize.is_parametrized(module):
-            for tensor_name in list(module.parametrizations.keys()):
+            # The bias first: a BiasFollower reads the weight's stack.
+            for tensor_name in sorted(module.parametrizations.keys(), key=lambda name: name == "weight"):
                 parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
 
 
@@ -295,6 +298,11 @@ def bake_state_dict(
             if fixed is not None and original.dim() > 1:  # 0.1 layout: a full raw weight under the mask
                 original = fixed.compact(original)
             baked[f"{path}.weight"] = stack(original)
+            bias_key = path + _FOLLOWED_BIAS
+            if bias_key in state_dict:
+                base = fixed.expand(original) if fixed is not None else original
+                baked[f"{path}.bias"] = adapt_bias(stack, state_dict[bias_key], base)
+                del baked[bias_key]
         for key in entries.values():
             del baked[key]
     if masks:

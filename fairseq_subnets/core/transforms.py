@@ -27,7 +27,11 @@ pass is the baking rule, so a baked weight equals the forward pass by constructi
 Kinds provided here: `fixed_mask` (kept-only storage), `dense_mask` (a mask that changes in place
 during training: no new parameter, no optimizer rebuild), `score_mask` (learned scores, top-k with
 a straight-through gradient) and `language_masks` (named masks on one weight; the active one is
-chosen per batch with `select_language`). Modules and transforms may also contribute named
+chosen per batch with `select_language`); the adapters of `core.tuners` add their own. An
+adaptation that also changes the bias (IA3, GLoRA) puts a stateless `BiasFollower` on the module's
+bias (`<module>.parametrizations.bias.original` stores it), so fused attention sees that change
+too; one transform may serve several weights with one tensor (`tie_shared_parameters`, S2-LoRA's
+shared factors). Modules and transforms may also contribute named
 regularisation terms (`regularisation_term_names` / `regularisation_term`), which the
 `subnets_ctc` criterion adds to the loss.
 """
@@ -83,9 +87,14 @@ class WeightTransform(nn.Module):
     @classmethod
     def from_state(cls, tensors: Mapping[str, torch.Tensor], shape: Tuple[int, ...]) -> "WeightTransform":
         """Rebuilt from its own state entries (keys relative to the transform)."""
-        transform = cls.placeholder(shape, {})
+        transform = cls.placeholder(shape, cls.options_from_state(tensors))
         transform.load_state_dict(dict(tensors))
         return transform
+
+    @classmethod
+    def options_from_state(cls, tensors: Mapping[str, torch.Tensor]) -> Dict[str, object]:
+        """The options that shape the state, read off the state itself (e.g. a rank)."""
+        return {}
 
     def regularisation_term_names(self) -> Tuple[str, ...]:
         return ()
@@ -98,6 +107,22 @@ class WeightTransform(nn.Module):
 
     def weight_shape(self) -> Optional[Tuple[int, ...]]:
         """The weight shape this transform was built for (None: fits any)."""
+        return None
+
+    changes_bias: ClassVar[bool] = False
+    """True for adaptations that also change the module's bias (IA3 on outputs, GLoRA): adding one
+    puts a `BiasFollower` on the bias, which asks `adapt_bias` for the effective bias."""
+
+    def adapt_bias(self, bias: torch.Tensor, base_weight: torch.Tensor) -> torch.Tensor:
+        """The bias this transform makes of `bias`, given the module's stored base weight."""
+        return bias
+
+    shared_tensor_names: ClassVar[Tuple[str, ...]] = ()
+    """Parameters that one tensor serves for several transforms (S2-LoRA's shared factors)."""
+
+    def sharing_key(self) -> Optional[Tuple]:
+        """Transforms of one name with the same key hold the same tensors under
+        `shared_tensor_names` (`tie_shared_parameters`); None: shares nothing."""
         return None
 
 
@@ -529,6 +554,34 @@ class WeightStack(nn.Module):
                                       error_msgs)
 
 
+class BiasFollower(nn.Module):
+    """The parametrization on the bias of a module whose weight stack holds transforms that change
+    the bias. It has no state: the effective bias is a function of the stored bias, the stored
+    base weight and those transforms' state (`adapt_bias`), so a bare state dict still says how
+    to bake it (`<module>.parametrizations.bias.original` beside the weight's stack). Why not a
+    second stack: the bias change of IA3 and GLoRA uses the same parameters as their weight
+    change, and one owner keeps them one tensor."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_module", module)  # not a child: the module owns this follower
+
+    def forward(self, bias: torch.Tensor) -> torch.Tensor:
+        return adapt_bias(stack_of(self._module), bias, base_weight(self._module))
+
+
+def adapt_bias(stack: "WeightStack", bias: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The effective bias under the bias-changing adaptations of `stack`, in stack order."""
+    for _, _, transform in stack.transforms():
+        if transform.changes_bias:
+            bias = transform.adapt_bias(bias, weight)
+    return bias
+
+
+def _changes_bias(stack: Optional["WeightStack"]) -> bool:
+    return stack is not None and any(t.changes_bias for _, _, t in stack.transforms())
+
+
 # ---- stacks on live modules ---------------------------------------------------------------
 
 
@@ -587,10 +640,14 @@ def add_transform(module: nn.Module, name: str, transform: WeightTransform) -> N
     stack = _stack_for(module)
     if isinstance(transform, FixedMask) and stack.kept_only_mask() is not None:
         raise TransformError("already holds a fixed mask; use replace_fixed_mask")
+    if transform.changes_bias and getattr(module, "bias", None) is None:
+        raise TransformError(f"{transform.kind} {name!r} changes the bias; {type(module).__name__} has none")
     base = base_weight(module)
     stack.add(name, transform.to(base.device))
     if isinstance(transform, FixedMask):
         _set_original(module, transform.compact(base))
+    if transform.changes_bias and not parametrize.is_parametrized(module, "bias"):
+        parametrize.register_parametrization(module, "bias", BiasFollower(module), unsafe=True)
 
 
 def replace_fixed_mask(module: nn.Module, mask: torch.Tensor) -> None:
@@ -618,6 +675,8 @@ def remove_transform(module: nn.Module, kind: str, name: str) -> WeightTransform
     transform = stack.remove(kind, name)
     if kind == FixedMask.kind:
         _set_original(module, base)
+    if parametrize.is_parametrized(module, "bias") and not _changes_bias(stack):
+        parametrize.remove_parametrizations(module, "bias", leave_parametrized=False)
     if not stack.order:
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
     return transform
@@ -629,6 +688,27 @@ def stacks(root: nn.Module, prefix: str = "") -> Iterator[Tuple[str, nn.Module, 
         stack = stack_of(module)
         if stack is not None and f"{path}.".startswith(prefix):
             yield f"{path}.weight"[len(prefix):], module, stack
+
+
+def tie_shared_parameters(root: nn.Module) -> int:
+    """Makes transforms with the same `sharing_key` hold the first one's tensors under their
+    `shared_tensor_names` (after a model is rebuilt from its plan, each placeholder has its own).
+    The optimizer, gradients and `parameters()` then see one tensor; a state dict lists it under
+    each holder's key, all with the same storage. Returns the number of tensors re-pointed."""
+    first: Dict[Tuple, WeightTransform] = {}
+    tied = 0
+    for _, _, stack in stacks(root):
+        for _, name, transform in stack.transforms():
+            key = transform.sharing_key()
+            if key is None:
+                continue
+            key = (name, *key)
+            owner = first.setdefault(key, transform)
+            for tensor_name in transform.shared_tensor_names if owner is not transform else ():
+                if getattr(transform, tensor_name) is not getattr(owner, tensor_name):
+                    setattr(transform, tensor_name, getattr(owner, tensor_name))
+                    tied += 1
+    return tied
 
 
 def select_language(root: nn.Module, language: str) -> None:
@@ -684,6 +764,7 @@ def build_from_plan(root: nn.Module, plan: List[Mapping[str, object]], prefix: s
         for weight in entry["weights"]:
             module = module_of(root, weight, prefix)
             add_transform(module, entry["name"], cls.placeholder(tuple(module.weight.shape), entry["options"]))
+    tie_shared_parameters(root)
 
 
 def parse_plan(text: Optional[str], where: str) -> List[Dict[str, object]]:

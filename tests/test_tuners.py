@@ -1,0 +1,234 @@
+"""Tuners on a real (tiny) fairseq wav2vec2 CTC model: every method changes the logits through the
+weights that fairseq's fused attention reads, bakes to exactly what it computes unbaked, trains
+exactly its closed-form count of parameters and leaves the backbone bit-identical; S2-LoRA shares
+one tensor per group and shape, and its regulariser is the paper's formula; AdaLoRA's budget
+follows its schedule; bad configs fail before anything is built."""
+import copy
+
+import pytest
+import torch
+
+from fairseq_subnets.core.parametrize import bake_module, bake_state_dict
+from fairseq_subnets.core.transforms import build_from_plan, regularisation_terms, stack_of, transform_plan
+from fairseq_subnets.core.tuners import (
+    TUNERS,
+    TunerError,
+    freeze_all_but_tuners,
+    inject_tuner,
+    target_shapes,
+    tuner_config,
+    tuner_parameters,
+    tuner_transforms,
+)
+from fairseq_subnets.core.tuners.adalora import ORTHOGONALITY_TERM, budget_at, svd_deltas
+from fairseq_subnets.core.tuners.s2lora import FACTORS_TERM, SPARSITY_TERM, SharedLowRankDelta, rank_distribution
+from fairseq_subnets.plugin.models import W2V_PREFIX
+from factory import ctc_model
+
+EVERY_MATRIX = {"targets": "all"}
+
+
+def audio(seed=1):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 4000, generator=generator)
+
+
+def logits(model, source):
+    model.eval()
+    with torch.no_grad():
+        out = model(source=source, padding_mask=None)
+    return out["encoder_out"]
+
+
+def tuned_model(method, seed=0, **options):
+    """A tiny CTC model with the tuner on, its parameters moved off their (no-op) start."""
+    model = ctc_model(seed)
+    config = tuner_config(method, **options)
+    inject_tuner(model, config, W2V_PREFIX)
+    generator = torch.Generator().manual_seed(seed + 10)
+    with torch.no_grad():
+        for parameter in tuner_parameters(model).values():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    return model, config
+
+
+@pytest.mark.parametrize("method", list(TUNERS))
+def test_every_tuner_changes_the_logits_and_bakes_to_exactly_them(method):
+    backbone = ctc_model(0)
+    model, _ = tuned_model(method, **EVERY_MATRIX)
+    source = audio()
+    unmerged = logits(model, source)
+    assert not torch.allclose(unmerged, logits(backbone, source), atol=1e-4)
+    merged = copy.deepcopy(model)
+    bake_module(merged)
+    assert not any(stack_of(m) for m in merged.modules())
+    torch.testing.assert_close(logits(merged, source), unmerged, rtol=0, atol=1e-6)
+    stock = ctc_model(0)
+    stock.load_state_dict(bake_state_dict(model.state_dict()))
+    torch.testing.assert_close(logits(stock, source), unmerged, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", list(TUNERS))
+def test_a_model_rebuilt_from_its_plan_loads_the_state_and_computes_the_same(method):
+    model, _ = tuned_model(method)
+    rebuilt = ctc_model(5)
+    build_from_plan(rebuilt, transform_plan(model))
+    rebuilt.load_state_dict(model.state_dict())
+    source = audio()
+    assert torch.equal(logits(rebuilt, source), logits(model, source))
+    assert set(tuner_parameters(rebuilt)) == set(tuner_parameters(model))
+
+
+@pytest.mark.parametrize("method", list(TUNERS))
+def test_each_tuner_trains_its_closed_form_count(method):
+    model = ctc_model(0)
+    config = tuner_config(method, **EVERY_MATRIX)
+    shapes = target_shapes(model, config, W2V_PREFIX)
+    inject_tuner(model, config, W2V_PREFIX)
+    assert sum(p.numel() for p in tuner_parameters(model).values()) == config.trainable_count(shapes)
+
+
+def test_the_closed_form_counts_at_the_paper_defaults():
+    """One encoder layer of width 64, FFN 128: the numbers written out by hand."""
+    attention, fc1, fc2 = (64, 64), (128, 64), (64, 128)
+    one_layer = {f"encoder.layers.0.self_attn.{p}_proj.weight": attention for p in ("q", "k", "v", "out")}
+    one_layer.update({"encoder.layers.0.fc1.weight": fc1, "encoder.layers.0.fc2.weight": fc2})
+    qv = {n: s for n, s in one_layer.items() if ".q_proj" in n or ".v_proj" in n}
+    assert tuner_config("lora").trainable_count(qv) == 2 * 8 * 128
+    assert tuner_config("alpha_lora").trainable_count(qv) == 2 * (8 * 128 + 1)
+    assert tuner_config("adalora").trainable_count(qv) == 2 * 12 * (128 + 1)
+    kv_fc2 = {n: s for n, s in one_layer.items() if any(f".{p}." in n for p in ("k_proj", "v_proj", "fc2"))}
+    assert tuner_config("ia3").trainable_count(kv_fc2) == 64 + 64 + 128  # k out, v out, fc2 in
+    assert tuner_config("bitfit").trainable_count(one_layer) == 4 * 64 + 128 + 64  # the biases
+    # S2-LoRA: one attention pair 8 x (64 + 64), fc1 and fc2 pairs 8 x (128 + 64) each, 8 per matrix
+    assert tuner_config("s2lora").trainable_count(one_layer) == 8 * 128 + 2 * 8 * 192 + 6 * 8
+    assert tuner_config("glora", targets="q").trainable_count(
+        {"encoder.layers.0.self_attn.q_proj.weight": attention}) == 2 * 8 * 128 + 8 * 65 + 2
+
+
+@pytest.mark.parametrize("method", list(TUNERS))
+def test_training_moves_only_the_tuner_and_the_head_leaving_the_backbone_bit_identical(method):
+    model, _ = tuned_model(method, **EVERY_MATRIX)
+    trainable = freeze_all_but_tuners(model, keep=lambda name: name.startswith("w2v_encoder.proj."))
+    tuned = tuner_parameters(model)
+    assert set(trainable) == set(tuned) | {"w2v_encoder.proj.weight", "w2v_encoder.proj.bias"}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2, weight_decay=0.1)
+    model.train()
+    for step in range(3):
+        out = model(source=audio(step), padding_mask=None)["encoder_out"]
+        loss = out.logsumexp(-1).mean() + sum(regularisation_terms(model).values(), torch.zeros(()))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = model.state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    tuner_keys = {k for k in before if any(f".{kind}." in k for kind in _tuner_kinds(model))}
+    assert moved, "nothing trained"
+    assert moved <= tuner_keys | {"w2v_encoder.proj.weight", "w2v_encoder.proj.bias"}
+    assert all(torch.equal(before[k], after[k]) for k in before if k.endswith(".original"))
+
+
+def _tuner_kinds(model):
+    return {t.kind for _, t in tuner_transforms(model)}
+
+
+def test_s2lora_shares_one_tensor_per_group_and_shape_also_after_a_rebuild():
+    model, config = tuned_model("s2lora")
+    rebuilt = ctc_model(3)
+    build_from_plan(rebuilt, transform_plan(model))
+    rebuilt.load_state_dict(model.state_dict())
+    for candidate in (model, rebuilt):
+        members = [t for _, t in tuner_transforms(candidate)]
+        factors = {(t.group, t.weight_shape()): (t.shared_A, t.shared_B) for t in members}
+        assert len(factors) == 3  # attention (64 x 64), fc1 (128 x 64), fc2 (64 x 128)
+        for t in members:
+            shared_A, shared_B = factors[(t.group, t.weight_shape())]
+            assert t.shared_A is shared_A and t.shared_B is shared_B
+        assert sum(t.owner for t in members) == 3
+        state = candidate.state_dict()
+        pointers = {state[k].data_ptr() for k in state if k.endswith(".shared_A")}
+        assert len(pointers) == 3
+        assert len(tuner_parameters(candidate)) == 3 * 2 + len(members)
+
+
+def test_the_s2lora_regulariser_is_the_papers_formula_and_its_gradient():
+    model, config = tuned_model("s2lora")
+    members = [t for _, t in tuner_transforms(model)]
+    terms = regularisation_terms(model)
+    pairs = {(t.group, t.weight_shape()): t for t in members if t.owner}
+    r = config.r
+    # Written out from Eq. 4: a1 * mean_i ||s_i||_1 + a2 / (2r) * sum_k (||B[:, k]|| + ||A[k, :]||), per pair.
+    sparsity = config.sparsity_weight * torch.stack([t.coefficients.abs().sum() for t in members]).mean()
+    factors = sum(config.factor_weight / (2 * r) * sum(t.shared_B[:, k].norm() + t.shared_A[k, :].norm()
+                                                        for k in range(r)) for t in pairs.values())
+    torch.testing.assert_close(terms[SPARSITY_TERM], sparsity)
+    torch.testing.assert_close(terms[FACTORS_TERM], factors)
+    parameters = list(tuner_parameters(model).values())
+    ours = torch.autograd.grad(terms[SPARSITY_TERM] + terms[FACTORS_TERM], parameters)
+    reference = torch.autograd.grad(sparsity + factors, parameters)
+    for a, b in zip(ours, reference):
+        torch.testing.assert_close(a, b)
+
+
+def test_s2lora_counts_a_rank_as_pruned_below_1e_minus_4():
+    model, _ = tuned_model("s2lora", targets="q", layers="0")
+    (name, member), = tuner_transforms(model, W2V_PREFIX)
+    with torch.no_grad():
+        member.coefficients.copy_(torch.tensor([1e-4, -1e-4, 0.99e-4, -0.99e-4, 0.0, 0.5, -2.0, 1e-5]))
+    assert rank_distribution(model, W2V_PREFIX) == {name: 4}
+
+
+def test_the_adalora_orthogonality_term_is_the_mean_deviation_over_every_factor():
+    model, config = tuned_model("adalora")
+    deltas = list(svd_deltas(model).values())
+    identity = torch.eye(config.init_r)
+    deviations = [n for d in deltas for n in ((d.lora_A @ d.lora_A.T - identity).norm(),
+                                              (d.lora_B.T @ d.lora_B - identity).norm())]
+    expected = config.orthogonality_weight * torch.stack(deviations).mean()
+    torch.testing.assert_close(regularisation_terms(model)[ORTHOGONALITY_TERM], expected)
+
+
+def test_the_adalora_budget_follows_its_cubic_schedule():
+    config = tuner_config("adalora", total_updates=100, warmup_updates=10, final_updates=20, interval=5)
+    matrices = 4
+    assert budget_at(config, 0, matrices) == (48, False)
+    assert budget_at(config, 10, matrices) == (48, False)
+    # from 12 x 4 = 48 to 8 x 4 = 32; progress at 25: (25 - 10) / (100 - 20 - 10) = 3/14;
+    # 32 + 16 (11/14)^3 = 39.76, rounded down; masking only at multiples of the interval 5
+    assert budget_at(config, 25, matrices) == (39, True)
+    assert budget_at(config, 26, matrices) == (int(32 + 16 * (54 / 70) ** 3), False)
+    assert budget_at(config, 80, matrices) == (32, True)
+    assert budget_at(config, 81, matrices) == (32, True)
+    assert budget_at(config, 100, matrices) == (32, True)
+    budgets = [budget_at(config, t, matrices)[0] for t in range(101)]
+    assert all(a >= b for a, b in zip(budgets[:81], budgets[1:81]))
+
+
+BAD_CONFIGS = [
+    (("dora", {}), "tuner: unknown method 'dora'"),
+    (("lora", {"r": 0}), r"lora.r: a rank is an integer >= 1 \(got 0\)"),
+    (("s2lora", {"rank": 4}), "s2lora.rank: not an option of s2lora"),
+    (("adalora", {"init_r": 4, "target_r": 8}), "adalora.target_r: 8 is above init_r 4"),
+    (("adalora", {"total_updates": 30, "warmup_updates": 10, "final_updates": 20}),
+     "adalora.total_updates: 30 leaves no update"),
+    (("ia3", {"targets": "fc3"}), "ia3.targets"),
+    (("s2lora", {"sparsity_weight": -1.0}), "s2lora.sparsity_weight: must be >= 0"),
+]
+
+
+@pytest.mark.parametrize("arguments,message", BAD_CONFIGS, ids=[m.split(":")[0] for _, m in BAD_CONFIGS])
+def test_bad_tuner_configs_fail_naming_the_option(arguments, message):
+    method, options = arguments
+    with pytest.raises(TunerError, match=message):
+        tuner_config(method, **options)
+
+
+def test_a_target_the_model_lacks_and_a_second_tuner_on_a_weight_are_refused():
+    model = ctc_model(0)
+    with pytest.raises(TunerError, match="lora.layers: layer 5 is selected but the model has 2 encoder layers"):
+        inject_tuner(model, tuner_config("lora", layers="5"), W2V_PREFIX)
+    inject_tuner(model, tuner_config("lora"), W2V_PREFIX)
+    with pytest.raises(TunerError, match=r"encoder.layers.0.self_attn.v_proj.weight: already adapted by lora "
+                                         r"'default'; two tuners on one weight are not supported"):
+        inject_tuner(model, tuner_config("ia3"), W2V_PREFIX)
