@@ -62,3 +62,22 @@ def assert_export_matches_in_stock_fairseq(checkpoint, exported, data, work_dir)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert completed.stdout.split() == ["Wav2VecCtc", "audio_finetuning"]
     torch.testing.assert_close(torch.load(work_dir / "stock_logits.pt"), expected, rtol=1e-5, atol=1e-5)
+
+
+def assert_generate_decodes_every_test_utterance(checkpoint, data, work_dir):
+    """Stock fairseq-generate (with the plugin) decodes `checkpoint` on every utterance of the
+    test split of `data`."""
+    from fairseq_subnets.runner import generate
+
+    decoded = generate(data, checkpoint, "test", work_dir / "decode")
+    assert decoded.hypotheses == len((data / "test.tsv").read_text().splitlines()) - 1
+
+
+def assert_exports_to_stock_fairseq(checkpoint, data, work_dir):
+    """`fairseq-subnets export` writes a checkpoint that stock fairseq loads without the plugin and
+    that gives the plugin model's logits (`assert_export_matches_in_stock_fairseq`)."""
+    from fairseq_subnets.cli.main import main as cli
+
+    exported = work_dir / "plain.pt"
+    assert cli(["export", str(checkpoint), "--out", str(exported)]) == 0
+    assert_export_matches_in_stock_fairseq(checkpoint, exported, data, work_dir)

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_helpers import assert_export_matches_in_stock_fairseq
+from checkpoint_helpers import (
+    assert_exports_to_stock_fairseq, assert_generate_decodes_every_test_utterance,
+)
 from fairseq_subnets import USER_DIR
 
 pytestmark = pytest.mark.slow
@@ -112,22 +114,14 @@ def test_pretrained_weights_stay_bit_identical_while_identical_masks_learn_on_bo
 
 
 def test_fairseq_generate_decodes_the_learned_mask_checkpoint(learned_run, tmp_path):
-    from fairseq_subnets.runner import generate
-
     result, run_dir, _ = learned_run
-    data = Path(result.corpus_dir) / LANGUAGE
-    decoded = generate(data, run_dir / "checkpoint_last.pt", "test", tmp_path / "decode")
-    assert decoded.hypotheses == len((data / "test.tsv").read_text().splitlines()) - 1
+    assert_generate_decodes_every_test_utterance(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / LANGUAGE,
+                                                 tmp_path)
 
 
 def test_export_bakes_the_learned_masks_into_a_stock_checkpoint(learned_run, tmp_path):
-    from fairseq_subnets.cli.main import main as cli
-
     result, run_dir, _ = learned_run
-    exported = tmp_path / "plain.pt"
-    assert cli(["export", str(run_dir / "checkpoint_last.pt"), "--out", str(exported)]) == 0
-    assert_export_matches_in_stock_fairseq(run_dir / "checkpoint_last.pt", exported,
-                                           Path(result.corpus_dir) / LANGUAGE, tmp_path)
+    assert_exports_to_stock_fairseq(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / LANGUAGE, tmp_path)
 
 
 def test_masks_extract_writes_the_learned_masks_for_the_mask_tools(learned_run, tmp_path, capsys):

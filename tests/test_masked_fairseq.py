@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_helpers import assert_export_matches_in_stock_fairseq, stored_masks_and_baked_weights
+from checkpoint_helpers import (
+    assert_exports_to_stock_fairseq, assert_generate_decodes_every_test_utterance, stored_masks_and_baked_weights,
+)
 from fairseq_subnets import USER_DIR
 
 pytestmark = pytest.mark.slow
@@ -54,22 +56,15 @@ def test_every_checkpoint_holds_the_mask_with_pruned_weights_exactly_zero(masked
 
 
 def test_fairseq_generate_decodes_the_masked_checkpoint(masked_run, tmp_path):
-    from fairseq_subnets.runner import generate
-
     settings, result, _, run_dir = masked_run
-    data = Path(result.corpus_dir) / settings.language
-    decoded = generate(data, run_dir / "checkpoint_last.pt", "test", tmp_path / "decode")
-    assert decoded.hypotheses == len((data / "test.tsv").read_text().splitlines()) - 1
+    assert_generate_decodes_every_test_utterance(run_dir / "checkpoint_last.pt",
+                                                 Path(result.corpus_dir) / settings.language, tmp_path)
 
 
 def test_export_loads_in_stock_fairseq_without_the_plugin_and_matches(masked_run, tmp_path):
-    from fairseq_subnets.cli.main import main as cli
-
     settings, result, _, run_dir = masked_run
-    exported = tmp_path / "plain.pt"
-    assert cli(["export", str(run_dir / "checkpoint_last.pt"), "--out", str(exported)]) == 0
-    assert_export_matches_in_stock_fairseq(run_dir / "checkpoint_last.pt", exported,
-                                           Path(result.corpus_dir) / settings.language, tmp_path)
+    assert_exports_to_stock_fairseq(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / settings.language,
+                                    tmp_path)
 
 
 def test_model_built_without_the_mask_file_takes_the_masks_from_the_checkpoint(masked_run):

@@ -6,8 +6,8 @@ Both runs' first interval checkpoints (written before the kill) must be bit-iden
 "the same command twice gives the same checkpoint"; so must their final checkpoints: weights,
 masks, Adam's state, the scheduler and the data position. The modes: wav2vec2 pretraining, plain
 fine-tuning, fixed-mask fine-tuning, downstream fine-tuning with a frozen first epoch,
-multilingual training with per-language masks on shared weights, and learned masks (S3-Router)
-with one top-k over all encoder matrices.
+multilingual training with per-language masks on shared weights, learned masks (S3-Router)
+with one top-k over all encoder matrices, and AdaLoRA (its importance averages and rank budget).
 
 Without seeded time masking (plugin.time_masking) every mode fails from the first masked update,
 and pretraining also without seeded crops (plugin.pretraining).
@@ -75,11 +75,14 @@ def mode_arguments(mode, result, masks):
     if mode == "learned_masks_global_top_k":
         return finetune, "learned_masks_tiny", pretrained + one_language + ["model.score_scope=global",
                                                                              "model.score_targets=all"]
+    if mode == "tuner_adalora":
+        return finetune, "adalora_tiny", pretrained + one_language + [
+            "model.tuner_warmup_updates=2", "model.tuner_final_updates=4", "model.tuner_interval=2"]
     raise ValueError(mode)
 
 
 MODES = ["pretraining", "finetuning", "fixed_mask", "downstream_frozen_first_epoch", "multilingual_language_masks",
-         "learned_masks_global_top_k"]
+         "learned_masks_global_top_k", "tuner_adalora"]
 
 
 @pytest.mark.parametrize("mode", MODES)

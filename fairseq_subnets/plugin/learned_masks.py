@@ -158,19 +158,20 @@ def check_learned_mask_config(cfg) -> None:
     check_freezing(cfg)
 
 
-def check_freezing(cfg) -> None:
-    """The encoder must run with gradients, or the scores learn nothing (see the module docstring)."""
+def check_freezing(cfg, method: str = "learned masks", learner: str = "the scores") -> None:
+    """The encoder must run with gradients, or `learner` learns nothing (see the module docstring);
+    `method` names what freezes the pretrained weights (learned masks, a tuner)."""
     if cfg.freeze_encoder_epochs:
         raise PluginInputError(
-            f"model.freeze_encoder_epochs={cfg.freeze_encoder_epochs} with learned masks: a frozen epoch runs the "
-            "encoder without gradients, so the scores would not learn in it; the pretrained weights are frozen "
-            "anyway under learned masks: set it to 0")
+            f"model.freeze_encoder_epochs={cfg.freeze_encoder_epochs} with {method}: a frozen epoch runs the "
+            f"encoder without gradients, so {learner} would not learn in it; the pretrained weights are frozen "
+            f"anyway under {method}: set it to 0")
     if cfg.freeze_finetune_updates and (cfg.score_train_biases or cfg.score_train_layer_norms):
         raise PluginInputError(
-            f"model.freeze_finetune_updates={cfg.freeze_finetune_updates} with learned masks and trainable biases "
-            "or layer norms: fairseq's freeze runs the encoder without gradients, which would also stop the scores; "
-            "set model.freeze_finetune_updates=0 (or train only the scores)")
+            f"model.freeze_finetune_updates={cfg.freeze_finetune_updates} with {method} and trainable biases "
+            f"or layer norms: fairseq's freeze runs the encoder without gradients, which would also stop {learner}; "
+            f"set model.freeze_finetune_updates=0 (or train only {learner})")
     if cfg.freeze_finetune_updates:
-        logger.info("model.freeze_finetune_updates=%d: under learned masks the pretrained weights are frozen "
-                    "throughout, so the encoder runs with gradients from update 0 and the scores learn",
-                    cfg.freeze_finetune_updates)
+        logger.info("model.freeze_finetune_updates=%d: under %s the pretrained weights are frozen "
+                    "throughout, so the encoder runs with gradients from update 0 and %s learn",
+                    cfg.freeze_finetune_updates, method, learner)

@@ -2,7 +2,8 @@
 
 With no transform configured it is exactly the stock `wav2vec_ctc` model (same parameters, same
 outputs from the same checkpoint). Methods change encoder weights through weight transforms
-(core.transforms: masks, learned scores, per-language masks, deltas), which act through the weight
+(core.transforms: masks, learned scores, per-language masks; core.tuners: LoRA and the other
+parameter-efficient tuners, `+model.tuner=...`, see plugin.tuners), which act through the weight
 tensors themselves, so fairseq's fused attention path honours them. With `mask_path` the mask file
 is applied after the pretrained weights are loaded, and pruned effective weights stay exactly zero.
 
@@ -42,6 +43,7 @@ from .language_heads import W2V_PREFIX, LanguageHeadsMixin, parse_language_entri
 from .learned_masks import LearnedMaskConfig, LearnedMasksMixin, check_learned_mask_config
 from .tasks import SubnetsAudioFinetuningTask
 from .time_masking import install_seeded_masking
+from .tuners import TunerModelConfig, TunersMixin, check_tuner_config
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +60,7 @@ class UpstreamCheckpointError(PluginInputError):
 
 
 @dataclass
-class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig, LearnedMaskConfig):
+class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig, LearnedMaskConfig, TunerModelConfig):
     mask_path: Optional[str] = field(
         default=None,
         metadata={"help": "mask file (from `fairseq-subnets prune`) fixed on the encoder weights"},
@@ -120,10 +122,11 @@ class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig, LearnedMaskConfig):
 
 
 @register_model("subnets_wav2vec_ctc", dataclass=SubnetsWav2Vec2CtcConfig)
-class SubnetsWav2VecCtc(LearnedMasksMixin, LanguageHeadsMixin, Wav2VecCtc):
+class SubnetsWav2VecCtc(LearnedMasksMixin, TunersMixin, LanguageHeadsMixin, Wav2VecCtc):
     @classmethod
     def build_model(cls, cfg, task):
         check_learned_mask_config(cfg)
+        check_tuner_config(cfg)
         upstream = read_checkpoint_of_kind(
             cfg.init_from, FINE_TUNED, "model.init_from",
             "a pretraining checkpoint goes in model.w2v_path") if cfg.init_from else None
@@ -146,6 +149,7 @@ class SubnetsWav2VecCtc(LearnedMasksMixin, LanguageHeadsMixin, Wav2VecCtc):
         if cfg.language_mask_files:
             model.apply_language_mask_files(cfg.language_mask_files)
         model.add_learned_masks(cfg, W2V_PREFIX)
+        model.add_tuner(cfg, W2V_PREFIX)
         model.record_transform_plan(cfg)
         if cfg.freeze_encoder_epochs and not isinstance(task, SubnetsAudioFinetuningTask):
             raise PluginInputError(
@@ -154,7 +158,8 @@ class SubnetsWav2VecCtc(LearnedMasksMixin, LanguageHeadsMixin, Wav2VecCtc):
             )
         model.freeze_encoder_epochs = cfg.freeze_encoder_epochs
         model.configured_freeze_updates = cfg.freeze_finetune_updates
-        if model.prepare_learned_masks(cfg, W2V_PREFIX):  # the scores need gradients from update 0
+        # Scores and tuners need gradients from update 0; their backbone is frozen anyway.
+        if model.prepare_learned_masks(cfg, W2V_PREFIX) or model.prepare_tuner():
             model.configured_freeze_updates = model.w2v_encoder.freeze_finetune_updates = 0
         model.seeded_masking = install_seeded_masking(model.w2v_encoder.w2v_model)
         return model

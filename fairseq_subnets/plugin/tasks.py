@@ -112,6 +112,13 @@ class SubnetsAudioFinetuningTask(SeededMaskingTrainStep, AudioFinetuningTask):
     def build_criterion(self, cfg, from_checkpoint=False):
         return super().build_criterion(cfg, from_checkpoint)
 
+    def optimizer_step(self, optimizer, model, update_num):
+        """After fairseq's step, with that step's gradients still present: the model's own
+        per-update work (AdaLoRA's rank allocator), told how many updates are done."""
+        super().optimizer_step(optimizer, model, update_num)
+        if hasattr(model, "after_optimizer_step"):
+            model.after_optimizer_step(update_num + 1)
+
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
         if hasattr(model, "begin_epoch"):

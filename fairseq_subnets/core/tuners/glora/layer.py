@@ -1,7 +1,6 @@
 """The GLoRA weight transform: an elementwise low-rank scaling and a low-rank delta of the
 weight, and a bias change that couples the bias to the frozen weight."""
 import torch
-from torch import nn
 
 from ...transforms import ADAPT, WeightTransform, register_transform_kind
 from ..base import kaiming_init, tuner_kind, zero_init

@@ -3,7 +3,6 @@ module group."""
 from typing import Dict
 
 import torch
-from torch import nn
 
 from ...transforms import ADAPT, WeightTransform, register_transform_kind
 from ..base import normal_init, tuner_kind, zero_init

@@ -1,0 +1,122 @@
+"""Tuners on `subnets_wav2vec_ctc` from its config (`+model.tuner=...`): the shipped configs
+compose into the method's settings over the base config; the model trains only the tuner and the
+output layer; a model rebuilt from the recorded plan takes the checkpoint's state; the task runs
+AdaLoRA's allocator after each optimizer step; bad settings fail naming the config key."""
+import types
+
+import pytest
+import torch
+
+from factory import TINY
+from fairseq_subnets.core.tuners import TUNERS, tuner_parameters
+from fairseq_subnets.core.tuners.adalora import svd_deltas
+from fairseq_subnets.plugin.errors import PluginInputError
+from fairseq_subnets.plugin.models import W2V_PREFIX, SubnetsWav2VecCtc
+from fairseq_subnets.plugin.tasks import SubnetsAudioFinetuningTask
+from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+
+SIZE = CtcModelSize(vocab=32, **TINY)
+OUTPUT_LAYER = {"w2v_encoder.proj.weight", "w2v_encoder.proj.bias"}
+
+
+def build(cfg, seed=0):
+    torch.manual_seed(seed)
+    return SubnetsWav2VecCtc.build_model(cfg, types.SimpleNamespace(target_dictionary=range(SIZE.vocab)))
+
+
+def tuner_model_config(**fields):
+    cfg = ctc_model_config(SIZE)
+    for key, value in fields.items():
+        cfg[key] = value
+    return cfg
+
+
+def compose(name):
+    from fairseq.dataclass.initialize import hydra_init
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from fairseq_subnets import USER_DIR
+
+    hydra_init(name)
+    with initialize_config_dir(config_dir=f"{USER_DIR}/config/finetune", version_base="1.1"):
+        return hydra_compose(config_name=name)
+
+
+@pytest.mark.parametrize("scale, lr, max_update, max_tokens", [("tiny", 0.005, 600, 400000),
+                                                                ("xlsr_300m", 0.001, 20000, 1280000)])
+@pytest.mark.parametrize("method", list(TUNERS))
+def test_each_shipped_tuner_config_is_its_base_config_with_the_methods_settings(method, scale, lr, max_update,
+                                                                                 max_tokens):
+    from fairseq_subnets.plugin.tuners import tuner_config_of
+
+    cfg = compose(f"{method}_{scale}")
+    assert cfg.model._name == "subnets_wav2vec_ctc" and cfg.model.tuner == method
+    assert cfg.model.freeze_finetune_updates == 0
+    assert list(cfg.optimization.lr) == [lr] and cfg.optimization.max_update == max_update
+    assert cfg.dataset.max_tokens == max_tokens and cfg.task._name == "subnets_audio_finetuning"
+    config = tuner_config_of(cfg.model)
+    assert config.method == method
+    if method == "adalora":
+        assert config.total_updates == max_update
+        assert config.warmup_updates == max_update // 10 and config.final_updates == max_update * 3 // 10
+    if method in ("lora", "alpha_lora", "adalora"):
+        assert config.targets == "q,v"
+
+
+@pytest.mark.parametrize("method", list(TUNERS))
+def test_the_model_trains_only_its_tuner_and_output_layer_and_rebuilds_from_its_plan(method):
+    extra = {"tuner_total_updates": 100} if method == "adalora" else {}
+    cfg = tuner_model_config(tuner=method, **extra)
+    model = build(cfg)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    assert trainable == set(tuner_parameters(model)) | OUTPUT_LAYER
+    assert model.w2v_encoder.freeze_finetune_updates == 0
+    with torch.no_grad():
+        for parameter in tuner_parameters(model).values():
+            parameter.add_(0.1)
+    rebuilt = build(cfg, seed=7)  # a resumed run or fairseq-generate: built from the recorded plan
+    rebuilt.load_state_dict(model.state_dict())
+    source = torch.randn(1, 4000, generator=torch.Generator().manual_seed(0))
+    model.eval(), rebuilt.eval()
+    with torch.no_grad():
+        assert torch.equal(model(source=source, padding_mask=None)["encoder_out"],
+                           rebuilt(source=source, padding_mask=None)["encoder_out"])
+
+
+def test_the_task_runs_the_adalora_allocator_after_each_optimizer_step():
+    model = build(tuner_model_config(tuner="adalora", tuner_total_updates=10, tuner_init_r=4, tuner_target_r=2))
+    deltas = svd_deltas(model, W2V_PREFIX)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimizer = types.SimpleNamespace(step=lambda: None)
+    task = SubnetsAudioFinetuningTask.__new__(SubnetsAudioFinetuningTask)
+    for update in range(10):
+        for p in parameters:
+            p.grad = torch.randn_like(p)
+        with torch.no_grad():
+            for delta in deltas.values():
+                delta.lora_E.add_(0.1)
+        task.optimizer_step(optimizer, model, update)
+    # the final budget, target_r x matrices, shared out by importance (not 2 per matrix)
+    assert sum(delta.rank() for delta in deltas.values()) == 2 * len(deltas)
+    assert all(int((delta.lora_E != 0).sum()) == delta.rank() for delta in deltas.values())
+    assert all(delta.lora_E_sensitivity.abs().sum() > 0 for delta in deltas.values())
+
+
+BAD_SETTINGS = [
+    ({"tuner": "dora"}, r"model.tuner: unknown method .dora. \(known: lora, alpha_lora"),
+    ({"tuner": "lora", "tuner_r": 0}, r"model.tuner_r: a rank is an integer >= 1 \(got 0\)"),
+    ({"tuner": "lora", "tuner_init_r": 4}, "model.tuner_init_r is an option of adalora; model.tuner=lora does not"),
+    ({"tuner": "adalora"}, "model.tuner=adalora needs model.tuner_total_updates"),
+    ({"tuner": "s2lora", "tuner_layers": "0-5"}, "model.tuner_layers: layer 2 is selected but the model has 2"),
+    ({"tuner": "ia3", "tuner_targets": "fc3"}, "model.tuner_targets"),
+    ({"tuner": "lora", "score_sparsity": 0.1}, "model.tuner=lora with model.score_sparsity: a tuner and learned"),
+    ({"tuner": "bitfit", "freeze_encoder_epochs": 1},
+     "model.freeze_encoder_epochs=1 with model.tuner=bitfit: a frozen epoch runs the encoder without gradients, "
+     "so the tuner would not learn"),
+]
+
+
+@pytest.mark.parametrize("fields, message", BAD_SETTINGS, ids=[m.split(":")[0][:40] for _, m in BAD_SETTINGS])
+def test_bad_tuner_settings_fail_naming_the_config_key(fields, message):
+    with pytest.raises(PluginInputError, match=message):
+        build(tuner_model_config(**fields))

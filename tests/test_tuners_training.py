@@ -1,0 +1,116 @@
+"""Tuners in real fairseq runs: stock fairseq-hydra-train with the shipped `s2lora_tiny` config on
+2 CPU ranks (gloo) and with `adalora_tiny` on one, on the skeleton's synthesized speech and tiny
+pretrained model. The backbone stays bit-identical, the optimizer holds only the tuner and the
+output layer, S2-LoRA's shared factors stay one tensor in checkpoints and its regularisation terms
+are logged, AdaLoRA's allocator ends at its target budget; stock fairseq-generate decodes the
+checkpoint, and its export loads in stock fairseq without the plugin and gives the same logits.
+Resuming after a kill, bit for bit, is in test_reproducible_training (mode tuner_adalora)."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from checkpoint_helpers import (
+    assert_exports_to_stock_fairseq, assert_generate_decodes_every_test_utterance,
+)
+from fairseq_subnets import USER_DIR
+
+pytestmark = pytest.mark.slow
+
+LANGUAGE = "ca"
+
+
+def overrides(result, save_dir, *extra):
+    return [f"common.user_dir={USER_DIR}", f"task.data={Path(result.corpus_dir) / LANGUAGE}",
+            f"model.w2v_path={result.pretrained_checkpoint}", f"checkpoint.save_dir={save_dir}", *extra]
+
+
+@pytest.fixture(scope="module")
+def s2lora_run(skeleton_run, tmp_path_factory):
+    """Two gloo ranks (`fairseq-subnets launch`), 20 updates, fairseq's encoder freeze set as stock
+    recipes set it (it must not stop the tuner)."""
+    from fairseq_subnets.cli.main import main as cli
+
+    _, result = skeleton_run
+    out = tmp_path_factory.mktemp("s2lora")
+    arguments = ["--config-dir", str(Path(USER_DIR) / "config" / "finetune"), "--config-name", "s2lora_tiny",
+                 *overrides(result, out / "run", "optimization.max_update=20", "dataset.validate_interval_updates=10",
+                            "model.freeze_finetune_updates=1000")]
+    assert cli(["launch", "--nprocs", "2", "--log-dir", str(out), "--", *arguments]) == 0
+    return result, out / "run", (out / "train_rank0.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def adalora_run(skeleton_run, tmp_path_factory):
+    """One rank, 20 updates: the full budget for 2 updates, shrinking until update 14, masking
+    every 2nd update, then at the target."""
+    from fairseq_subnets.runner import CONFIG_DIR, hydra_train
+
+    _, result = skeleton_run
+    out = tmp_path_factory.mktemp("adalora")
+    log = hydra_train("adalora_tiny", overrides(
+        result, out, "optimization.max_update=20", "model.tuner_warmup_updates=2", "model.tuner_final_updates=6",
+        "model.tuner_interval=2", "dataset.disable_validation=true", "common.log_interval=1"),
+        out / "train.log", config_dir=CONFIG_DIR / "finetune")
+    return result, out, log
+
+
+def backbone_differences(state, pretrained):
+    """wav2vec2 tensors of a tuned checkpoint that differ from the pretrained model's, and how
+    many were compared (stored weights and biases under their plain names)."""
+    from fairseq_subnets.plugin.models import W2V_PREFIX
+
+    different, compared = [], 0
+    for key, value in state.items():
+        if not key.startswith(W2V_PREFIX) or (".parametrizations." in key and not key.endswith(".original")):
+            continue
+        name = key[len(W2V_PREFIX):].replace(".parametrizations.weight.original", ".weight")
+        name = name.replace(".parametrizations.bias.original", ".bias")
+        compared += 1
+        if not torch.equal(value, pretrained[name]):
+            different.append(key)
+    return different, compared
+
+
+def test_s2lora_trains_on_two_ranks_leaving_the_backbone_bit_identical(s2lora_run):
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+
+    result, run_dir, log = s2lora_run
+    assert "regulariser_s2lora_sparsity" in log and "regulariser_s2lora_factors" in log, log[-3000:]
+    checkpoint = load_checkpoint(run_dir / "checkpoint_last.pt")
+    state = checkpoint["model"]
+    different, compared = backbone_differences(state, load_checkpoint(result.pretrained_checkpoint)["model"])
+    assert not different and compared > 50
+    shared = {state[k].data_ptr() for k in state if k.endswith(".shared_A")}
+    matrices = 6 * 3  # every matrix of the skeleton's 3 layers; one stored shared_A key per matrix
+    assert len(shared) == 3 and sum(k.endswith(".shared_A") for k in state) == matrices
+    coefficients = [state[k] for k in state if k.endswith(".coefficients")]
+    assert len(coefficients) == matrices and all(c.abs().sum() > 0 for c in coefficients)
+    adam = checkpoint["last_optimizer_state"]["state"]
+    assert len(adam) == 3 * 2 + matrices + 2  # shared pairs, coefficient vectors, output layer weight and bias
+
+
+def test_fairseq_generate_decodes_the_tuned_checkpoint(s2lora_run, tmp_path):
+    result, run_dir, _ = s2lora_run
+    assert_generate_decodes_every_test_utterance(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / LANGUAGE,
+                                                 tmp_path)
+
+
+def test_export_merges_the_tuner_into_a_stock_checkpoint(s2lora_run, tmp_path):
+    result, run_dir, _ = s2lora_run
+    assert_exports_to_stock_fairseq(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / LANGUAGE, tmp_path)
+
+
+def test_adalora_ends_at_its_target_budget_with_the_backbone_untouched(adalora_run):
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+
+    result, run_dir, log = adalora_run
+    assert "adalora_budget" in log, log[-3000:]
+    state = load_checkpoint(run_dir / "checkpoint_last.pt")["model"]
+    different, _ = backbone_differences(state, load_checkpoint(result.pretrained_checkpoint)["model"])
+    assert not different
+    kept = {k: state[k] for k in state if k.endswith(".adalora.tuner.kept")}
+    assert len(kept) == 6 and sum(int(v.sum()) for v in kept.values()) == 8 * 6  # q and v of 3 layers
+    for key, mask in kept.items():
+        singular_values = state[key.replace(".kept", ".lora_E")]
+        assert torch.equal(singular_values != 0, mask)
