@@ -216,6 +216,18 @@ CASES = [
     Case("data-jobs-zero", [*MANIFEST, "mls", "<SOURCE>", "--jobs", "0", "--out", "<OUT>"],
          "fairseq-subnets data manifest: error: argument --jobs: must be at least 1, got 0", "--jobs",
          {"<SOURCE>": "mls-good"}),
+    Case("adapter-save-no-tuner", ["adapter", "save", "<CKPT>", "--out", "<OUT>"],
+         "fairseq-subnets adapter: error: <CKPT>: holds no tuner (its model.tuner is unset)", "<CKPT>",
+         {"<CKPT>": "model.pt"}),
+    Case("adapter-apply-mask-file", ["adapter", "apply", "<ADAPTER>", "--backbone", "<CKPT>", "--out", "<OUT>"],
+         "fairseq-subnets adapter: error: <ADAPTER>: not an adapter file (metadata format is", "<ADAPTER>",
+         {"<ADAPTER>": "model.st", "<CKPT>": "model.pt"}),
+    Case("adapter-apply-missing", ["adapter", "apply", "<ADAPTER>", "--backbone", "<CKPT>", "--out", "<OUT>"],
+         "fairseq-subnets adapter: error: <ADAPTER>: no such adapter file", "<ADAPTER>",
+         {"<ADAPTER>": "none.adapter", "<CKPT>": "model.pt"}),
+    Case("adapter-info-text-file", ["adapter", "info", "<ADAPTER>"],
+         "fairseq-subnets adapter: error: <ADAPTER>: not an adapter file (not safetensors", "<ADAPTER>",
+         {"<ADAPTER>": "notes.txt"}),
 ]
 CATALOGUE_IDS = tuple(case.id for case in CASES)
 

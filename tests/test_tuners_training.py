@@ -114,3 +114,51 @@ def test_adalora_ends_at_its_target_budget_with_the_backbone_untouched(adalora_r
     for key, mask in kept.items():
         singular_values = state[key.replace(".kept", ".lora_E")]
         assert torch.equal(singular_values != 0, mask)
+
+
+def logits_of(checkpoint, data, utterances=3):
+    """Logits of the first test utterances from `checkpoint`, loaded as fairseq-generate loads it."""
+    from fairseq import checkpoint_utils
+
+    (model,), _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)],
+                                                                      arg_overrides={"data": str(data)})
+    task.load_dataset("test")
+    sample = task.dataset("test").collater([task.dataset("test")[i] for i in range(utterances)])
+    with torch.no_grad():
+        return model.eval().get_logits(model(**sample["net_input"]))
+
+
+def test_an_adapter_file_rebuilds_the_run_on_its_backbone_and_refuses_another(s2lora_run, tmp_path, capsys):
+    """The file holds only what trained (a fraction of the checkpoint's bytes); applied to the
+    pretraining checkpoint it gives the run's logits exactly; a backbone one weight away from it
+    is refused and nothing is written."""
+    import json
+
+    from fairseq_subnets.cli.main import main as cli
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+
+    result, run_dir, _ = s2lora_run
+    checkpoint = run_dir / "checkpoint_last.pt"
+    adapter = tmp_path / "ca.adapter"
+    assert cli(["adapter", "save", str(checkpoint), "--out", str(adapter)]) == 0
+    assert "s2lora adapter" in capsys.readouterr().out
+    assert adapter.stat().st_size < 0.1 * checkpoint.stat().st_size
+    assert cli(["adapter", "info", str(adapter), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["method"] == "s2lora" and info["trained_parameters"] > 0
+
+    rebuilt = tmp_path / "rebuilt.pt"
+    assert cli(["adapter", "apply", str(adapter), "--backbone", str(result.pretrained_checkpoint),
+                "--out", str(rebuilt)]) == 0
+    data = Path(result.corpus_dir) / LANGUAGE
+    assert torch.equal(logits_of(rebuilt, data), logits_of(checkpoint, data))
+
+    other = load_checkpoint(result.pretrained_checkpoint)
+    other["model"]["encoder.layers.0.fc1.bias"] = other["model"]["encoder.layers.0.fc1.bias"] + 1e-3
+    torch.save(other, tmp_path / "other.pt")
+    capsys.readouterr()
+    assert cli(["adapter", "apply", str(adapter), "--backbone", str(tmp_path / "other.pt"),
+                "--out", str(tmp_path / "refused.pt")]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f"fairseq-subnets adapter: error: {adapter}: made for another backbone"), line
+    assert not (tmp_path / "refused.pt").exists()

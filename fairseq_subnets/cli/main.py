@@ -7,7 +7,7 @@ import argparse
 import importlib
 import sys
 
-COMMAND_MODULES = ("data", "masks", "bundles", "demo", "launch", "grid", "report", "benchmarks")
+COMMAND_MODULES = ("data", "masks", "bundles", "adapters", "demo", "launch", "grid", "report", "benchmarks")
 QUIET_HELP = "no progress bar (none either when stderr is not a terminal)"
 
 

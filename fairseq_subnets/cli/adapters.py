@@ -1,0 +1,110 @@
+"""`fairseq-subnets adapter save | apply | info`: what a tuner run trained, as a small file.
+
+An adapter file (plugin.adapters) holds a `+model.tuner=...` run's tuner parameters and output
+layer, with the method, the run's config, its dictionary and the fingerprint of the backbone it
+was trained on. `apply` rebuilds the run's checkpoint from the file and a checkpoint holding that
+backbone (the pretraining checkpoint, usually), refusing any other backbone.
+"""
+import json
+import os
+
+from ..atomic import cannot_write_message, check_writable, write_atomically
+from .main import UserError
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "adapter", help="a tuner run's trained parameters as a small file, and back to a checkpoint",
+        description="Saves what a +model.tuner=... run trained (tuner parameters and output layer) with the "
+        "fingerprint of its backbone, and applies such a file to a checkpoint holding that backbone.")
+    commands = parser.add_subparsers(dest="adapter_command", metavar="SUBCOMMAND", required=True)
+
+    save = commands.add_parser("save", help="the adapter file of a tuner run's checkpoint")
+    save.add_argument("checkpoint", metavar="CKPT")
+    save.add_argument("--out", required=True, metavar="FILE", help="adapter file to write (safetensors)")
+    save.set_defaults(func=run_save)
+
+    apply = commands.add_parser("apply", help="rebuild the run's checkpoint from an adapter file and its backbone")
+    apply.add_argument("adapter", metavar="FILE")
+    apply.add_argument("--backbone", required=True, metavar="CKPT",
+                       help="checkpoint holding the backbone: the pretraining checkpoint the run started from")
+    apply.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write")
+    apply.set_defaults(func=run_apply)
+
+    info = commands.add_parser("info", help="method, options, size and backbone of an adapter file")
+    info.add_argument("adapter", metavar="FILE")
+    info.add_argument("--json", action="store_true", help="one JSON object instead of lines")
+    info.set_defaults(func=run_info)
+
+
+def _adapters():
+    """plugin.adapters, imported when an adapter command runs (it imports fairseq)."""
+    from ..plugin import adapters
+
+    return adapters
+
+
+def _check_writable(path):
+    """Before any work: the output location must take a file."""
+    try:
+        check_writable(path)
+    except OSError as error:
+        raise UserError(cannot_write_message(path, error)) from None
+
+
+def _write(path, data: bytes):
+    try:
+        write_atomically(path, data)
+    except OSError as error:
+        raise UserError(cannot_write_message(path, error)) from None
+
+
+def run_save(args) -> int:
+    adapters = _adapters()
+    _check_writable(args.out)
+    try:
+        adapter = adapters.adapter_of_checkpoint(args.checkpoint)
+    except ValueError as error:  # AdapterError, CheckpointLoadError
+        raise UserError(str(error)) from None
+    _write(args.out, adapters.adapter_file_bytes(adapter))
+    size, whole = os.path.getsize(args.out), os.path.getsize(args.checkpoint)
+    print(f"{args.out}: {adapter.method} adapter, {adapter.trained_count():,} trained parameters, {size:,} bytes "
+          f"({size / whole:.2%} of {args.checkpoint}, {whole:,} bytes)")
+    return 0
+
+
+def run_apply(args) -> int:
+    import io
+
+    import torch
+
+    adapters = _adapters()
+    _check_writable(args.out)
+    try:
+        adapter = adapters.read_adapter_file(args.adapter)
+        checkpoint = adapters.checkpoint_with_backbone(adapter, args.adapter, args.backbone)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    _write(args.out, buffer.getvalue())
+    print(f"{args.out}: the {adapter.method} run on {args.backbone}; decode it with fairseq-generate "
+          f"(--user-dir, as for training) or merge it with `fairseq-subnets export`")
+    return 0
+
+
+def run_info(args) -> int:
+    adapters = _adapters()
+    try:
+        adapter = adapters.read_adapter_file(args.adapter)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    summary = {"adapter": args.adapter, "method": adapter.method, "bytes": os.path.getsize(args.adapter),
+               "trained_parameters": adapter.trained_count(), "options": json.loads(adapter.metadata["tuner"]),
+               "backbone_sha256": adapter.metadata["backbone_sha256"]}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    for key, value in summary.items():
+        print(f"{key}: {value}")
+    return 0
