@@ -8,8 +8,8 @@ backbone (the pretraining checkpoint, usually), refusing any other backbone.
 import json
 import os
 
-from ..atomic import cannot_write_message, check_writable, write_atomically
-from .main import UserError
+from ..atomic import check_writable, write_atomically
+from .main import UserError, writing
 
 
 def register(subparsers):
@@ -44,29 +44,16 @@ def _adapters():
     return adapters
 
 
-def _check_writable(path):
-    """Before any work: the output location must take a file."""
-    try:
-        check_writable(path)
-    except OSError as error:
-        raise UserError(cannot_write_message(path, error)) from None
-
-
-def _write(path, data: bytes):
-    try:
-        write_atomically(path, data)
-    except OSError as error:
-        raise UserError(cannot_write_message(path, error)) from None
-
-
 def run_save(args) -> int:
     adapters = _adapters()
-    _check_writable(args.out)
+    with writing(args.out):  # before any work
+        check_writable(args.out)
     try:
         adapter = adapters.adapter_of_checkpoint(args.checkpoint)
     except ValueError as error:  # AdapterError, CheckpointLoadError
         raise UserError(str(error)) from None
-    _write(args.out, adapters.adapter_file_bytes(adapter))
+    with writing(args.out):
+        write_atomically(args.out, adapters.adapter_file_bytes(adapter))
     size, whole = os.path.getsize(args.out), os.path.getsize(args.checkpoint)
     print(f"{args.out}: {adapter.method} adapter, {adapter.trained_count():,} trained parameters, {size:,} bytes "
           f"({size / whole:.2%} of {args.checkpoint}, {whole:,} bytes)")
@@ -79,7 +66,8 @@ def run_apply(args) -> int:
     import torch
 
     adapters = _adapters()
-    _check_writable(args.out)
+    with writing(args.out):  # before any work
+        check_writable(args.out)
     try:
         adapter = adapters.read_adapter_file(args.adapter)
         checkpoint = adapters.checkpoint_with_backbone(adapter, args.adapter, args.backbone)
@@ -87,7 +75,8 @@ def run_apply(args) -> int:
         raise UserError(str(error)) from None
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    _write(args.out, buffer.getvalue())
+    with writing(args.out):
+        write_atomically(args.out, buffer.getvalue())
     print(f"{args.out}: the {adapter.method} run on {args.backbone}; decode it with fairseq-generate "
           f"(--user-dir, as for training) or merge it with `fairseq-subnets export`")
     return 0

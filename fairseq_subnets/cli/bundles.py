@@ -12,7 +12,7 @@ with DATA holding one manifest folder per language, as for multilingual runs.
 import json
 
 from ..atomic import cannot_write_message, check_writable
-from .main import UserError
+from .main import UserError, writing
 
 DECODE_HINT = ("decode a language with: fairseq-generate DATA --task subnets_multilingual_finetuning "
                "--languages {languages} --decode-language LANGUAGE --path {path} --labels ltr ...")
@@ -55,17 +55,11 @@ def _bundles():
     return bundles
 
 
-def _writable(path):
-    try:
-        check_writable(path)
-    except OSError as error:
-        raise UserError(cannot_write_message(path, error)) from None
-
-
 def _saved(path, make):
     """Writes the bundle `make()` returns to `path` atomically (checked writable first); returns it."""
     bundles = _bundles()
-    _writable(path)
+    with writing(path):
+        check_writable(path)
     try:
         bundle = make()
         bundles.write_bundle(bundle, path)

@@ -6,6 +6,9 @@ sets `func` (called with the parsed arguments; its return value is the exit stat
 import argparse
 import importlib
 import sys
+from contextlib import contextmanager
+
+from ..atomic import cannot_write_message
 
 COMMAND_MODULES = ("data", "masks", "bundles", "adapters", "demo", "launch", "grid", "report", "benchmarks")
 QUIET_HELP = "no progress bar (none either when stderr is not a terminal)"
@@ -13,6 +16,15 @@ QUIET_HELP = "no progress bar (none either when stderr is not a terminal)"
 
 class UserError(Exception):
     """A problem with the user's input: printed as one line, exit status 2, no traceback."""
+
+
+@contextmanager
+def writing(path: str):
+    """Turns an OSError met while checking or writing `path` into a one-line UserError naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise UserError(cannot_write_message(path, error)) from None
 
 
 def build_parser():

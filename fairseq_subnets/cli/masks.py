@@ -9,14 +9,13 @@ import json
 import math
 import os
 import sys
-from contextlib import contextmanager
 from typing import Dict, List, Sequence
 
 from ..atomic import cannot_write_message, check_writable
 from ..core import stats
 from ..core.maskfile import MaskFile, MaskFileError, load_mask_file, save_mask_file
 from ..core.pruning import METHODS
-from .main import UserError
+from .main import UserError, writing
 
 def register(subparsers):
     _register_prune(subparsers)
@@ -88,15 +87,6 @@ def _load_all(paths: Sequence[str]) -> List[MaskFile]:
     except ValueError as error:
         raise UserError(str(error)) from None
     return files
-
-
-@contextmanager
-def _writing(path: str):
-    """Turns an OSError met while writing `path` into a one-line UserError naming it."""
-    try:
-        yield
-    except OSError as error:
-        raise UserError(cannot_write_message(path, error)) from None
 
 
 def _labels(args) -> List[str]:
@@ -283,7 +273,7 @@ def run_iou(args) -> int:
 
 
 def run_combine(args) -> int:
-    with _writing(args.out):
+    with writing(args.out):
         check_writable(args.out)
     files = _load_all(args.masks)
     masks = [f.masks for f in files]
@@ -298,7 +288,7 @@ def run_combine(args) -> int:
     metadata = {"method": args.operation, "inputs": json.dumps(inputs),
                 "targets": source.get("targets", ""), "layers": source.get("layers", ""),
                 "sparsity": stats.sparsity(result)}
-    with _writing(args.out):
+    with writing(args.out):
         save_mask_file(args.out, result, metadata)
     return _report_written(args.out, result, args)
 
