@@ -325,22 +325,29 @@ def run_step_benchmark(settings: StepBenchSettings = StepBenchSettings(),
                        say: Callable[[str], None] = print) -> Dict[str, object]:
     """Runs every comparison of COMPARISONS and returns every measurement; raises AssertionError
     if a pruned weight becomes nonzero or baked and stock outputs differ."""
+    return run_seeded(settings, say, _run)
+
+
+def run_seeded(settings: StepBenchSettings, say, body) -> Dict[str, object]:
+    """`body(settings, say, result, batch)` with torch at the settings' thread count and seed
+    (both restored after), `result` holding the date, machine, settings and shape, and `batch` the
+    benchmark's batch; returns `result`."""
     settings.check()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(settings.seed)
-            return _run(settings, say)
+            result = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+                      "machine": machine_description(f"{settings.threads} torch thread(s)"),
+                      "settings": asdict(settings), "shape": settings.describe()}
+            body(settings, say, result, make_batch(settings, torch.Generator().manual_seed(settings.seed)))
+            return result
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run(settings: StepBenchSettings, say) -> Dict[str, object]:
-    result = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-              "machine": machine_description(f"{settings.threads} torch thread(s)"), "settings": asdict(settings),
-              "shape": settings.describe()}
-    batch = make_batch(settings, torch.Generator().manual_seed(settings.seed))
+def _run(settings: StepBenchSettings, say, result: Dict[str, object], batch: Batch) -> None:
     size = settings.model_size
 
     say(f"building {settings.describe()} ...")
@@ -418,7 +425,6 @@ def _run(settings: StepBenchSettings, say) -> Dict[str, object]:
                            for name, model in _phase_models(decoded, "decode").items()},
                           settings.decode_steps, settings.decode_warmup)
     _compare_phase(result, seconds, "decode")
-    return result
 
 
 def format_step_report(result: Mapping[str, object]) -> str:

@@ -1,4 +1,4 @@
-"""`fairseq-subnets bench | bench-train | bench-data | bench-data-wait | bench-rehearsal`: the
+"""`fairseq-subnets bench | bench-train | bench-tuners | bench-data | bench-data-wait | bench-rehearsal`: the
 benchmarks of `fairseq_subnets.benchmarks`.
 
 Each prints a table of measurements and their ratios against named references (`bench-rehearsal`:
@@ -14,6 +14,7 @@ from .main import UserError
 def register(subparsers):
     _register_prune(subparsers)
     _register_train_step(subparsers)
+    _register_tuners(subparsers)
     _register_data_check(subparsers)
     _register_data_wait(subparsers)
     _register_rehearsal(subparsers)
@@ -89,6 +90,13 @@ def _register_train_step(subparsers):
         "weight becomes nonzero during training, the two binarisations keep different weights, or baked and "
         "stock outputs differ. About 14 minutes with the defaults on a shared 2-core machine (load average 4).",
     )
+    _add_step_arguments(parser)
+    parser.add_argument("--sparsity", type=float, default=0.9, help="default: %(default)s")
+    parser.set_defaults(func=run_train_step_bench)
+
+
+def _add_step_arguments(parser):
+    """The model size and timing options of bench-train and bench-tuners (StepBenchSettings)."""
     parser.add_argument("--quick", action="store_true", help="4 encoder layers instead of 12 (about a minute)")
     parser.add_argument("--layers", type=int, help="encoder layers (default: 12, or 4 with --quick)")
     parser.add_argument("--width", type=int, default=768, help="default: %(default)s")
@@ -96,7 +104,6 @@ def _register_train_step(subparsers):
     parser.add_argument("--heads", type=int, help="attention heads (default: width / 64)")
     parser.add_argument("--batch", type=int, default=2, help="utterances per batch (default: %(default)s)")
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of 16 kHz audio per utterance (default: %(default)s)")
-    parser.add_argument("--sparsity", type=float, default=0.9, help="default: %(default)s")
     parser.add_argument("--train-steps", type=int, default=8, help="timed training steps per model (default: %(default)s)")
     parser.add_argument("--train-warmup", type=int, default=1, help="untimed training steps per model first (default: %(default)s)")
     parser.add_argument("--decode-steps", type=int, default=10, help="timed forward passes per model (default: %(default)s)")
@@ -106,19 +113,46 @@ def _register_train_step(subparsers):
                         "stall while another process holds a core, which is noise that does not belong to either model)")
     parser.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.set_defaults(func=run_train_step_bench)
+
+
+def _step_settings(args, **extra):
+    from ..benchmarks.train_step import StepBenchSettings
+
+    return StepBenchSettings(
+        layers=args.layers or (4 if args.quick else 12), width=args.width, ffn=args.ffn, heads=args.heads,
+        batch=args.batch, seconds=args.seconds, train_steps=args.train_steps, train_warmup=args.train_warmup,
+        decode_steps=args.decode_steps, decode_warmup=args.decode_warmup, threads=args.threads, seed=args.seed,
+        **extra)
 
 
 def run_train_step_bench(args) -> int:
-    from ..benchmarks.train_step import StepBenchSettings, format_step_report, run_step_benchmark
+    from ..benchmarks.train_step import format_step_report, run_step_benchmark
 
-    settings = StepBenchSettings(
-        layers=args.layers or (4 if args.quick else 12), width=args.width, ffn=args.ffn, heads=args.heads,
-        batch=args.batch, seconds=args.seconds, sparsity=args.sparsity, train_steps=args.train_steps,
-        train_warmup=args.train_warmup, decode_steps=args.decode_steps, decode_warmup=args.decode_warmup,
-        threads=args.threads, seed=args.seed,
+    return _run_and_print(args, _step_settings(args, sparsity=args.sparsity), run_step_benchmark, format_step_report)
+
+
+# ---------------------------------------------------------------------------------- bench-tuners
+
+
+def _register_tuners(subparsers):
+    parser = subparsers.add_parser(
+        "bench-tuners", help="time training with each tuner against full fine-tuning, and merged decoding",
+        description="Builds a wav2vec2 CTC model (BASE-sized by default) with random weights and a copy with each "
+        "tuner (lora, alpha_lora, adalora, glora, bitfit, ia3, s2lora; their default targets), frozen as "
+        "+model.tuner does, and, in one process with the models taking turns, times (1) a training step of each "
+        "against full fine-tuning of the same model (target at most 1.00x for LoRA and S2-LoRA), (2) AdaLoRA's "
+        "allocator step against its training step (at most 0.05x), and (3) a forward pass of each merged model "
+        "against the stock fairseq model holding its export (1.00x within noise). Fails if a merged model and "
+        "its export decode differently.",
     )
-    return _run_and_print(args, settings, run_step_benchmark, format_step_report)
+    _add_step_arguments(parser)
+    parser.set_defaults(func=run_tuner_bench)
+
+
+def run_tuner_bench(args) -> int:
+    from ..benchmarks.tuners import format_tuner_report, run_tuner_benchmark
+
+    return _run_and_print(args, _step_settings(args), run_tuner_benchmark, format_tuner_report)
 
 
 # ------------------------------------------------------------------------------------ bench-data
