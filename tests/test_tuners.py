@@ -18,7 +18,9 @@ from fairseq_subnets.core.tuners import (
     target_shapes,
     tuner_config,
     tuner_parameters,
+    tuner_ranks,
     tuner_transforms,
+    unmerge_state_dict,
 )
 from fairseq_subnets.core.tuners.adalora import ORTHOGONALITY_TERM, budget_at, svd_deltas
 from fairseq_subnets.core.tuners.s2lora import FACTORS_TERM, SPARSITY_TERM, rank_distribution
@@ -66,6 +68,28 @@ def test_every_tuner_changes_the_logits_and_bakes_to_exactly_them(method):
     stock = ctc_model(0)
     stock.load_state_dict(bake_state_dict(model.state_dict()))
     torch.testing.assert_close(logits(stock, source), unmerged, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", list(TUNERS))
+def test_unmerging_a_merged_state_gives_back_the_backbone(method):
+    backbone = ctc_model(0).state_dict()
+    model, _ = tuned_model(method, **EVERY_MATRIX)
+    merged = bake_state_dict(model.state_dict())
+    restored = unmerge_state_dict(merged, model.state_dict())
+    assert restored.keys() == backbone.keys()
+    changed = [k for k in backbone if not torch.equal(merged[k], backbone[k])]
+    assert changed  # the merge changed weights (or biases), and unmerging takes them back
+    for key in backbone:
+        torch.testing.assert_close(restored[key], backbone[key], rtol=1e-5, atol=1e-6)
+
+
+def test_unmerging_refuses_a_scale_of_zero():
+    model, _ = tuned_model("ia3", targets="k", layers="0")
+    (_, scale), = tuner_transforms(model)
+    with torch.no_grad():
+        scale.ia3_l[3] = 0.0
+    with pytest.raises(ValueError, match="ia3_out: a scale of 0 cannot be undone"):
+        unmerge_state_dict(bake_state_dict(model.state_dict()), model.state_dict())
 
 
 @pytest.mark.parametrize("method", list(TUNERS))
@@ -177,6 +201,18 @@ def test_s2lora_counts_a_rank_as_pruned_below_1e_minus_4():
     with torch.no_grad():
         member.coefficients.copy_(torch.tensor([1e-4, -1e-4, 0.99e-4, -0.99e-4, 0.0, 0.5, -2.0, 1e-5]))
     assert rank_distribution(model, W2V_PREFIX) == {name: 4}
+
+
+def test_the_ranks_in_use_read_off_a_bare_state_dict_as_the_live_transforms_count_them():
+    for method in ("lora", "alpha_lora", "adalora", "s2lora"):
+        model, _ = tuned_model(method)
+        live = {name: (method, t.rank()) for name, t in tuner_transforms(model, W2V_PREFIX)}
+        assert tuner_ranks(model.state_dict()) == live and live
+    adalora, _ = tuned_model("adalora", targets="q", layers="1")
+    (name, delta), = tuner_transforms(adalora, W2V_PREFIX)
+    delta.keep(torch.tensor([True, False] * 6))
+    assert tuner_ranks(adalora.state_dict()) == {name: ("adalora", 6)}
+    assert tuner_ranks(tuned_model("ia3")[0].state_dict()) == {}
 
 
 def test_the_adalora_orthogonality_term_is_the_mean_deviation_over_every_factor():

@@ -101,6 +101,22 @@ def test_export_merges_the_tuner_into_a_stock_checkpoint(s2lora_run, tmp_path):
     assert_exports_to_stock_fairseq(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / LANGUAGE, tmp_path)
 
 
+def test_adalora_ranks_print_as_a_layer_by_matrix_table_csv_and_heatmap(adalora_run, tmp_path, capsys):
+    from fairseq_subnets.cli.main import main as cli
+
+    _, run_dir, _ = adalora_run
+    csv_path, png_path = tmp_path / "ranks.csv", tmp_path / "ranks.png"
+    assert cli(["adapter", "ranks", str(run_dir / "checkpoint_last.pt"), "--csv", str(csv_path),
+                "--plot", str(png_path)]) == 0
+    out = capsys.readouterr().out
+    assert "adalora, 48 ranks in use over 6 matrices" in out
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "layer,q,k,v,out,fc1,fc2" and len(lines) == 4
+    assert sum(int(cell) for line in lines[1:] for cell in line.split(",")[1:] if cell != "-") == 48
+    assert all(line.split(",")[2] == "-" for line in lines[1:])  # k is not adapted
+    assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_adalora_ends_at_its_target_budget_with_the_backbone_untouched(adalora_run):
     from fairseq_subnets.plugin.checkpoints import load_checkpoint
 

@@ -31,6 +31,15 @@ def register(subparsers):
     apply.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write")
     apply.set_defaults(func=run_apply)
 
+    ranks = commands.add_parser("ranks", help="the rank each adapted matrix uses (LoRA, alpha-LoRA, AdaLoRA, S2-LoRA)",
+                                description="The rank in use of every adapted matrix, as a table of encoder layers "
+                                "x q, k, v, out, fc1, fc2: AdaLoRA's kept triplets, S2-LoRA's coefficients with "
+                                "|s| >= 1e-4, LoRA's r, alpha-LoRA's r (0 while its scalar is 0).")
+    ranks.add_argument("source", metavar="FILE", help="an adapter file or a tuner run's checkpoint")
+    ranks.add_argument("--csv", metavar="OUT", help="also write the table as CSV (layer, then one column per kind)")
+    ranks.add_argument("--plot", metavar="PNG", help="also draw it as a heatmap (a .png file)")
+    ranks.set_defaults(func=run_ranks)
+
     info = commands.add_parser("info", help="method, options, size and backbone of an adapter file")
     info.add_argument("adapter", metavar="FILE")
     info.add_argument("--json", action="store_true", help="one JSON object instead of lines")
@@ -96,4 +105,42 @@ def run_info(args) -> int:
         return 0
     for key, value in summary.items():
         print(f"{key}: {value}")
+    return 0
+
+
+def run_ranks(args) -> int:
+    from ..core.targets import KINDS, parse_weight_name
+    from ..core.tuners import tuner_ranks
+
+    if args.plot and not args.plot.endswith(".png"):
+        raise UserError(f"--plot {args.plot}: the heatmap is written as PNG; name a .png file")
+    for path in filter(None, (args.csv, args.plot)):
+        with writing(path):
+            check_writable(path)
+    try:
+        ranks = tuner_ranks(_adapters().tuned_state(args.source))
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    if not ranks:
+        raise UserError(f"{args.source}: holds no rank-based tuner (lora, alpha_lora, adalora, s2lora)")
+    by_cell = {parse_weight_name(name): rank for name, (_, rank) in ranks.items()}
+    layers = sorted({layer for layer, _ in by_cell})
+    rows = [[str(layer)] + [str(by_cell.get((layer, kind), "-")) for kind in KINDS] for layer in layers]
+    methods = sorted({method for method, _ in ranks.values()})
+    print(f"{args.source}: {', '.join(methods)}, {sum(by_cell.values())} ranks in use over {len(by_cell)} matrices")
+    print("\n".join(" ".join(cell.rjust(5) for cell in row) for row in [["layer", *KINDS], *rows]))
+    if args.csv:
+        with writing(args.csv):
+            write_atomically(args.csv, "".join(",".join(row) + "\n" for row in [["layer", *KINDS], *rows]).encode())
+    if args.plot:
+        from pathlib import Path
+
+        from ..engine.report import Heatmap, write_plot
+
+        plot = Path(args.plot)
+        matrix = [[by_cell.get((layer, kind)) for kind in KINDS] for layer in layers]
+        heatmap = Heatmap(plot.stem, f"{', '.join(methods)}: ranks in use", [str(layer) for layer in layers], matrix,
+                          "rank", "matrix", column_labels=list(KINDS), row_axis_label="encoder layer", decimals=0)
+        with writing(args.plot):
+            write_plot(plot.parent, heatmap)
     return 0

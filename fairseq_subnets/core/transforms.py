@@ -117,6 +117,16 @@ class WeightTransform(nn.Module):
         """The bias this transform makes of `bias`, given the module's stored base weight."""
         return bias
 
+    def unmerge(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight this transform's forward pass made `weight` of (merging undone)."""
+        raise TransformError(f"{self.kind}: a merged weight cannot be taken back to the backbone")
+
+    def unmerge_bias(self, bias: torch.Tensor, base_weight: torch.Tensor) -> torch.Tensor:
+        """The bias `adapt_bias` made `bias` of, given the (unmerged) base weight."""
+        if self.changes_bias:
+            raise TransformError(f"{self.kind}: a merged bias cannot be taken back to the backbone")
+        return bias
+
     shared_tensor_names: ClassVar[Tuple[str, ...]] = ()
     """Parameters that one tensor serves for several transforms (S2-LoRA's shared factors)."""
 

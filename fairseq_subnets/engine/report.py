@@ -221,32 +221,41 @@ class LinePlot:
 
 @dataclass
 class Heatmap:
-    """A square matrix with the value written in each cell; a missing value is a grey n/a."""
+    """A matrix with the value written in each cell; a missing value is a grey n/a. Square (one set
+    of `labels` on both axes) unless `column_labels` are given: then `labels` name the rows and
+    `row_axis_label` the row axis."""
     name: str
     title: str
     labels: List[str]
     matrix: List[List[Optional[float]]]
     value_label: str
     axis_label: str
+    column_labels: Optional[List[str]] = None
+    row_axis_label: Optional[str] = None
+    decimals: int = 2
+
+    @property
+    def columns(self) -> List[str]:
+        return self.column_labels if self.column_labels is not None else self.labels
 
     def draw(self, figure: Figure) -> None:
         values = numpy.array([[math.nan if value is None else value for value in row] for row in self.matrix])
         colormap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
         axes = figure.subplots()
         image = axes.imshow(numpy.ma.masked_invalid(values), cmap=colormap)
-        ticks = range(len(self.labels))
-        axes.set_xticks(ticks, self.labels)
-        axes.set_yticks(ticks, self.labels)
-        for i in ticks:
-            for j in ticks:
+        axes.set_xticks(range(len(self.columns)), self.columns)
+        axes.set_yticks(range(len(self.labels)), self.labels)
+        for i in range(len(self.labels)):
+            for j in range(len(self.columns)):
                 value = values[i, j]
                 missing = math.isnan(value)
                 colour = "black" if missing or image.norm(value) > 0.5 else "white"
-                axes.text(j, i, "n/a" if missing else f"{value:.2f}", ha="center", va="center", color=colour)
+                axes.text(j, i, "n/a" if missing else f"{value:.{self.decimals}f}", ha="center", va="center",
+                          color=colour)
         figure.colorbar(image, ax=axes, label=self.value_label)
         axes.set_title(self.title)
         axes.set_xlabel(self.axis_label)
-        axes.set_ylabel(self.axis_label)
+        axes.set_ylabel(self.row_axis_label or self.axis_label)
 
 
 @dataclass
@@ -307,7 +316,7 @@ def write_table(out_dir: Path, table: Table, legend: str) -> List[Path]:
 
 
 def write_plot(out_dir: Path, plot: Union[LinePlot, Heatmap, ScatterPlot]) -> Path:
-    size = (1.3 * len(plot.labels) + 3, 1.1 * len(plot.labels) + 1.5) if isinstance(plot, Heatmap) else (7, 4.5)
+    size = (1.3 * len(plot.columns) + 3, 1.1 * len(plot.labels) + 1.5) if isinstance(plot, Heatmap) else (7, 4.5)
     figure = Figure(figsize=size, layout="constrained")
     plot.draw(figure)
     path = out_dir / f"{plot.name}.png"

@@ -22,7 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
 from ..core.transforms import TRANSFORM_KINDS, parse_plan
-from ..core.tuners import TUNER_KINDS
+from ..core.tuners import TRANSFORM_STATE, TUNER_KINDS
 from .checkpoints import load_fairseq_checkpoint, trainer_checkpoint
 from .errors import PluginInputError
 from .language_heads import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
@@ -55,7 +55,7 @@ class Adapter:
 
 def is_tuner_state_key(key: str) -> bool:
     """`...parametrizations.weight.0.<kind>.<name>.<state>` of a tuner kind."""
-    head, found, rest = key.partition(".parametrizations.weight.0.")
+    head, found, rest = key.partition(TRANSFORM_STATE)
     return bool(found) and rest.split(".")[0] in TUNER_KINDS
 
 
@@ -103,7 +103,7 @@ def adapter_of_checkpoint(path: str) -> Adapter:
     if dictionary is None:
         raise AdapterError(f"{path}: holds no target dictionary (task_state)")
     state = checkpoint["model"]
-    other = next((key for key in state if ".parametrizations.weight.0." in key and not is_tuner_state_key(key)), None)
+    other = next((key for key in state if TRANSFORM_STATE in key and not is_tuner_state_key(key)), None)
     if other is not None:
         raise AdapterError(f"{path}: holds {other}, a transform that is no tuner's; an adapter file applies to an "
                            "unchanged backbone (bake other transforms in first: export, then model.init_from)")
@@ -218,3 +218,11 @@ def dictionary_of(adapter: Adapter, path: str) -> Dictionary:
         raise AdapterError(f"{path}: metadata 'dictionary' does not start with fairseq's {', '.join(special)}")
     dictionary.add_from_file(io.StringIO("".join(f"{symbol} 1\n" for symbol in symbols[len(special):])))
     return dictionary
+
+
+def tuned_state(path: str) -> Dict[str, torch.Tensor]:
+    """The tuner state of an adapter file or of a checkpoint (told apart by torch.save's zip
+    header), keyed as in the model."""
+    with open(path, "rb") as handle:
+        is_checkpoint = handle.read(4) == b"PK\x03\x04"
+    return load_fairseq_checkpoint(path)["model"] if is_checkpoint else read_adapter_file(path).tensors

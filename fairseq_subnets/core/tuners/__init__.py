@@ -4,14 +4,20 @@ weight transforms) and model (putting it on a model).
 
 Every tuner acts through weight transforms (`core.transforms`), so fairseq's fused attention sees
 it, and merging is baking: `core.parametrize.bake_module` on a model, `bake_state_dict` on a bare
-state dict.
+state dict. `unmerge_state_dict` takes merged weights back to the backbone where the method allows.
 """
-from typing import Callable, Dict, List, NamedTuple, Tuple, Type
+from typing import Callable, Dict, List, Mapping, NamedTuple, Tuple, Type
 
+import torch
 from torch import nn
 
+from ..transforms import TRANSFORM_KINDS, TransformError
+
 from .adalora import AdaLoraConfig, inject_adalora
-from .base import TUNER_KINDS, TunerConfig, TunerError, target_modules, tuner_parameters, tuner_transforms
+from .base import (
+    TRANSFORM_STATE, TUNER_KINDS, TunerConfig, TunerError, target_modules, tuner_parameters, tuner_ranks,
+    tuner_transforms,
+)
 from .bitfit import BitfitConfig, inject_bitfit
 from .glora import GloraConfig, inject_glora
 from .ia3 import Ia3Config, inject_ia3
@@ -76,6 +82,40 @@ def freeze_all_but_tuners(root: nn.Module, keep: Callable[[str], bool] = lambda 
     return trainable
 
 
+def unmerge_state_dict(merged: Mapping[str, torch.Tensor], tuner_state: Mapping[str, torch.Tensor]
+                       ) -> Dict[str, torch.Tensor]:
+    """The backbone's weights back from merged ones. `tuner_state` holds the tuners' state under
+    their model keys (`<module>.parametrizations.weight.0.<kind>.<name>.<state>`, as checkpoints
+    and adapter files hold it; other keys are ignored); for each such module the merged
+    `<module>.weight` (and `.bias`, where the tuner changed it) of `merged` are taken back through
+    each transform's rule, last applied first. Float rounding makes this exact only to about
+    1e-6 relative; a tuner whose merge cannot be undone raises TransformError naming it."""
+    groups: Dict[str, Dict[Tuple[str, str], Dict[str, torch.Tensor]]] = {}
+    for key, value in tuner_state.items():
+        module, found, rest = key.partition(TRANSFORM_STATE)
+        if found:
+            kind, name, state = rest.split(".")
+            groups.setdefault(module, {}).setdefault((kind, name), {})[state] = value
+    unmerged = dict(merged)
+    for module, transforms in groups.items():
+        if f"{module}.weight" not in merged:
+            raise TransformError(f"{module}.weight: not in the merged state dict")
+        weight = merged[f"{module}.weight"]
+        built = [TRANSFORM_KINDS[kind].from_state(tensors, tuple(weight.shape))
+                 for (kind, _), tensors in transforms.items()]
+        with torch.no_grad():
+            for transform in reversed(built):
+                weight = transform.unmerge(weight)
+            unmerged[f"{module}.weight"] = weight
+            if any(transform.changes_bias for transform in built):
+                bias = merged[f"{module}.bias"]
+                for transform in reversed(built):
+                    bias = transform.unmerge_bias(bias, weight)
+                unmerged[f"{module}.bias"] = bias
+    return unmerged
+
+
 __all__ = ["AdaLoraConfig", "AlphaLoraConfig", "BitfitConfig", "GloraConfig", "Ia3Config", "LoraConfig",
-           "S2LoraConfig", "TUNERS", "TUNER_KINDS", "TunerConfig", "TunerError", "freeze_all_but_tuners",
-           "inject_tuner", "target_shapes", "tuner_config", "tuner_parameters", "tuner_transforms"]
+           "S2LoraConfig", "TRANSFORM_STATE", "TUNERS", "TUNER_KINDS", "TunerConfig", "TunerError", "freeze_all_but_tuners",
+           "inject_tuner", "target_shapes", "tuner_config", "tuner_parameters", "tuner_ranks", "tuner_transforms",
+           "unmerge_state_dict"]

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..targets import TargetSelection, parse_weight_name
-from ..transforms import TransformError, WeightTransform, module_of, stack_of, stacks
+from ..transforms import TRANSFORM_KINDS, TransformError, WeightTransform, module_of, stack_of, stacks
 
 
 class TunerError(ValueError):
@@ -137,3 +137,26 @@ def kaiming_init(shape) -> nn.Parameter:
     tensor = torch.empty(shape)
     nn.init.kaiming_uniform_(tensor, a=5 ** 0.5)
     return nn.Parameter(tensor)
+
+
+TRANSFORM_STATE = ".parametrizations.weight.0."
+"""What separates a module path from `<kind>.<name>.<state>` in a transform's state-dict key."""
+_LAYERS = "encoder.layers."
+
+
+def tuner_ranks(state: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[str, int]]:
+    """Model-relative weight name -> (method, rank in use) of every rank-based tuner matrix (LoRA,
+    alpha-LoRA, AdaLoRA, S2-LoRA) in a state dict: a checkpoint's or an adapter file's, no model
+    needed. Methods without ranks (IA3, BitFit, GLoRA's fixed factors) are left out."""
+    by_transform: Dict[Tuple[str, str, str], Dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        module, found, rest = key.partition(TRANSFORM_STATE)
+        kind, name, entry = rest.split(".") if found else ("", "", "")
+        if kind in TUNER_KINDS and hasattr(TRANSFORM_KINDS[kind], "rank_of_state"):
+            by_transform.setdefault((module, kind, name), {})[entry] = value
+    ranks = {}
+    for (module, kind, _), tensors in by_transform.items():
+        position = module.find(_LAYERS)
+        name = module[position:] + ".weight" if position >= 0 else module + ".weight"
+        ranks[name] = (TUNER_KINDS[kind], TRANSFORM_KINDS[kind].rank_of_state(tensors))
+    return ranks

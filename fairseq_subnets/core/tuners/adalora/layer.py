@@ -34,17 +34,25 @@ class SvdDelta(WeightTransform):
             self.register_buffer(f"{factor}_uncertainty", torch.zeros_like(getattr(self, factor)))
         self.orthogonality_weight = float(orthogonality_weight)
 
+    def delta(self) -> torch.Tensor:
+        return self.alpha / self.lora_E.numel() * (self.lora_B @ (self.lora_A * self.lora_E[:, None]))
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        scale = self.alpha / self.lora_E.numel()
-        delta = self.lora_B @ (self.lora_A * self.lora_E[:, None])
-        return weight + (scale * delta).to(weight.dtype)
+        return weight + self.delta().to(weight.dtype)
+
+    def unmerge(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight - self.delta().to(weight.dtype)
 
     def weight_shape(self):
         return (self.lora_B.shape[0], self.lora_A.shape[1])
 
     def rank(self) -> int:
         """Triplets the budget keeps."""
-        return int(self.kept.sum())
+        return self.rank_of_state({"kept": self.kept})
+
+    @classmethod
+    def rank_of_state(cls, tensors) -> int:
+        return int(tensors["kept"].sum())
 
     def update_importance(self, beta1: float, beta2: float) -> None:
         """One smoothing step of sensitivity and uncertainty from the factors' current gradients."""

@@ -28,6 +28,12 @@ class BiasChange(WeightTransform):
     def adapt_bias(self, bias, base_weight):
         return bias + self.bias_delta.to(bias.dtype)
 
+    def unmerge(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight
+
+    def unmerge_bias(self, bias, base_weight):
+        return bias - self.bias_delta.to(bias.dtype)
+
     @classmethod
     def placeholder(cls, shape, options):
         return cls(shape[0])

@@ -2,7 +2,7 @@
 weight, and a bias change that couples the bias to the frozen weight."""
 import torch
 
-from ...transforms import ADAPT, WeightTransform, register_transform_kind
+from ...transforms import ADAPT, TransformError, WeightTransform, register_transform_kind
 from ..base import kaiming_init, tuner_kind, zero_init
 
 
@@ -30,8 +30,23 @@ class GloraChange(WeightTransform):
         return weight + weight * scale + (self.delta_up @ self.delta_down).to(weight.dtype)
 
     def adapt_bias(self, bias, base_weight):
-        coupling = base_weight @ (self.coupling_up @ self.coupling_down).to(base_weight.dtype)
-        return bias + bias * self.bias_scale + self.bias_shift + coupling.squeeze(-1)
+        return bias + bias * self.bias_scale + self.bias_shift + self.coupling(base_weight)
+
+    def coupling(self, base_weight: torch.Tensor) -> torch.Tensor:
+        return (base_weight @ (self.coupling_up @ self.coupling_down).to(base_weight.dtype)).squeeze(-1)
+
+    def unmerge(self, weight: torch.Tensor) -> torch.Tensor:
+        """W = (W' - B) / (1 + A), elementwise; refused where 1 + A is 0."""
+        factor = 1 + (self.scale_up @ self.scale_down).to(weight.dtype)
+        if bool((factor == 0).any()):
+            raise TransformError(f"{self.kind}: 1 + A is 0 somewhere; that weight cannot be taken back")
+        return (weight - (self.delta_up @ self.delta_down).to(weight.dtype)) / factor
+
+    def unmerge_bias(self, bias, base_weight):
+        factor = 1 + self.bias_scale
+        if bool(factor == 0):
+            raise TransformError(f"{self.kind}: 1 + D is 0; the bias cannot be taken back")
+        return (bias - self.bias_shift - self.coupling(base_weight)) / factor
 
     def weight_shape(self):
         return (self.scale_up.shape[0], self.scale_down.shape[1])

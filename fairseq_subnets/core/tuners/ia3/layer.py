@@ -3,7 +3,7 @@ written as a scaling of the weight's rows (and bias) or columns, so fused attent
 import torch
 from torch import nn
 
-from ...transforms import ADAPT, WeightTransform, register_transform_kind
+from ...transforms import ADAPT, TransformError, WeightTransform, register_transform_kind
 from ..base import tuner_kind
 
 
@@ -26,6 +26,12 @@ class _VectorScale(WeightTransform):
     def placeholder(cls, shape, options):
         return cls.create(shape)
 
+    def divisor(self, dtype) -> torch.Tensor:
+        """The scaling vector, refused if any entry is 0 (that scaling cannot be undone)."""
+        if bool((self.ia3_l == 0).any()):
+            raise TransformError(f"{self.kind}: a scale of 0 cannot be undone")
+        return self.ia3_l.to(dtype)
+
 
 @tuner_kind("ia3")
 @register_transform_kind
@@ -45,6 +51,12 @@ class Ia3OutputScale(_VectorScale):
     def adapt_bias(self, bias, base_weight):
         return bias * self.ia3_l.to(bias.dtype)
 
+    def unmerge(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight / self.divisor(weight.dtype)[:, None]
+
+    def unmerge_bias(self, bias, base_weight):
+        return bias / self.divisor(bias.dtype)
+
 
 @tuner_kind("ia3")
 @register_transform_kind
@@ -59,3 +71,6 @@ class Ia3InputScale(_VectorScale):
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * self.ia3_l.to(weight.dtype)[None, :]
+
+    def unmerge(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight / self.divisor(weight.dtype)[None, :]

@@ -25,11 +25,19 @@ class _LowRankDelta(WeightTransform):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight + self.delta().to(weight.dtype)
 
+    def unmerge(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight - self.delta().to(weight.dtype)
+
     def weight_shape(self):
         return (self.lora_B.shape[0], self.lora_A.shape[1])
 
     def rank(self) -> int:
         return self.lora_A.shape[0]
+
+    @classmethod
+    def rank_of_state(cls, tensors) -> int:
+        """The rank in use of a transform stored as `tensors` (its state entries)."""
+        return tensors["lora_A"].shape[0]
 
     @classmethod
     def options_from_state(cls, tensors):
@@ -81,6 +89,11 @@ class AlphaLoraDelta(_LowRankDelta):
 
     def scale(self) -> torch.Tensor:
         return self.coefficient
+
+    @classmethod
+    def rank_of_state(cls, tensors) -> int:
+        """r, or 0 while the coefficient is exactly 0 (the delta is then 0)."""
+        return 0 if float(tensors["coefficient"]) == 0 else tensors["lora_A"].shape[0]
 
     def options(self):
         return {"r": self.rank()}

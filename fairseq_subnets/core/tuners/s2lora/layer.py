@@ -39,16 +39,25 @@ class SharedLowRankDelta(WeightTransform):
     def share(self, owner: "SharedLowRankDelta") -> None:
         self.shared_A, self.shared_B = owner.shared_A, owner.shared_B
 
+    def delta(self) -> torch.Tensor:
+        return self.shared_B @ (self.coefficients[:, None] * self.shared_A)
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        delta = self.shared_B @ (self.coefficients[:, None] * self.shared_A)
-        return weight + delta.to(weight.dtype)
+        return weight + self.delta().to(weight.dtype)
+
+    def unmerge(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight - self.delta().to(weight.dtype)
 
     def weight_shape(self):
         return (self.shared_B.shape[0], self.shared_A.shape[1])
 
     def rank(self) -> int:
         """Ranks in use: coefficients with |s| >= 1e-4."""
-        return int((self.coefficients.detach().abs() >= PRUNED_RANK_THRESHOLD).sum())
+        return self.rank_of_state({"coefficients": self.coefficients.detach()})
+
+    @classmethod
+    def rank_of_state(cls, tensors) -> int:
+        return int((tensors["coefficients"].abs() >= PRUNED_RANK_THRESHOLD).sum())
 
     def sharing_key(self):
         return (self.group, self.weight_shape())
