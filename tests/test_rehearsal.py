@@ -1,6 +1,7 @@
 """`fairseq-subnets bench-rehearsal` at a small shape: the XLS-R workflow end to end through the
 real commands (data synth, prune, stock fairseq-hydra-train on the shipped xlsr_300m config, stock
-fairseq-generate, export, a stock fairseq load without the plugin), with a wall time and a peak
+fairseq-generate, export, a stock fairseq load without the plugin, then learned-mask and S2-LoRA
+training on their shipped XLS-R configs), with a wall time and a peak
 RSS for every step. The 300M run itself is not a test (minutes and gigabytes); see the README."""
 import json
 
@@ -13,7 +14,8 @@ from fairseq_subnets.cli.main import main
 SMALL = ["--layers", "2", "--width", "256", "--ffn", "512", "--heads", "4"]
 """The narrowest encoder the shipped config's channel masking accepts (see RehearsalSettings.check)."""
 STEPS = ["synthesize speech", "build pretrained model", "prune (global L1)", "fixed-mask training",
-         "decode (fairseq-generate)", "export", "load export, stock fairseq"]
+         "decode (fairseq-generate)", "export", "load export, stock fairseq", "learned-mask training",
+         "tuner training (S2-LoRA)"]
 
 
 @pytest.mark.slow
@@ -37,6 +39,8 @@ def test_every_step_runs_and_reports_its_wall_time_and_peak_memory(tmp_path, cap
     pruned = facts["prune (global L1)"]
     assert pruned["weights"] - pruned["kept"] == round(0.9 * pruned["weights"])
     assert facts["fixed-mask training"]["updates"] == 2
+    assert facts["learned-mask training"]["updates"] == facts["tuner training (S2-LoRA)"]["updates"] == 2
+    assert facts["tuner training (S2-LoRA)"]["trained_values"] < facts["learned-mask training"]["trained_values"]
     assert facts["decode (fairseq-generate)"]["utterances"] == 2
     stock = facts["load export, stock fairseq"]
     assert (stock["model"], stock["task"], stock["finite"]) == ("Wav2VecCtc", "audio_finetuning", True)

@@ -13,6 +13,9 @@ work together. Each step is one child process running what a user would run:
   6. export                     `fairseq-subnets export`
   7. load export, stock fairseq a Python process that never imports fairseq_subnets and has no
                                 user dir loads the export and runs it on one test utterance
+  8. learned-mask training      stock `fairseq-hydra-train` with the shipped `learned_masks_xlsr_300m`
+                                config (S3-Router: frozen weights, FFN scores)
+  9. tuner training (S2-LoRA)   stock `fairseq-hydra-train` with the shipped `s2lora_xlsr_300m` config
 
 Training rehearses the shipped config, so it overrides only what it must (`training_overrides`):
 the required paths, the update count and the mask; what a CPU needs (no fp16, one process instead
@@ -46,6 +49,10 @@ from ..runner import CONFIG_DIR, fairseq_command, tail
 from .timing import machine_description, text_table
 
 SHIPPED_CONFIG = "xlsr_300m"
+TRAINING_RUNS = {"train": (SHIPPED_CONFIG, "finetune"), "train-learned": ("learned_masks_xlsr_300m", "learned"),
+                 "train-tuner": ("s2lora_xlsr_300m", "s2lora")}
+"""Python step -> (shipped config, save folder) of each training the rehearsal runs; the first
+trains under the pruned mask, the others on the unpruned pretrained model."""
 LANGUAGE = "es"
 CORPUS_DEFINITION = f"""\
 # The rehearsal's corpus: a few short Spanish utterances, enough to train on, validate and decode.
@@ -122,8 +129,7 @@ class RehearsalFiles:
         self.data = self.corpus / LANGUAGE
         self.pretrained = self.out / "pretrained.pt"
         self.mask = self.out / "mask.safetensors"
-        self.training = self.out / "finetune"
-        self.trained = self.training / "checkpoint_last.pt"
+        self.trained = self.out / TRAINING_RUNS["train"][1] / "checkpoint_last.pt"
         self.decoding = self.out / "decode"
         self.exported = self.out / "exported.pt"
         self.report = self.out / REPORT_NAME
@@ -133,14 +139,14 @@ def shipped_config() -> Dict[str, object]:
     return yaml.safe_load((CONFIG_DIR / "finetune" / f"{SHIPPED_CONFIG}.yaml").read_text())
 
 
-def training_overrides(settings: RehearsalSettings) -> List[str]:
-    """What the rehearsal changes in the shipped XLS-R config, and nothing else (see the module docstring)."""
+def training_overrides(settings: RehearsalSettings, run: str = "train") -> List[str]:
+    """What the rehearsal changes in a shipped XLS-R config, and nothing else (see the module docstring)."""
     files = RehearsalFiles(settings.out_dir)
+    mask = [f"+model.mask_path={files.mask}"] if run == "train" else []
     return [
         f"common.user_dir={USER_DIR}", f"task.data={files.data}", f"model.w2v_path={files.pretrained}",
-        f"checkpoint.save_dir={files.training}", f"optimization.max_update={settings.updates}",
-        f"+model.mask_path={files.mask}",
-        "common.cpu=true", "common.fp16=false", "distributed_training.distributed_world_size=1",
+        f"checkpoint.save_dir={files.out / TRAINING_RUNS[run][1]}", f"optimization.max_update={settings.updates}",
+        *mask, "common.cpu=true", "common.fp16=false", "distributed_training.distributed_world_size=1",
         "model.freeze_finetune_updates=0", "dataset.validate_after_updates=0",
     ]
 
@@ -162,12 +168,13 @@ def build_pretrained(settings: RehearsalSettings) -> Dict[str, object]:
     return {"parameters": parameters, "file_gb": round(path.stat().st_size / 1e9, 3)}
 
 
-def train(settings: RehearsalSettings) -> Dict[str, object]:
-    """Step 4: stock fairseq-hydra-train on the shipped config; fails unless training finished."""
+def train(settings: RehearsalSettings, run: str = "train") -> Dict[str, object]:
+    """Steps 4, 8 and 9: stock fairseq-hydra-train on a shipped config; fails unless training finished."""
     from ..runner import hydra_train
 
     files = RehearsalFiles(settings.out_dir)
-    text = hydra_train(SHIPPED_CONFIG, training_overrides(settings), files.logs / "fairseq-hydra-train.log")
+    config, folder = TRAINING_RUNS[run]
+    text = hydra_train(config, training_overrides(settings, run), files.logs / f"fairseq-hydra-train-{folder}.log")
     updates = re.findall(r"num_updates[\" :=]+(\d+)", text)
     trained = re.search(r"num\. trained: ([\d,]+)", text)
     return {"updates": int(updates[-1]) if updates else None,
@@ -184,7 +191,8 @@ def decode(settings: RehearsalSettings) -> Dict[str, object]:
 
 
 PYTHON_STEPS: Dict[str, Callable[[RehearsalSettings], Dict[str, object]]] = {
-    "build": build_pretrained, "train": train, "decode": decode}
+    "build": build_pretrained, "decode": decode,
+    **{run: (lambda settings, run=run: train(settings, run)) for run in TRAINING_RUNS}}
 
 STOCK_LOAD_SCRIPT = """\
 import json, sys, torch
@@ -259,6 +267,8 @@ def steps(settings: RehearsalSettings) -> List[Step]:
         Step("export", [subnets, "export", str(files.trained), "--out", str(files.exported)], file_size),
         Step("load export, stock fairseq", [sys.executable, "-c", STOCK_LOAD_SCRIPT, str(files.exported),
                                             str(files.data), DECODED_SUBSET], stock_model),
+        Step("learned-mask training", _python_step("train-learned", settings), _last_json_line),
+        Step("tuner training (S2-LoRA)", _python_step("train-tuner", settings), _last_json_line),
     ]
 
 
