@@ -8,11 +8,12 @@ from fairseq_subnets.demo import SkeletonSettings, run_skeleton
 
 @pytest.fixture(scope="session")
 def skeleton_run(tmp_path_factory):
-    """Short schedule measured to reach ~40% CER: 150 pretraining + 300 fine-tuning updates."""
+    """Short schedule: 150 pretraining + 250 fine-tuning updates (300 reached 34% CER on 2026-11-29;
+    the tests need a model that learned something, not a good one)."""
     settings = SkeletonSettings(
         out_dir=tmp_path_factory.mktemp("skeleton"),
         pretrain_updates=150,
-        finetune_updates=300,
+        finetune_updates=250,
         finetune_lr=0.001,
         finetune_phase_ratio=(0.1, 0.6, 0.3),
     )

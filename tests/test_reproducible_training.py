@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 LANGUAGE = "ca"
 """The skeleton's smallest set: 20 updates per epoch with the tiny config."""
-SAVE_EVERY = 6
+SAVE_EVERY = 4
 FFN_TARGETS = "ffn"
 
 
@@ -55,10 +55,10 @@ def mode_arguments(mode, result, masks):
 
     finetune = CONFIG_DIR / "finetune"
     pretrained = [f"model.w2v_path={result.pretrained_checkpoint}"]
-    one_language = [f"task.data={Path(result.corpus_dir) / LANGUAGE}", "optimization.max_update=18"]
+    one_language = [f"task.data={Path(result.corpus_dir) / LANGUAGE}", "optimization.max_update=12"]
     if mode == "pretraining":
         return CONFIG_DIR / "pretrain", "tiny", [f"task.data={Path(result.corpus_dir) / 'pretrain'}",
-                                                 "optimization.max_update=18"]
+                                                 "optimization.max_update=12"]
     if mode == "finetuning":
         return finetune, "tiny", pretrained + one_language
     if mode == "fixed_mask":
@@ -70,14 +70,14 @@ def mode_arguments(mode, result, masks):
             "optimization.max_update=1000"]
     if mode == "multilingual_language_masks":
         return finetune, "multilingual_tiny", pretrained + [
-            f"task.data={result.corpus_dir}", "task.languages=[es,ca]", "optimization.max_update=18",
+            f"task.data={result.corpus_dir}", "task.languages=[es,ca]", "optimization.max_update=12",
             f"+model.language_mask_files=[es:{masks['es']},ca:{masks['ca']}]"]
     if mode == "learned_masks_global_top_k":
         return finetune, "learned_masks_tiny", pretrained + one_language + ["model.score_scope=global",
                                                                              "model.score_targets=all"]
     if mode == "tuner_adalora":
         return finetune, "adalora_tiny", pretrained + one_language + [
-            "model.tuner_warmup_updates=2", "model.tuner_final_updates=4", "model.tuner_interval=2"]
+            "model.tuner_warmup_updates=2", "model.tuner_final_updates=3", "model.tuner_interval=2"]
     raise ValueError(mode)
 
 
