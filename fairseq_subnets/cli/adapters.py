@@ -53,16 +53,33 @@ def _adapters():
     return adapters
 
 
+def _user_input(work):
+    """`work()`, its ValueError (AdapterError, CheckpointLoadError) turned into a one-line UserError."""
+    try:
+        return work()
+    except ValueError as error:
+        raise UserError(str(error)) from None
+
+
+def _written(out: str, make):
+    """Checks that `out` takes a file before any work, then writes the bytes of `make()` there
+    atomically; `make()` returns (result, bytes) and the result is returned."""
+    with writing(out):
+        check_writable(out)
+    result, data = _user_input(make)
+    with writing(out):
+        write_atomically(out, data)
+    return result
+
+
 def run_save(args) -> int:
     adapters = _adapters()
-    with writing(args.out):  # before any work
-        check_writable(args.out)
-    try:
+
+    def make():
         adapter = adapters.adapter_of_checkpoint(args.checkpoint)
-    except ValueError as error:  # AdapterError, CheckpointLoadError
-        raise UserError(str(error)) from None
-    with writing(args.out):
-        write_atomically(args.out, adapters.adapter_file_bytes(adapter))
+        return adapter, adapters.adapter_file_bytes(adapter)
+
+    adapter = _written(args.out, make)
     size, whole = os.path.getsize(args.out), os.path.getsize(args.checkpoint)
     print(f"{args.out}: {adapter.method} adapter, {adapter.trained_count():,} trained parameters, {size:,} bytes "
           f"({size / whole:.2%} of {args.checkpoint}, {whole:,} bytes)")
@@ -75,28 +92,21 @@ def run_apply(args) -> int:
     import torch
 
     adapters = _adapters()
-    with writing(args.out):  # before any work
-        check_writable(args.out)
-    try:
+
+    def make():
         adapter = adapters.read_adapter_file(args.adapter)
-        checkpoint = adapters.checkpoint_with_backbone(adapter, args.adapter, args.backbone)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    with writing(args.out):
-        write_atomically(args.out, buffer.getvalue())
+        buffer = io.BytesIO()
+        torch.save(adapters.checkpoint_with_backbone(adapter, args.adapter, args.backbone), buffer)
+        return adapter, buffer.getvalue()
+
+    adapter = _written(args.out, make)
     print(f"{args.out}: the {adapter.method} run on {args.backbone}; decode it with fairseq-generate "
           f"(--user-dir, as for training) or merge it with `fairseq-subnets export`")
     return 0
 
 
 def run_info(args) -> int:
-    adapters = _adapters()
-    try:
-        adapter = adapters.read_adapter_file(args.adapter)
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    adapter = _user_input(lambda: _adapters().read_adapter_file(args.adapter))
     summary = {"adapter": args.adapter, "method": adapter.method, "bytes": os.path.getsize(args.adapter),
                "trained_parameters": adapter.trained_count(), "options": json.loads(adapter.metadata["tuner"]),
                "backbone_sha256": adapter.metadata["backbone_sha256"]}
@@ -117,10 +127,7 @@ def run_ranks(args) -> int:
     for path in filter(None, (args.csv, args.plot)):
         with writing(path):
             check_writable(path)
-    try:
-        ranks = tuner_ranks(_adapters().tuned_state(args.source))
-    except ValueError as error:
-        raise UserError(str(error)) from None
+    ranks = _user_input(lambda: tuner_ranks(_adapters().tuned_state(args.source)))
     if not ranks:
         raise UserError(f"{args.source}: holds no rank-based tuner (lora, alpha_lora, adalora, s2lora)")
     by_cell = {parse_weight_name(name): rank for name, (_, rank) in ranks.items()}

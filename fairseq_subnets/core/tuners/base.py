@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..targets import TargetSelection, parse_weight_name
-from ..transforms import TRANSFORM_KINDS, TransformError, WeightTransform, module_of, stack_of, stacks
+from ..transforms import ADAPT, TRANSFORM_KINDS, TransformError, WeightTransform, module_of, stack_of, stacks
 
 
 class TunerError(ValueError):
@@ -121,6 +121,22 @@ def tuner_parameters(root: nn.Module, prefix: str = "") -> Dict[str, nn.Paramete
     tensor once (under its first name), in `named_parameters` order."""
     owned = {id(p) for _, t in tuner_transforms(root, prefix) for p in t.parameters()}
     return {name: p for name, p in root.named_parameters() if id(p) in owned}
+
+
+class AdditiveDelta(WeightTransform):
+    """A tuner whose change is a delta added to the weight (LoRA, alpha-LoRA, AdaLoRA, S2-LoRA):
+    subclasses give `delta()`; applying adds it, unmerging subtracts it."""
+
+    stage = ADAPT
+
+    def delta(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + self.delta().to(weight.dtype)
+
+    def unmerge(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight - self.delta().to(weight.dtype)
 
 
 def zero_init(shape) -> nn.Parameter:

@@ -3,8 +3,8 @@ from typing import Dict
 
 import torch
 
-from ...transforms import ADAPT, WeightTransform, register_transform_kind
-from ..base import normal_init, tuner_kind, zero_init
+from ...transforms import register_transform_kind
+from ..base import AdditiveDelta, normal_init, tuner_kind, zero_init
 
 ORTHOGONALITY_TERM = "adalora_orthogonality"
 FACTOR_NAMES = ("lora_A", "lora_E", "lora_B")
@@ -13,13 +13,12 @@ FACTOR_NAMES = ("lora_A", "lora_E", "lora_B")
 
 @tuner_kind("adalora")
 @register_transform_kind
-class SvdDelta(WeightTransform):
+class SvdDelta(AdditiveDelta):
     """W + (alpha / r) P diag(lambda) Q. The importance averages of each factor are buffers, so
     a checkpoint holds them and a resumed run masks as the uninterrupted one would; `kept` records
     the triplets the last masking kept (all, before any)."""
 
     kind = "adalora"
-    stage = ADAPT
 
     def __init__(self, shape, r: int, alpha: float, orthogonality_weight: float = 0.0):
         super().__init__()
@@ -36,12 +35,6 @@ class SvdDelta(WeightTransform):
 
     def delta(self) -> torch.Tensor:
         return self.alpha / self.lora_E.numel() * (self.lora_B @ (self.lora_A * self.lora_E[:, None]))
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.delta().to(weight.dtype)
-
-    def unmerge(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight - self.delta().to(weight.dtype)
 
     def weight_shape(self):
         return (self.lora_B.shape[0], self.lora_A.shape[1])

@@ -2,14 +2,12 @@
 import torch
 from torch import nn
 
-from ...transforms import ADAPT, WeightTransform, register_transform_kind
-from ..base import kaiming_init, normal_init, tuner_kind, zero_init
+from ...transforms import register_transform_kind
+from ..base import AdditiveDelta, kaiming_init, normal_init, tuner_kind, zero_init
 
 
-class _LowRankDelta(WeightTransform):
+class _LowRankDelta(AdditiveDelta):
     """W + scale * B A with B (d_out x r) and A (r x d_in); subclasses say what `scale` is."""
-
-    stage = ADAPT
 
     def __init__(self, down: nn.Parameter, up: nn.Parameter):
         super().__init__()
@@ -21,12 +19,6 @@ class _LowRankDelta(WeightTransform):
 
     def delta(self) -> torch.Tensor:
         return self.scale() * (self.lora_B @ self.lora_A)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.delta().to(weight.dtype)
-
-    def unmerge(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight - self.delta().to(weight.dtype)
 
     def weight_shape(self):
         return (self.lora_B.shape[0], self.lora_A.shape[1])

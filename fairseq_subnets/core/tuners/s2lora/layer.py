@@ -4,8 +4,8 @@ from typing import Dict
 
 import torch
 
-from ...transforms import ADAPT, WeightTransform, register_transform_kind
-from ..base import normal_init, tuner_kind, zero_init
+from ...transforms import register_transform_kind
+from ..base import AdditiveDelta, normal_init, tuner_kind, zero_init
 from .config import PRUNED_RANK_THRESHOLD
 
 SPARSITY_TERM, FACTORS_TERM = "s2lora_sparsity", "s2lora_factors"
@@ -13,7 +13,7 @@ SPARSITY_TERM, FACTORS_TERM = "s2lora_sparsity", "s2lora_factors"
 
 @tuner_kind("s2lora")
 @register_transform_kind
-class SharedLowRankDelta(WeightTransform):
+class SharedLowRankDelta(AdditiveDelta):
     """W + B diag(s) A. `shared_A` and `shared_B` are the group's tensors (the same Parameter in
     every member: `tie_shared_parameters`); `coefficients` is this matrix's own s.
 
@@ -21,7 +21,6 @@ class SharedLowRankDelta(WeightTransform):
     paper's mean; the group's first member (`owner`) adds the factor term of its pair once."""
 
     kind = "s2lora"
-    stage = ADAPT
     shared_tensor_names = ("shared_A", "shared_B")
 
     def __init__(self, shape, r: int, group: str, sparsity_weight: float = 0.0, factor_weight: float = 0.0,
@@ -41,12 +40,6 @@ class SharedLowRankDelta(WeightTransform):
 
     def delta(self) -> torch.Tensor:
         return self.shared_B @ (self.coefficients[:, None] * self.shared_A)
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.delta().to(weight.dtype)
-
-    def unmerge(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight - self.delta().to(weight.dtype)
 
     def weight_shape(self):
         return (self.shared_B.shape[0], self.shared_A.shape[1])
