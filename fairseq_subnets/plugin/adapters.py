@@ -23,7 +23,7 @@ from safetensors.torch import save as safetensors_bytes
 
 from ..core.transforms import TRANSFORM_KINDS, parse_plan
 from ..core.tuners import TRANSFORM_STATE, TUNER_KINDS
-from .checkpoints import load_fairseq_checkpoint, trainer_checkpoint
+from .checkpoints import ZIP_MAGIC, load_fairseq_checkpoint, trainer_checkpoint
 from .errors import PluginInputError
 from .language_heads import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
 
@@ -224,5 +224,5 @@ def tuned_state(path: str) -> Dict[str, torch.Tensor]:
     """The tuner state of an adapter file or of a checkpoint (told apart by torch.save's zip
     header), keyed as in the model."""
     with open(path, "rb") as handle:
-        is_checkpoint = handle.read(4) == b"PK\x03\x04"
+        is_checkpoint = handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC
     return load_fairseq_checkpoint(path)["model"] if is_checkpoint else read_adapter_file(path).tensors

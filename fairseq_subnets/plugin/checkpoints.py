@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from ..core.maskfile import is_mask_file
 
 FAIRSEQ_CHECKPOINT_CLASSES = (Dictionary, argparse.Namespace)
-_ZIP_MAGIC = b"PK\x03\x04"
+ZIP_MAGIC = b"PK\x03\x04"
 """How a checkpoint in torch.save's (zip) format begins."""
 _REFUSED_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 """How torch's weights-only unpickler names a class or function it refuses to load."""
@@ -43,7 +43,7 @@ def _unreadable(path, error: Exception) -> CheckpointLoadError:
     if is_mask_file(path):
         return CheckpointLoadError(f"{path} is a mask file, not a checkpoint")
     with open(path, "rb") as handle:
-        if handle.read(len(_ZIP_MAGIC)) == _ZIP_MAGIC:
+        if handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC:
             return CheckpointLoadError(
                 f"{path}: damaged torch checkpoint (truncated, or a zip archive of another kind)"
             )
