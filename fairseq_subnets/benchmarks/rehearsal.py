@@ -85,6 +85,11 @@ class RehearsalSettings:
     budget_gib: float = 24.0
     seed: int = 0
 
+    def __post_init__(self):
+        """Absolute, because every step runs as a child process inside the output folder: a relative
+        `out_dir` would name a folder below itself there."""
+        object.__setattr__(self, "out_dir", str(Path(self.out_dir).resolve()))  # a frozen dataclass
+
     @property
     def model_size(self):
         from ..plugin.untrained import CtcModelSize
