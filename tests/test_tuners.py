@@ -19,6 +19,7 @@ from fairseq_subnets.core.tuners import (
     tuner_config,
     tuner_parameters,
     tuner_ranks,
+    tuner_trained_count,
     tuner_transforms,
     unmerge_state_dict,
 )
@@ -203,6 +204,16 @@ def test_s2lora_counts_a_rank_as_pruned_below_1e_minus_4():
     assert rank_distribution(model, W2V_PREFIX) == {name: 4}
 
 
+@pytest.mark.parametrize("method", list(TUNERS))
+def test_the_trained_count_read_off_a_saved_state_is_the_live_models(method, tmp_path):
+    """After torch.save / torch.load, as a report reads a checkpoint: buffers left out, S2-LoRA's
+    shared factors once."""
+    model, _ = tuned_model(method, **EVERY_MATRIX)
+    torch.save(model.state_dict(), tmp_path / "state.pt")
+    loaded = torch.load(tmp_path / "state.pt", weights_only=True)
+    assert tuner_trained_count(loaded) == sum(p.numel() for p in tuner_parameters(model).values()) > 0
+
+
 def test_the_ranks_in_use_read_off_a_bare_state_dict_as_the_live_transforms_count_them():
     for method in ("lora", "alpha_lora", "adalora", "s2lora"):
         model, _ = tuned_model(method)
@@ -213,6 +224,17 @@ def test_the_ranks_in_use_read_off_a_bare_state_dict_as_the_live_transforms_coun
     delta.keep(torch.tensor([True, False] * 6))
     assert tuner_ranks(adalora.state_dict()) == {name: ("adalora", 6)}
     assert tuner_ranks(tuned_model("ia3")[0].state_dict()) == {}
+
+
+def test_the_mask_digest_that_ranks_compare_covers_adaloras_kept_triplets():
+    from fairseq_subnets.core.parametrize import mask_state_digest
+
+    model, _ = tuned_model("adalora")
+    before = mask_state_digest(model, W2V_PREFIX)
+    _, delta = next(iter(tuner_transforms(model, W2V_PREFIX)))
+    delta.keep(torch.tensor([True, False] * 6))
+    assert before and mask_state_digest(model, W2V_PREFIX) != before
+    assert mask_state_digest(tuned_model("lora")[0], W2V_PREFIX) == ""
 
 
 def test_the_adalora_orthogonality_term_is_the_mean_deviation_over_every_factor():

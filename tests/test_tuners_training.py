@@ -1,10 +1,12 @@
-"""Tuners in real fairseq runs: stock fairseq-hydra-train with the shipped `s2lora_tiny` config on
-2 CPU ranks (gloo) and with `adalora_tiny` on one, on the skeleton's synthesized speech and tiny
+"""Tuners in real fairseq runs: stock fairseq-hydra-train with the shipped `s2lora_tiny` and
+`adalora_tiny` configs on 2 CPU ranks (gloo), on the skeleton's synthesized speech and tiny
 pretrained model. The backbone stays bit-identical, the optimizer holds only the tuner and the
 output layer, S2-LoRA's shared factors stay one tensor in checkpoints and its regularisation terms
-are logged, AdaLoRA's allocator ends at its target budget; stock fairseq-generate decodes the
-checkpoint, and its export loads in stock fairseq without the plugin and gives the same logits.
+are logged, AdaLoRA's allocator ends at its target budget with the same triplets on both ranks;
+stock fairseq-generate decodes the checkpoint, and its export loads in stock fairseq without the
+plugin and gives the same logits.
 Resuming after a kill, bit for bit, is in test_reproducible_training (mode tuner_adalora)."""
+import re
 from pathlib import Path
 
 import pytest
@@ -42,17 +44,18 @@ def s2lora_run(skeleton_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def adalora_run(skeleton_run, tmp_path_factory):
-    """One rank, 20 updates: the full budget for 2 updates, shrinking until update 14, masking
-    every 2nd update, then at the target."""
-    from fairseq_subnets.runner import CONFIG_DIR, hydra_train
+    """Two gloo ranks, 20 updates: the full budget for 2 updates, shrinking until update 14,
+    masking every 2nd update, then at the target."""
+    from fairseq_subnets.cli.main import main as cli
 
     _, result = skeleton_run
     out = tmp_path_factory.mktemp("adalora")
-    log = hydra_train("adalora_tiny", overrides(
-        result, out, "optimization.max_update=20", "model.tuner_warmup_updates=2", "model.tuner_final_updates=6",
-        "model.tuner_interval=2", "dataset.disable_validation=true", "common.log_interval=1"),
-        out / "train.log", config_dir=CONFIG_DIR / "finetune")
-    return result, out, log
+    arguments = ["--config-dir", str(Path(USER_DIR) / "config" / "finetune"), "--config-name", "adalora_tiny",
+                 *overrides(result, out / "run", "optimization.max_update=20", "model.tuner_warmup_updates=2",
+                            "model.tuner_final_updates=6", "model.tuner_interval=2", "dataset.disable_validation=true",
+                            "common.log_interval=1")]
+    assert cli(["launch", "--nprocs", "2", "--log-dir", str(out), "--", *arguments]) == 0
+    return result, out / "run", (out / "train_rank0.log").read_text()
 
 
 def backbone_differences(state, pretrained):
@@ -130,6 +133,14 @@ def test_adalora_ends_at_its_target_budget_with_the_backbone_untouched(adalora_r
     for key, mask in kept.items():
         singular_values = state[key.replace(".kept", ".lora_E")]
         assert torch.equal(singular_values != 0, mask)
+
+
+def test_both_ranks_keep_the_same_adalora_triplets_at_every_epoch(adalora_run):
+    """The per-epoch check compares a digest of the kept triplets across ranks: it must have run
+    after the allocator masked (the digest changed from epoch to epoch)."""
+    _, _, log = adalora_run
+    digests = re.findall(r"encoder masks identical on all 2 ranks \(sha256 (\w+)\)", log)
+    assert len(set(digests)) >= 2 and "none" not in digests, log[-3000:]
 
 
 def logits_of(checkpoint, data, utterances=3):

@@ -135,17 +135,17 @@ def masks_from_module(root: nn.Module, prefix: str = "") -> MaskSet:
 
 def mask_state_digest(root: nn.Module, prefix: str = "") -> str:
     """sha256 over every mask every transform under `prefix` can apply (all languages, binarised
-    scores), in a fixed order; empty string when there are none. Equal digests on all ranks of a
-    distributed run mean identical masks."""
+    scores) and every other selection a transform holds (AdaLoRA's kept triplets), in a fixed
+    order; empty string when there are none. Equal digests on all ranks of a distributed run mean
+    identical masks."""
     digest = hashlib.sha256()
     found = False
     for weight_name, _, stack in sorted(stacks(root, prefix), key=lambda item: item[0]):
         for kind, name, transform in stack.transforms():
-            if isinstance(transform, MaskTransform):
-                for label, mask in transform.named_kept().items():
-                    found = True
-                    digest.update(f"{weight_name}/{kind}/{name}/{label}:{tuple(mask.shape)}".encode())
-                    digest.update(mask.cpu().contiguous().numpy().tobytes())
+            for label, mask in transform.named_selection().items():
+                found = True
+                digest.update(f"{weight_name}/{kind}/{name}/{label}:{tuple(mask.shape)}".encode())
+                digest.update(mask.cpu().contiguous().numpy().tobytes())
     return digest.hexdigest() if found else ""
 
 

@@ -99,6 +99,12 @@ class WeightTransform(nn.Module):
     def regularisation_term_names(self) -> Tuple[str, ...]:
         return ()
 
+    def named_selection(self) -> Dict[str, torch.Tensor]:
+        """What the transform keeps of what it could apply, by label: a mask's kept weights, the
+        triplets AdaLoRA's allocator kept. The ranks of a distributed run must agree on all of it
+        (`parametrize.mask_state_digest`); empty for a transform that selects nothing."""
+        return {}
+
     def eval_token(self) -> Tuple:
         """What the transform's output depends on besides the weight, for the stack's eval-mode
         cache: its tensors' storage and in-place version (subclasses add Python state)."""
@@ -147,6 +153,9 @@ class MaskTransform(WeightTransform):
     def named_kept(self) -> Dict[str, torch.Tensor]:
         """Every mask this transform can apply, by label (one, except per-language masks)."""
         return {"": self.kept()}
+
+    def named_selection(self) -> Dict[str, torch.Tensor]:
+        return self.named_kept()
 
 
 def _cached_multiplier(owner: nn.Module, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,7 @@ from ..transforms import TRANSFORM_KINDS, TransformError
 from .adalora import AdaLoraConfig, inject_adalora
 from .base import (
     TRANSFORM_STATE, TUNER_KINDS, TunerConfig, TunerError, target_modules, tuner_parameters, tuner_ranks,
-    tuner_transforms,
+    tuner_trained_count, tuner_transforms,
 )
 from .bitfit import BitfitConfig, inject_bitfit
 from .glora import GloraConfig, inject_glora
@@ -117,5 +117,5 @@ def unmerge_state_dict(merged: Mapping[str, torch.Tensor], tuner_state: Mapping[
 
 __all__ = ["AdaLoraConfig", "AlphaLoraConfig", "BitfitConfig", "GloraConfig", "Ia3Config", "LoraConfig",
            "S2LoraConfig", "TRANSFORM_STATE", "TUNERS", "TUNER_KINDS", "TunerConfig", "TunerError", "freeze_all_but_tuners",
-           "inject_tuner", "target_shapes", "tuner_config", "tuner_parameters", "tuner_ranks", "tuner_transforms",
+           "inject_tuner", "target_shapes", "tuner_config", "tuner_parameters", "tuner_ranks", "tuner_trained_count", "tuner_transforms",
            "unmerge_state_dict"]

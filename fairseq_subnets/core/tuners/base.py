@@ -160,6 +160,22 @@ TRANSFORM_STATE = ".parametrizations.weight.0."
 _LAYERS = "encoder.layers."
 
 
+def tuner_trained_count(state: Mapping[str, torch.Tensor]) -> int:
+    """Parameters the tuners of a state dict train, read off a checkpoint's or an adapter file's
+    state with no model built: every tuner state entry except each kind's buffers (LoRA's alpha,
+    AdaLoRA's kept flags and importance statistics), a tensor that several matrices share
+    (S2-LoRA's factors, stored under each holder with one storage) counted once."""
+    buffers = {kind: {name for name, _ in TRANSFORM_KINDS[kind].placeholder((2, 2), {}).named_buffers()}
+               for kind in TUNER_KINDS}
+    trained = {}
+    for key, value in state.items():
+        _, found, rest = key.partition(TRANSFORM_STATE)
+        kind, _, entry = rest.split(".") if found else ("", "", "")
+        if kind in TUNER_KINDS and entry not in buffers[kind]:
+            trained[(value.data_ptr(), value.numel())] = value.numel()
+    return sum(trained.values())
+
+
 def tuner_ranks(state: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[str, int]]:
     """Model-relative weight name -> (method, rank in use) of every rank-based tuner matrix (LoRA,
     alpha-LoRA, AdaLoRA, S2-LoRA) in a state dict: a checkpoint's or an adapter file's, no model

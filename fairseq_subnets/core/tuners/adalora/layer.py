@@ -66,6 +66,9 @@ class SvdDelta(AdditiveDelta):
             return getattr(self, f"{factor}_sensitivity") * getattr(self, f"{factor}_uncertainty")
         return score("lora_E") + score("lora_A").mean(dim=1) + score("lora_B").mean(dim=0)
 
+    def named_selection(self):
+        return {"triplets": self.kept}
+
     def keep(self, kept: torch.Tensor) -> None:
         """Zeroes the singular values of the triplets not kept."""
         with torch.no_grad():
