@@ -98,15 +98,21 @@ SECTION_CLASSES = {"finetune": FinetuneSpec, "s3router": S3RouterSpec, "ablation
 
 
 @dataclass
-class GridSpec:
+class PretrainedModelGrid:
+    """The keys of a grid whose cells all start from one pretrained model (given, or pretrained
+    by the grid on its corpus) with one seed: this method's and liu2023's."""
     path: str = ""
-    method: str = METHOD
-    name: str = METHOD
     corpus: Optional[str] = None
     data: Optional[str] = None
     pretrained: Optional[str] = None
     pretrain_updates: int = field(default=600, metadata=at_least(1))
     seed: int = 1
+
+
+@dataclass
+class GridSpec(PretrainedModelGrid):
+    method: str = METHOD
+    name: str = METHOD
     languages: List[str] = field(default_factory=list, metadata={**NON_EMPTY, **DISTINCT})
     finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
     s3router: S3RouterSpec = field(default_factory=S3RouterSpec)

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 import yaml
 
 from ...engine.executors import SlurmOptions
-from ..fu2022.spec import KeyedErrors
+from ..fu2022.spec import KeyedErrors, PretrainedModelGrid
 from ..storey2025.spec import (
     DISTINCT, NON_EMPTY, POSITIVE, GridFile, at_least, check_identity, check_languages,
     check_overrides, check_values, checkpoint_depth, read_grid,
@@ -65,15 +65,9 @@ SECTION_CLASSES = {"full": FullSpec, "tuners": TunersSpec, "rank_map": RankMapSp
 
 
 @dataclass
-class GridSpec:
-    path: str = ""
+class GridSpec(PretrainedModelGrid):
     method: str = METHOD
     name: str = METHOD
-    corpus: Optional[str] = None
-    data: Optional[str] = None
-    pretrained: Optional[str] = None
-    pretrain_updates: int = field(default=600, metadata=at_least(1))
-    seed: int = 1
     language: str = ""
     """The one language every run trains on (the in-domain evaluation: its test set)."""
     out_of_domain: List[str] = field(default_factory=list, metadata=DISTINCT)
