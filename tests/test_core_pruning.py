@@ -11,6 +11,7 @@ from fairseq_subnets.core.pruning import (
     layer_l1_masks,
     parse_block,
     prune_smallest,
+    prune_within,
     pruned_count,
     random_masks,
 )
@@ -199,3 +200,61 @@ def test_random_masks_are_seeded_exact_and_independent_of_the_other_matrices():
 def test_unknown_method_is_an_error():
     with pytest.raises(ValueError, match="unknown pruning method 'magic'"):
         compute_masks({}, "magic", 0.5)
+
+
+# ------------------------------------------------------------------- iterative pruning (prune_within)
+
+
+@pytest.mark.parametrize("globally", [False, True])
+def test_pruning_20_percent_of_the_remaining_weights_three_times_equals_torch_prune_applied_three_times(globally):
+    """torch.nn.utils.prune applied again prunes `amount` of the weights still unpruned: IMP's event."""
+    weights = random_weights([(48, 32), (32, 48), (17, 3)], seed=3)
+    holders = {}
+    for name, weight in weights.items():
+        holders[name] = torch.nn.Module()
+        holders[name].weight = torch.nn.Parameter(weight.clone())
+    ours = {name: torch.ones_like(weight, dtype=torch.bool) for name, weight in weights.items()}
+    total = sum(weight.numel() for weight in weights.values())
+    for _ in range(3):
+        if globally:
+            prune.global_unstructured([(h, "weight") for h in holders.values()], prune.L1Unstructured, amount=0.2)
+            pruned = sum(int((~h.weight_mask.bool()).sum()) for h in holders.values())
+            ours = prune_within(weights, ours, "global-l1", pruned / total)
+        else:
+            for holder in holders.values():
+                prune.l1_unstructured(holder, "weight", amount=0.2)
+            ours = {name: prune_within({name: weights[name]}, {name: ours[name]}, "layer-l1",
+                                       int((~holders[name].weight_mask.bool()).sum()) / weights[name].numel())[name]
+                    for name in weights}
+        assert_same(ours, {name: holder.weight_mask.bool() for name, holder in holders.items()})
+    assert kept(ours) == pytest.approx(0.8 ** 3 * total, abs=3)
+
+
+@pytest.mark.parametrize("method", ["global-l1", "layer-l1", "block-l2", "random"])
+def test_pruning_within_a_mask_keeps_a_subset_at_the_exact_sparsity(method):
+    weights = random_weights([(16, 32), (32, 16)], seed=4)
+    earlier = compute_masks(weights, method, 0.3, seed=5)
+    zeroed = {name: weight * earlier[name] for name, weight in weights.items()}  # trained under the mask
+    later = prune_within(zeroed, earlier, method, 0.55, seed=5)
+    assert all(not (later[name] & ~earlier[name]).any() for name in weights)
+    if method == "global-l1":
+        assert kept(later) == 1024 - pruned_count(0.55, 1024)
+    units = {"block-l2": 8, "global-l1": 1}.get(method, 1)
+    for name, mask in later.items():
+        if method != "global-l1":
+            assert int(mask.sum()) == units * (512 // units - pruned_count(0.55, 512 // units))
+    if method == "layer-l1":  # the new pruning takes the smallest magnitudes among the kept weights
+        for name, weight in weights.items():
+            newly = earlier[name] & ~later[name]
+            assert weight[newly].abs().max() <= weight[later[name]].abs().min()
+
+
+def test_pruning_within_refuses_what_cannot_be_an_iterative_step():
+    weights = random_weights([(16, 32), (32, 16)], seed=6)
+    earlier = layer_l1_masks(weights, 0.5)
+    with pytest.raises(ValueError, match=r"^w0: the mask already prunes 0.5 of it, more than sparsity 0.3"):
+        prune_within(weights, earlier, "layer-l1", 0.3)
+    with pytest.raises(ValueError, match=r"^w1: only the weights hold it"):
+        prune_within(weights, {"w0": earlier["w0"]}, "layer-l1", 0.7)
+    with pytest.raises(ValueError, match=r"^w0: the mask keeps parts of some 8x1 blocks"):
+        prune_within(weights, earlier, "block-l2", 0.7)

@@ -85,6 +85,31 @@ def test_prune_a_selection_and_show_stats_as_table_and_csv(checkpoints, tmp_path
     assert out.splitlines() == ["layer,weights,kept,sparsity", "1,4096,2048,0.5", "total,4096,2048,0.5"]
 
 
+def test_prune_within_an_earlier_mask_removes_more_of_what_it_kept(checkpoints, tmp_path, capsys):
+    """Iterative pruning by hand: prune, (train under the mask,) prune again within it."""
+    from fairseq_subnets.core.maskfile import load_mask_file
+
+    first, second = tmp_path / "first.st", tmp_path / "second.st"
+    run_json(capsys, "prune", checkpoints[1], "--method", "block-l2", "--sparsity", 0.2, "--targets", "ffn",
+             "--out", first)
+    written = run_json(capsys, "prune", checkpoints[1], "--method", "block-l2", "--sparsity", 0.36, "--targets", "ffn",
+                       "--within", first, "--out", second)
+    earlier, later = load_mask_file(str(first)), load_mask_file(str(second))
+    assert written["kept"] == 4 * 8 * (256 - round(0.36 * 256))  # 4 FFN matrices of 256 8x1 blocks
+    assert all(not (later.masks[name] & ~earlier.masks[name]).any() for name in earlier.masks)
+    assert later.metadata["within"] == "first.st"
+    code, _, err = run(capsys, "prune", checkpoints[1], "--method", "block-l2", "--sparsity", 0.5, "--within", first,
+                       "--out", tmp_path / "third.st")
+    assert code == 2 and not (tmp_path / "third.st").exists()
+    assert err.strip().splitlines()[-1] == (
+        f"fairseq-subnets prune: error: {checkpoints[1]} within {first}: encoder.layers.0.self_attn.k_proj.weight: "
+        "only the weights hold it; the mask to prune within must cover exactly the selected matrices (it was pruned "
+        "with --targets fc1,fc2 --layers all)")
+    code, _, err = run(capsys, "prune", checkpoints[1], "--method", "layer-l1", "--sparsity", 0.5, "--within",
+                       tmp_path / "missing.st", "--out", tmp_path / "third.st")
+    assert code == 2 and "missing.st: no such mask file" in err
+
+
 def test_algebra_commands_write_mask_files(checkpoints, tmp_path, capsys):
     a, b = tmp_path / "a.st", tmp_path / "b.st"
     run_json(capsys, "prune", checkpoints[0], "--method", "random", "--seed", 1, "--sparsity", 0.5, "--out", a)

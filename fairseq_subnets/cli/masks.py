@@ -141,6 +141,9 @@ def _register_prune(subparsers):
     parser.add_argument("--block", default="8x1",
                         help="block-l2 block: INPUTSxROWS, 8x1 = 8 consecutive weights of a row (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random: seed (default: %(default)s)")
+    parser.add_argument("--within", metavar="MASK",
+                        help="prune further (iterative pruning): keep a subset of what MASK keeps, which must cover "
+                        "the selected matrices; what it prunes counts towards --sparsity")
     parser.add_argument("--out", required=True, metavar="MASK", help="mask file to write")
     _add_format_options(parser, csv_too=False)
     parser.set_defaults(func=run_prune)
@@ -151,7 +154,7 @@ def run_prune(args) -> int:
 
     try:
         masks = prune_checkpoint(args.checkpoint, args.out, args.method, args.sparsity, args.targets,
-                                 args.layers, args.block, args.seed)
+                                 args.layers, args.block, args.seed, args.within)
     except PruneError as error:
         raise UserError(str(error)) from None
     return _report_written(args.out, masks, args)

@@ -309,15 +309,86 @@ def block_l2_masks(
     return masks
 
 
+def _random_scores(name: str, shape, seed: int) -> torch.Tensor:
+    """Uniform scores from a generator seeded by (seed, name), so a matrix's random mask does not
+    depend on what else is selected."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    return torch.rand(tuple(shape), generator=generator)
+
+
 def random_masks(shapes: Mapping[str, torch.Size], sparsity: float, seed: int = 0) -> MaskSet:
-    """Prunes round(s * n) uniformly random weights of each matrix. Each matrix draws from its own
-    generator seeded by (seed, name), so a matrix's mask does not depend on what else is selected."""
+    """Prunes round(s * n) uniformly random weights of each matrix."""
     masks = {}
     for name, shape in shapes.items():
-        digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-        generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-        scores = torch.rand(tuple(shape), generator=generator)
+        scores = _random_scores(name, shape, seed)
         masks.update(prune_smallest({name: scores}, pruned_count(sparsity, scores.numel())))
+    return masks
+
+
+ALREADY_PRUNED = -1.0
+"""The score `prune_within` gives what the earlier mask pruned: below every magnitude, norm and
+uniform draw, so it is pruned first and stays pruned."""
+
+
+def _prune_scope(scores: Mapping[str, torch.Tensor], sparsity: float, where: str) -> MaskSet:
+    """prune_smallest at `sparsity` of the scope's units, refusing a scope already sparser."""
+    total = sum(score.numel() for score in scores.values())
+    already = sum(int(torch.count_nonzero(score == ALREADY_PRUNED)) for score in scores.values())
+    wanted = pruned_count(sparsity, total)
+    if already > wanted:
+        raise ValueError(f"{where}: the mask already prunes {already / total:.4g} of it, more than sparsity "
+                         f"{sparsity:g}; iterative pruning only removes more")
+    return prune_smallest(scores, wanted)
+
+
+def prune_within(weights: Mapping[str, torch.Tensor], kept: MaskSet, method: str, sparsity: float,
+                 block: Tuple[int, int] = (8, 1), seed: int = 0) -> MaskSet:
+    """Masks at `sparsity` that keep a subset of `kept`: one pruning event of iterative magnitude
+    pruning (Yang et al. 2023 Sec. 3.1, "prune p% of the remaining weights"). What `kept` prunes
+    stays pruned and counts towards the sparsity; the rest is taken from the weights it keeps by
+    the method's criterion over the method's scope (global-l1: all matrices together; layer-l1,
+    block-l2 and random: each matrix). ValueError when `kept` does not cover exactly these
+    matrices, already prunes more than `sparsity` in a scope, or (block-l2) cuts through blocks."""
+    if set(kept) != set(weights):
+        odd = sorted(set(kept) ^ set(weights))[0]
+        side = "the mask" if odd in kept else "the weights"
+        raise ValueError(f"{odd}: only {side} hold it; the mask to prune within must cover exactly the selected "
+                         "matrices")
+    for name, weight in weights.items():
+        if tuple(kept[name].shape) != tuple(weight.shape):
+            raise ValueError(f"{name}: mask shape {tuple(kept[name].shape)} != weight shape {tuple(weight.shape)}")
+    if method == "block-l2":
+        return _prune_blocks_within(weights, kept, sparsity, block)
+    if method == "global-l1":
+        scores = {name: torch.where(kept[name], weight.detach().abs().to(_score_dtype([weight])),
+                                    ALREADY_PRUNED) for name, weight in weights.items()}
+        return _prune_scope(scores, sparsity, "the selected matrices")
+    if method not in METHODS:
+        raise ValueError(f"method: unknown pruning method {method!r} (known: {', '.join(METHODS)})")
+    masks = {}
+    for name, weight in weights.items():
+        values = _random_scores(name, weight.shape, seed) if method == "random" else weight.detach().abs()
+        masks.update(_prune_scope({name: torch.where(kept[name], values.to(_score_dtype([weight])), ALREADY_PRUNED)},
+                                  sparsity, name))
+    return masks
+
+
+def _prune_blocks_within(weights, kept: MaskSet, sparsity: float, block: Tuple[int, int]) -> MaskSet:
+    inputs, rows = block
+    masks = {}
+    for name, weight in weights.items():
+        try:
+            norms = block_norms(weight, block)
+        except ValueError as error:
+            raise ValueError(f"{name}: {error}") from None
+        grid = kept[name].reshape(norms.shape[0], rows, norms.shape[1], inputs)
+        whole = grid.all(dim=3).all(dim=1)
+        if not torch.equal(whole, grid.any(dim=3).any(dim=1)):
+            raise ValueError(f"{name}: the mask keeps parts of some {inputs}x{rows} blocks; block-l2 prunes within "
+                             "a mask made of whole blocks (one that block-l2 wrote)")
+        kept_blocks = _prune_scope({name: torch.where(whole, norms, ALREADY_PRUNED)}, sparsity, name)[name]
+        masks[name] = kept_blocks.repeat_interleave(rows, dim=0).repeat_interleave(inputs, dim=1)
     return masks
 
 
