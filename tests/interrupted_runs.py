@@ -41,16 +41,21 @@ def interval_checkpoints(save_dir):
 
 def kill_at_random_update(process, save_dir, rng, delay_range=(0.0, 2.0), timeout=300):
     """SIGKILLs the run a random time after it wrote its first interval checkpoint, so at a random
-    update past it. Waits until checkpoint_last.pt is a complete copy of the newest interval
-    checkpoint first: stock fairseq writes checkpoint_last.pt by a plain, non-atomic copy, and a
-    kill inside that copy would test fairseq's copy, not resumption. Returns the delay used."""
+    update past it, but at the latest when its second one appears: the interval after it leaves the
+    run updates to do, where a fixed delay could outlast a fast run (a run killed while it exits
+    after its last update would be resumed past max_update: stock fairseq trains one more update
+    then). Waits until checkpoint_last.pt is a complete copy of the newest interval checkpoint
+    first: stock fairseq writes checkpoint_last.pt by a plain, non-atomic copy, and a kill inside
+    that copy would test fairseq's copy, not resumption. Returns the delay used."""
     deadline = time.monotonic() + timeout
     while not interval_checkpoints(save_dir):
         if process.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"the run ended or stalled before its first checkpoint (exit {process.poll()})")
         time.sleep(POLL_SECONDS)
     delay = rng.uniform(*delay_range)
-    time.sleep(delay)
+    started = time.monotonic()
+    while time.monotonic() - started < delay and len(interval_checkpoints(save_dir)) < 2:
+        time.sleep(0.005)
     last = Path(save_dir) / "checkpoint_last.pt"
     while True:
         newest = interval_checkpoints(save_dir)

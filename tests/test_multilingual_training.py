@@ -4,6 +4,7 @@ model (per-language heads and a shared head), stock `fairseq-generate` decoding 
 the checkpoint, and a 2-rank CPU run through `fairseq-subnets launch` whose ranks train the same
 language in every update."""
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -30,18 +31,28 @@ def train(skeleton_run, tmp_path_factory, name, *extra):
 
     _, result = skeleton_run
     save_dir = tmp_path_factory.mktemp(name) / "run"
-    log = hydra_train("multilingual_tiny", overrides(result, save_dir, *extra), save_dir.parent / "train.log")
+    log = hydra_train("multilingual_tiny", overrides(result, save_dir, *extra), save_dir.parent / "train.log",
+                      threads=1)  # two runs share the two cores
     return result, save_dir, log
 
 
 @pytest.fixture(scope="module")
-def per_language_run(skeleton_run, tmp_path_factory):
-    return train(skeleton_run, tmp_path_factory, "multilingual_heads")
+def both_runs(skeleton_run, tmp_path_factory):
+    """The per-language-heads and the shared-head run, trained side by side (the two cores)."""
+    with ThreadPoolExecutor(2) as pool:
+        per_language = pool.submit(train, skeleton_run, tmp_path_factory, "multilingual_heads")
+        shared = pool.submit(train, skeleton_run, tmp_path_factory, "multilingual_shared", "task.output_layers=shared")
+    return per_language.result(), shared.result()
 
 
 @pytest.fixture(scope="module")
-def shared_run(skeleton_run, tmp_path_factory):
-    return train(skeleton_run, tmp_path_factory, "multilingual_shared", "task.output_layers=shared")
+def per_language_run(both_runs):
+    return both_runs[0]
+
+
+@pytest.fixture(scope="module")
+def shared_run(both_runs):
+    return both_runs[1]
 
 
 def decode(result, checkpoint, language, out_dir, *task_options):
@@ -105,12 +116,25 @@ def test_the_checkpoint_records_its_languages_and_holds_one_head_per_language(pe
     assert not any(key.startswith("w2v_encoder.proj.") for key in state["model"])
 
 
+@pytest.fixture(scope="module")
+def per_language_decodes(per_language_run, tmp_path_factory):
+    """Every language decoded by its own fairseq-generate, two at a time: each is mostly one
+    single-threaded start-up, and the machine has two cores."""
+    result, save_dir, _ = per_language_run
+    out = tmp_path_factory.mktemp("decodes")
+    with ThreadPoolExecutor(2) as pool:
+        decoding = {language: pool.submit(decode, result, save_dir / "checkpoint_best.pt", language, out / language)
+                    for language in LANGUAGES}
+    return {language: future.result() for language, future in decoding.items()}
+
+
 @pytest.mark.parametrize("language", LANGUAGES)
-def test_fairseq_generate_decodes_each_language_with_its_head_and_prints_a_cer(per_language_run, language, tmp_path):
+def test_fairseq_generate_decodes_each_language_with_its_head_and_prints_a_cer(per_language_run, per_language_decodes,
+                                                                              language):
     from fairseq_subnets.scoring import error_rates
 
-    result, save_dir, _ = per_language_run
-    cer, references, hypotheses = decode(result, save_dir / "checkpoint_best.pt", language, tmp_path)
+    result, _, _ = per_language_run
+    cer, references, hypotheses = per_language_decodes[language]
     expected = (Path(result.corpus_dir) / language / "test.wrd").read_text().splitlines()
     assert sorted(references.values()) == sorted(expected)  # this language's test set, read with its dictionary
     assert len(hypotheses) == len(expected)
@@ -131,10 +155,15 @@ def test_decoding_a_language_the_checkpoint_lacks_or_with_the_wrong_head_mode_is
     from fairseq_subnets.runner import RunError
 
     result, save_dir, _ = per_language_run
-    with pytest.raises(RunError, match="task.decode_language=en is not one of task.languages"):
-        decode(result, save_dir / "checkpoint_best.pt", "en", tmp_path / "en")
-    with pytest.raises(RunError, match="the checkpoint has per_language output layers; pass --output-layers per_language"):
-        decode(result, save_dir / "checkpoint_best.pt", "es", tmp_path / "shared", "--output-layers", "shared")
+    attempts = {"task.decode_language=en is not one of task.languages": ("en", tmp_path / "en"),
+                "the checkpoint has per_language output layers; pass --output-layers per_language": (
+                    "es", tmp_path / "shared", "--output-layers", "shared")}
+    with ThreadPoolExecutor(2) as pool:
+        refusals = {message: pool.submit(decode, result, save_dir / "checkpoint_best.pt", *arguments)
+                    for message, arguments in attempts.items()}
+    for message, refusal in refusals.items():
+        with pytest.raises(RunError, match=message):
+            refusal.result()
 
 
 def test_two_cpu_ranks_train_the_same_language_in_every_update_under_identical_masks(skeleton_run, tmp_path):

@@ -13,6 +13,7 @@ Without seeded time masking (plugin.time_masking) every mode fails from the firs
 and pretraining also without seeded crops (plugin.pretraining).
 """
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -85,29 +86,43 @@ MODES = ["pretraining", "finetuning", "fixed_mask", "downstream_frozen_first_epo
          "learned_masks_global_top_k", "tuner_adalora"]
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_run_killed_at_a_random_update_and_rerun_ends_bit_identical_to_an_uninterrupted_run(
-        mode, skeleton_run, masks, tmp_path):
-    """The uninterrupted and the interrupted run go side by side, one thread each: bit-identity
-    holds for the same command with the same thread count (float sums depend on the split)."""
+def killed_and_rerun(mode, result, masks, work):
+    """One mode's command run uninterrupted and, side by side, killed at a random update and run
+    again, one thread each: bit-identity holds for the same command with the same thread count
+    (float sums depend on the split). Returns the two save dirs."""
     from fairseq_subnets.runner import hydra_train
 
-    _, result = skeleton_run
     config_dir, config_name, arguments = mode_arguments(mode, result, masks)
     arguments = [f"common.user_dir={USER_DIR}", *arguments, f"checkpoint.save_interval_updates={SAVE_EVERY}",
                  "checkpoint.keep_interval_updates=-1", "dataset.disable_validation=true"]
-    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    uninterrupted, interrupted = work / "uninterrupted", work / "interrupted"
     reference = start_training(config_dir, config_name, arguments + [f"checkpoint.save_dir={uninterrupted}"],
-                               tmp_path / "uninterrupted.log", threads=1)
+                               work / "uninterrupted.log", threads=1)
     seed = random.randrange(1 << 30)
     rerun_arguments = arguments + [f"checkpoint.save_dir={interrupted}"]
-    killed = start_training(config_dir, config_name, rerun_arguments, tmp_path / "killed.log", threads=1)
+    killed = start_training(config_dir, config_name, rerun_arguments, work / "killed.log", threads=1)
     kill_at_random_update(killed, interrupted, random.Random(seed))
     resumed_from = training_state(interrupted / "checkpoint_last.pt")["num_updates"]
-    log = hydra_train(config_name, rerun_arguments, tmp_path / "rerun.log", config_dir=config_dir, threads=1)
+    log = hydra_train(config_name, rerun_arguments, work / "rerun.log", config_dir=config_dir, threads=1)
     assert f"@ {resumed_from} updates" in log, f"kill seed {seed}: the rerun did not resume from update {resumed_from}"
-    wait_finished(reference, tmp_path / "uninterrupted.log")
+    wait_finished(reference, work / "uninterrupted.log")
+    return uninterrupted, interrupted
 
+
+@pytest.fixture(scope="module")
+def mode_runs(skeleton_run, masks, tmp_path_factory):
+    """Every mode's runs, two modes at a time: a mode leaves a core idle while its rerun goes alone,
+    and most of each run is a single-threaded start-up. Mode -> its future."""
+    _, result = skeleton_run
+    with ThreadPoolExecutor(2) as pool:
+        running = {mode: pool.submit(killed_and_rerun, mode, result, masks, tmp_path_factory.mktemp(mode))
+                   for mode in MODES}
+    return running
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_run_killed_at_a_random_update_and_rerun_ends_bit_identical_to_an_uninterrupted_run(mode, mode_runs):
+    uninterrupted, interrupted = mode_runs[mode].result()
     first = min(interval_checkpoints(uninterrupted))
     assert_bit_identical(interval_checkpoints(uninterrupted)[first], interval_checkpoints(interrupted)[first])
     assert_bit_identical(uninterrupted / "checkpoint_last.pt", interrupted / "checkpoint_last.pt")

@@ -204,6 +204,19 @@ def test_s2lora_counts_a_rank_as_pruned_below_1e_minus_4():
     assert rank_distribution(model, W2V_PREFIX) == {name: 4}
 
 
+@pytest.mark.parametrize("method, reads", [("glora", True), ("ia3", False), ("bitfit", False)])
+def test_the_effective_bias_fetches_the_base_weight_only_for_a_tuner_that_reads_it(method, reads, monkeypatch):
+    """Under a kept-only fixed mask fetching it expands the full matrix: IA3 and BitFit must not pay
+    that on every forward pass."""
+    from fairseq_subnets.core import transforms
+
+    model, _ = tuned_model(method, targets="k")
+    fetched = []
+    monkeypatch.setattr(transforms, "base_weight", lambda module: fetched.append(module) or module.weight.detach())
+    logits(model, audio())
+    assert bool(fetched) == reads
+
+
 @pytest.mark.parametrize("method", list(TUNERS))
 def test_the_trained_count_read_off_a_saved_state_is_the_live_models(method, tmp_path):
     """After torch.save / torch.load, as a report reads a checkpoint: buffers left out, S2-LoRA's

@@ -300,8 +300,8 @@ def bake_state_dict(
             baked[f"{path}.weight"] = stack(original)
             bias_key = path + _FOLLOWED_BIAS
             if bias_key in state_dict:
-                base = fixed.expand(original) if fixed is not None else original
-                baked[f"{path}.bias"] = adapt_bias(stack, state_dict[bias_key], base)
+                baked[f"{path}.bias"] = adapt_bias(
+                    stack, state_dict[bias_key], lambda: fixed.expand(original) if fixed is not None else original)
                 del baked[bias_key]
         for key in entries.values():
             del baked[key]

@@ -37,7 +37,7 @@ regularisation terms (`regularisation_term_names` / `regularisation_term`), whic
 """
 import itertools
 import json
-from typing import ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Callable, ClassVar, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -118,6 +118,9 @@ class WeightTransform(nn.Module):
     changes_bias: ClassVar[bool] = False
     """True for adaptations that also change the module's bias (IA3 on outputs, GLoRA): adding one
     puts a `BiasFollower` on the bias, which asks `adapt_bias` for the effective bias."""
+
+    bias_reads_weight: ClassVar[bool] = False
+    """True where `adapt_bias` uses the base weight (GLoRA's W C): only then is it fetched."""
 
     def adapt_bias(self, bias: torch.Tensor, base_weight: torch.Tensor) -> torch.Tensor:
         """The bias this transform makes of `bias`, given the module's stored base weight."""
@@ -586,13 +589,18 @@ class BiasFollower(nn.Module):
         object.__setattr__(self, "_module", module)  # not a child: the module owns this follower
 
     def forward(self, bias: torch.Tensor) -> torch.Tensor:
-        return adapt_bias(stack_of(self._module), bias, base_weight(self._module))
+        return adapt_bias(stack_of(self._module), bias, lambda: base_weight(self._module))
 
 
-def adapt_bias(stack: "WeightStack", bias: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """The effective bias under the bias-changing adaptations of `stack`, in stack order."""
+def adapt_bias(stack: "WeightStack", bias: torch.Tensor, base_weight_of: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The effective bias under the bias-changing adaptations of `stack`, in stack order.
+    `base_weight_of()` is called once, and only if a transform reads the weight: under a kept-only
+    fixed mask it expands the full matrix, which IA3 and BitFit would pay on every forward pass."""
+    weight = None
     for _, _, transform in stack.transforms():
         if transform.changes_bias:
+            if transform.bias_reads_weight and weight is None:
+                weight = base_weight_of()
             bias = transform.adapt_bias(bias, weight)
     return bias
 

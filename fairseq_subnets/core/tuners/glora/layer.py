@@ -15,6 +15,7 @@ class GloraChange(WeightTransform):
     kind = "glora"
     stage = ADAPT
     changes_bias = True
+    bias_reads_weight = True
 
     def __init__(self, shape, r: int):
         super().__init__()
