@@ -1,4 +1,14 @@
-"""What tests read back from saved fairseq checkpoints."""
+"""What tests read back from saved fairseq checkpoints, and running fairseq commands side by side."""
+from concurrent.futures import ThreadPoolExecutor
+
+
+def two_at_a_time(*calls):
+    """Runs each `(function, *arguments)`, two at a time, and returns the results in order (the
+    first failure raised): a fairseq command is mostly a single-threaded start-up, and the test
+    machine has two cores."""
+    with ThreadPoolExecutor(2) as pool:
+        futures = [pool.submit(function, *arguments) for function, *arguments in calls]
+    return [future.result() for future in futures]
 
 
 def stored_masks_and_baked_weights(checkpoint):
@@ -81,3 +91,10 @@ def assert_exports_to_stock_fairseq(checkpoint, data, work_dir):
     exported = work_dir / "plain.pt"
     assert cli(["export", str(checkpoint), "--out", str(exported)]) == 0
     assert_export_matches_in_stock_fairseq(checkpoint, exported, data, work_dir)
+
+
+def assert_decodes_and_exports_to_stock_fairseq(checkpoint, data, work_dir):
+    """Both checks above, side by side: fairseq-generate's start-up beside the export and its stock
+    load."""
+    two_at_a_time((assert_generate_decodes_every_test_utterance, checkpoint, data, work_dir),
+                  (assert_exports_to_stock_fairseq, checkpoint, data, work_dir))

@@ -13,9 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_helpers import (
-    assert_exports_to_stock_fairseq, assert_generate_decodes_every_test_utterance,
-)
+from checkpoint_helpers import assert_decodes_and_exports_to_stock_fairseq
 from fairseq_subnets import USER_DIR
 
 pytestmark = pytest.mark.slow
@@ -113,15 +111,11 @@ def test_pretrained_weights_stay_bit_identical_while_identical_masks_learn_on_bo
     assert any(not torch.equal(first[name], last[name]) for name in first)
 
 
-def test_fairseq_generate_decodes_the_learned_mask_checkpoint(learned_run, tmp_path):
+def test_fairseq_generate_decodes_the_learned_mask_checkpoint_and_export_bakes_it_for_stock_fairseq(learned_run,
+                                                                                                     tmp_path):
     result, run_dir, _ = learned_run
-    assert_generate_decodes_every_test_utterance(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / LANGUAGE,
-                                                 tmp_path)
-
-
-def test_export_bakes_the_learned_masks_into_a_stock_checkpoint(learned_run, tmp_path):
-    result, run_dir, _ = learned_run
-    assert_exports_to_stock_fairseq(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / LANGUAGE, tmp_path)
+    assert_decodes_and_exports_to_stock_fairseq(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / LANGUAGE,
+                                                tmp_path)
 
 
 def test_masks_extract_writes_the_learned_masks_for_the_mask_tools(learned_run, tmp_path, capsys):
@@ -221,7 +215,8 @@ def test_a_bundle_lists_its_storage_removes_languages_and_refuses_another_backbo
 
 
 def test_exporting_a_bundle_language_gives_the_weights_of_that_languages_own_export(bundle, tmp_path):
-    """Its own export loads in stock fairseq (test_export_bakes_the_learned_masks_into_a_stock_checkpoint)."""
+    """Its own export loads in stock fairseq
+    (test_fairseq_generate_decodes_the_learned_mask_checkpoint_and_export_bakes_it_for_stock_fairseq)."""
     from fairseq_subnets.cli.main import main as cli
     from fairseq_subnets.plugin.checkpoints import load_checkpoint
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from checkpoint_helpers import (
-    assert_exports_to_stock_fairseq, assert_generate_decodes_every_test_utterance, stored_masks_and_baked_weights,
+    assert_decodes_and_exports_to_stock_fairseq, stored_masks_and_baked_weights,
 )
 from fairseq_subnets import USER_DIR
 
@@ -55,16 +55,10 @@ def test_every_checkpoint_holds_the_mask_with_pruned_weights_exactly_zero(masked
             assert torch.count_nonzero(weight[mask]) > 0
 
 
-def test_fairseq_generate_decodes_the_masked_checkpoint(masked_run, tmp_path):
+def test_fairseq_generate_decodes_the_masked_checkpoint_and_its_export_loads_in_stock_fairseq(masked_run, tmp_path):
     settings, result, _, run_dir = masked_run
-    assert_generate_decodes_every_test_utterance(run_dir / "checkpoint_last.pt",
-                                                 Path(result.corpus_dir) / settings.language, tmp_path)
-
-
-def test_export_loads_in_stock_fairseq_without_the_plugin_and_matches(masked_run, tmp_path):
-    settings, result, _, run_dir = masked_run
-    assert_exports_to_stock_fairseq(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / settings.language,
-                                    tmp_path)
+    assert_decodes_and_exports_to_stock_fairseq(run_dir / "checkpoint_last.pt",
+                                                Path(result.corpus_dir) / settings.language, tmp_path)
 
 
 def test_model_built_without_the_mask_file_takes_the_masks_from_the_checkpoint(masked_run):

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoint_helpers import two_at_a_time
 from fairseq_subnets import USER_DIR
 
 pytestmark = pytest.mark.slow
@@ -39,10 +40,8 @@ def train(skeleton_run, tmp_path_factory, name, *extra):
 @pytest.fixture(scope="module")
 def both_runs(skeleton_run, tmp_path_factory):
     """The per-language-heads and the shared-head run, trained side by side (the two cores)."""
-    with ThreadPoolExecutor(2) as pool:
-        per_language = pool.submit(train, skeleton_run, tmp_path_factory, "multilingual_heads")
-        shared = pool.submit(train, skeleton_run, tmp_path_factory, "multilingual_shared", "task.output_layers=shared")
-    return per_language.result(), shared.result()
+    return two_at_a_time((train, skeleton_run, tmp_path_factory, "multilingual_heads"),
+                         (train, skeleton_run, tmp_path_factory, "multilingual_shared", "task.output_layers=shared"))
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +121,9 @@ def per_language_decodes(per_language_run, tmp_path_factory):
     single-threaded start-up, and the machine has two cores."""
     result, save_dir, _ = per_language_run
     out = tmp_path_factory.mktemp("decodes")
-    with ThreadPoolExecutor(2) as pool:
-        decoding = {language: pool.submit(decode, result, save_dir / "checkpoint_best.pt", language, out / language)
-                    for language in LANGUAGES}
-    return {language: future.result() for language, future in decoding.items()}
+    decoded = two_at_a_time(*((decode, result, save_dir / "checkpoint_best.pt", language, out / language)
+                              for language in LANGUAGES))
+    return dict(zip(LANGUAGES, decoded))
 
 
 @pytest.mark.parametrize("language", LANGUAGES)

@@ -6,11 +6,11 @@ import dataclasses
 import subprocess
 import sys
 import textwrap
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 import fairseq_subnets
+from checkpoint_helpers import two_at_a_time
 from factory import write_plugin_checkpoint
 
 SUBNETS_NAMES = {
@@ -79,9 +79,7 @@ def registrations():
     """Every import order's registration and the stock commands' (under "stock"), two interpreters
     at a time: each is a single-threaded import of torch and fairseq, and the machine has two cores."""
     orders = {"stock": STOCK_ORDER, **IMPORT_ORDERS}
-    with ThreadPoolExecutor(2) as pool:
-        running = {name: pool.submit(registration_after, imports) for name, imports in orders.items()}
-    return {name: future.result() for name, future in running.items()}
+    return dict(zip(orders, two_at_a_time(*((registration_after, imports) for imports in orders.values()))))
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoint_helpers import two_at_a_time
+
 pytestmark = pytest.mark.slow
 
 
@@ -141,11 +143,24 @@ def test_decoding_batch_limit_below_longest_utterance_names_the_flag(skeleton_ru
         task.get_batch_iterator(task.dataset("test"), max_tokens=12000)
 
 
-def test_training_on_a_broken_manifest_fails_before_training(skeleton_run, tmp_path):
+def failure_of(function, *arguments):
+    """The RunError `function(*arguments)` raises (None if it raises none)."""
+    from fairseq_subnets.runner import RunError
+
+    try:
+        function(*arguments)
+    except RunError as error:
+        return error
+    return None
+
+
+def test_a_broken_manifest_or_a_relative_data_path_stops_training_before_it_starts(skeleton_run, tmp_path):
+    """Both runs side by side (two single-threaded start-ups): a missing audio file in valid.tsv is
+    named with its line, and a relative task.data with the reason it must be absolute."""
     import shutil
 
     from fairseq_subnets import USER_DIR
-    from fairseq_subnets.runner import RunError, hydra_train
+    from fairseq_subnets.runner import hydra_train
 
     settings, result = skeleton_run
     broken = tmp_path / "broken"
@@ -153,23 +168,13 @@ def test_training_on_a_broken_manifest_fails_before_training(skeleton_run, tmp_p
     lines = (broken / "valid.tsv").read_text().splitlines()
     lines[3] = "missing/nothing.wav\t16000"
     (broken / "valid.tsv").write_text("\n".join(lines) + "\n")
-    with pytest.raises(RunError) as failure:
-        hydra_train("tiny", [
-            f"common.user_dir={USER_DIR}", f"task.data={broken}",
-            f"model.w2v_path={result.pretrained_checkpoint}", f"checkpoint.save_dir={tmp_path / 'run'}",
-        ], tmp_path / "train.log")
-    message = str(failure.value)
-    assert f"{broken / 'valid.tsv'}:4" in message
-    assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
 
+    def training(data, name):
+        return (failure_of, hydra_train, "tiny", [
+            f"common.user_dir={USER_DIR}", f"task.data={data}", f"model.w2v_path={result.pretrained_checkpoint}",
+            f"checkpoint.save_dir={tmp_path / name}"], tmp_path / f"{name}.log")
 
-def test_relative_data_path_is_rejected_with_the_reason(skeleton_run, tmp_path):
-    from fairseq_subnets import USER_DIR
-    from fairseq_subnets.runner import RunError, hydra_train
-
-    _, result = skeleton_run
-    with pytest.raises(RunError, match="absolute path"):
-        hydra_train("tiny", [
-            f"common.user_dir={USER_DIR}", "task.data=relative/manifests",
-            f"model.w2v_path={result.pretrained_checkpoint}", f"checkpoint.save_dir={tmp_path / 'run'}",
-        ], tmp_path / "train.log")
+    on_broken, on_relative = two_at_a_time(training(broken, "broken"), training("relative/manifests", "relative"))
+    assert f"{broken / 'valid.tsv'}:4" in str(on_broken)
+    assert "absolute path" in str(on_relative)
+    assert not list(tmp_path.rglob("checkpoint_last.pt"))

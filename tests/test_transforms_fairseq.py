@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from checkpoint_helpers import two_at_a_time
+
 pytestmark = pytest.mark.slow
 
 FFN = ("fc1", "fc2")
@@ -48,8 +50,8 @@ def test_fairseq_generate_rebuilds_learned_scores_and_decodes_like_the_baked_exp
     data = Path(result.corpus_dir) / settings.language
     exported = tmp_path / "plain.pt"
     assert cli(["export", str(path), "--out", str(exported)]) == 0
-    with_scores = generate(data, path, "test", tmp_path / "scores")
-    baked = generate(data, exported, "test", tmp_path / "baked")
+    with_scores, baked = two_at_a_time((generate, data, path, "test", tmp_path / "scores"),
+                                       (generate, data, exported, "test", tmp_path / "baked"))
     assert with_scores.hypotheses == baked.hypotheses == result.test_utterances
     decoded = [read_generate_output(run.results_file.read_text())[:2] for run in (with_scores, baked)]
     assert decoded[0] == decoded[1]
@@ -119,9 +121,9 @@ def test_learned_scores_and_a_dense_mask_train_resume_and_decode_through_the_sto
     assert len(masks) == 6 * layers
     assert all(torch.equal(masks[name], mask) for name, mask in attention.items())  # the dense mask held
     assert sparsity({name: masks[name] for name in masks if name not in attention}) == pytest.approx(0.1, abs=1e-3)
-    decoded = generate(data, save_dir / "checkpoint_last.pt", "test", tmp_path / "decode")
-    assert decoded.hypotheses == result.test_utterances
     exported = tmp_path / "plain.pt"
     assert cli(["export", str(save_dir / "checkpoint_last.pt"), "--out", str(exported)]) == 0
-    baked = generate(data, exported, "test", tmp_path / "baked")
+    decoded, baked = two_at_a_time((generate, data, save_dir / "checkpoint_last.pt", "test", tmp_path / "decode"),
+                                   (generate, data, exported, "test", tmp_path / "baked"))
+    assert decoded.hypotheses == result.test_utterances
     assert baked.cer == decoded.cer

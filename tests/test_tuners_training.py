@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_helpers import (
-    assert_exports_to_stock_fairseq, assert_generate_decodes_every_test_utterance,
-)
+from checkpoint_helpers import assert_decodes_and_exports_to_stock_fairseq
 from fairseq_subnets import USER_DIR
 
 pytestmark = pytest.mark.slow
@@ -93,15 +91,10 @@ def test_s2lora_trains_on_two_ranks_leaving_the_backbone_bit_identical(s2lora_ru
     assert len(adam) == 3 * 2 + matrices + 2  # shared pairs, coefficient vectors, output layer weight and bias
 
 
-def test_fairseq_generate_decodes_the_tuned_checkpoint(s2lora_run, tmp_path):
+def test_fairseq_generate_decodes_the_tuned_checkpoint_and_export_merges_it_for_stock_fairseq(s2lora_run, tmp_path):
     result, run_dir, _ = s2lora_run
-    assert_generate_decodes_every_test_utterance(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / LANGUAGE,
-                                                 tmp_path)
-
-
-def test_export_merges_the_tuner_into_a_stock_checkpoint(s2lora_run, tmp_path):
-    result, run_dir, _ = s2lora_run
-    assert_exports_to_stock_fairseq(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / LANGUAGE, tmp_path)
+    assert_decodes_and_exports_to_stock_fairseq(run_dir / "checkpoint_last.pt", Path(result.corpus_dir) / LANGUAGE,
+                                                tmp_path)
 
 
 def test_adalora_ranks_print_as_a_layer_by_matrix_table_csv_and_heatmap(adalora_run, tmp_path, capsys):
