@@ -296,17 +296,11 @@ def block_l2_masks(
     weights: Mapping[str, torch.Tensor], sparsity: float, block: Tuple[int, int] = (8, 1)
 ) -> MaskSet:
     """Prunes whole blocks (default 8x1, Yang Sec. 3.1) by block L2 norm, round(s * blocks) of
-    each matrix; weight-level sparsity then equals the block-level one exactly."""
-    inputs, rows = block
-    masks = {}
-    for name, weight in weights.items():
-        try:
-            norms = block_norms(weight, block)
-        except ValueError as error:
-            raise ValueError(f"{name}: {error}") from None
-        kept = prune_smallest({name: norms}, pruned_count(sparsity, norms.numel()))[name]
-        masks[name] = kept.repeat_interleave(rows, dim=0).repeat_interleave(inputs, dim=1)
-    return masks
+    each matrix; weight-level sparsity then equals the block-level one exactly. (Pruning within a
+    mask that keeps everything.)"""
+    everything = {name: torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
+                  for name, weight in weights.items()}
+    return _prune_blocks_within(weights, everything, sparsity, block)
 
 
 def _random_scores(name: str, shape, seed: int) -> torch.Tensor:
