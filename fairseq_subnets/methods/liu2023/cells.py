@@ -23,7 +23,9 @@ import shutil
 import time
 from functools import partial
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Mapping
+
+import torch
 
 from ... import USER_DIR
 from ...engine.cells import Cell, CellContext
@@ -46,16 +48,14 @@ DICTIONARY = "dict.ltr.txt"
 # ------------------------------------------------------------------------------------------- work
 
 
-def parameter_counts(checkpoint: Path, full: bool) -> dict:
+def parameter_counts(state: Mapping[str, torch.Tensor], full: bool) -> dict:
     """What a run trained, from its checkpoint: the tuner's parameters (a tensor shared by several
     matrices, S2-LoRA's factors, once), or every backbone weight for full fine-tuning; the output
     layer, which every run trains, apart; and the share of the pretrained model's parameters."""
     from ...core.tuners import tuner_trained_count
     from ...plugin.adapters import backbone_tensors
-    from ...plugin.checkpoints import load_fairseq_checkpoint
     from ...plugin.language_heads import STOCK_OUTPUT_LAYER_PREFIX
 
-    state = load_fairseq_checkpoint(str(checkpoint))["model"]
     backbone = sum(tensor.numel() for tensor in backbone_tensors(state).values())
     trainable = backbone if full else tuner_trained_count(state)
     return {"trainable_params": trainable, "trainable_percent": round(100.0 * trainable / backbone, 4),
@@ -64,15 +64,14 @@ def parameter_counts(checkpoint: Path, full: bool) -> dict:
             "backbone_params": backbone}
 
 
-def rank_rows(checkpoint: Path) -> List[dict]:
+def rank_rows(state: Mapping[str, torch.Tensor]) -> List[dict]:
     """The rank in use of every adapted matrix (core.tuners.tuner_ranks: AdaLoRA's kept triplets,
     S2-LoRA's coefficients with |s| >= 1e-4), one row per encoder layer and a column per kind; none
     for a run without ranks."""
     from ...core.targets import KINDS, parse_weight_name
     from ...core.tuners import tuner_ranks
-    from ...plugin.checkpoints import load_fairseq_checkpoint
 
-    ranks = tuner_ranks(load_fairseq_checkpoint(str(checkpoint))["model"])
+    ranks = tuner_ranks(state)
     by_layer: Dict[int, dict] = {}
     for name, (_, rank) in ranks.items():
         layer, kind = parse_weight_name(name)
@@ -88,9 +87,12 @@ def train_work(run_config: str, full: bool, row: dict, data_dir: Path, overrides
                 threads=context.threads, gpus=context.gpus)
     checkpoint = context.directory / DECODED_CHECKPOINT
     train_seconds = round(time.monotonic() - started, 1)
-    ranks = rank_rows(checkpoint)
+    from ...plugin.checkpoints import load_fairseq_checkpoint
+
+    state = load_fairseq_checkpoint(str(checkpoint))["model"]  # read once for the counts and the ranks
+    ranks = rank_rows(state)
     in_use = sum(rank for entry in ranks for kind, rank in entry.items() if kind != "layer" and rank != "")
-    return {**row, **parameter_counts(checkpoint, full), "checkpoint": str(checkpoint), "train_seconds": train_seconds,
+    return {**row, **parameter_counts(state, full), "checkpoint": str(checkpoint), "train_seconds": train_seconds,
             "ranks_in_use": in_use if ranks else "", "ranks": ranks,
             "unknown_characters": unknown_character_share(data_dir / "test.ltr", data_dir / DICTIONARY),
             **decode(data_dir, checkpoint, context)}
