@@ -40,3 +40,41 @@ def write_grid(folder, corpus_dir, extra="", upstream="languages: [es, ca]", pru
     path = Path(folder) / "grid.yaml"
     path.write_text("\n".join(lines + [extra]))
     return path
+
+
+def assert_refused_with_line_replaced(grid: Path, lines: str, message: str, capsys) -> None:
+    """Each line of `lines` replaces the grid's line of the same top-level key (a key given twice
+    would be refused for that alone); `fairseq-subnets grid --dry-run` must then exit 2 with a last
+    stderr line naming the file, a line number and `message`."""
+    import re
+
+    from fairseq_subnets.cli.main import main as cli
+
+    replaced = {line.split(":")[0] for line in lines.splitlines()}
+    kept = [text for text in grid.read_text().splitlines() if text.split(":")[0] not in replaced]
+    grid.write_text("\n".join(kept + lines.splitlines()) + "\n")
+    assert cli(["grid", str(grid), "--dry-run"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.match(rf"fairseq-subnets grid: error: {re.escape(str(grid))}:\d+: {re.escape(message)}", error), error
+
+
+def example_grid_on(folder: Path, method: str) -> Path:
+    """The shipped examples/METHOD/grid.yaml, rewritten to read folder/corpus and folder/pretrained.pt
+    (the miniatures read an earlier miniature's run folder)."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "examples" / method / "grid.yaml").read_text()
+    text = re.sub(r"(?m)^data: .*$", f"data: {folder / 'corpus'}", text)
+    example = folder / "example.yaml"
+    example.write_text(re.sub(r"(?m)^pretrained: .*$", f"pretrained: {folder / 'pretrained.pt'}", text))
+    return example
+
+
+def run_method_grid(method, grid: Path, out_dir: Path):
+    """Runs a method's grid file through the real engine, two cells at a time, quietly; returns the
+    GridRun (its cells and results)."""
+    from fairseq_subnets.engine.executors import LocalExecutor
+
+    run = method.GridRun(method.load_grid(grid), out_dir, LocalExecutor(2), say=lambda message: None)
+    run.run()
+    return run

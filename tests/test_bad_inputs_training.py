@@ -126,6 +126,19 @@ RUN_CASES = [
             "model.tuner=lora does not take it", train("<PRETRAINED>", "+model.tuner=lora", "+model.tuner_init_r=4")),
     RunCase("train-tuner-layers-beyond-model", TRAIN_ERROR + "model.tuner_layers: layer 2 is selected but the model "
             "has 2 encoder layers", train("<PRETRAINED>", "+model.tuner=s2lora", "+model.tuner_layers=0-5")),
+    RunCase("train-pruning-fraction-out-of-range", TRAIN_ERROR + "model.pruning_fraction=1.5: the share of the "
+            "remaining weights pruned at each event lies strictly between 0 and 1",
+            train("<PRETRAINED>", "+model.pruning_interval=4", "+model.pruning_target_sparsity=0.5",
+                  "+model.pruning_fraction=1.5")),
+    RunCase("train-pruning-target-after-max-update", TRAIN_ERROR + "optimization.max_update=600 ends before the target "
+            "sparsity: pruning block-l2 every 200 updates, 0.2 of the remaining weights, to sparsity 0.9 in 11 events "
+            "(last at update 2200)", train("<PRETRAINED>", "+model.pruning_interval=200",
+                                           "+model.pruning_target_sparsity=0.9", "+model.pruning_criterion=block")),
+    RunCase("train-rewinding-with-fp16-copies", TRAIN_ERROR + "common.fp16=true keeps fp32 copies of the weights in "
+            "fairseq's optimizer, which would undo what pathway updates hold still and what rewinding restores: set "
+            "common.memory_efficient_fp16=true", train("<PRETRAINED>", "+model.pruning_interval=4",
+                                                       "+model.pruning_target_sparsity=0.5",
+                                                       "+model.pruning_rewind_update=0", "common.fp16=true")),
     RunCase("generate-pretraining-checkpoint", "fairseq-generate: error: <PRETRAINED> is a wav2vec2 pretraining "
             "checkpoint (model wav2vec2), not a fine-tuned wav2vec2 CTC checkpoint",
             ("<DATA>", "--path", "<PRETRAINED>", "--task", "subnets_audio_finetuning", "--user-dir", USER_DIR,

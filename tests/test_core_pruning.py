@@ -143,7 +143,7 @@ def test_nan_weights_fail_naming_the_matrix(small_windows):
         global_l1_masks(weights, 0.5)
 
 
-@pytest.mark.parametrize("method", ["global-l1", "layer-l1", "block-l2", "random"])
+@pytest.mark.parametrize("method", ["global-l1", "layer-l1", "block-l2", "global-block-l2", "random"])
 def test_masks_for_increasing_sparsity_are_nested(method):
     weights = random_weights([(16, 32), (32, 16)], seed=4)
     previous = None
@@ -170,6 +170,19 @@ def test_block_masks_keep_the_blocks_with_the_largest_l2_norm():
     weight = torch.tensor([[3.0, 0, 0, 0, 0.1, 0.1, 0.1, 0.1], [1.0, 1, 1, 1, 0, 0, 0, 0]])
     masks = block_l2_masks({"w": weight}, 0.5, (4, 1))  # norms 3, 0.2, 2, 0
     assert masks["w"].tolist() == [[True] * 4 + [False] * 4, [True] * 4 + [False] * 4]
+
+
+def test_global_block_masks_rank_the_blocks_of_all_matrices_together():
+    """One matrix of small weights loses more of its blocks than one of large weights; exactly
+    round(s x all blocks) go, the smallest norms first (the order rule spelled out on the norms)."""
+    weights = {"small": 0.1 * torch.randn(8, 32, generator=torch.Generator().manual_seed(1)),
+               "large": torch.randn(16, 16, generator=torch.Generator().manual_seed(2))}
+    masks = compute_masks(weights, "global-block-l2", 0.5, block=(8, 1))
+    norms = {name: pruning.block_norms(weight, (8, 1)) for name, weight in weights.items()}
+    expected = sorted_reference(norms, pruned_count(0.5, 32 + 32))
+    for name, mask in masks.items():
+        assert torch.equal(mask, expected[name].repeat_interleave(8, dim=1)), name
+    assert int((~masks["small"]).sum()) > int((~masks["large"]).sum())
 
 
 def test_block_that_does_not_tile_the_matrix_is_an_error_naming_it():
@@ -230,7 +243,7 @@ def test_pruning_20_percent_of_the_remaining_weights_three_times_equals_torch_pr
     assert kept(ours) == pytest.approx(0.8 ** 3 * total, abs=3)
 
 
-@pytest.mark.parametrize("method", ["global-l1", "layer-l1", "block-l2", "random"])
+@pytest.mark.parametrize("method", ["global-l1", "layer-l1", "block-l2", "global-block-l2", "random"])
 def test_pruning_within_a_mask_keeps_a_subset_at_the_exact_sparsity(method):
     weights = random_weights([(16, 32), (32, 16)], seed=4)
     earlier = compute_masks(weights, method, 0.3, seed=5)
@@ -239,9 +252,11 @@ def test_pruning_within_a_mask_keeps_a_subset_at_the_exact_sparsity(method):
     assert all(not (later[name] & ~earlier[name]).any() for name in weights)
     if method == "global-l1":
         assert kept(later) == 1024 - pruned_count(0.55, 1024)
+    if method == "global-block-l2":
+        assert kept(later) == 8 * (128 - pruned_count(0.55, 128))
     units = {"block-l2": 8, "global-l1": 1}.get(method, 1)
     for name, mask in later.items():
-        if method != "global-l1":
+        if not method.startswith("global"):
             assert int(mask.sum()) == units * (512 // units - pruned_count(0.55, 512 // units))
     if method == "layer-l1":  # the new pruning takes the smallest magnitudes among the kept weights
         for name, weight in weights.items():

@@ -14,7 +14,6 @@ import torch
 from fairseq_subnets.cli.main import main as cli
 from fairseq_subnets.core.maskfile import load_mask_file
 from fairseq_subnets.core.targets import KINDS, weight_name
-from fairseq_subnets.engine.executors import LocalExecutor
 from fairseq_subnets.engine.report import ResultsError
 from fairseq_subnets.methods import fu2022
 from fairseq_subnets.methods.fu2022 import cells as fu_cells
@@ -24,6 +23,7 @@ from fairseq_subnets.methods.storey2025.spec import MANIFEST_FILES
 from fairseq_subnets.plugin import bundles as plugin_bundles
 from fairseq_subnets.plugin import prune as plugin_prune
 from fairseq_subnets.runner import SINGLE_LANGUAGE_TASK
+from grid_files import assert_refused_with_line_replaced, run_method_grid
 
 LAYERS = 2
 WIDTH = 8
@@ -97,13 +97,7 @@ BAD_GRIDS = {  # case: (line appended to the grid, what follows "GRID:LINE: ")
 def test_a_bad_grid_fails_naming_the_file_line_and_key(inputs, capsys, case):
     """The bad line replaces its section's line of write_grid (a section given twice is refused)."""
     line, message = BAD_GRIDS[case]
-    grid = write_grid(inputs)
-    kept = [text for text in grid.read_text().splitlines()
-            if text.split(":")[0] not in {bad.split(":")[0] for bad in line.splitlines()}]
-    grid.write_text("\n".join(kept + line.splitlines()) + "\n")
-    assert cli(["grid", str(grid), "--dry-run"]) == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert re.match(rf"fairseq-subnets grid: error: {re.escape(str(grid))}:\d+: {re.escape(message)}", error), error
+    assert_refused_with_line_replaced(write_grid(inputs), line, message, capsys)
 
 
 def test_errors_give_the_line_of_the_key_and_a_matrix_must_hold_every_language(inputs):
@@ -186,10 +180,7 @@ def fake(inputs, monkeypatch):
 
 def run_grid(folder: Path, fake: FakeRun, **grid_options) -> fu2022.GridRun:
     fake.clear()
-    run = fu2022.GridRun(load_grid(write_grid(folder, **grid_options)), folder / "out", LocalExecutor(2),
-                         say=lambda message: None)
-    run.run()
-    return run
+    return run_method_grid(fu2022, write_grid(folder, **grid_options), folder / "out")
 
 
 REFERENCE = {language: f"s3router-{language}-s0.1-ori-ffn" for language in LANGUAGES}

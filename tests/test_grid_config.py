@@ -110,7 +110,7 @@ def test_a_method_the_package_lacks_is_named(tmp_path, corpus_dir, capsys):
     grid = write_grid(tmp_path, corpus_dir, extra="method: s3router")
     assert cli(["grid", str(grid), "--dry-run"]) == 2
     assert last_error_line(capsys) == (f"fairseq-subnets grid: error: {grid}: method: unknown method 's3router' "
-                                       "(known: storey2025, fu2022, liu2023)")
+                                       "(known: storey2025, fu2022, liu2023, yang2023)")
 
 
 def test_errors_give_the_line_of_the_key(tmp_path, corpus_dir, capsys):

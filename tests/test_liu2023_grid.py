@@ -4,7 +4,6 @@ stubbed (training saves a real tiny CTC model carrying the run's tuner, decoding
 rates), so the parameter counts, ranks and out-of-domain folders are the real code's; and the
 report drawn from hand-made results."""
 import csv
-import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -15,7 +14,6 @@ from fairseq_subnets.cli.main import main as cli
 from fairseq_subnets.core.targets import KINDS
 from fairseq_subnets.core.tuners import inject_tuner, tuner_config
 from fairseq_subnets.data.check import check_manifest_dir
-from fairseq_subnets.engine.executors import LocalExecutor
 from fairseq_subnets.engine.report import ResultsError
 from fairseq_subnets.methods import liu2023
 from fairseq_subnets.methods.liu2023 import cells as liu_cells
@@ -23,6 +21,7 @@ from fairseq_subnets.methods.liu2023.spec import load_grid
 from fairseq_subnets.methods.storey2025 import cells as storey_cells
 from fairseq_subnets.methods.storey2025.spec import MANIFEST_FILES
 from fairseq_subnets.plugin.models import W2V_PREFIX
+from grid_files import assert_refused_with_line_replaced, example_grid_on, run_method_grid
 from factory import TINY, ctc_model, encoder_shapes
 
 DICTIONARIES = {"es": "| a b c d e ñ", "ast": "| a b c d e ḷ"}
@@ -84,20 +83,12 @@ BAD_GRIDS = {  # case: (line replacing its section's line of write_grid, what fo
 @pytest.mark.parametrize("case", sorted(BAD_GRIDS))
 def test_a_bad_grid_fails_naming_the_file_line_and_key(inputs, capsys, case):
     line, message = BAD_GRIDS[case]
-    grid = write_grid(inputs)
-    kept = [text for text in grid.read_text().splitlines() if text.split(":")[0] != line.split(":")[0]]
-    grid.write_text("\n".join(kept + [line]) + "\n")
-    assert cli(["grid", str(grid), "--dry-run"]) == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert re.match(rf"fairseq-subnets grid: error: {re.escape(str(grid))}:\d+: {re.escape(message)}", error), error
+    assert_refused_with_line_replaced(write_grid(inputs), line, message, capsys)
 
 
 def test_the_shipped_example_grid_is_valid_and_dry_runs(inputs, capsys):
     """On write_inputs' corpus and checkpoint instead of the S3-Router miniature's run folder."""
-    text = (Path(__file__).resolve().parents[1] / "examples" / "liu2023" / "grid.yaml").read_text()
-    text = re.sub(r"(?m)^data: .*$", f"data: {inputs / 'corpus'}", text)
-    example = inputs / "example.yaml"
-    example.write_text(re.sub(r"(?m)^pretrained: .*$", f"pretrained: {inputs / 'pretrained.pt'}", text))
+    example = example_grid_on(inputs, "liu2023")
     spec = load_grid(example)
     assert spec.tuners.methods == list(liu2023.spec.tuner_methods()) and spec.out_of_domain == ["ast"]
     assert cli(["grid", str(example), "--dry-run"]) == 0
@@ -151,10 +142,7 @@ def fake(inputs, monkeypatch):
 
 def run_grid(folder: Path, fake: FakeRun, **grid_options) -> liu2023.GridRun:
     fake.clear()
-    run = liu2023.GridRun(load_grid(write_grid(folder, **grid_options)), folder / "out", LocalExecutor(2),
-                          say=lambda message: None)
-    run.run()
-    return run
+    return run_method_grid(liu2023, write_grid(folder, **grid_options), folder / "out")
 
 
 TRAINED = ["full-es", "lora-es", "adalora-es", "s2lora-es", "adalora-rankmap-es"]

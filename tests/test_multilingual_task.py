@@ -170,3 +170,5 @@ def test_shipped_configs_are_their_single_language_config_plus_the_multilingual_
     assert cfg.task.language_sampling_alpha == 0.5 and cfg.task.output_layers == "per_language"
     assert cfg.checkpoint.best_checkpoint_metric == "cer_language_mean"
     assert cfg.dataset.max_tokens == base_max_tokens and cfg.model._name == "subnets_wav2vec_ctc"
+    # an update leaves the other languages' heads as they are: fp16 only without fairseq's fp32 copies
+    assert cfg.common.get("memory_efficient_fp16", False) == bool(cfg.common.fp16)

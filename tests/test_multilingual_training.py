@@ -169,10 +169,12 @@ def test_two_cpu_ranks_train_the_same_language_in_every_update_under_identical_m
     logged, so an update whose share of one language is exactly 1 was trained on that language by
     both ranks in all of their update_freq batches. The model carries both mask kinds that live in
     dense storage: per-language FFN masks and a dense attention mask; every rank must hold the
-    same ones."""
+    same ones. They are pathway updates (Adam with weight decay): an FFN weight that no language's
+    mask keeps ends exactly as pretrained, although legacy DDP hands it a zero gradient."""
     from fairseq_subnets.cli.main import main as cli
     from fairseq_subnets.core.maskfile import load_mask_file
     from fairseq_subnets.core.parametrize import masks_from_state_dict
+    from fairseq_subnets.core.stats import union
     from fairseq_subnets.plugin.checkpoints import load_checkpoint
 
     _, result = skeleton_run
@@ -189,7 +191,7 @@ def test_two_cpu_ranks_train_the_same_language_in_every_update_under_identical_m
     arguments = ["--config-dir", str(Path(USER_DIR) / "config" / "finetune"), "--config-name", "multilingual_tiny",
                  *overrides(result, save_dir, "optimization.update_freq=[2]",
                             f"+model.language_mask_files=[{language_masks}]", f"+model.mask_path={attention}",
-                            "+model.mask_targets=attn", "+model.mask_storage=dense")]
+                            "+model.mask_targets=attn", "+model.mask_storage=dense", "+optimizer.weight_decay=0.1")]
     arguments = [a.replace(f"optimization.max_update={UPDATES}", "optimization.max_update=6") for a in arguments]
     assert cli(["launch", "--nprocs", "2", "--log-dir", str(tmp_path), "--", *arguments]) == 0
     log = (tmp_path / "train_rank0.log").read_text()
@@ -208,6 +210,12 @@ def test_two_cpu_ranks_train_the_same_language_in_every_update_under_identical_m
         held = masks_from_state_dict(state, language=language)
         assert held.keys() == expected.keys()
         assert all(torch.equal(held[name], mask) for name, mask in expected.items()), language
+    pretrained = load_checkpoint(result.pretrained_checkpoint)["model"]
+    kept_by_any = union(*(load_mask_file(str(path)).masks for path in masks.values()))
+    for name, kept in kept_by_any.items():
+        stored = state[f"w2v_encoder.w2v_model.{name[:-len('.weight')]}.parametrizations.weight.original"]
+        assert torch.equal(stored[~kept], pretrained[name][~kept]), name
+        assert not torch.equal(stored[kept], pretrained[name][kept]), name
 
 
 def test_export_of_one_language_is_a_stock_checkpoint_with_that_languages_outputs(per_language_run, tmp_path):

@@ -16,15 +16,17 @@ from factory import write_plugin_checkpoint
 SUBNETS_NAMES = {
     "TASK_REGISTRY": ["subnets_audio_finetuning", "subnets_multilingual_finetuning", "subnets_audio_pretraining"],
     "MODEL_REGISTRY": ["subnets_wav2vec_ctc"], "CRITERION_REGISTRY": ["subnets_ctc"],
+    "LR_SCHEDULER_REGISTRY": ["subnets_tri_stage"],
 }
 REPORT_REGISTRATION = f"""
     import torch
     from fairseq.criterions import CRITERION_REGISTRY
     from fairseq.data.dictionary import Dictionary
     from fairseq.models import MODEL_REGISTRY
+    from fairseq.optim.lr_scheduler import LR_SCHEDULER_REGISTRY
     from fairseq.tasks import TASK_REGISTRY
     registered = {{"TASK_REGISTRY": TASK_REGISTRY, "MODEL_REGISTRY": MODEL_REGISTRY,
-                   "CRITERION_REGISTRY": CRITERION_REGISTRY}}
+                   "CRITERION_REGISTRY": CRITERION_REGISTRY, "LR_SCHEDULER_REGISTRY": LR_SCHEDULER_REGISTRY}}
     for registry, names in registered.items():
         print(registry, *sorted(name for name in names if name.startswith("subnets_")))
     allowed = torch.serialization.get_safe_globals()

@@ -6,8 +6,10 @@ Both runs' first interval checkpoints (written before the kill) must be bit-iden
 "the same command twice gives the same checkpoint"; so must their final checkpoints: weights,
 masks, Adam's state, the scheduler and the data position. The modes: wav2vec2 pretraining, plain
 fine-tuning, fixed-mask fine-tuning, downstream fine-tuning with a frozen first epoch,
-multilingual training with per-language masks on shared weights, learned masks (S3-Router)
-with one top-k over all encoder matrices, and AdaLoRA (its importance averages and rank budget).
+multilingual pathway training with per-language masks on shared weights (Adam with weight decay),
+learned masks (S3-Router) with one top-k over all encoder matrices, AdaLoRA (its importance
+averages and rank budget), and lottery-ticket pruning with group lasso killed between two pruning
+events (its masks, rewind point, block norms and restarted learning-rate schedule).
 
 Without seeded time masking (plugin.time_masking) every mode fails from the first masked update,
 and pretraining also without seeded crops (plugin.pretraining).
@@ -72,18 +74,23 @@ def mode_arguments(mode, result, masks):
     if mode == "multilingual_language_masks":
         return finetune, "multilingual_tiny", pretrained + [
             f"task.data={result.corpus_dir}", "task.languages=[es,ca]", "optimization.max_update=12",
-            f"+model.language_mask_files=[es:{masks['es']},ca:{masks['ca']}]"]
+            f"+model.language_mask_files=[es:{masks['es']},ca:{masks['ca']}]", "+optimizer.weight_decay=0.01"]
     if mode == "learned_masks_global_top_k":
         return finetune, "learned_masks_tiny", pretrained + one_language + ["model.score_scope=global",
                                                                              "model.score_targets=all"]
     if mode == "tuner_adalora":
         return finetune, "adalora_tiny", pretrained + one_language + [
             "model.tuner_warmup_updates=2", "model.tuner_final_updates=3", "model.tuner_interval=2"]
+    if mode == "iterative_pruning_lth":  # events at updates 4, 8 and 12: the kill falls between two
+        return finetune, "lth_tiny", pretrained + one_language + [
+            "model.pruning_interval=4", "model.pruning_fraction=0.5", "model.pruning_target_sparsity=0.8",
+            "model.group_lasso_strength=0.01", "lr_scheduler.warmup_steps=1", "lr_scheduler.hold_steps=2",
+            "lr_scheduler.decay_steps=1"]
     raise ValueError(mode)
 
 
 MODES = ["pretraining", "finetuning", "fixed_mask", "downstream_frozen_first_epoch", "multilingual_language_masks",
-         "learned_masks_global_top_k", "tuner_adalora"]
+         "learned_masks_global_top_k", "tuner_adalora", "iterative_pruning_lth"]
 
 
 def killed_and_rerun(mode, result, masks, work):

@@ -25,7 +25,8 @@ def result(bench):
 
 
 def test_every_comparison_has_a_positive_finite_ratio_of_medians_against_its_reference(bench, result):
-    assert [row.key for row in bench.COMPARISONS] == ["train", "train_dense", "train_switch", "train_learned",
+    assert [row.key for row in bench.COMPARISONS] == ["train", "train_dense", "train_switch", "train_pathways",
+                                                      "train_group_lasso", "pruning_event", "train_learned",
                                                       "train_full_sort", "train_learned_vs_full_sort", "decode",
                                                       "decode_masked", "decode_learned"]
     for comparison in bench.COMPARISONS:
@@ -53,7 +54,16 @@ def test_masked_training_keeps_pruned_weights_zero_and_stores_only_kept_weights(
     assert result["masked_max_abs_difference"] < 1e-4
     losses = result["train_losses"]
     assert len(losses["no mask"]) == len(losses["fixed mask"]) == len(losses["switching languages"]) == 3  # with warm-up
+    assert len(losses["pathways"]) == len(losses["group lasso"]) == 3
     assert all(math.isfinite(loss) for values in losses.values() for loss in values)
+
+
+def test_pathway_training_holds_the_weights_outside_every_mask_and_group_lasso_adds_to_the_loss(result):
+    """The benchmark fails unless the weights outside both languages' masks stay (checked in the
+    run); the group-lasso term the timed model trains with starts at strength x the block count
+    (lambda_i = strength / the mean block norm of matrix i)."""
+    assert result["pathway_weights_outside_every_mask"] > 0
+    assert result["group_lasso_initial_term"] == pytest.approx(1e-4 * (result["prunable_weights"] // 8), rel=1e-5)
 
 
 def test_learned_mask_models_optimize_only_scores_and_head_and_decode_close_to_the_export_as_loaded(result):

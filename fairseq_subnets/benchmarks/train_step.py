@@ -13,6 +13,15 @@ Everything runs in one process on one batch of random audio, with the real plugi
   mask and a random mask of the same sparsity, one per "language"); reference = one that trains one
   language throughout, measured = one whose active language changes at every step, as monolingual
   batches of a multilingual run do.
+* pathways (ASR Pathways): the language-switching model whose optimizer step leaves the weights
+  outside the active language's mask bit-identical (`core.pathways.unchanged_through`, as the
+  task's optimizer step does); reference = the model without masks, the dense multilingual step.
+* group lasso: the model without masks plus the group-lasso term over the 8x1 blocks of every
+  prunable matrix (`+model.group_lasso_strength`, the plugin's term); reference = the same model
+  without it.
+* a pruning event: one event of the IMP schedule (20% of every matrix's 8x1 blocks by L2 norm,
+  `prune_within` on the effective weights, masks set in place); reference = the training step of the
+  model without masks.
 * learned masks (S3-Router): measured = the same weights with learned masks on the FFN (`fc1`,
   `fc2` of every layer; ORI scores, sparsity 0.1, per-matrix top-k) added and frozen exactly as
   `+model.score_sparsity` does (`add_learned_masks`, `prepare_learned_masks`), so the optimizer holds
@@ -46,6 +55,7 @@ and a `Comparison` naming it.
 import datetime
 import itertools
 import math
+import types
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Mapping, Optional
 
@@ -54,11 +64,14 @@ import torch.nn.functional as F
 from fairseq.optim.adam import Adam as FairseqAdamImpl
 
 from ..core.parametrize import apply_language_masks, bake_module, bake_state_dict, score_masks
-from ..core.pruning import global_l1_masks, random_masks
+from ..core.pathways import outside_active_language_masks, unchanged_through
+from ..core.pruning import global_l1_masks, prune_within, random_masks
 from ..core.targets import select_weights
-from ..core.transforms import ScoreMask, add_transform, module_of, select_language
+from ..core.transforms import (
+    DenseMask, ScoreMask, add_transform, module_of, regularisation_terms, select_language, stack_of,
+)
 from ..plugin.learned_masks import LEARNED_MASK_NAME
-from ..plugin.models import W2V_PREFIX
+from ..plugin.models import W2V_PREFIX, SubnetsWav2VecCtc
 from ..plugin.untrained import (CtcModelSize, build_untrained_ctc_model, ctc_model_config, fix_masks_as_mask_path_does,
                                 rebuild_with_state)
 from .timing import compare, interleaved, machine_description, ratio_cell, text_table
@@ -69,6 +82,15 @@ TRAIN_TARGET = 1.10
 SWITCH_TARGET = 1.02
 """Most a training step may cost when the active language mask changes at every step, relative to
 one language throughout."""
+PATHWAY_TARGET = 1.20
+"""Most a pathway step (language masks switched every step, outside-mask weights held) may cost,
+relative to a dense step of the same model."""
+GROUP_LASSO_TARGET = 1.10
+"""Most a training step with the group-lasso term may cost, relative to one without it."""
+PRUNING_EVENT_TARGET = 2.00
+"""Most one pruning event may cost, in training steps of the model without masks."""
+PRUNING_EVENT = {"method": "block-l2", "sparsity": 0.2, "block": (8, 1)}
+GROUP_LASSO_STRENGTH = 1e-4
 LEARNED_TRAIN_TARGET = 1.25
 """Most a training step with learned masks (frozen weights, trained scores) may cost, relative to
 fine-tuning every weight of the same model without masks."""
@@ -150,6 +172,12 @@ COMPARISONS = (
     Comparison("train_dense", "training step, dense mask", "train", "no mask", "dense mask", f"<= {TRAIN_TARGET:.2f}"),
     Comparison("train_switch", "training step, language switched every step", "train", "one language",
                "switching languages", f"<= {SWITCH_TARGET:.2f}"),
+    Comparison("train_pathways", "training step, pathways (language masks, outside held)", "train", "no mask",
+               "pathways", f"<= {PATHWAY_TARGET:.2f}"),
+    Comparison("train_group_lasso", "training step, group lasso on every matrix", "train", "no mask",
+               "group lasso", f"<= {GROUP_LASSO_TARGET:.2f}"),
+    Comparison("pruning_event", "a pruning event (20% of the 8x1 blocks)", "train", "no mask", "pruning event",
+               f"<= {PRUNING_EVENT_TARGET:.2f}"),
     Comparison("train_learned", "training step, learned mask (FFN, sparsity 0.1)", "train", "no mask",
                "learned mask", f"<= {LEARNED_TRAIN_TARGET:.2f}"),
     Comparison("train_full_sort", "training step, learned mask binarised by full sort", "train", "no mask",
@@ -216,6 +244,30 @@ def learned_mask_model(size: CtcModelSize, state: Mapping[str, torch.Tensor], fu
                           FullSortScoreMask(mask.scores, mask.sparsity, mask.scope))
     model.prepare_learned_masks(cfg, W2V_PREFIX)
     return model
+
+
+def group_lasso_model(size: CtcModelSize, state: Mapping[str, torch.Tensor]):
+    """A model holding `state` with the group-lasso term of `+model.group_lasso_strength` on every
+    prunable matrix (its block norms taken from `state`)."""
+    cfg = ctc_model_config(size)
+    cfg.group_lasso_strength = GROUP_LASSO_STRENGTH
+    model = SubnetsWav2VecCtc.build_model(cfg, types.SimpleNamespace(target_dictionary=range(size.vocab)))
+    missing, unexpected = torch.nn.Module.load_state_dict(model, state, strict=False)
+    _require(not unexpected and all(key.startswith("iterative_pruning.") for key in missing),
+             f"the group-lasso model differs from the plain one in {missing + unexpected}")
+    model.refresh_mean_block_norms()
+    return model
+
+
+def pruning_event(masks: Mapping[str, DenseMask], modules: Mapping[str, torch.nn.Module]) -> None:
+    """One event of the IMP schedule on dense masks (as `run_pruning_schedule` prunes), from the
+    same starting masks every time, so each repetition does the same work."""
+    with torch.no_grad():
+        weights = {name: module.weight.detach() for name, module in modules.items()}
+        new = prune_within(weights, {name: torch.ones_like(mask.mask) for name, mask in masks.items()},
+                           PRUNING_EVENT["method"], PRUNING_EVENT["sparsity"], block=PRUNING_EVENT["block"])
+    for name, mask in masks.items():
+        mask.set_mask(new[name])
 
 
 def check_binarisations_agree(ours: Mapping[str, ScoreMask], full_sort: Mapping[str, ScoreMask]) -> int:
@@ -303,12 +355,18 @@ def make_optimizer(model, lr: float) -> torch.optim.Optimizer:
     return FairseqAdamImpl(trainable, lr=lr, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.0)
 
 
-def train_step(model, optimizer: torch.optim.Optimizer, batch: Batch) -> float:
-    """One fine-tuning update: forward, CTC loss, backward, Adam step."""
+def train_step(model, optimizer: torch.optim.Optimizer, batch: Batch, regularised: bool = False,
+               pathway: bool = False) -> float:
+    """One fine-tuning update: forward, CTC loss (plus the model's regularisation terms if
+    `regularised`), backward, Adam step (holding the weights outside the active language's masks
+    if `pathway`)."""
     optimizer.zero_grad(set_to_none=True)
     loss = _ctc_loss(model, batch)
+    if regularised:
+        loss = loss + sum(regularisation_terms(model).values())
     loss.backward()
-    optimizer.step()
+    with unchanged_through(outside_active_language_masks(model) if pathway else []):
+        optimizer.step()
     return float(loss.detach())
 
 
@@ -360,17 +418,28 @@ def _run(settings: StepBenchSettings, say, result: Dict[str, object], batch: Bat
     fix_masks_as_mask_path_does(dense, masks, metadata, storage="dense")
     language_masks = dict(zip(LANGUAGES, (masks, random_masks({n: m.shape for n, m in masks.items()},
                                                               settings.sparsity, seed=settings.seed))))
-    one_language, switching = (rebuild_with_state(size, unmasked.state_dict()) for _ in range(2))
-    for model in (one_language, switching):
+    one_language, switching, pathways = (rebuild_with_state(size, unmasked.state_dict()) for _ in range(3))
+    for model in (one_language, switching, pathways):
         apply_language_masks(model, language_masks, prefix=W2V_PREFIX)
         select_language(model, LANGUAGES[0])
+    lasso = group_lasso_model(size, unmasked.state_dict())
+    result["group_lasso_initial_term"] = float(regularisation_terms(lasso)["group_lasso"].detach())
+    pruned_in_events = rebuild_with_state(size, unmasked.state_dict())
+    fix_masks_as_mask_path_does(pruned_in_events, {name: torch.ones_like(mask) for name, mask in masks.items()},
+                                {"method": "none", "sparsity": 0.0}, storage="dense")
+    prunable = {name: module_of(pruned_in_events, name, W2V_PREFIX) for name in masks}
+    dense_masks = {name: stack_of(module).get(DenseMask.kind, "default") for name, module in prunable.items()}
     learned = learned_mask_model(size, unmasked.state_dict())
     full_sort = learned_mask_model(size, unmasked.state_dict(), full_sort_of=learned)
     result["full_sort_threshold_ties"] = check_binarisations_agree(score_masks(learned, W2V_PREFIX),
                                                                    score_masks(full_sort, W2V_PREFIX))
     trained = {"no mask": unmasked, "fixed mask": masked, "dense mask": dense, "one language": one_language,
-               "switching languages": switching, "learned mask": learned, "learned mask, full sort": full_sort}
+               "switching languages": switching, "pathways": pathways, "group lasso": lasso,
+               "learned mask": learned, "learned mask, full sort": full_sort}
     result["prunable_weights"] = sum(mask.numel() for mask in masks.values())
+    result["pathway_weights_outside_every_mask"] = sum(int((~(language_masks[LANGUAGES[0]][name]
+                                                            | language_masks[LANGUAGES[1]][name])).sum())
+                                                       for name in masks)
     result["parameters"] = sum(p.numel() for p in unmasked.parameters())
     result["sparsity"] = _sparsity(masks)
     result["optimized_values"] = {name: sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -383,12 +452,27 @@ def _run(settings: StepBenchSettings, say, result: Dict[str, object], batch: Bat
     for model in trained.values():
         model.train()
     next_language = itertools.cycle(LANGUAGES[1:] + LANGUAGES[:1])
+    timed = _phase_models({**trained, "pruning event": None}, "train")
     steps = {name: (lambda name=name, model=model: losses[name].append(train_step(model, optimizers[name], batch)))
-             for name, model in _phase_models(trained, "train").items()}
+             for name, model in trained.items() if name in timed}
     steps["switching languages"] = lambda: (select_language(switching, next(next_language)),
                                             losses["switching languages"].append(
                                                 train_step(switching, optimizers["switching languages"], batch)))
+    next_pathway = itertools.cycle(LANGUAGES[1:] + LANGUAGES[:1])
+    steps["pathways"] = lambda: (select_language(pathways, next(next_pathway)),
+                                 losses["pathways"].append(train_step(pathways, optimizers["pathways"], batch,
+                                                                      pathway=True)))
+    steps["group lasso"] = lambda: losses["group lasso"].append(train_step(lasso, optimizers["group lasso"], batch,
+                                                                           regularised=True))
+    steps["pruning event"] = lambda: pruning_event(dense_masks, prunable)
+    steps = {name: steps[name] for name in timed}
+    held_before = {name: module_of(pathways, name, W2V_PREFIX).parametrizations.weight.original.detach().clone()
+                   for name in masks}
     seconds = interleaved(steps, settings.train_steps, settings.train_warmup)
+    kept_by_any = {name: language_masks[LANGUAGES[0]][name] | language_masks[LANGUAGES[1]][name] for name in masks}
+    moved = sum(int((module_of(pathways, name, W2V_PREFIX).parametrizations.weight.original.detach()
+                     != held_before[name])[~kept_by_any[name]].sum()) for name in masks)
+    _require(moved == 0, f"{moved} weights outside every language's mask moved during pathway training")
     _compare_phase(result, seconds, "train")
     result["train_losses"] = losses
     if not all(math.isfinite(loss) for values in losses.values() for loss in values):
@@ -396,7 +480,7 @@ def _run(settings: StepBenchSettings, say, result: Dict[str, object], batch: Bat
     nonzero = pruned_nonzero(masked, masks) + pruned_nonzero(dense, masks)
     _require(nonzero == 0, f"{nonzero} pruned effective weights became nonzero during masked training")
     result["pruned_nonzero_after_training"] = nonzero
-    del optimizers, unmasked, dense, one_language, switching, full_sort, trained
+    del optimizers, unmasked, dense, one_language, switching, pathways, lasso, pruned_in_events, full_sort, trained
 
     say(f"decoding: {settings.decode_warmup} warm-up + {settings.decode_steps} timed forward passes per model, interleaved ...")
     stock = rebuild_with_state(size, bake_state_dict(masked.state_dict()), stock=True)
@@ -453,6 +537,8 @@ def format_step_report(result: Mapping[str, object]) -> str:
                  f"masked vs stock outputs: max |difference| {result['masked_max_abs_difference']:.2g}; "
                  f"learned-mask vs stock outputs with every weight requiring grad, as loaded: max |difference| "
                  f"{result['learned_unfrozen_export_max_abs_difference']:.2g}")
+    lines.append(f"pathway training: {result['pathway_weights_outside_every_mask']:,} weights outside both languages' "
+                 "masks, none of them changed (the run fails otherwise)")
     lines.append(f"initial learned masks: full sort and threshold search agree (the run fails otherwise), "
                  f"differing only among scores tied at the threshold in {result['full_sort_threshold_ties']} "
                  f"matrices")

@@ -81,14 +81,16 @@ def _register_train_step(subparsers):
         "768, FFN 3072) with random weights and, in one process with the models taking turns, times "
         "(1) a training step (forward, CTC loss, backward, Adam) of the model without masks against the same "
         "weights under a fixed global-L1 mask on every prunable encoder matrix (target: at most 1.10x), with "
-        "the active per-language mask switched every step against one language (at most 1.02x), and with "
-        "learned masks on the FFN (frozen weights, ORI scores, sparsity 0.1; at most 1.25x against training "
+        "the active per-language mask switched every step against one language (at most 1.02x), as a pathway "
+        "step (the weights outside the active language's masks held; at most 1.20x the model without masks), "
+        "with group lasso on every matrix (at most 1.10x), and one pruning event of 20% of the 8x1 blocks (at "
+        "most 2 training steps), and with learned masks on the FFN (frozen weights, ORI scores, sparsity 0.1; at most 1.25x against training "
         "every weight without masks), also against the same learned masks binarised by a full sort as "
         "S3-Router's code does (below 1.00x), and (2) a forward pass of the stock fairseq model holding the "
         "exported (baked) weights against the masked model baked by bake_module (target: 1.00x within noise) "
         "and against the learned-mask model decoding with its cached mask (at most 1.02x). Fails if a pruned "
-        "weight becomes nonzero during training, the two binarisations keep different weights, or baked and "
-        "stock outputs differ. About 14 minutes with the defaults on a shared 2-core machine (load average 4).",
+        "weight becomes nonzero during training, a weight outside every language's mask moves in pathway training, "
+        "the two binarisations keep different weights, or baked and stock outputs differ. About 20 minutes with the defaults on a shared 2-core machine (load average 4).",
     )
     _add_step_arguments(parser)
     parser.add_argument("--sparsity", type=float, default=0.9, help="default: %(default)s")

@@ -133,13 +133,14 @@ def _register_prune(subparsers):
     parser.add_argument("checkpoint", metavar="CKPT", help="fairseq checkpoint (.pt)")
     parser.add_argument("--method", choices=METHODS, required=True,
                         help="global-l1: |w| ranked over all selected matrices; layer-l1: per matrix; "
-                        "block-l2: blocks ranked by L2 norm per matrix; random: seeded, per matrix")
+                        "block-l2: blocks ranked by L2 norm per matrix; global-block-l2: blocks ranked over all selected "
+                        "matrices; random: seeded, per matrix")
     parser.add_argument("--sparsity", type=float, required=True, help="fraction of weights to prune, in [0, 1]")
     parser.add_argument("--targets", default="all",
                         help="module kinds: q,k,v,out,fc1,fc2 or attn, ffn, all (default: %(default)s)")
     parser.add_argument("--layers", default="all", help="encoder layers, e.g. 0-11 or 0,3,5 (default: %(default)s)")
     parser.add_argument("--block", default="8x1",
-                        help="block-l2 block: INPUTSxROWS, 8x1 = 8 consecutive weights of a row (default: %(default)s)")
+                        help="block-l2 and global-block-l2 block: INPUTSxROWS, 8x1 = 8 consecutive weights of a row (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="random: seed (default: %(default)s)")
     parser.add_argument("--within", metavar="MASK",
                         help="prune further (iterative pruning): keep a subset of what MASK keeps, which must cover "

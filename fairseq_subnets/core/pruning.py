@@ -34,7 +34,9 @@ SAMPLE_MIN); with fewer than SAMPLE_MIN scores all of them are gathered at once.
 SAMPLE_MIN = 1 << 16
 _WINDOW_SIGMAS = 8.0
 
-METHODS = ("global-l1", "layer-l1", "block-l2", "random")
+METHODS = ("global-l1", "layer-l1", "block-l2", "global-block-l2", "random")
+BLOCK_METHODS = {"block-l2": "layer", "global-block-l2": "global"}
+"""The block criteria and the scope each ranks its blocks over."""
 
 Transform = Optional[Callable[[torch.Tensor, torch.Tensor], None]]
 """Writes the score of a chunk into a float scratch buffer: transform(chunk, out)."""
@@ -288,19 +290,27 @@ def block_norms(weight: torch.Tensor, block: Tuple[int, int]) -> torch.Tensor:
             f"block {inputs}x{rows} does not tile a weight of shape {tuple(weight.shape)}: "
             f"need (a multiple of {rows}, a multiple of {inputs})"
         )
-    grid = weight.detach().to(_score_dtype([weight])).reshape(weight.shape[0] // rows, rows, weight.shape[1] // inputs, inputs)
+    return group_norms(weight.detach().to(_score_dtype([weight])), block)
+
+
+def group_norms(weight: torch.Tensor, block: Tuple[int, int]) -> torch.Tensor:
+    """L2 norm of each block of a (rows, inputs) matrix that the blocks tile, differentiable (the
+    gradient of an all-zero block is 0): the groups of group lasso and of block pruning."""
+    inputs, rows = block
+    grid = weight.reshape(weight.shape[0] // rows, rows, weight.shape[1] // inputs, inputs)
     return torch.linalg.vector_norm(grid, dim=(1, 3))
 
 
 def block_l2_masks(
-    weights: Mapping[str, torch.Tensor], sparsity: float, block: Tuple[int, int] = (8, 1)
+    weights: Mapping[str, torch.Tensor], sparsity: float, block: Tuple[int, int] = (8, 1), scope: str = "layer"
 ) -> MaskSet:
-    """Prunes whole blocks (default 8x1, Yang Sec. 3.1) by block L2 norm, round(s * blocks) of
-    each matrix; weight-level sparsity then equals the block-level one exactly. (Pruning within a
-    mask that keeps everything.)"""
+    """Prunes whole blocks (default 8x1, Yang Sec. 3.1) by block L2 norm: round(s * blocks) of
+    each matrix (scope 'layer', the paper's uniform sparsity; weight-level sparsity then equals the
+    block-level one exactly) or of all matrices together (scope 'global'). (Pruning within a mask
+    that keeps everything.)"""
     everything = {name: torch.ones(weight.shape, dtype=torch.bool, device=weight.device)
                   for name, weight in weights.items()}
-    return _prune_blocks_within(weights, everything, sparsity, block)
+    return _prune_blocks_within(weights, everything, sparsity, block, scope)
 
 
 def _random_scores(name: str, shape, seed: int) -> torch.Tensor:
@@ -342,8 +352,9 @@ def prune_within(weights: Mapping[str, torch.Tensor], kept: MaskSet, method: str
     pruning (Yang et al. 2023 Sec. 3.1, "prune p% of the remaining weights"). What `kept` prunes
     stays pruned and counts towards the sparsity; the rest is taken from the weights it keeps by
     the method's criterion over the method's scope (global-l1: all matrices together; layer-l1,
-    block-l2 and random: each matrix). ValueError when `kept` does not cover exactly these
-    matrices, already prunes more than `sparsity` in a scope, or (block-l2) cuts through blocks."""
+    block-l2 and random: each matrix; global-block-l2: the blocks of all matrices together).
+    ValueError when `kept` does not cover exactly these matrices, already prunes more than
+    `sparsity` in a scope, or (block criteria) cuts through blocks."""
     if set(kept) != set(weights):
         odd = sorted(set(kept) ^ set(weights))[0]
         side = "the mask" if odd in kept else "the weights"
@@ -352,8 +363,8 @@ def prune_within(weights: Mapping[str, torch.Tensor], kept: MaskSet, method: str
     for name, weight in weights.items():
         if tuple(kept[name].shape) != tuple(weight.shape):
             raise ValueError(f"{name}: mask shape {tuple(kept[name].shape)} != weight shape {tuple(weight.shape)}")
-    if method == "block-l2":
-        return _prune_blocks_within(weights, kept, sparsity, block)
+    if method in BLOCK_METHODS:
+        return _prune_blocks_within(weights, kept, sparsity, block, BLOCK_METHODS[method])
     if method == "global-l1":
         scores = {name: torch.where(kept[name], weight.detach().abs().to(_score_dtype([weight])),
                                     ALREADY_PRUNED) for name, weight in weights.items()}
@@ -368,9 +379,9 @@ def prune_within(weights: Mapping[str, torch.Tensor], kept: MaskSet, method: str
     return masks
 
 
-def _prune_blocks_within(weights, kept: MaskSet, sparsity: float, block: Tuple[int, int]) -> MaskSet:
+def _prune_blocks_within(weights, kept: MaskSet, sparsity: float, block: Tuple[int, int], scope: str) -> MaskSet:
     inputs, rows = block
-    masks = {}
+    scores = {}
     for name, weight in weights.items():
         try:
             norms = block_norms(weight, block)
@@ -379,11 +390,15 @@ def _prune_blocks_within(weights, kept: MaskSet, sparsity: float, block: Tuple[i
         grid = kept[name].reshape(norms.shape[0], rows, norms.shape[1], inputs)
         whole = grid.all(dim=3).all(dim=1)
         if not torch.equal(whole, grid.any(dim=3).any(dim=1)):
-            raise ValueError(f"{name}: the mask keeps parts of some {inputs}x{rows} blocks; block-l2 prunes within "
-                             "a mask made of whole blocks (one that block-l2 wrote)")
-        kept_blocks = _prune_scope({name: torch.where(whole, norms, ALREADY_PRUNED)}, sparsity, name)[name]
-        masks[name] = kept_blocks.repeat_interleave(rows, dim=0).repeat_interleave(inputs, dim=1)
-    return masks
+            raise ValueError(f"{name}: the mask keeps parts of some {inputs}x{rows} blocks; block pruning prunes "
+                             "within a mask made of whole blocks (one that a block criterion wrote)")
+        scores[name] = torch.where(whole, norms, ALREADY_PRUNED)
+    if scope == "global":
+        kept_blocks = _prune_scope(scores, sparsity, "the selected matrices")
+    else:
+        kept_blocks = {name: _prune_scope({name: score}, sparsity, name)[name] for name, score in scores.items()}
+    return {name: blocks.repeat_interleave(rows, dim=0).repeat_interleave(inputs, dim=1)
+            for name, blocks in kept_blocks.items()}
 
 
 def compute_masks(
@@ -398,8 +413,8 @@ def compute_masks(
         return global_l1_masks(weights, sparsity)
     if method == "layer-l1":
         return layer_l1_masks(weights, sparsity)
-    if method == "block-l2":
-        return block_l2_masks(weights, sparsity, block)
+    if method in BLOCK_METHODS:
+        return block_l2_masks(weights, sparsity, block, BLOCK_METHODS[method])
     if method == "random":
         return random_masks({name: w.shape for name, w in weights.items()}, sparsity, seed)
     raise ValueError(f"method: unknown pruning method {method!r} (known: {', '.join(METHODS)})")

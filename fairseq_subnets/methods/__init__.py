@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-METHODS = ("storey2025", "fu2022", "liu2023")
+METHODS = ("storey2025", "fu2022", "liu2023", "yang2023")
 DEFAULT_METHOD = "storey2025"
 """The method of a grid file without a `method:` key, and of results without a results.json."""
 

@@ -1,4 +1,4 @@
-"""fairseq glue: registers the `subnets_*` tasks, model and criterion, and allow-lists fairseq's
+"""fairseq glue: registers the `subnets_*` tasks, model, criterion and learning-rate schedule, and allow-lists fairseq's
 checkpoint classes for torch's weights-only loader.
 
 Importing this module imports fairseq. Importing `fairseq_subnets` imports it too, at once if
@@ -6,4 +6,4 @@ fairseq is already imported and otherwise right after fairseq's import (see
 `fairseq_subnets.plugin_loading`), so it is rarely imported by name.
 """
 from . import checkpoints  # noqa: F401  (allow-lists fairseq's checkpoint types for torch.load)
-from . import criterions, models, pretraining, tasks  # noqa: F401
+from . import criterions, lr_schedules, models, pretraining, tasks  # noqa: F401

@@ -4,7 +4,8 @@ The result has exactly the stock model's inference cost and loads in stock fairs
 plugin, also under torch's weights-only loader: `subnets_<name>` components become the stock
 `<name>` (our names are the stock names with a prefix) with our extra config keys removed,
 parametrized weights become `<module>.weight` = effective weight, and the pieces only training or
-the plugin needs (optimizer state, the pickled Dictionary of the task state) are left out;
+the plugin needs (optimizer state, the pickled Dictionary of the task state, a pruning run's rewind
+point and block norms) are left out;
 fairseq-generate reads the dictionary from the data directory, as it does for any checkpoint
 without a task state.
 """
@@ -22,6 +23,7 @@ from ..core.maskfile import MaskFile, MaskFileError, load_mask_file
 from ..core.parametrize import bake_state_dict
 from .bundles import expand_bundle_masks
 from .checkpoints import load_fairseq_checkpoint
+from .iterative_pruning import STATE_PREFIX as PRUNING_STATE_PREFIX
 from .language_heads import single_language_state
 
 PLUGIN_PREFIX = "subnets_"
@@ -84,6 +86,7 @@ def export_plain_checkpoint(checkpoint_path, out_path, mask_path=None, language=
         model_state, cfg["model"] = single_language_state(model_state, cfg.get("model") or {}, language)
         cfg["task"] = single_language_task(cfg.get("task") or {}, language)
     model_state = bake_state_dict(model_state, language=language)
+    model_state = {key: value for key, value in model_state.items() if not key.startswith(PRUNING_STATE_PREFIX)}
     if mask_file is not None:
         model_state = _masked_by(model_state, mask_file, checkpoint_path)
     exported = {key: value for key, value in state.items() if key not in TRAINING_ONLY_KEYS}

@@ -5,6 +5,8 @@ language, each over that language's own dictionary (`language_heads.<language>.*
 `w2v_encoder.proj` is then absent), or the stock output layer over the union of the languages'
 dictionaries. Every batch's `net_input` names its language; the forward pass selects it, which
 picks its head and switches the encoder's per-language masks (core.transforms.select_language).
+An optimizer step then changes only that language's pathway: the shared weights inside its masks,
+its own head, and the weights no language mask covers (`held_through_step`).
 
 At build time the model records its languages, the output layer mode and the output sizes in its
 own config (as fairseq's wav2vec2 records `w2v_args`), which fairseq saves in every checkpoint, so
@@ -14,6 +16,7 @@ from fairseq.models.wav2vec.wav2vec2_asr import Linear
 from omegaconf import OmegaConf, open_dict
 from torch import nn
 
+from ..core.pathways import outside_active_language_masks
 from ..core.transforms import select_language as select_language_masks
 from .errors import PluginInputError
 from .multilingual_data import LANGUAGE_KEY
@@ -76,6 +79,17 @@ class LanguageHeadsMixin:
             raise UnknownLanguageError(f"language '{language}' is not one of this model's languages ({known})")
         select_language_masks(self, language)
         self.active_language = language
+
+    def held_through_step(self):
+        """What an optimizer step on the active language's batch must leave bit-identical: the
+        shared weights outside its per-language masks, and the other languages' output layers
+        (their gradient is zero, or None on one rank, but Adam's momentum and weight decay would
+        move them; core.pathways)."""
+        held = outside_active_language_masks(self)
+        for language, head in self.language_heads.items():
+            if language != self.active_language:
+                held.extend((parameter, None) for parameter in head.parameters() if parameter.requires_grad)
+        return held
 
     def forward(self, **kwargs):
         language = kwargs.pop(LANGUAGE_KEY, None)

@@ -35,10 +35,13 @@ from ..core.parametrize import (
     MASK_STORAGES, apply_language_masks, apply_masks, bake_state_dict, mask_state_digest, prepare_for_state,
 )
 from ..core.targets import TargetSelection, num_encoder_layers, parse_weight_name
-from ..core.transforms import build_from_plan, parse_plan, transform_plan
+from ..core.transforms import LanguageMasks, build_from_plan, parse_plan, stacks, transform_plan
 from .bundles import expand_bundle_masks
 from .checkpoint_kinds import FINE_TUNED, PRETRAINING, read_checkpoint_of_kind
 from .errors import PluginInputError
+from .iterative_pruning import (
+    STATE_PREFIX as PRUNING_STATE_PREFIX, IterativePruningConfig, IterativePruningMixin, check_iterative_pruning_config,
+)
 from .language_heads import W2V_PREFIX, LanguageHeadsMixin, parse_language_entries
 from .learned_masks import LearnedMaskConfig, LearnedMasksMixin, check_learned_mask_config
 from .tasks import SubnetsAudioFinetuningTask
@@ -60,7 +63,7 @@ class UpstreamCheckpointError(PluginInputError):
 
 
 @dataclass
-class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig, LearnedMaskConfig, TunerModelConfig):
+class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig, LearnedMaskConfig, TunerModelConfig, IterativePruningConfig):
     mask_path: Optional[str] = field(
         default=None,
         metadata={"help": "mask file (from `fairseq-subnets prune`) fixed on the encoder weights"},
@@ -122,11 +125,12 @@ class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig, LearnedMaskConfig, TunerModelC
 
 
 @register_model("subnets_wav2vec_ctc", dataclass=SubnetsWav2Vec2CtcConfig)
-class SubnetsWav2VecCtc(LearnedMasksMixin, TunersMixin, LanguageHeadsMixin, Wav2VecCtc):
+class SubnetsWav2VecCtc(LearnedMasksMixin, TunersMixin, IterativePruningMixin, LanguageHeadsMixin, Wav2VecCtc):
     @classmethod
     def build_model(cls, cfg, task):
         check_learned_mask_config(cfg)
         check_tuner_config(cfg)
+        check_iterative_pruning_config(cfg)
         upstream = read_checkpoint_of_kind(
             cfg.init_from, FINE_TUNED, "model.init_from",
             "a pretraining checkpoint goes in model.w2v_path") if cfg.init_from else None
@@ -150,6 +154,7 @@ class SubnetsWav2VecCtc(LearnedMasksMixin, TunersMixin, LanguageHeadsMixin, Wav2
             model.apply_language_mask_files(cfg.language_mask_files)
         model.add_learned_masks(cfg, W2V_PREFIX)
         model.add_tuner(cfg, W2V_PREFIX)
+        model.add_iterative_pruning(cfg, W2V_PREFIX)
         model.record_transform_plan(cfg)
         if cfg.freeze_encoder_epochs and not isinstance(task, SubnetsAudioFinetuningTask):
             raise PluginInputError(
@@ -253,6 +258,20 @@ class SubnetsWav2VecCtc(LearnedMasksMixin, TunersMixin, LanguageHeadsMixin, Wav2
         if self.freeze_encoder_epochs:
             logger.info("epoch %d: encoder %s", epoch, "frozen (output layer only)" if frozen else "trained")
 
+    def after_optimizer_step(self, updates_done, optimizer):
+        """The task's hook after each optimizer step: AdaLoRA's allocator, pruning events."""
+        self.allocate_tuner_ranks(updates_done)
+        self.run_pruning_schedule(updates_done, optimizer)
+
+    def writes_parameters_after_steps(self):
+        """Whether the model writes parameters besides the optimizer (pathway updates hold weights,
+        rewinding restores them): fairseq's fp16 optimizer would overwrite that from its fp32
+        copies (plugin.tasks refuses it)."""
+        has_language_masks = any(isinstance(transform, LanguageMasks) for _, _, stack in stacks(self)
+                                 for _, _, transform in stack.transforms())
+        rewinds = self.has_iterative_pruning() and self.pruning_rewind_update is not None
+        return has_language_masks or len(self.language_heads) > 0 or rewinds
+
     def mask_digest(self):
         """sha256 of every mask the encoder's transforms hold (empty string when unmasked)."""
         return mask_state_digest(self, prefix=W2V_PREFIX)
@@ -263,7 +282,12 @@ class SubnetsWav2VecCtc(LearnedMasksMixin, TunersMixin, LanguageHeadsMixin, Wav2
         its mask, so the mask must match first); 0.2 key names are upgraded; a bundle's embedded
         mask files are decoded (plugin.bundles)."""
         state_dict = prepare_for_state(self, expand_bundle_masks(state_dict), prefix=W2V_PREFIX)
-        return super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        if not self.has_iterative_pruning():  # a pruning run's checkpoint decoded: its training state is not needed
+            state_dict = {key: value for key, value in state_dict.items() if not key.startswith(PRUNING_STATE_PREFIX)}
+        result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
+        if self.has_iterative_pruning():
+            self.check_pruning_state("the checkpoint")
+        return result
 
 
 def upstream_encoder_config(upstream, path):

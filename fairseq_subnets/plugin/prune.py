@@ -5,13 +5,14 @@ import os
 from ..atomic import cannot_write_message, check_writable
 from ..core.maskfile import checkpoint_fingerprint, load_mask_file, save_mask_file
 from ..core.parametrize import bake_state_dict, masks_from_state_dict
-from ..core.pruning import compute_masks, parse_block, prune_within, pruned_count
+from ..core.pruning import BLOCK_METHODS, compute_masks, parse_block, prune_within, pruned_count
 from ..core.stats import sparsity_by
 from ..core.targets import TargetSelection, select_weights
 from .bundles import expand_bundle_masks
 from .checkpoints import CheckpointLoadError, load_fairseq_checkpoint
 
-SCOPES = {"global-l1": "global", "layer-l1": "per-matrix", "block-l2": "per-matrix", "random": "per-matrix"}
+SCOPES = {"global-l1": "global", "layer-l1": "per-matrix", "block-l2": "per-matrix", "global-block-l2": "global",
+          "random": "per-matrix"}
 """Over which weights each method ranks (written into the mask file's metadata)."""
 
 
@@ -56,7 +57,7 @@ def prune_checkpoint(checkpoint, out, method, sparsity, targets="all", layers="a
                          f"{checkpoint} within {within}: {error}{_selection_hint(earlier, selection)}") from None
     metadata = {
         "method": method, "sparsity": sparsity, "scope": SCOPES[method],
-        "block": f"{block[0]}x{block[1]}" if method == "block-l2" else "", "seed": seed if method == "random" else "",
+        "block": f"{block[0]}x{block[1]}" if method in BLOCK_METHODS else "", "seed": seed if method == "random" else "",
         "targets": selection.targets_text(), "layers": selection.layers_text(),
         "source": os.path.basename(checkpoint), "source_fingerprint": checkpoint_fingerprint(checkpoint),
         "within": os.path.basename(within) if within else "",

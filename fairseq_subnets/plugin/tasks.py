@@ -32,6 +32,7 @@ from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetunin
 from omegaconf import II, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
+from ..core.pathways import unchanged_through
 from ..data.check import check_manifest_dir
 from ..data.language_sampling import check_sampling_alpha, language_probabilities
 from .checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
@@ -48,9 +49,12 @@ logger = logging.getLogger(__name__)
 MAX_PROBLEMS_SHOWN = 20
 
 
-TRAINING_ONLY_MODEL_KEYS = ("init_from", "mask_path", "language_mask_files")
-"""Files a model reads only when training starts; a model rebuilt from a checkpoint gets their
-content from the checkpoint's state (through its transform plan), so the files may have moved."""
+TRAINING_ONLY_MODEL_KEYS = ("init_from", "mask_path", "language_mask_files", "pruning_interval",
+                            "pruning_target_sparsity", "pruning_rewind_update", "group_lasso_strength")
+"""Model keys that only training reads: files read when training starts, whose content a model
+rebuilt from a checkpoint gets from the checkpoint's state (through its transform plan), so the
+files may have moved; and the pruning schedule, whose masks come back the same way (decoding
+needs neither the schedule nor its rewind point)."""
 
 
 class ManifestError(PluginInputError):
@@ -106,6 +110,13 @@ class SubnetsAudioFinetuningTask(SeededMaskingTrainStep, AudioFinetuningTask):
             for key in self.recorded_model_keys:
                 if key in getattr(model, "cfg", {}):
                     model_cfg[key] = model.cfg[key]
+        if not from_checkpoint:
+            if getattr(model, "writes_parameters_after_steps", lambda: False)():
+                refuse_fp32_weight_copies(self.cfg)
+            if hasattr(model, "prepare_pruning_run"):
+                model.prepare_pruning_run(run_setting(self.cfg, "checkpoint.save_dir"),
+                                          run_setting(self.cfg, "optimization.max_update"),
+                                          run_setting(self.cfg, "lr_scheduler._name"))
         return model
 
     @one_line_errors
@@ -113,11 +124,15 @@ class SubnetsAudioFinetuningTask(SeededMaskingTrainStep, AudioFinetuningTask):
         return super().build_criterion(cfg, from_checkpoint)
 
     def optimizer_step(self, optimizer, model, update_num):
-        """After fairseq's step, with that step's gradients still present: the model's own
-        per-update work (AdaLoRA's rank allocator), told how many updates are done."""
-        super().optimizer_step(optimizer, model, update_num)
+        """fairseq's step, leaving what the model holds still in this update bit-identical
+        (pathway updates: the weights outside the batch language's masks, core.pathways); then,
+        with that step's gradients still present, the model's own per-update work (AdaLoRA's
+        rank allocator, pruning events), told how many updates are done."""
+        frozen = model.held_through_step() if hasattr(model, "held_through_step") else []
+        with unchanged_through(frozen):
+            super().optimizer_step(optimizer, model, update_num)
         if hasattr(model, "after_optimizer_step"):
-            model.after_optimizer_step(update_num + 1)
+            model.after_optimizer_step(update_num + 1, optimizer)
 
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
@@ -140,6 +155,27 @@ class SubnetsAudioFinetuningTask(SeededMaskingTrainStep, AudioFinetuningTask):
         )
 
 
+def run_setting(task_cfg, key):
+    """A setting of the whole run (e.g. 'checkpoint.save_dir'), read from the full config above
+    the task's (fairseq keeps the task config's parent); None for a task config on its own."""
+    try:
+        return OmegaConf.select(task_cfg, f"..{key}")
+    except OmegaConfBaseException:
+        return None
+
+
+def refuse_fp32_weight_copies(task_cfg):
+    """fairseq's fp16 and bf16 optimizers step fp32 copies of the weights and copy them into the
+    model, so weights the model holds still or rewinds would take the copies' values at the next
+    step; the memory-efficient variants step the model's own weights."""
+    for precision in ("fp16", "bf16"):
+        if run_setting(task_cfg, f"common.{precision}") and not run_setting(task_cfg, f"common.memory_efficient_{precision}"):
+            raise PluginInputError(
+                f"common.{precision}=true keeps fp32 copies of the weights in fairseq's optimizer, which would undo "
+                "what pathway updates hold still and what rewinding restores: set "
+                f"common.memory_efficient_{precision}=true")
+
+
 def refuse_pretraining_checkpoint(task_cfg, model_cfg):
     """A checkpoint decoded with this task must be a CTC model, whose config has `w2v_path`; fed a
     pretraining checkpoint, fairseq-generate would build its wav2vec2 model and then stop on a bare
@@ -147,10 +183,7 @@ def refuse_pretraining_checkpoint(task_cfg, model_cfg):
     the full config above the task's (fairseq keeps the task config's parent)."""
     if "w2v_path" in model_cfg:
         return
-    try:
-        path = OmegaConf.select(task_cfg, "..common_eval.path")
-    except OmegaConfBaseException:  # a task config on its own, built outside a fairseq command
-        path = None
+    path = run_setting(task_cfg, "common_eval.path")
     raise PluginInputError(
         f"{path or 'the checkpoint'} is {DESCRIPTIONS[PRETRAINING]} (model {model_cfg.get('_name')}), not "
         f"{DESCRIPTIONS[FINE_TUNED]}: decode a fine-tuned model, or fine-tune this one first (model.w2v_path)"

@@ -12,8 +12,8 @@ optimizer holds only those. As under learned masks, fairseq's `freeze_finetune_u
 the encoder without gradients and silently stop the tuner; the backbone is frozen anyway, so the
 encoder runs with gradients from update 0 (`learned_masks.check_freezing`).
 
-AdaLoRA's allocator runs after every optimizer step (the task's `optimizer_step` calls
-`after_optimizer_step` with the number of updates done), with the gradients of that step; its
+AdaLoRA's allocator runs after every optimizer step (the task's `optimizer_step` calls the
+model's `after_optimizer_step` with the number of updates done, which calls `allocate_tuner_ranks`), with the gradients of that step; its
 importance averages are buffers of the transforms, so checkpoints hold them and a resumed run
 allocates as an uninterrupted one. Gradients are all-reduced before the step, so every DDP rank
 keeps the same triplets.
@@ -148,7 +148,7 @@ class TunersMixin:
                     self.tuner_config.method, tuned, 100.0 * tuned / total, total, len(trainable))
         return True
 
-    def after_optimizer_step(self, updates_done: int) -> None:
+    def allocate_tuner_ranks(self, updates_done: int) -> None:
         """AdaLoRA: one allocator step (importance smoothing, masking to the scheduled budget)."""
         if self.tuner_config is None or self.tuner_config.method != "adalora":
             return

@@ -107,6 +107,8 @@ class PretrainedModelGrid:
     pretrained: Optional[str] = None
     pretrain_updates: int = field(default=600, metadata=at_least(1))
     seed: int = 1
+    slurm: SlurmOptions = field(default_factory=SlurmOptions)
+    """Resources of each cell under `--executor slurm` (see engine/executors.py)."""
 
 
 @dataclass
@@ -120,8 +122,18 @@ class GridSpec(PretrainedModelGrid):
     pruning: PruningSpec = field(default_factory=PruningSpec)
     bundle: BundleSpec = field(default_factory=BundleSpec)
     similarity: SimilaritySpec = field(default_factory=SimilaritySpec)
-    slurm: SlurmOptions = field(default_factory=SlurmOptions)
-    """Resources of each cell under `--executor slurm` (see engine/executors.py)."""
+
+
+def checked_grid(spec, lines: Optional[Dict[str, int]], sections, method: str) -> GridFile:
+    """Checks the type and range of every key of a grid with sections (errors name a section's
+    keys as `section.key`) and the keys every grid has (`check_identity`); returns the GridFile
+    that the method's further checks report through."""
+    grid = GridFile(spec.path, lines)
+    check_values(spec, grid)
+    for name in sections:
+        check_values(getattr(spec, name), KeyedErrors(grid, lambda key, section=name: f"{section}.{key}"))
+    check_identity(spec, grid, method)
+    return grid
 
 
 class KeyedErrors:
@@ -148,12 +160,8 @@ def load_grid(path) -> GridSpec:
 def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
     """Checks a grid, read from a file (`lines`: where its keys are) or built in code, completely
     before anything runs, and fills the analysis sections' languages left unset with `languages`."""
-    grid = GridFile(spec.path, lines)
-    check_values(spec, grid)
-    for name in SECTIONS:
-        check_values(getattr(spec, name), KeyedErrors(grid, lambda key, section=name: f"{section}.{key}"))
+    grid = checked_grid(spec, lines, SECTIONS, METHOD)
     check_fractions(spec, grid)
-    check_identity(spec, grid, METHOD)
     check_learned_mask_settings(spec, grid)
     for key in ("finetune.overrides", "s3router.overrides"):
         check_overrides(value_of(spec, key), key, grid)

@@ -15,11 +15,10 @@ from typing import Dict, List, Optional
 
 import yaml
 
-from ...engine.executors import SlurmOptions
-from ..fu2022.spec import KeyedErrors, PretrainedModelGrid
+from ..fu2022.spec import KeyedErrors, PretrainedModelGrid, checked_grid
 from ..storey2025.spec import (
-    DISTINCT, NON_EMPTY, POSITIVE, GridFile, at_least, check_identity, check_languages,
-    check_overrides, check_values, checkpoint_depth, read_grid,
+    DISTINCT, NON_EMPTY, POSITIVE, GridFile, at_least, check_languages,
+    check_overrides, checkpoint_depth, read_grid,
 )
 
 METHOD = "liu2023"
@@ -78,8 +77,6 @@ class GridSpec(PretrainedModelGrid):
     full: FullSpec = field(default_factory=FullSpec)
     tuners: TunersSpec = field(default_factory=TunersSpec)
     rank_map: RankMapSpec = field(default_factory=RankMapSpec)
-    slurm: SlurmOptions = field(default_factory=SlurmOptions)
-    """Resources of each cell under `--executor slurm` (see engine/executors.py)."""
 
 
 def load_grid(path) -> GridSpec:
@@ -95,11 +92,7 @@ def load_grid(path) -> GridSpec:
 def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
     """Checks a grid, read from a file (`lines`: where its keys are) or built in code, completely
     before anything runs."""
-    grid = GridFile(spec.path, lines)
-    check_values(spec, grid)
-    for name in SECTIONS:
-        check_values(getattr(spec, name), KeyedErrors(grid, lambda key, section=name: f"{section}.{key}"))
-    check_identity(spec, grid, METHOD)
+    grid = checked_grid(spec, lines, SECTIONS, METHOD)
     if not spec.language:
         raise grid.error("language", "name the language every run trains on")
     if spec.language in spec.out_of_domain:

@@ -1,0 +1,246 @@
+"""The cells of a Yang et al. (2023) grid and the work each one does.
+
+(1) `pretrain`: the tiny wav2vec2 (storey2025's cell), unless the grid names a pretrained checkpoint.
+(2) Training, every run from the pretrained model through stock fairseq-hydra-train with a shipped
+config:
+- `dense`: multilingual fine-tuning (`multilingual_tiny`), the paper's dense baseline;
+- `lap-glG`: language-agnostic pruning, the grid's IMP schedule during multilingual fine-tuning;
+- `lsp-imp-glG-LANG`, `lsp-lth-glG-LANG`: language-specific pruning, IMP (`imp_tiny`) or LTH
+  (`lth_tiny`, its learning-rate schedule fitted to one pruning level) on one language's data,
+  decoded on its test set; their `pruned.mask` is the language's mask;
+- `random-masks`: one random mask per language at the target sparsity (`prune --method random`,
+  a seed per language), over the matrices the schedule prunes;
+- `pathways-random`, `pathways-imp-glG`, `pathways-lth-glG`: multilingual training with one mask per
+  language (`pathways_tiny`): the random masks, or the LSP masks of IMP or LTH.
+G is a group-lasso strength of the grid (0: without); it changes the pruning runs and the pathways
+on their masks, not the dense baseline or the random masks.
+(3) `MODEL-on-LANG`: a multilingual model decoded on each language's test set (stock
+fairseq-generate, the multilingual task, `--decode-language`).
+(4) `masks-imp-glG`, `masks-lth-glG`, `masks-random`: the language masks compared, as `masks iou`
+and `masks ratio` compare them (Fig. 3): IOU of every pair, the union ratio of all, and each
+mask's sparsity per layer.
+
+Every run is decoded from `checkpoint_last.pt`: the same budget of updates for every model of a
+kind, and a pruning run's model at its final mask.
+"""
+import time
+from functools import partial
+from pathlib import Path
+from typing import Dict, List
+
+from ... import USER_DIR
+from ...engine.cells import Cell, CellContext
+from ...runner import hydra_train
+from ..storey2025.cells import CorpusPlan, decode
+from .spec import (
+    DENSE, LAP, LSP_IMP, LSP_LTH, PATHWAYS_IMP, PATHWAYS_LTH, PATHWAYS_RANDOM, GridSpec, lasso_label,
+)
+
+RESULT_COLUMNS = (
+    "cell", "model", "group_lasso", "language", "seed", "cer", "wer", "test_utterances", "sparsity", "updates", "lr",
+    "checkpoint", "train_seconds", "decode_seconds",
+)
+MASK_COLUMNS = ("cell", "masks", "group_lasso", "a", "b", "iou", "union_ratio")
+LAYER_COLUMNS = ("cell", "masks", "group_lasso", "language", "layer", "sparsity")
+DECODED_CHECKPOINT = "checkpoint_last.pt"
+PRUNED_MASK = "pruned.mask"
+RANDOM_MASKS_CELL = "random-masks"
+PRUNING_KEYS = ("interval", "fraction", "target_sparsity", "criterion", "scope")
+
+
+# ------------------------------------------------------------------------------------------- work
+
+
+def mask_sparsity(path: Path) -> float:
+    from ...core.maskfile import load_mask_file
+    from ...core.stats import sparsity
+
+    return round(sparsity(load_mask_file(str(path)).masks), 6)
+
+
+def train_work(config_name: str, overrides: List[str], context: CellContext) -> dict:
+    """Trains one run; its checkpoint and, for a pruning run, its final masks."""
+    started = time.monotonic()
+    hydra_train(config_name, [*overrides, f"checkpoint.save_dir={context.directory}"], context.directory / "train.log",
+                threads=context.threads, gpus=context.gpus)
+    result = {"checkpoint": str(context.directory / DECODED_CHECKPOINT),
+              "train_seconds": round(time.monotonic() - started, 1)}
+    mask = context.directory / PRUNED_MASK
+    if mask.exists():
+        result.update(mask=str(mask), sparsity=mask_sparsity(mask))
+    return result
+
+
+def monolingual_work(config_name: str, overrides: List[str], row: dict, data_dir: Path, context: CellContext) -> dict:
+    """An LSP run: trains on one language, then decodes its test set."""
+    trained = train_work(config_name, overrides, context)
+    return {**row, **trained, **decode(data_dir, trained["checkpoint"], context)}
+
+
+def pathways_work(overrides: List[str], mask_cells: Dict[str, str], context: CellContext) -> dict:
+    """Multilingual training with each language's mask from the cell that made it."""
+    masks = {language: context.results[cell]["masks"][language] if cell == RANDOM_MASKS_CELL
+             else context.results[cell]["mask"] for language, cell in mask_cells.items()}
+    files = ",".join(f"{language}:{path}" for language, path in masks.items())
+    trained = train_work("pathways_tiny", [*overrides, f"model.language_mask_files=[{files}]"], context)
+    return {**trained, "masks": masks, "sparsity": {language: mask_sparsity(Path(path)) for language, path in masks.items()}}
+
+
+def random_masks_work(pretrained: Path, languages: List[str], sparsity: float, context: CellContext) -> dict:
+    """One random mask per language over every prunable matrix, at the target sparsity."""
+    from ...plugin.prune import prune_checkpoint
+
+    masks = {}
+    for seed, language in enumerate(languages):
+        path = context.directory / f"{language}.mask"
+        prune_checkpoint(str(pretrained), str(path), "random", sparsity, seed=seed)
+        masks[language] = str(path)
+    return {"masks": masks}
+
+
+def decode_work(row: dict, corpus: Path, languages: List[str], trained_cell: str, context: CellContext) -> dict:
+    """Decodes the row's language from a multilingual checkpoint with its head and masks."""
+    trained = context.results[trained_cell]
+    language = row["language"]
+    sparsity = trained.get("sparsity", 0.0)
+    decoded = decode(corpus, trained["checkpoint"], context, task_args=(
+        "--task", "subnets_multilingual_finetuning", "--languages", ",".join(languages), "--decode-language", language))
+    return {**row, "checkpoint": trained["checkpoint"], "train_seconds": trained["train_seconds"],
+            "sparsity": sparsity[language] if isinstance(sparsity, dict) else sparsity, **decoded}
+
+
+def masks_work(label: str, group_lasso, mask_cells: Dict[str, str], context: CellContext) -> dict:
+    """IOU of every pair of the language masks, their union ratio, and each one's sparsity per layer."""
+    from ...core import stats
+    from ...core.maskfile import load_mask_file
+
+    masks = {language: context.results[cell]["masks"][language] if cell == RANDOM_MASKS_CELL
+             else context.results[cell]["mask"] for language, cell in mask_cells.items()}
+    loaded = {language: load_mask_file(path).masks for language, path in masks.items()}
+    languages = list(loaded)
+    common = {"cell": context.directory.name, "masks": label, "group_lasso": group_lasso}
+    pairs = [{**common, "a": a, "b": b, "iou": round(stats.iou(loaded[a], loaded[b]), 6), "union_ratio": ""}
+             for i, a in enumerate(languages) for b in languages[i + 1:]]
+    union = {**common, "a": "all", "b": "", "iou": "",
+             "union_ratio": round(stats.union_ratio([loaded[language] for language in languages]), 6)}
+    layers = [{**common, "language": language, "layer": group, "sparsity": round(value, 6)}
+              for language in languages
+              for group, value in stats.sparsity_by(loaded[language], "layer").items() if group != "total"]
+    return {"mask_rows": [*pairs, union], "layer_rows": layers}
+
+
+# ------------------------------------------------------------------------------------------ plan
+
+
+def lr_schedule_of_one_level(interval: int) -> List[str]:
+    """subnets_tri_stage phases filling one pruning level of `interval` updates (LTH restarts the
+    schedule at every rewind): 10% warm-up, 60% hold, 30% decay."""
+    warmup, decay = max(1, interval // 10), max(1, 3 * interval // 10)
+    return [f"lr_scheduler.warmup_steps={warmup}", f"lr_scheduler.hold_steps={max(0, interval - warmup - decay)}",
+            f"lr_scheduler.decay_steps={decay}"]
+
+
+class GridPlan(CorpusPlan):
+    """Builds the engine cells of a grid whose corpus is (or will be) at `corpus` and whose run
+    folder is `out_dir`; `cells` lists them in dependency order."""
+
+    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path):
+        self.spec = spec
+        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.seed)
+        self._decoded(self._multilingual(DENSE, "multilingual_tiny", []), DENSE, "")
+        random_masks = self._random_masks()
+        self._decoded(self._pathways(PATHWAYS_RANDOM, dict.fromkeys(spec.languages, random_masks), ""),
+                      PATHWAYS_RANDOM, "")
+        self._masks("random", "", dict.fromkeys(spec.languages, random_masks))
+        for strength in spec.group_lasso:
+            label = lasso_label(strength)
+            lap = self._multilingual(f"{LAP}-{label}", "multilingual_tiny",
+                                     self._pruning_options(strength, appended=True))
+            self._decoded(lap, LAP, strength)
+            for model, config in ((LSP_IMP, "imp_tiny"), (LSP_LTH, "lth_tiny")):
+                masks = {language: self._monolingual(model, config, strength, language) for language in spec.languages}
+                kind = model.split("-")[1]
+                pathways = PATHWAYS_IMP if kind == "imp" else PATHWAYS_LTH
+                self._decoded(self._pathways(f"{pathways}-{label}", masks, strength), pathways, strength)
+                self._masks(kind, strength, masks)
+
+    def row(self, name: str, model: str, group_lasso, language: str, updates: int, lr: float) -> dict:
+        row = dict.fromkeys(RESULT_COLUMNS, "")
+        row.update(cell=name, model=model, group_lasso=group_lasso, language=language, seed=self.spec.seed,
+                   updates=updates, lr=lr)
+        return row
+
+    def _common(self, updates: int, lr: float) -> List[str]:
+        return [f"common.user_dir={USER_DIR}", f"model.w2v_path={self.pretrained_path}",
+                f"optimization.max_update={updates}", f"optimization.lr=[{lr}]", f"common.seed={self.spec.seed}"]
+
+    def _multilingual_options(self) -> List[str]:
+        multilingual = self.spec.multilingual
+        return [f"task.data={self.corpus}", f"task.languages=[{','.join(self.spec.languages)}]",
+                f"task.language_sampling_alpha={multilingual.alpha}",
+                *self._common(multilingual.updates, multilingual.lr)]
+
+    def _pruning_options(self, strength: float, appended: bool) -> List[str]:
+        """model.pruning_* and group lasso over a config that sets them (imp_tiny, lth_tiny) or not
+        (`appended`: multilingual_tiny, where Hydra needs `+`)."""
+        plus = "+" if appended else ""
+        pruning = self.spec.pruning
+        return [*(f"{plus}model.pruning_{key}={getattr(pruning, key)}" for key in PRUNING_KEYS),
+                f"{plus}model.group_lasso_strength={strength}"]
+
+    def _inputs(self, languages) -> List[Path]:
+        return [*self.pretrained_inputs, *(path for language in languages for path in self.manifests(language))]
+
+    def _multilingual(self, name: str, config_name: str, options: List[str]) -> str:
+        spec = self.spec
+        overrides = [*self._multilingual_options(), *options, *spec.multilingual.overrides]
+        config = {"config": config_name, "languages": spec.languages, "multilingual": vars(spec.multilingual),
+                  "options": options, "seed": spec.seed}
+        return self.add(Cell(name, self.out_dir / "train" / name, partial(train_work, config_name, overrides), config,
+                             self._inputs(spec.languages), self.pretrained_after))
+
+    def _monolingual(self, model: str, config_name: str, strength: float, language: str) -> str:
+        spec, pruning = self.spec, self.spec.pruning
+        name = f"{model}-{lasso_label(strength)}-{language}"
+        options = self._pruning_options(strength, appended=False)
+        if model == LSP_LTH:
+            options += lr_schedule_of_one_level(pruning.interval)
+        overrides = [f"task.data={self.corpus / language}", *self._common(pruning.updates, pruning.lr), *options,
+                     *pruning.overrides]
+        row = self.row(name, model, strength, language, pruning.updates, pruning.lr)
+        config = {"config": config_name, "language": language, "pruning": vars(pruning), "group_lasso": strength,
+                  "seed": spec.seed}
+        work = partial(monolingual_work, config_name, overrides, row, self.corpus / language)
+        return self.add(Cell(name, self.out_dir / "train" / name, work, config, self._inputs([language]),
+                             self.pretrained_after, row=row))
+
+    def _random_masks(self) -> str:
+        spec = self.spec
+        work = partial(random_masks_work, self.pretrained_path, spec.languages, spec.pruning.target_sparsity)
+        config = {"languages": spec.languages, "sparsity": spec.pruning.target_sparsity}
+        return self.add(Cell(RANDOM_MASKS_CELL, self.out_dir / RANDOM_MASKS_CELL, work, config, self.pretrained_inputs,
+                             self.pretrained_after))
+
+    def _pathways(self, name: str, mask_cells: Dict[str, str], strength) -> str:
+        spec = self.spec
+        overrides = [*self._multilingual_options(), *spec.multilingual.overrides]
+        config = {"languages": spec.languages, "multilingual": vars(spec.multilingual), "masks": mask_cells,
+                  "seed": spec.seed}
+        return self.add(Cell(name, self.out_dir / "train" / name, partial(pathways_work, overrides, mask_cells),
+                             config, self._inputs(spec.languages),
+                             [*self.pretrained_after, *dict.fromkeys(mask_cells.values())]))
+
+    def _decoded(self, trained: str, model: str, strength) -> None:
+        multilingual = self.spec.multilingual
+        for language in self.spec.languages:
+            name = f"{trained}-on-{language}"
+            row = self.row(name, model, strength, language, multilingual.updates, multilingual.lr)
+            work = partial(decode_work, row, self.corpus, self.spec.languages, trained)
+            self.add(Cell(name, self.out_dir / "decode" / name, work, {"language": language},
+                          [path for path in self.manifests(language)], [trained], row=row))
+
+    def _masks(self, kind: str, strength, mask_cells: Dict[str, str]) -> None:
+        name = f"masks-{kind}" + (f"-{lasso_label(strength)}" if strength != "" else "")
+        work = partial(masks_work, kind, strength, mask_cells)
+        self.add(Cell(name, self.out_dir / "masks" / name, work, {"kind": kind, "group_lasso": strength}, [],
+                      list(dict.fromkeys(mask_cells.values()))))

@@ -1,0 +1,125 @@
+"""Yang et al. (2023) grid files: reading, complete validation, and the runs they expand to.
+
+A grid file names the languages (the paper's comparison needs two or more; the miniature uses
+three, one much smaller), one pruning schedule for every pruning run (IMP and LTH, monolingual and
+language-agnostic), the multilingual training of the dense baseline, LAP and the pathways, and the
+group-lasso strengths compared (Table 2: 0 is "without"). Like the other grids it is checked
+completely before anything runs, with storey2025's reader and checks: every key's type and range,
+unknown keys with the closest known one, languages against the corpus or manifest folders, and
+here also the schedule as the plugin will read it and its last event against each budget of
+updates. Every error names the file, the line of the key and the dotted key.
+"""
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Dict, List, Optional
+
+from ..fu2022.spec import KeyedErrors, PretrainedModelGrid, checked_grid
+from ..storey2025.spec import (
+    DISTINCT, NON_EMPTY, POSITIVE, GridFile, at_least, check_languages, check_overrides,
+    checkpoint_depth, read_grid,
+)
+
+METHOD = "yang2023"
+SECTIONS = ("pruning", "multilingual")
+
+
+@dataclass
+class PruningSpec:
+    """The schedule of every pruning run (plugin model.pruning_*), the budget of the monolingual
+    ones (LSP) and their learning rate; LAP prunes with the same schedule in multilingual training."""
+    updates: int = field(default=350, metadata=at_least(1))
+    interval: int = field(default=50, metadata=at_least(1))
+    fraction: float = field(default=0.2, metadata=POSITIVE)
+    target_sparsity: float = field(default=0.6, metadata=POSITIVE)
+    criterion: str = "block"
+    scope: str = "layer"
+    lr: float = field(default=0.001, metadata=POSITIVE)
+    overrides: List[str] = field(default_factory=list)
+
+
+@dataclass
+class MultilingualSpec:
+    """Multilingual training in monolingual batches: the dense baseline, LAP and the pathways."""
+    updates: int = field(default=400, metadata=at_least(1))
+    lr: float = field(default=0.001, metadata=POSITIVE)
+    alpha: float = 0.5
+    overrides: List[str] = field(default_factory=list)
+
+
+SECTION_CLASSES = {"pruning": PruningSpec, "multilingual": MultilingualSpec}
+
+
+@dataclass
+class GridSpec(PretrainedModelGrid):
+    method: str = METHOD
+    name: str = METHOD
+    languages: List[str] = field(default_factory=list, metadata={**NON_EMPTY, **DISTINCT})
+    group_lasso: List[float] = field(default_factory=lambda: [0.0, 0.01], metadata={**NON_EMPTY, **DISTINCT})
+    """Group-lasso strengths (model.group_lasso_strength) of the pruning runs; 0: without."""
+    pruning: PruningSpec = field(default_factory=PruningSpec)
+    multilingual: MultilingualSpec = field(default_factory=MultilingualSpec)
+
+
+def load_grid(path) -> GridSpec:
+    """Reads and validates a grid file; every error names the file, the line and the offending key."""
+    spec, lines = read_grid(path, GridSpec, SECTION_CLASSES)
+    validate(spec, lines)
+    return spec
+
+
+def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
+    """Everything before anything runs, on a grid read from a file (`lines`: where its keys are)
+    or built in code: the keys, the languages, the schedule and the budgets it must fit in."""
+    grid = checked_grid(spec, lines, SECTIONS, METHOD)
+    if len(spec.languages) < 2:
+        raise grid.error("languages", "pathways share weights between languages: name two or more")
+    negative = [value for value in spec.group_lasso if value < 0]
+    if negative:
+        raise grid.error("group_lasso", f"{negative[0]:g} is negative (0: without group lasso)")
+    if spec.multilingual.alpha < 0:
+        raise grid.error("multilingual.alpha", f"{spec.multilingual.alpha:g} is negative (0: uniform sampling)")
+    schedule = check_schedule(spec, grid)
+    for section, budget in (("pruning", spec.pruning.updates), ("multilingual", spec.multilingual.updates)):
+        if budget < schedule.final_update:
+            raise grid.error(f"{section}.updates", f"{budget} ends before the last pruning event (update "
+                             f"{schedule.final_update}: {schedule.events} events every {schedule.interval} updates)")
+    for section in SECTIONS:
+        check_overrides(getattr(spec, section).overrides, f"{section}.overrides", grid)
+    storey_shaped = SimpleNamespace(corpus=spec.corpus, data=spec.data, pretrained=spec.pretrained,
+                                    upstream=SimpleNamespace(languages=spec.languages),
+                                    downstream=SimpleNamespace(languages=[]))
+    check_languages(storey_shaped, KeyedErrors(grid, lambda key: "languages" if key.startswith("upstream") else key))
+    if spec.pretrained is not None:
+        from ...plugin.checkpoint_kinds import PRETRAINING
+
+        checkpoint_depth(grid, "pretrained", spec.pretrained, PRETRAINING, "every run starts from a pretrained model")
+
+
+def check_schedule(spec: GridSpec, grid: GridFile):
+    """The pruning section as the plugin reads it (model.pruning_* keys); returns the schedule."""
+    from ...core.iterative_pruning import PRUNING_CRITERIA, PRUNING_SCOPES, PruningSchedule
+
+    pruning = spec.pruning
+    for key, choices in (("criterion", PRUNING_CRITERIA), ("scope", PRUNING_SCOPES)):
+        if getattr(pruning, key) not in choices:
+            raise grid.error(f"pruning.{key}", f"{getattr(pruning, key)!r}: choose one of {', '.join(choices)}")
+    try:
+        return PruningSchedule(pruning.interval, pruning.fraction, pruning.target_sparsity)
+    except ValueError as error:  # "<field>=<value>: <problem>"
+        assignment, _, problem = str(error).partition(": ")
+        raise grid.error(f"pruning.{assignment.split('=')[0]}", problem) from None
+
+
+# ------------------------------------------------------------------------------------- planning
+
+DENSE, LAP, LSP_IMP, LSP_LTH = "dense", "lap", "lsp-imp", "lsp-lth"
+PATHWAYS_RANDOM, PATHWAYS_IMP, PATHWAYS_LTH = "pathways-random", "pathways-imp", "pathways-lth"
+MODELS = (DENSE, LAP, LSP_IMP, LSP_LTH, PATHWAYS_RANDOM, PATHWAYS_IMP, PATHWAYS_LTH)
+"""The rows of the paper's Table 1, in its order."""
+WITH_GROUP_LASSO = (LAP, LSP_IMP, LSP_LTH, PATHWAYS_IMP, PATHWAYS_LTH)
+"""The models whose pruning runs group lasso changes (Table 2); dense and random masks prune nothing."""
+
+
+def lasso_label(strength: float) -> str:
+    """'gl0', 'gl0.01': a group-lasso strength in a cell name."""
+    return f"gl{strength:g}"
