@@ -105,6 +105,26 @@ def test_an_lth_schedule_prunes_rewinds_and_empties_adam_at_each_event_and_switc
     assert float(regularisation_terms(model)["group_lasso"]) == 0.0
 
 
+def test_group_lasso_shrinks_the_block_norms_against_the_same_training_without_it():
+    """Two runs of the same steps on the same batches from the same weights, one with group lasso
+    (the reference rule): after them the 8x1 block norms of the prunable matrices are smaller."""
+    from fairseq_subnets.core.pruning import group_norms
+    from fairseq_subnets.core.transforms import module_of
+    from fairseq_subnets.plugin.models import W2V_PREFIX
+
+    def mean_block_norm_after_training(**overrides):
+        model = build(**overrides)
+        optimizer = FairseqOptimizerStandIn(model)
+        for update in range(5):
+            one_step(model, optimizer, update)
+        return float(torch.stack([group_norms(module_of(model, name, W2V_PREFIX).weight.detach(), (8, 1)).mean()
+                                  for name in model.encoder_weight_shapes()]).mean())
+
+    without = mean_block_norm_after_training()
+    with_lasso = mean_block_norm_after_training(group_lasso_strength=1.0)
+    assert with_lasso < 0.99 * without, (with_lasso, without)
+
+
 def test_the_lambda_rules_give_the_documented_terms_after_the_weights_moved():
     """After a step the weights have moved: 'reference' keeps lambda from the start (the term
     moves with the norms), 'current' re-divides by today's mean norm (strength x block count
