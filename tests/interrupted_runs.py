@@ -11,15 +11,18 @@ import torch
 POLL_SECONDS = 0.05
 
 
-def start_training(config_dir, config_name, overrides, log_path, threads=None):
+def start_training(config_dir, config_name, overrides, log_path, threads=None, server=None):
     """fairseq-hydra-train with a shipped config, running in the background, logging to log_path
-    (`threads`: its OMP_NUM_THREADS, as runner.hydra_train)."""
+    (`threads`: its OMP_NUM_THREADS, as runner.hydra_train); with `server` (a
+    forked_commands.CommandServer, whose environment sets the threads) forked from it."""
     from fairseq_subnets.runner import fairseq_command, thread_env
 
-    command = [fairseq_command("fairseq-hydra-train"), "--config-dir", str(config_dir),
-               "--config-name", config_name, *overrides]
+    arguments = ["--config-dir", str(config_dir), "--config-name", config_name, *overrides]
+    if server is not None:
+        return server.start("fairseq-hydra-train", arguments, Path(log_path).parent, Path(log_path))
     with open(log_path, "w") as log:
-        return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads))
+        return subprocess.Popen([fairseq_command("fairseq-hydra-train"), *arguments], stdout=log,
+                                stderr=subprocess.STDOUT, env=thread_env(threads))
 
 
 def wait_finished(process, log_path):

@@ -1,16 +1,16 @@
 """The "Grid files and training" catalogue of docs/bad-inputs.md, one test per row.
 
 Grid files are checked in-process by `fairseq-subnets grid`, before any cell runs. Training and
-decoding inputs are checked by the real `fairseq-hydra-train` and `fairseq-generate` (our one-line
-errors exist only in those commands), on untrained tiny checkpoints; each run fails while the
-model is built, before any training. The fairseq runs start together in one module fixture, so
-the module waits about as long as the slowest start-up, not their sum. Every case must end with
-exit status 2, a last stderr line that starts with the documented message and names the culprit,
-no traceback, and no checkpoint or output folder written. The pytest ids are the catalogue ids;
+decoding inputs are checked by the real `fairseq-hydra-train` and `fairseq-generate` entry points
+(our one-line errors exist only in those commands), on untrained tiny checkpoints; each run fails
+while the model is built, before any training. The runs are forked together from one interpreter
+that imported fairseq once (tests/forked_commands.py), so the module pays fairseq's import once,
+not once per case. Every case must end with exit status 2, a last stderr line that starts with
+the documented message and names the culprit, no traceback, and no checkpoint or output folder
+written. The pytest ids are the catalogue ids;
 `<NAME>` in a message stands for a path the test substitutes.
 """
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Sequence
@@ -19,7 +19,8 @@ import pytest
 
 from fairseq_subnets import USER_DIR
 from fairseq_subnets.cli.main import main
-from fairseq_subnets.runner import CONFIG_DIR, fairseq_command
+from fairseq_subnets.runner import CONFIG_DIR
+from forked_commands import run_forked
 from grid_files import write_grid, write_grid_inputs, write_pretrained
 
 GRID_ERROR = "fairseq-subnets grid: error: <GRID>"
@@ -200,27 +201,23 @@ def test_bad_grid_file_stops_the_grid_before_anything_runs(case, inputs, tmp_pat
 
 @pytest.fixture(scope="module")
 def fairseq_runs(inputs, tmp_path_factory):
-    """Every RunCase's command, started at once in its own folder, stderr to a file beside it (a
-    pipe, unread while the others run, could fill and stall it); case id -> (exit status, stderr,
-    the folder)."""
+    """Every RunCase's command, each in its own folder, stderr to a file beside it, forked from one
+    interpreter that imported fairseq's commands once (forked_commands); case id -> (exit status,
+    stderr, the folder)."""
     paths = placeholders(inputs)
-    environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    started = {}
+    commands, folders = {}, {}
     for case in RUN_CASES:
-        folder = tmp_path_factory.mktemp(case.id)
-        stderr_path = folder.parent / f"{folder.name}.stderr"
+        folder = folders[case.id] = tmp_path_factory.mktemp(case.id)
         arguments = [substituted(argument, paths) for argument in case.argv]
         if case.generate:
-            command = [fairseq_command("fairseq-generate"), *arguments]
+            commands[case.id] = ("fairseq-generate", arguments, folder, folder.parent / f"{folder.name}.stderr")
         else:
-            command = [fairseq_command("fairseq-hydra-train"), "--config-dir", str(CONFIG_DIR / "finetune"),
-                       "--config-name", "tiny", f"common.user_dir={USER_DIR}", f"task.data={paths['<DATA>']}",
-                       f"checkpoint.save_dir={folder / 'run'}", *arguments]
-        with open(stderr_path, "w") as stderr:
-            process = subprocess.Popen(command, cwd=folder, env=environment, stdout=subprocess.DEVNULL, stderr=stderr)
-        started[case.id] = (process, stderr_path, folder)
-    return {case_id: (process.wait(), stderr_path.read_text(), folder)
-            for case_id, (process, stderr_path, folder) in started.items()}
+            commands[case.id] = ("fairseq-hydra-train", [
+                "--config-dir", str(CONFIG_DIR / "finetune"), "--config-name", "tiny", f"common.user_dir={USER_DIR}",
+                f"task.data={paths['<DATA>']}", f"checkpoint.save_dir={folder / 'run'}", *arguments],
+                folder, folder.parent / f"{folder.name}.stderr")
+    statuses = run_forked(commands, {**os.environ, "OMP_NUM_THREADS": "1"})
+    return {case_id: (statuses[case_id], commands[case_id][3].read_text(), folders[case_id]) for case_id in commands}
 
 
 @pytest.mark.parametrize("case", RUN_CASES, ids=[case.id for case in RUN_CASES])

@@ -14,6 +14,7 @@ events (its masks, rewind point, block norms and restarted learning-rate schedul
 Without seeded time masking (plugin.time_masking) every mode fails from the first masked update,
 and pretraining also without seeded crops (plugin.pretraining).
 """
+import os
 import random
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from fairseq_subnets import USER_DIR
+from forked_commands import CommandServer
 from interrupted_runs import (
     assert_bit_identical, interval_checkpoints, kill_at_random_update, start_training, training_state, wait_finished,
 )
@@ -93,24 +95,24 @@ MODES = ["pretraining", "finetuning", "fixed_mask", "downstream_frozen_first_epo
          "learned_masks_global_top_k", "tuner_adalora", "iterative_pruning_lth"]
 
 
-def killed_and_rerun(mode, result, masks, work):
+def killed_and_rerun(mode, result, masks, work, server):
     """One mode's command run uninterrupted and, side by side, killed at a random update and run
-    again, one thread each: bit-identity holds for the same command with the same thread count
-    (float sums depend on the split). Returns the two save dirs."""
-    from fairseq_subnets.runner import hydra_train
-
+    again, each forked from `server` with one thread: bit-identity holds for the same command with
+    the same thread count (float sums depend on the split). Returns the two save dirs."""
     config_dir, config_name, arguments = mode_arguments(mode, result, masks)
     arguments = [f"common.user_dir={USER_DIR}", *arguments, f"checkpoint.save_interval_updates={SAVE_EVERY}",
                  "checkpoint.keep_interval_updates=-1", "dataset.disable_validation=true"]
     uninterrupted, interrupted = work / "uninterrupted", work / "interrupted"
     reference = start_training(config_dir, config_name, arguments + [f"checkpoint.save_dir={uninterrupted}"],
-                               work / "uninterrupted.log", threads=1)
+                               work / "uninterrupted.log", server=server)
     seed = random.randrange(1 << 30)
     rerun_arguments = arguments + [f"checkpoint.save_dir={interrupted}"]
-    killed = start_training(config_dir, config_name, rerun_arguments, work / "killed.log", threads=1)
+    killed = start_training(config_dir, config_name, rerun_arguments, work / "killed.log", server=server)
     kill_at_random_update(killed, interrupted, random.Random(seed))
     resumed_from = training_state(interrupted / "checkpoint_last.pt")["num_updates"]
-    log = hydra_train(config_name, rerun_arguments, work / "rerun.log", config_dir=config_dir, threads=1)
+    wait_finished(start_training(config_dir, config_name, rerun_arguments, work / "rerun.log", server=server),
+                  work / "rerun.log")
+    log = (work / "rerun.log").read_text()
     assert f"@ {resumed_from} updates" in log, f"kill seed {seed}: the rerun did not resume from update {resumed_from}"
     wait_finished(reference, work / "uninterrupted.log")
     return uninterrupted, interrupted
@@ -118,12 +120,15 @@ def killed_and_rerun(mode, result, masks, work):
 
 @pytest.fixture(scope="module")
 def mode_runs(skeleton_run, masks, tmp_path_factory):
-    """Every mode's runs, two modes at a time: a mode leaves a core idle while its rerun goes alone,
-    and most of each run is a single-threaded start-up. Mode -> its future."""
+    """Every mode's runs, two modes at a time, forked from one interpreter that imported fairseq
+    once (forked_commands): a mode leaves a core idle while its rerun goes alone, and fairseq's
+    import was most of each run. Mode -> its future."""
     _, result = skeleton_run
-    with ThreadPoolExecutor(2) as pool:
-        running = {mode: pool.submit(killed_and_rerun, mode, result, masks, tmp_path_factory.mktemp(mode))
+    with CommandServer({**os.environ, "OMP_NUM_THREADS": "1"}) as server, ThreadPoolExecutor(2) as pool:
+        running = {mode: pool.submit(killed_and_rerun, mode, result, masks, tmp_path_factory.mktemp(mode), server)
                    for mode in MODES}
+        for future in running.values():
+            future.exception()
     return running
 
 
