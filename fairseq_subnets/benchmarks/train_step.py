@@ -66,6 +66,7 @@ from fairseq.optim.adam import Adam as FairseqAdamImpl
 from ..core.parametrize import apply_language_masks, bake_module, bake_state_dict, score_masks
 from ..core.pathways import outside_active_language_masks, unchanged_through
 from ..core.pruning import global_l1_masks, prune_within, random_masks
+from ..core.stats import union
 from ..core.targets import select_weights
 from ..core.transforms import (
     DenseMask, ScoreMask, add_transform, module_of, regularisation_terms, select_language, stack_of,
@@ -437,9 +438,8 @@ def _run(settings: StepBenchSettings, say, result: Dict[str, object], batch: Bat
                "switching languages": switching, "pathways": pathways, "group lasso": lasso,
                "learned mask": learned, "learned mask, full sort": full_sort}
     result["prunable_weights"] = sum(mask.numel() for mask in masks.values())
-    result["pathway_weights_outside_every_mask"] = sum(int((~(language_masks[LANGUAGES[0]][name]
-                                                            | language_masks[LANGUAGES[1]][name])).sum())
-                                                       for name in masks)
+    kept_by_any = union(*language_masks.values())
+    result["pathway_weights_outside_every_mask"] = sum(int((~kept).sum()) for kept in kept_by_any.values())
     result["parameters"] = sum(p.numel() for p in unmasked.parameters())
     result["sparsity"] = _sparsity(masks)
     result["optimized_values"] = {name: sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -469,7 +469,6 @@ def _run(settings: StepBenchSettings, say, result: Dict[str, object], batch: Bat
     held_before = {name: module_of(pathways, name, W2V_PREFIX).parametrizations.weight.original.detach().clone()
                    for name in masks}
     seconds = interleaved(steps, settings.train_steps, settings.train_warmup)
-    kept_by_any = {name: language_masks[LANGUAGES[0]][name] | language_masks[LANGUAGES[1]][name] for name in masks}
     moved = sum(int((module_of(pathways, name, W2V_PREFIX).parametrizations.weight.original.detach()
                      != held_before[name])[~kept_by_any[name]].sum()) for name in masks)
     _require(moved == 0, f"{moved} weights outside every language's mask moved during pathway training")

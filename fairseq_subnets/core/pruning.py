@@ -281,11 +281,17 @@ def parse_block(text: str) -> Tuple[int, int]:
     return int(parts[0]), int(parts[1])
 
 
+def blocks_tile(shape, block: Tuple[int, int]) -> bool:
+    """Whether blocks of `block` (inputs, rows) tile a matrix of `shape` exactly."""
+    inputs, rows = block
+    return len(shape) == 2 and shape[0] % rows == 0 and shape[1] % inputs == 0
+
+
 def block_norms(weight: torch.Tensor, block: Tuple[int, int]) -> torch.Tensor:
     """L2 norm of each block of a (rows, inputs) matrix; blocks must tile it exactly, because a
     partial block would be scored on fewer weights than the others."""
     inputs, rows = block
-    if weight.dim() != 2 or weight.shape[0] % rows or weight.shape[1] % inputs:
+    if not blocks_tile(weight.shape, block):
         raise ValueError(
             f"block {inputs}x{rows} does not tile a weight of shape {tuple(weight.shape)}: "
             f"need (a multiple of {rows}, a multiple of {inputs})"

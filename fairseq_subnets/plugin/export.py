@@ -23,7 +23,7 @@ from ..core.maskfile import MaskFile, MaskFileError, load_mask_file
 from ..core.parametrize import bake_state_dict
 from .bundles import expand_bundle_masks
 from .checkpoints import load_fairseq_checkpoint
-from .iterative_pruning import STATE_PREFIX as PRUNING_STATE_PREFIX
+from .iterative_pruning import without_pruning_state
 from .language_heads import single_language_state
 
 PLUGIN_PREFIX = "subnets_"
@@ -86,7 +86,7 @@ def export_plain_checkpoint(checkpoint_path, out_path, mask_path=None, language=
         model_state, cfg["model"] = single_language_state(model_state, cfg.get("model") or {}, language)
         cfg["task"] = single_language_task(cfg.get("task") or {}, language)
     model_state = bake_state_dict(model_state, language=language)
-    model_state = {key: value for key, value in model_state.items() if not key.startswith(PRUNING_STATE_PREFIX)}
+    model_state = without_pruning_state(model_state)
     if mask_file is not None:
         model_state = _masked_by(model_state, mask_file, checkpoint_path)
     exported = {key: value for key, value in state.items() if key not in TRAINING_ONLY_KEYS}

@@ -44,11 +44,12 @@ from ..core.iterative_pruning import (
     mean_kept_group_norm, pruning_method,
 )
 from ..core.maskfile import save_mask_file
-from ..core.pruning import parse_block, prune_within
+from ..core.pruning import BLOCK_METHODS, blocks_tile, parse_block, prune_within
 from ..core.stats import sparsity_by
 from ..core.targets import TargetSelection, num_encoder_layers
 from ..core.transforms import DenseMask, add_transform, module_of, stack_of
 from .errors import PluginInputError
+from .prune import SCOPES
 from .tasks import check_masks_identical_across_ranks
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,12 @@ STATE_PREFIX = "iterative_pruning."
 """State-dict keys of the rewind point and the block norms: training state, left out by export."""
 PRUNED_MASK_FILE = "pruned.mask"
 GROUP_LASSO_TERM = "group_lasso"
+
+
+def without_pruning_state(state_dict):
+    """A model state dict without the schedule's training state (rewind point, block norms): what
+    decoding and export do not need."""
+    return {key: value for key, value in state_dict.items() if not key.startswith(STATE_PREFIX)}
 
 
 @dataclass
@@ -190,11 +197,9 @@ class IterativePruningMixin:
             names = self.pruning_selection.names(num_encoder_layers(self.encoder_weight_shapes()))
         except ValueError as error:  # its message starts with the key
             raise PluginInputError(str(error)) from None
-        inputs, rows = self.pruning_block
         for name in names:
             module = module_of(self, name, w2v_prefix)
-            out_features, in_features = module.weight.shape
-            if out_features % rows or in_features % inputs:
+            if not blocks_tile(module.weight.shape, self.pruning_block):
                 raise PluginInputError(f"model.pruning_block={cfg.pruning_block} does not tile {name} of shape "
                                        f"{tuple(module.weight.shape)}")
             stack = stack_of(module)
@@ -306,7 +311,7 @@ class IterativePruningMixin:
     def current_sparsity(self) -> float:
         """The schedule's sparsity over all its matrices, logged at every update (counted from the
         masks once after a start or resume, then kept from the last event)."""
-        if getattr(self, "pruning_sparsity", None) is None:
+        if self.pruning_sparsity is None:
             self.pruning_sparsity = sparsity_by({name: mask.mask.cpu() for name, mask in self.pruning_masks().items()})[
                 "total"]
         return self.pruning_sparsity
@@ -328,8 +333,9 @@ class IterativePruningMixin:
             return
         schedule = self.pruning_schedule
         metadata = {"method": self.pruning_method, "sparsity": schedule.target_sparsity,
-                    "scope": "global" if self.pruning_method.startswith("global") else "per-matrix",
-                    "block": f"{self.pruning_block[0]}x{self.pruning_block[1]}" if "block" in self.pruning_method else "",
+                    "scope": SCOPES[self.pruning_method],
+                    "block": f"{self.pruning_block[0]}x{self.pruning_block[1]}"
+                    if self.pruning_method in BLOCK_METHODS else "",
                     "targets": self.pruning_selection.targets_text(), "layers": self.pruning_selection.layers_text(),
                     "schedule": f"every {schedule.interval} updates, fraction {schedule.fraction:g}, "
                     f"{'IMP' if self.pruning_rewind_update is None else f'LTH rewinding to {self.pruning_rewind_update}'}",

@@ -40,7 +40,7 @@ from .bundles import expand_bundle_masks
 from .checkpoint_kinds import FINE_TUNED, PRETRAINING, read_checkpoint_of_kind
 from .errors import PluginInputError
 from .iterative_pruning import (
-    STATE_PREFIX as PRUNING_STATE_PREFIX, IterativePruningConfig, IterativePruningMixin, check_iterative_pruning_config,
+    IterativePruningConfig, IterativePruningMixin, check_iterative_pruning_config, without_pruning_state,
 )
 from .language_heads import W2V_PREFIX, LanguageHeadsMixin, parse_language_entries
 from .learned_masks import LearnedMaskConfig, LearnedMasksMixin, check_learned_mask_config
@@ -283,7 +283,7 @@ class SubnetsWav2VecCtc(LearnedMasksMixin, TunersMixin, IterativePruningMixin, L
         mask files are decoded (plugin.bundles)."""
         state_dict = prepare_for_state(self, expand_bundle_masks(state_dict), prefix=W2V_PREFIX)
         if not self.has_iterative_pruning():  # a pruning run's checkpoint decoded: its training state is not needed
-            state_dict = {key: value for key, value in state_dict.items() if not key.startswith(PRUNING_STATE_PREFIX)}
+            state_dict = without_pruning_state(state_dict)
         result = super().load_state_dict(state_dict, strict=strict, model_cfg=model_cfg, args=args)
         if self.has_iterative_pruning():
             self.check_pruning_state("the checkpoint")

@@ -77,10 +77,16 @@ def monolingual_work(config_name: str, overrides: List[str], row: dict, data_dir
     return {**row, **trained, **decode(data_dir, trained["checkpoint"], context)}
 
 
+def language_mask_paths(mask_cells: Dict[str, str], results: Dict[str, dict]) -> Dict[str, str]:
+    """language -> the mask file the language's cell made (a pruning run's final mask, or the
+    random-masks cell's file of that language)."""
+    return {language: results[cell]["masks"][language] if cell == RANDOM_MASKS_CELL else results[cell]["mask"]
+            for language, cell in mask_cells.items()}
+
+
 def pathways_work(overrides: List[str], mask_cells: Dict[str, str], context: CellContext) -> dict:
     """Multilingual training with each language's mask from the cell that made it."""
-    masks = {language: context.results[cell]["masks"][language] if cell == RANDOM_MASKS_CELL
-             else context.results[cell]["mask"] for language, cell in mask_cells.items()}
+    masks = language_mask_paths(mask_cells, context.results)
     files = ",".join(f"{language}:{path}" for language, path in masks.items())
     trained = train_work("pathways_tiny", [*overrides, f"model.language_mask_files=[{files}]"], context)
     return {**trained, "masks": masks, "sparsity": {language: mask_sparsity(Path(path)) for language, path in masks.items()}}
@@ -114,9 +120,8 @@ def masks_work(label: str, group_lasso, mask_cells: Dict[str, str], context: Cel
     from ...core import stats
     from ...core.maskfile import load_mask_file
 
-    masks = {language: context.results[cell]["masks"][language] if cell == RANDOM_MASKS_CELL
-             else context.results[cell]["mask"] for language, cell in mask_cells.items()}
-    loaded = {language: load_mask_file(path).masks for language, path in masks.items()}
+    loaded = {language: load_mask_file(path).masks
+              for language, path in language_mask_paths(mask_cells, context.results).items()}
     languages = list(loaded)
     common = {"cell": context.directory.name, "masks": label, "group_lasso": group_lasso}
     pairs = [{**common, "a": a, "b": b, "iou": round(stats.iou(loaded[a], loaded[b]), 6), "union_ratio": ""}
