@@ -101,6 +101,9 @@ RUN_CASES = [
     RunCase("train-init-from-pretraining", TRAIN_ERROR + "model.init_from: <PRETRAINED> is a wav2vec2 pretraining "
             "checkpoint, not a fine-tuned wav2vec2 CTC checkpoint; a pretraining checkpoint goes in model.w2v_path",
             train("<PRETRAINED>", "+model.init_from=<PRETRAINED>")),
+    RunCase("train-init-from-language-single-checkpoint", TRAIN_ERROR + "model.init_from_language=es: <FINETUNED> is "
+            "a single-language model; the key picks one language of a multilingual checkpoint",
+            train("<PRETRAINED>", "+model.init_from=<FINETUNED>", "+model.init_from_language=es")),
     RunCase("train-normalize-differs", TRAIN_ERROR + "model.w2v_path: <PRETRAINED> was pretrained with "
             "normalize=False; fine-tune with task.normalize=false too", train("<PRETRAINED>", "task.normalize=true")),
     RunCase("train-language-masks-malformed", TRAIN_ERROR + "model.language_mask_files entry 'es': expected "

@@ -9,7 +9,7 @@ import torch
 from fairseq_subnets.core.iterative_pruning import (
     PruningSchedule, RewindPoint, group_lasso, group_lasso_strength, mean_kept_group_norm, pruning_method,
 )
-from fairseq_subnets.core.pruning import pruned_count, prune_within
+from fairseq_subnets.core.pruning import prune_within
 
 
 @pytest.mark.parametrize("fraction, target, events", [(0.2, 0.6, 5), (0.5, 0.75, 2), (0.2, 0.36, 2), (0.5, 0.8, 3),

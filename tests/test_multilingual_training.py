@@ -113,6 +113,51 @@ def test_the_checkpoint_records_its_languages_and_holds_one_head_per_language(pe
     for language, size in zip(LANGUAGES, sizes):
         assert state["model"][f"language_heads.{language}.weight"].shape[0] == size
     assert not any(key.startswith("w2v_encoder.proj.") for key in state["model"])
+    for language in LANGUAGES:  # what a run starting from this checkpoint compares its dictionaries with
+        symbols = state["task_state"]["language_dictionaries"][language]
+        assert symbols[4:] == [line.split()[0] for line in
+                               (Path(result.corpus_dir) / language / "dict.ltr.txt").read_text().splitlines()]
+
+
+def model_built_as(run_checkpoint, data, **model_keys):
+    """The model fairseq-hydra-train builds for the run config of `run_checkpoint` with `data` and
+    `model_keys` changed, as a new run (no recorded encoder config, transforms or languages), built
+    here through the task."""
+    from fairseq import tasks
+    from omegaconf import OmegaConf, open_dict
+
+    import fairseq_subnets.plugin  # noqa: F401
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.language_heads import MULTILINGUAL_MODEL_KEYS
+
+    cfg = OmegaConf.create(load_checkpoint(run_checkpoint)["cfg"])
+    with open_dict(cfg):
+        cfg.task.data = str(data)
+        for key in ("w2v_args", "transform_plan", *MULTILINGUAL_MODEL_KEYS):
+            cfg.model[key] = None
+        cfg.model.update(model_keys)
+    return tasks.setup_task(cfg.task).build_model(cfg.model)
+
+
+def test_runs_start_from_a_multilingual_checkpoint_with_the_heads_of_their_languages(per_language_run, skeleton_run):
+    """The LSP runs and pathways of Yang et al. start from the dense multilingual model: a
+    single-language run continues one language (its head under the stock output layer), a
+    multilingual run every language's head; the encoder comes along in both."""
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+
+    result, save_dir, _ = per_language_run
+    checkpoint = save_dir / "checkpoint_last.pt"
+    upstream = load_checkpoint(checkpoint)["model"]
+    encoder = [key for key in upstream if key.startswith("w2v_encoder.w2v_model.")]
+
+    multilingual = model_built_as(checkpoint, result.corpus_dir, init_from=str(checkpoint)).state_dict()
+    assert all(torch.equal(multilingual[key], upstream[key]) for key in encoder)
+    assert all(torch.equal(multilingual[key], upstream[key]) for key in upstream if key.startswith("language_heads."))
+
+    single = model_built_as(skeleton_run[1].finetuned_checkpoint, Path(result.corpus_dir) / "ca",
+                            init_from=str(checkpoint), init_from_language="ca").state_dict()
+    assert all(torch.equal(single[key], upstream[key]) for key in encoder)
+    assert torch.equal(single["w2v_encoder.proj.weight"], upstream["language_heads.ca.weight"])
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def write_grid(folder: Path, *lines: str, interval: int = 50) -> Path:
         "method: yang2023", "name: test", f"data: {folder / 'corpus'}", f"pretrained: {folder / 'pretrained.pt'}",
         "languages: [es, ca, ast]", "group_lasso: [0.0, 0.01]",
         f"pruning: {{updates: 300, interval: {interval}, fraction: 0.2, target_sparsity: 0.6}}",
-        "multilingual: {updates: 400, lr: 0.002}", *lines,
+        "theta0: {updates: 500, lr: 0.002}", "multilingual: {updates: 400, lr: 0.002}", *lines,
     ]) + "\n")
     return grid
 
@@ -86,9 +86,10 @@ def test_the_shipped_example_grid_is_valid_and_dry_runs(inputs, capsys):
     assert spec.languages == list(LANGUAGES) and spec.group_lasso == [0.0, 0.01]
     assert cli(["grid", str(example), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert {"dense", "lsp-lth-gl0.01-ast", "pathways-imp-gl0-on-ca", "masks-random", "random-masks"} <= set(out)
-    assert out[-1] == ("50 cells: rows 3 dense, 3 pathways-random, 6 lap, 6 lsp-imp, 6 pathways-imp, 6 lsp-lth, "
-                       "6 pathways-lth; 14 other")
+    assert {"theta0-gl0", "dense-gl0.01", "lsp-lth-gl0.01-ast", "pathways-imp-gl0-on-ca", "masks-random",
+            "random-masks"} <= set(out)
+    assert out[-1] == ("56 cells: rows 3 pathways-random, 6 dense, 6 lap, 6 lsp-imp, 6 pathways-imp, 6 lsp-lth, "
+                       "6 pathways-lth; 17 other")
 
 
 class FakeRun:
@@ -133,7 +134,7 @@ def test_the_grid_trains_every_model_on_the_right_masks_and_measures_their_overl
     run_grid(inputs, fake)
     out = inputs / "out"
     configs = {name: config for name, (config, _) in fake.trained.items()}
-    assert configs["dense"] == configs["lap-gl0.01"] == "multilingual_tiny"
+    assert configs["theta0-gl0"] == configs["dense-gl0"] == configs["lap-gl0.01"] == "multilingual_tiny"
     assert configs["lsp-imp-gl0-ca"] == "imp_tiny" and configs["lsp-lth-gl0.01-ast"] == "lth_tiny"
     assert configs["pathways-random"] == configs["pathways-lth-gl0"] == "pathways_tiny"
     overrides = {name: set(items) for name, (_, items) in fake.trained.items()}
@@ -144,13 +145,26 @@ def test_the_grid_trains_every_model_on_the_right_masks_and_measures_their_overl
             f"task.data={inputs / 'corpus' / 'ca'}"} <= overrides["lsp-imp-gl0-ca"]
     assert {"lr_scheduler.warmup_steps=5", "lr_scheduler.hold_steps=30",
             "lr_scheduler.decay_steps=15"} <= overrides["lsp-lth-gl0-es"]
-    assert not any("pruning" in item or "lr_scheduler" in item for item in overrides["dense"])
+    assert not any("pruning" in item or "lr_scheduler" in item for item in overrides["dense-gl0.01"])
+    assert "+model.group_lasso_strength=0.01" in overrides["dense-gl0.01"]
+    assert {"optimization.max_update=500", "+model.group_lasso_strength=0.01"} <= overrides["theta0-gl0.01"]
+    assert not any("init_from" in item for item in overrides["theta0-gl0"] | overrides["theta0-gl0.01"])
+
+    def started_from(name):
+        return next(item.split("=", 1)[1] for item in overrides[name] if item.startswith("+model.init_from="))
+
+    train = out / "train"
+    for name in ("dense-gl0.01", "lap-gl0.01", "lsp-lth-gl0.01-ast", "pathways-imp-gl0.01"):
+        assert started_from(name) == str(train / "theta0-gl0.01" / "checkpoint_last.pt"), name
+    assert started_from("pathways-random") == started_from("lsp-imp-gl0-ca") == str(
+        train / "theta0-gl0" / "checkpoint_last.pt")
+    assert "+model.init_from_language=ca" in overrides["lsp-imp-gl0-ca"]
+    assert not any("init_from_language" in item for item in overrides["lap-gl0"] | overrides["pathways-lth-gl0"])
 
     def mask_files(name):
         item = next(item for item in overrides[name] if item.startswith("model.language_mask_files="))
         return dict(entry.split(":", 1) for entry in item.split("=", 1)[1].strip("[]").split(","))
 
-    train = out / "train"
     assert mask_files("pathways-imp-gl0.01") == {language: str(train / f"lsp-imp-gl0.01-{language}" / "pruned.mask")
                                                  for language in LANGUAGES}
     assert mask_files("pathways-random") == {language: str(out / "random-masks" / f"{language}.mask")
@@ -166,8 +180,9 @@ def test_the_grid_trains_every_model_on_the_right_masks_and_measures_their_overl
     assert decodes["lsp-imp-gl0-es"][0] == inputs / "corpus" / "es"
 
     rows = {row["cell"]: row for row in csv.DictReader((out / "results.csv").open())}
-    assert len(rows) == 36 and all(row["cer"] == "10.0" for row in rows.values())
-    assert rows["dense-on-es"]["group_lasso"] == "" and rows["dense-on-es"]["sparsity"] == "0.0"
+    assert len(rows) == 39 and all(row["cer"] == "10.0" for row in rows.values())
+    assert rows["dense-gl0-on-es"]["group_lasso"] == "0.0" and rows["dense-gl0-on-es"]["sparsity"] == "0.0"
+    assert rows["pathways-random-on-es"]["group_lasso"] == ""
     assert rows["pathways-random-on-ca"]["sparsity"] == str(round(stats.sparsity(random["ca"]), 6))
     assert rows["lsp-lth-gl0.01-ast"]["model"] == "lsp-lth" and rows["lsp-lth-gl0.01-ast"]["group_lasso"] == "0.01"
 
@@ -187,13 +202,13 @@ def test_the_grid_trains_every_model_on_the_right_masks_and_measures_their_overl
     run_grid(inputs, fake)
     assert fake.trained == {} and fake.decoded == []
     run_grid(inputs, fake, interval=40)
-    assert "dense" not in fake.trained and "pathways-random" not in fake.trained
+    assert not {"theta0-gl0", "theta0-gl0.01", "dense-gl0", "pathways-random"} & set(fake.trained)
     assert "lsp-imp-gl0-es" in fake.trained and "pathways-lth-gl0.01" in fake.trained
 
 
 RESULTS = """cell,model,group_lasso,language,cer,sparsity
-dense-on-es,dense,,es,30.0,0.0
-dense-on-ast,dense,,ast,60.0,0.0
+dense-gl0-on-es,dense,0.0,es,30.0,0.0
+dense-gl0-on-ast,dense,0.0,ast,60.0,0.0
 lap-gl0-on-es,lap,0.0,es,35.0,0.6
 lap-gl0-on-ast,lap,0.0,ast,,0.6
 pathways-imp-gl0.01-on-es,pathways-imp,0.01,es,31.5,0.6
@@ -211,10 +226,11 @@ def test_the_report_draws_tables_1_and_2_and_the_mask_overlaps_from_hand_made_re
     (tmp_path / "results.csv").write_text(RESULTS)
     (tmp_path / "masks.csv").write_text(MASKS)
     written = yang2023.write_report(tmp_path, tmp_path / "report")
-    assert {"cer.md", "overlap.csv", "iou_imp_gl0.01.png", "iou_random.png"} <= {path.name for path in written}
+    assert {"cer.md", "overlap.csv", "overlap_summary.png", "iou_imp_gl0.01.png",
+            "iou_random.png"} <= {path.name for path in written}
     report = written[-1].read_text()
     assert "| model | group lasso | sparsity | es | ast | average |" in report
-    assert "| dense |  | 0.000 | 30.00 | 60.00 | 45.00 |" in report
+    assert "| dense | without | 0.000 | 30.00 | 60.00 | 45.00 |" in report
     assert "| lap | without | 0.600 | 35.00 | – | 35.00 (1/2) |" in report
     assert "| pathways-imp | 0.01 | 0.600 | 31.50 | 50.50 | 41.00 |" in report
     assert "| IMP, group lasso 0.01 | 0.250 | 0.700 |" in report and "| RANDOM | 0.200 | 0.800 |" in report
@@ -223,12 +239,12 @@ def test_the_report_draws_tables_1_and_2_and_the_mask_overlaps_from_hand_made_re
 
 def test_a_bad_results_row_is_named_by_file_line_and_column(tmp_path):
     (tmp_path / "results.csv").write_text(RESULTS.replace("lap-gl0-on-es,lap,0.0,", "lap-gl0-on-es,lap,,"))
-    with pytest.raises(ResultsError, match=r"results.csv:4: column group_lasso: '', but lap prunes with a group-lasso "
+    with pytest.raises(ResultsError, match=r"results.csv:4: column group_lasso: '', but lap has a group-lasso "
                                            r"setting"):
         yang2023.write_report(tmp_path, tmp_path / "report")
-    (tmp_path / "results.csv").write_text(RESULTS + "dense-on-es,dense,,es,31.0,0.0\n")
+    (tmp_path / "results.csv").write_text(RESULTS + "dense-again-on-es,dense,0.0,es,31.0,0.0\n")
     with pytest.raises(ResultsError, match=r"results.csv:8: column cell: this model and language are already on line 2"):
         yang2023.write_report(tmp_path, tmp_path / "report")
-    (tmp_path / "results.csv").write_text(RESULTS.replace("dense-on-es,dense,", "dense-on-es,sparse,"))
+    (tmp_path / "results.csv").write_text(RESULTS.replace("dense-gl0-on-es,dense,", "dense-gl0-on-es,sparse,"))
     with pytest.raises(ResultsError, match=r"results.csv:2: column model"):
         yang2023.write_report(tmp_path, tmp_path / "report")

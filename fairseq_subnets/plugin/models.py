@@ -16,7 +16,7 @@ dict, so nothing else is needed, even if the mask file has moved since.
 Downstream fine-tuning (Storey et al. 2025) starts from a fine-tuned *upstream* CTC checkpoint
 (`init_from`), which the stock model cannot do (its `w2v_path` must be a pretraining checkpoint):
 the encoder comes from the upstream model, the output layer too when the character sets match,
-and a fresh one otherwise. `freeze_encoder_epochs` trains only the output layer for the first
+and a fresh one otherwise. The upstream may be multilingual, and so may the run (plugin.upstream). `freeze_encoder_epochs` trains only the output layer for the first
 epochs; the stock `freeze_finetune_updates` counts updates instead.
 """
 import json
@@ -32,7 +32,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..core.maskfile import MaskFileError, load_mask_file
 from ..core.parametrize import (
-    MASK_STORAGES, apply_language_masks, apply_masks, bake_state_dict, mask_state_digest, prepare_for_state,
+    MASK_STORAGES, apply_language_masks, apply_masks, mask_state_digest, prepare_for_state,
 )
 from ..core.targets import TargetSelection, num_encoder_layers, parse_weight_name
 from ..core.transforms import LanguageMasks, build_from_plan, parse_plan, stacks, transform_plan
@@ -42,24 +42,22 @@ from .errors import PluginInputError
 from .iterative_pruning import (
     IterativePruningConfig, IterativePruningMixin, check_iterative_pruning_config, without_pruning_state,
 )
-from .language_heads import W2V_PREFIX, LanguageHeadsMixin, parse_language_entries
+from .language_heads import (
+    HEADS_PREFIX, STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX, LanguageHeadsMixin, parse_language_entries,
+)
 from .learned_masks import LearnedMaskConfig, LearnedMasksMixin, check_learned_mask_config
 from .tasks import SubnetsAudioFinetuningTask
 from .time_masking import install_seeded_masking
 from .tuners import TunerModelConfig, TunersMixin, check_tuner_config
+from .upstream import SINGLE, OutputLayer, UpstreamCheckpointError, continued_state, read_upstream
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_LAYER_PREFIX = "w2v_encoder.proj."
 OUTPUT_LAYER_CHOICES = ChoiceEnum(["auto", "keep", "new"])
 MASK_STORAGE_CHOICES = ChoiceEnum(list(MASK_STORAGES))
 MASK_SELECTION_KEYS = ("model.mask_targets", "model.mask_layers")
 FROZEN_FOREVER = 1 << 62
 """A `freeze_finetune_updates` value no run reaches: fairseq's own switch, held on by epoch."""
-
-
-class UpstreamCheckpointError(PluginInputError):
-    """`init_from` names a checkpoint this model cannot start from; the message names the file."""
 
 
 @dataclass
@@ -101,7 +99,13 @@ class SubnetsWav2Vec2CtcConfig(Wav2Vec2CtcConfig, LearnedMaskConfig, TunerModelC
     init_output_layer: OUTPUT_LAYER_CHOICES = field(
         default="auto",
         metadata={"help": "with init_from: keep the upstream output layer, start a new one, or auto: keep it "
-                  "exactly when the upstream character dictionary equals this task's"},
+                  "exactly when the upstream character dictionary equals this task's (per language in a "
+                  "multilingual run)"},
+    )
+    init_from_language: Optional[str] = field(
+        default=None,
+        metadata={"help": "with init_from a multilingual checkpoint and a single-language run: the language "
+                  "this run continues (its output layer, and its masks if the checkpoint has per-language ones)"},
     )
     freeze_encoder_epochs: int = field(
         default=0,
@@ -142,7 +146,7 @@ class SubnetsWav2VecCtc(LearnedMasksMixin, TunersMixin, IterativePruningMixin, L
         model = super().build_model(cfg, task)
         model.build_language_heads(cfg, task)
         if upstream is not None:
-            model.load_upstream(upstream, cfg.init_from, cfg.init_output_layer, task.target_dictionary)
+            model.load_upstream(upstream, cfg, task)
         build_from_plan(model, parse_plan(cfg.transform_plan, "model.transform_plan"), prefix=W2V_PREFIX)
         if cfg.mask_path:
             try:
@@ -230,26 +234,25 @@ class SubnetsWav2VecCtc(LearnedMasksMixin, TunersMixin, IterativePruningMixin, L
                                        f"{first_path} ({first_language}); every language must mask the same weights")
         apply_language_masks(self, masks, prefix=W2V_PREFIX)
 
-    def load_upstream(self, upstream, path, output_layer, dictionary):
-        """Copies the upstream encoder (masks baked in) and, if kept, its output layer."""
-        keep_output_layer = output_layer == "keep" or (
-            output_layer == "auto" and same_dictionary(upstream, dictionary, path)
-        )
-        source = bake_state_dict(upstream["model"])
-        state = self.state_dict()
-        wanted = [key for key in state if key.startswith(W2V_PREFIX)
-                  or (keep_output_layer and key.startswith(OUTPUT_LAYER_PREFIX))]
-        for key in wanted:
-            if key not in source:
-                raise UpstreamCheckpointError(f"{path}: has no {key}; is it a wav2vec2 CTC checkpoint?")
-            if source[key].shape != state[key].shape:
-                raise UpstreamCheckpointError(
-                    f"{path}: {key} has shape {tuple(source[key].shape)}, this model "
-                    f"{tuple(state[key].shape)} (init_output_layer=new starts a fresh output layer)"
-                )
-            state[key] = source[key]
+    def load_upstream(self, checkpoint, cfg, task):
+        """Starts from the upstream checkpoint cfg.init_from (plugin.upstream): its encoder, masks
+        baked in, and the output layers cfg.init_output_layer keeps."""
+        upstream = read_upstream(checkpoint, cfg.init_from, cfg.init_from_language, bool(self.languages))
+        state, kept = continued_state(self.state_dict(), self.output_layers(task), upstream, cfg.init_output_layer)
         torch.nn.Module.load_state_dict(self, state)
-        logger.info("started from %s: encoder and %s output layer", path, "its" if keep_output_layer else "a new")
+        if not self.languages:
+            logger.info("started from %s: encoder and %s output layer", cfg.init_from, "its" if kept else "a new")
+        else:
+            logger.info("started from %s: encoder; output layers kept: %s; new: %s", cfg.init_from,
+                        ", ".join(kept) or "none", ", ".join(set(self.languages) - set(kept)) or "none")
+
+    def output_layers(self, task):
+        """{language: OutputLayer} of this model for `task` (SINGLE for a single-language model)."""
+        if not self.languages:
+            return {SINGLE: OutputLayer(STOCK_OUTPUT_LAYER_PREFIX, tuple(task.target_dictionary.symbols))}
+        return {language: OutputLayer(f"{HEADS_PREFIX}{language}." if len(self.language_heads) else STOCK_OUTPUT_LAYER_PREFIX,
+                                      tuple(task.language_dictionaries[language].symbols))
+                for language in self.languages}
 
     def begin_epoch(self, epoch):
         """Freezes the encoder through fairseq's own switch while epoch <= freeze_encoder_epochs."""
@@ -322,13 +325,3 @@ def check_pretraining_checkpoint(cfg):
             f"model.w2v_path: {cfg.w2v_path} was pretrained with normalize={normalized}; fine-tune with "
             f"task.normalize={str(bool(normalized)).lower()} too (fairseq requires the same normalization)"
         )
-
-
-def same_dictionary(upstream, dictionary, path):
-    upstream_dictionary = (upstream.get("task_state") or {}).get("target_dictionary")
-    if upstream_dictionary is None:
-        raise UpstreamCheckpointError(
-            f"{path}: holds no target dictionary (task_state), so init_output_layer=auto cannot tell "
-            "whether the character sets match; set model.init_output_layer=keep or new"
-        )
-    return list(upstream_dictionary.symbols) == list(dictionary.symbols)

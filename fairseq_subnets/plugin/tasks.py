@@ -43,14 +43,16 @@ from .multilingual_data import (
     LANGUAGE_KEY, MonolingualBatchDataset, all_batches_in_language_order, language_block_sampler,
 )
 from .time_masking import SeededMaskingTrainStep
+from .upstream import LANGUAGE_DICTIONARIES_KEY
 
 logger = logging.getLogger(__name__)
 
 MAX_PROBLEMS_SHOWN = 20
 
 
-TRAINING_ONLY_MODEL_KEYS = ("init_from", "mask_path", "language_mask_files", "pruning_interval",
-                            "pruning_target_sparsity", "pruning_rewind_update", "group_lasso_strength")
+TRAINING_ONLY_MODEL_KEYS = ("init_from", "init_from_language", "mask_path", "language_mask_files",
+                            "pruning_interval", "pruning_target_sparsity", "pruning_rewind_update",
+                            "group_lasso_strength")
 """Model keys that only training reads: files read when training starts, whose content a model
 rebuilt from a checkpoint gets from the checkpoint's state (through its transform plan), so the
 files may have moved; and the pruning schedule, whose masks come back the same way (decoding
@@ -310,6 +312,13 @@ class SubnetsMultilingualFinetuningTask(SubnetsAudioFinetuningTask):
             for symbol, count in zip(dictionary.symbols[dictionary.nspecial:], dictionary.count[dictionary.nspecial:]):
                 union.add_symbol(symbol, n=count)
         return {language: union for language in self.languages}
+
+    def state_dict(self):
+        """fairseq's task state, saved in every checkpoint, with each language's dictionary symbols:
+        a run that starts from this checkpoint (model.init_from) keeps a language's output layer
+        exactly when its dictionary is the same (plugin.upstream)."""
+        return {**super().state_dict(), LANGUAGE_DICTIONARIES_KEY: {
+            language: list(dictionary.symbols) for language, dictionary in self.language_dictionaries.items()}}
 
     @property
     def target_dictionary(self):

@@ -1,22 +1,27 @@
 """The cells of a Yang et al. (2023) grid and the work each one does.
 
 (1) `pretrain`: the tiny wav2vec2 (storey2025's cell), unless the grid names a pretrained checkpoint.
-(2) Training, every run from the pretrained model through stock fairseq-hydra-train with a shipped
-config:
-- `dense`: multilingual fine-tuning (`multilingual_tiny`), the paper's dense baseline;
-- `lap-glG`: language-agnostic pruning, the grid's IMP schedule during multilingual fine-tuning;
+(2) `theta0-glG`: θ0, dense multilingual fine-tuning of the pretrained model (`multilingual_tiny`)
+with group-lasso strength G, one per strength of the grid. Every later run starts from it
+(`model.init_from`), as in the paper, where the pruning runs and the pathways begin at the dense
+model and LTH rewinds to it.
+(3) Training from θ0 through stock fairseq-hydra-train with a shipped config:
+- `dense-glG`: θ0 trained on multilingually for the same budget as the others, the dense baseline;
+- `lap-glG`: language-agnostic pruning, the grid's IMP schedule during multilingual training;
 - `lsp-imp-glG-LANG`, `lsp-lth-glG-LANG`: language-specific pruning, IMP (`imp_tiny`) or LTH
-  (`lth_tiny`, its learning-rate schedule fitted to one pruning level) on one language's data,
-  decoded on its test set; their `pruned.mask` is the language's mask;
+  (`lth_tiny`, rewinding to θ0, its learning-rate schedule fitted to one pruning level) on one
+  language's data from θ0's head of that language (`model.init_from_language`), decoded on its
+  test set; their `pruned.mask` is the language's mask;
 - `random-masks`: one random mask per language at the target sparsity (`prune --method random`,
   a seed per language), over the matrices the schedule prunes;
 - `pathways-random`, `pathways-imp-glG`, `pathways-lth-glG`: multilingual training with one mask per
-  language (`pathways_tiny`): the random masks, or the LSP masks of IMP or LTH.
-G is a group-lasso strength of the grid (0: without); it changes the pruning runs and the pathways
-on their masks, not the dense baseline or the random masks.
-(3) `MODEL-on-LANG`: a multilingual model decoded on each language's test set (stock
+  language (`pathways_tiny`): the random masks from θ0 without group lasso, or the LSP masks of
+  IMP or LTH from the θ0 their pruning runs started from.
+G is a group-lasso strength of the grid (0: without): it is on in θ0, the dense baseline and the
+pruning runs (which switch it off at the target sparsity), off in the pathways' training.
+(4) `MODEL-on-LANG`: a multilingual model decoded on each language's test set (stock
 fairseq-generate, the multilingual task, `--decode-language`).
-(4) `masks-imp-glG`, `masks-lth-glG`, `masks-random`: the language masks compared, as `masks iou`
+(5) `masks-imp-glG`, `masks-lth-glG`, `masks-random`: the language masks compared, as `masks iou`
 and `masks ratio` compare them (Fig. 3): IOU of every pair, the union ratio of all, and each
 mask's sparsity per layer.
 
@@ -26,7 +31,7 @@ kind, and a pruning run's model at its final mask.
 import time
 from functools import partial
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from ... import USER_DIR
 from ...engine.cells import Cell, CellContext
@@ -45,6 +50,7 @@ LAYER_COLUMNS = ("cell", "masks", "group_lasso", "language", "layer", "sparsity"
 DECODED_CHECKPOINT = "checkpoint_last.pt"
 PRUNED_MASK = "pruned.mask"
 RANDOM_MASKS_CELL = "random-masks"
+THETA0 = "theta0"
 PRUNING_KEYS = ("interval", "fraction", "target_sparsity", "criterion", "scope")
 
 
@@ -58,9 +64,12 @@ def mask_sparsity(path: Path) -> float:
     return round(sparsity(load_mask_file(str(path)).masks), 6)
 
 
-def train_work(config_name: str, overrides: List[str], context: CellContext) -> dict:
-    """Trains one run; its checkpoint and, for a pruning run, its final masks."""
+def train_work(config_name: str, overrides: List[str], start: Optional[str], context: CellContext) -> dict:
+    """Trains one run, from the checkpoint of the `start` cell (θ0) if named; its checkpoint and,
+    for a pruning run, its final masks."""
     started = time.monotonic()
+    if start is not None:
+        overrides = [*overrides, f"+model.init_from={context.results[start]['checkpoint']}"]
     hydra_train(config_name, [*overrides, f"checkpoint.save_dir={context.directory}"], context.directory / "train.log",
                 threads=context.threads, gpus=context.gpus)
     result = {"checkpoint": str(context.directory / DECODED_CHECKPOINT),
@@ -71,9 +80,10 @@ def train_work(config_name: str, overrides: List[str], context: CellContext) -> 
     return result
 
 
-def monolingual_work(config_name: str, overrides: List[str], row: dict, data_dir: Path, context: CellContext) -> dict:
-    """An LSP run: trains on one language, then decodes its test set."""
-    trained = train_work(config_name, overrides, context)
+def monolingual_work(config_name: str, overrides: List[str], start: str, row: dict, data_dir: Path,
+                     context: CellContext) -> dict:
+    """An LSP run: trains on one language from θ0, then decodes its test set."""
+    trained = train_work(config_name, overrides, start, context)
     return {**row, **trained, **decode(data_dir, trained["checkpoint"], context)}
 
 
@@ -84,11 +94,11 @@ def language_mask_paths(mask_cells: Dict[str, str], results: Dict[str, dict]) ->
             for language, cell in mask_cells.items()}
 
 
-def pathways_work(overrides: List[str], mask_cells: Dict[str, str], context: CellContext) -> dict:
-    """Multilingual training with each language's mask from the cell that made it."""
+def pathways_work(overrides: List[str], start: str, mask_cells: Dict[str, str], context: CellContext) -> dict:
+    """Multilingual training from θ0 with each language's mask from the cell that made it."""
     masks = language_mask_paths(mask_cells, context.results)
     files = ",".join(f"{language}:{path}" for language, path in masks.items())
-    trained = train_work("pathways_tiny", [*overrides, f"model.language_mask_files=[{files}]"], context)
+    trained = train_work("pathways_tiny", [*overrides, f"model.language_mask_files=[{files}]"], start, context)
     return {**trained, "masks": masks, "sparsity": {language: mask_sparsity(Path(path)) for language, path in masks.items()}}
 
 
@@ -152,21 +162,24 @@ class GridPlan(CorpusPlan):
     def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path):
         self.spec = spec
         super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.seed)
-        self._decoded(self._multilingual(DENSE, "multilingual_tiny", []), DENSE, "")
+        theta0 = {strength: self._theta0(strength) for strength in spec.group_lasso}
+        without = theta0[0.0] if 0.0 in theta0 else self._theta0(0.0)
         random_masks = self._random_masks()
-        self._decoded(self._pathways(PATHWAYS_RANDOM, dict.fromkeys(spec.languages, random_masks), ""),
+        self._decoded(self._pathways(PATHWAYS_RANDOM, without, dict.fromkeys(spec.languages, random_masks)),
                       PATHWAYS_RANDOM, "")
         self._masks("random", "", dict.fromkeys(spec.languages, random_masks))
-        for strength in spec.group_lasso:
+        for strength, start in theta0.items():
             label = lasso_label(strength)
-            lap = self._multilingual(f"{LAP}-{label}", "multilingual_tiny",
-                                     self._pruning_options(strength, appended=True))
+            lasso = [f"+model.group_lasso_strength={strength}"]
+            self._decoded(self._multilingual(f"{DENSE}-{label}", start, lasso), DENSE, strength)
+            lap = self._multilingual(f"{LAP}-{label}", start, self._pruning_options(strength, appended=True))
             self._decoded(lap, LAP, strength)
             for model, config in ((LSP_IMP, "imp_tiny"), (LSP_LTH, "lth_tiny")):
-                masks = {language: self._monolingual(model, config, strength, language) for language in spec.languages}
+                masks = {language: self._monolingual(model, config, start, strength, language)
+                         for language in spec.languages}
                 kind = model.split("-")[1]
                 pathways = PATHWAYS_IMP if kind == "imp" else PATHWAYS_LTH
-                self._decoded(self._pathways(f"{pathways}-{label}", masks, strength), pathways, strength)
+                self._decoded(self._pathways(f"{pathways}-{label}", start, masks), pathways, strength)
                 self._masks(kind, strength, masks)
 
     def row(self, name: str, model: str, group_lasso, language: str, updates: int, lr: float) -> dict:
@@ -179,11 +192,10 @@ class GridPlan(CorpusPlan):
         return [f"common.user_dir={USER_DIR}", f"model.w2v_path={self.pretrained_path}",
                 f"optimization.max_update={updates}", f"optimization.lr=[{lr}]", f"common.seed={self.spec.seed}"]
 
-    def _multilingual_options(self) -> List[str]:
-        multilingual = self.spec.multilingual
-        return [f"task.data={self.corpus}", f"task.languages=[{','.join(self.spec.languages)}]",
-                f"task.language_sampling_alpha={multilingual.alpha}",
-                *self._common(multilingual.updates, multilingual.lr)]
+    def _multilingual_options(self, updates: int, lr: float) -> List[str]:
+        spec = self.spec
+        return [f"task.data={self.corpus}", f"task.languages=[{','.join(spec.languages)}]",
+                f"task.language_sampling_alpha={spec.multilingual.alpha}", *self._common(updates, lr)]
 
     def _pruning_options(self, strength: float, appended: bool) -> List[str]:
         """model.pruning_* and group lasso over a config that sets them (imp_tiny, lth_tiny) or not
@@ -196,18 +208,33 @@ class GridPlan(CorpusPlan):
     def _inputs(self, languages) -> List[Path]:
         return [*self.pretrained_inputs, *(path for language in languages for path in self.manifests(language))]
 
-    def _multilingual(self, name: str, config_name: str, options: List[str]) -> str:
-        spec = self.spec
-        overrides = [*self._multilingual_options(), *options, *spec.multilingual.overrides]
-        config = {"config": config_name, "languages": spec.languages, "multilingual": vars(spec.multilingual),
-                  "options": options, "seed": spec.seed}
-        return self.add(Cell(name, self.out_dir / "train" / name, partial(train_work, config_name, overrides), config,
+    def _theta0(self, strength: float) -> str:
+        """θ0: dense multilingual training from the pretrained model, with group lasso `strength`."""
+        spec, theta0 = self.spec, self.spec.theta0
+        overrides = [*self._multilingual_options(theta0.updates, theta0.lr),
+                     f"+model.group_lasso_strength={strength}", *theta0.overrides]
+        config = {"config": "multilingual_tiny", "languages": spec.languages, "theta0": vars(theta0),
+                  "alpha": spec.multilingual.alpha, "group_lasso": strength, "seed": spec.seed}
+        name = f"{THETA0}-{lasso_label(strength)}"
+        return self.add(Cell(name, self.out_dir / "train" / name,
+                             partial(train_work, "multilingual_tiny", overrides, None), config,
                              self._inputs(spec.languages), self.pretrained_after))
 
-    def _monolingual(self, model: str, config_name: str, strength: float, language: str) -> str:
+    def _multilingual(self, name: str, start: str, options: List[str]) -> str:
+        """Multilingual training from θ0 (`start`) with `options`: the dense baseline, LAP."""
+        spec, multilingual = self.spec, self.spec.multilingual
+        overrides = [*self._multilingual_options(multilingual.updates, multilingual.lr), *options,
+                     *multilingual.overrides]
+        config = {"config": "multilingual_tiny", "languages": spec.languages, "multilingual": vars(multilingual),
+                  "options": options, "seed": spec.seed}
+        return self.add(Cell(name, self.out_dir / "train" / name,
+                             partial(train_work, "multilingual_tiny", overrides, start), config,
+                             self._inputs(spec.languages), [start]))
+
+    def _monolingual(self, model: str, config_name: str, start: str, strength: float, language: str) -> str:
         spec, pruning = self.spec, self.spec.pruning
         name = f"{model}-{lasso_label(strength)}-{language}"
-        options = self._pruning_options(strength, appended=False)
+        options = [*self._pruning_options(strength, appended=False), f"+model.init_from_language={language}"]
         if model == LSP_LTH:
             options += lr_schedule_of_one_level(pruning.interval)
         overrides = [f"task.data={self.corpus / language}", *self._common(pruning.updates, pruning.lr), *options,
@@ -215,9 +242,9 @@ class GridPlan(CorpusPlan):
         row = self.row(name, model, strength, language, pruning.updates, pruning.lr)
         config = {"config": config_name, "language": language, "pruning": vars(pruning), "group_lasso": strength,
                   "seed": spec.seed}
-        work = partial(monolingual_work, config_name, overrides, row, self.corpus / language)
-        return self.add(Cell(name, self.out_dir / "train" / name, work, config, self._inputs([language]),
-                             self.pretrained_after, row=row))
+        work = partial(monolingual_work, config_name, overrides, start, row, self.corpus / language)
+        return self.add(Cell(name, self.out_dir / "train" / name, work, config, self._inputs([language]), [start],
+                             row=row))
 
     def _random_masks(self) -> str:
         spec = self.spec
@@ -226,14 +253,13 @@ class GridPlan(CorpusPlan):
         return self.add(Cell(RANDOM_MASKS_CELL, self.out_dir / RANDOM_MASKS_CELL, work, config, self.pretrained_inputs,
                              self.pretrained_after))
 
-    def _pathways(self, name: str, mask_cells: Dict[str, str], strength) -> str:
-        spec = self.spec
-        overrides = [*self._multilingual_options(), *spec.multilingual.overrides]
-        config = {"languages": spec.languages, "multilingual": vars(spec.multilingual), "masks": mask_cells,
+    def _pathways(self, name: str, start: str, mask_cells: Dict[str, str]) -> str:
+        spec, multilingual = self.spec, self.spec.multilingual
+        overrides = [*self._multilingual_options(multilingual.updates, multilingual.lr), *multilingual.overrides]
+        config = {"languages": spec.languages, "multilingual": vars(multilingual), "masks": mask_cells,
                   "seed": spec.seed}
-        return self.add(Cell(name, self.out_dir / "train" / name, partial(pathways_work, overrides, mask_cells),
-                             config, self._inputs(spec.languages),
-                             [*self.pretrained_after, *dict.fromkeys(mask_cells.values())]))
+        return self.add(Cell(name, self.out_dir / "train" / name, partial(pathways_work, overrides, start, mask_cells),
+                             config, self._inputs(spec.languages), [start, *dict.fromkeys(mask_cells.values())]))
 
     def _decoded(self, trained: str, model: str, strength) -> None:
         multilingual = self.spec.multilingual

@@ -1,7 +1,8 @@
 """Yang et al. (2023) grid files: reading, complete validation, and the runs they expand to.
 
 A grid file names the languages (the paper's comparison needs two or more; the miniature uses
-three, one much smaller), one pruning schedule for every pruning run (IMP and LTH, monolingual and
+three, one much smaller), the dense multilingual training of θ0 that every run starts from, one
+pruning schedule for every pruning run (IMP and LTH, monolingual and
 language-agnostic), the multilingual training of the dense baseline, LAP and the pathways, and the
 group-lasso strengths compared (Table 2: 0 is "without"). Like the other grids it is checked
 completely before anything runs, with storey2025's reader and checks: every key's type and range,
@@ -20,7 +21,17 @@ from ..storey2025.spec import (
 )
 
 METHOD = "yang2023"
-SECTIONS = ("pruning", "multilingual")
+SECTIONS = ("theta0", "pruning", "multilingual")
+
+
+@dataclass
+class Theta0Spec:
+    """The dense multilingual training that makes θ0, the model every other run starts from (the
+    paper's design: LSP, LAP and the pathways begin at the dense model, and LTH rewinds to it); one
+    θ0 per group-lasso strength, the paper's dense model with and without group lasso."""
+    updates: int = field(default=1000, metadata=at_least(1))
+    lr: float = field(default=0.001, metadata=POSITIVE)
+    overrides: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -39,14 +50,15 @@ class PruningSpec:
 
 @dataclass
 class MultilingualSpec:
-    """Multilingual training in monolingual batches: the dense baseline, LAP and the pathways."""
+    """Multilingual training in monolingual batches from θ0: the dense baseline (θ0 trained on for
+    the same budget), LAP and the pathways."""
     updates: int = field(default=400, metadata=at_least(1))
     lr: float = field(default=0.001, metadata=POSITIVE)
     alpha: float = 0.5
     overrides: List[str] = field(default_factory=list)
 
 
-SECTION_CLASSES = {"pruning": PruningSpec, "multilingual": MultilingualSpec}
+SECTION_CLASSES = {"theta0": Theta0Spec, "pruning": PruningSpec, "multilingual": MultilingualSpec}
 
 
 @dataclass
@@ -55,7 +67,9 @@ class GridSpec(PretrainedModelGrid):
     name: str = METHOD
     languages: List[str] = field(default_factory=list, metadata={**NON_EMPTY, **DISTINCT})
     group_lasso: List[float] = field(default_factory=lambda: [0.0, 0.01], metadata={**NON_EMPTY, **DISTINCT})
-    """Group-lasso strengths (model.group_lasso_strength) of the pruning runs; 0: without."""
+    """Group-lasso strengths (model.group_lasso_strength) of θ0, the dense baseline and the pruning
+    runs; 0: without."""
+    theta0: Theta0Spec = field(default_factory=Theta0Spec)
     pruning: PruningSpec = field(default_factory=PruningSpec)
     multilingual: MultilingualSpec = field(default_factory=MultilingualSpec)
 
@@ -116,8 +130,9 @@ DENSE, LAP, LSP_IMP, LSP_LTH = "dense", "lap", "lsp-imp", "lsp-lth"
 PATHWAYS_RANDOM, PATHWAYS_IMP, PATHWAYS_LTH = "pathways-random", "pathways-imp", "pathways-lth"
 MODELS = (DENSE, LAP, LSP_IMP, LSP_LTH, PATHWAYS_RANDOM, PATHWAYS_IMP, PATHWAYS_LTH)
 """The rows of the paper's Table 1, in its order."""
-WITH_GROUP_LASSO = (LAP, LSP_IMP, LSP_LTH, PATHWAYS_IMP, PATHWAYS_LTH)
-"""The models whose pruning runs group lasso changes (Table 2); dense and random masks prune nothing."""
+WITH_GROUP_LASSO = (DENSE, LAP, LSP_IMP, LSP_LTH, PATHWAYS_IMP, PATHWAYS_LTH)
+"""The models group lasso changes (Table 2): trained with it from a θ0 trained with it, or on the masks
+of pruning runs that were; the random masks depend on no training."""
 
 
 def lasso_label(strength: float) -> str:

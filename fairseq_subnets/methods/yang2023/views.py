@@ -25,7 +25,7 @@ LAYER_COLUMNS = ("masks", "group_lasso", "language", "layer", "sparsity")
 LEGEND = ("`–` (an empty CSV field): no result (not finished, failed, or not run), never zero; `(k/n)`: a mean "
           "over k of n languages. One seed per run.")
 NOT_APPLICABLE = ""
-"""The group_lasso field of the models that prune nothing (dense, random masks)."""
+"""The group_lasso field of the pathways on random masks, which no group lasso made."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ def read_results(path) -> List[Result]:
         group_lasso = number_field(fields, "group_lasso", where)
         if (group_lasso is None) == (model in WITH_GROUP_LASSO):
             raise ResultsError(f"{where}: column group_lasso: {fields['group_lasso']!r}, but {model} "
-                               f"{'prunes with' if model in WITH_GROUP_LASSO else 'has no'} a group-lasso setting")
+                               f"{'has' if model in WITH_GROUP_LASSO else 'has no'} a group-lasso setting")
         if group_lasso is not None and group_lasso < 0:
             raise ResultsError(f"{where}: column group_lasso: {group_lasso:g} is negative")
         cer = number_field(fields, "cer", where)
@@ -97,8 +97,8 @@ def comparison_view(results: List[Result]) -> View:
                     + [Measure(cer) for cer in cers] + [mean_measure(cers)])
     view.items.append(Table(
         "cer", "CER (%) per language and averaged",
-        "`group lasso`: the strength in the pruning runs whose masks the model uses (`without`: 0); empty for the "
-        "models that prune nothing. `sparsity`: of the model's masks over the prunable matrices, averaged over "
+        "`group lasso`: the strength in θ0 and in the training or pruning runs that made the model or its masks "
+        "(`without`: 0); empty for the random masks (trained from θ0 without). `sparsity`: of the model's masks over the prunable matrices, averaged over "
         "languages. LSP models are monolingual (each row of a language is its own model); the others are one "
         "multilingual model.",
         [Column("model"), Column("group lasso"), Column("sparsity", 3)] + [Column(language, 2) for language in languages]
@@ -157,11 +157,15 @@ def overlap_view(masks: Optional[List[dict]], path: Optional[Path]) -> View:
         name = f"iou_{kind}" + ("" if strength is None else f"_gl{strength:g}")
         view.items.append(Heatmap(name, f"IOU of the language masks, {set_label(kind, strength)}", languages, matrix,
                                   "IOU", "language", decimals=3))
-    view.items.insert(0, Table(
-        "overlap", "Mean pairwise IOU and union ratio of the language masks",
-        "IOU = |a & b| / |a | b| over the prunable weights, averaged over the pairs of languages; union ratio = "
-        "|m1 | ... | mn| / weights (Yang Eq. 3). Higher IOU, lower union ratio: the languages share more weights.",
-        [Column("masks"), Column("mean IOU", 3), Column("union ratio", 3)], summary))
+    view.items[:0] = [
+        Table("overlap", "Mean pairwise IOU and union ratio of the language masks",
+              "IOU = |a & b| / |a | b| over the prunable weights, averaged over the pairs of languages; union ratio = "
+              "|m1 | ... | mn| / weights (Yang Eq. 3). Higher IOU, lower union ratio: the languages share more "
+              "weights.", [Column("masks"), Column("mean IOU", 3), Column("union ratio", 3)], summary),
+        Heatmap("overlap_summary", "Overlap of the language masks",
+                [row[0] for row in summary], [[row[1].value, row[2].value] for row in summary], "fraction",
+                "", column_labels=["mean IOU", "union ratio"], row_axis_label="masks", decimals=3),
+    ]
     return view
 
 
