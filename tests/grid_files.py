@@ -58,12 +58,12 @@ def assert_refused_with_line_replaced(grid: Path, lines: str, message: str, caps
     assert re.match(rf"fairseq-subnets grid: error: {re.escape(str(grid))}:\d+: {re.escape(message)}", error), error
 
 
-def example_grid_on(folder: Path, method: str) -> Path:
-    """The shipped examples/METHOD/grid.yaml, rewritten to read folder/corpus and folder/pretrained.pt
+def example_grid_on(folder: Path, method: str, name: str = "grid.yaml") -> Path:
+    """The shipped examples/METHOD/NAME, rewritten to read folder/corpus and folder/pretrained.pt
     (the miniatures read an earlier miniature's run folder)."""
     import re
 
-    text = (Path(__file__).resolve().parents[1] / "examples" / method / "grid.yaml").read_text()
+    text = (Path(__file__).resolve().parents[1] / "examples" / method / name).read_text()
     text = re.sub(r"(?m)^data: .*$", f"data: {folder / 'corpus'}", text)
     example = folder / "example.yaml"
     example.write_text(re.sub(r"(?m)^pretrained: .*$", f"pretrained: {folder / 'pretrained.pt'}", text))

@@ -83,13 +83,16 @@ def test_the_shipped_example_grid_is_valid_and_dry_runs(inputs, capsys):
     """The example reads the S3-Router miniature's run folder; write_inputs' files stand in for it."""
     example = example_grid_on(inputs, "yang2023")
     spec = load_grid(example)
-    assert spec.languages == list(LANGUAGES) and spec.group_lasso == [0.0, 0.01]
+    assert spec.languages == list(LANGUAGES) and spec.group_lasso == [0.0, 0.001, 0.01]
     assert cli(["grid", str(example), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert {"theta0-gl0", "dense-gl0.01", "lsp-lth-gl0.01-ast", "pathways-imp-gl0-on-ca", "masks-random",
             "random-masks"} <= set(out)
-    assert out[-1] == ("56 cells: rows 3 pathways-random, 6 dense, 6 lap, 6 lsp-imp, 6 pathways-imp, 6 lsp-lth, "
-                       "6 pathways-lth; 17 other")
+    assert out[-1] == ("81 cells: rows 3 pathways-random, 9 dense, 9 lap, 9 lsp-imp, 9 pathways-imp, 9 lsp-lth, "
+                       "9 pathways-lth; 24 other")
+    seed2 = load_grid(example_grid_on(inputs, "yang2023", "grid_seed2.yaml"))
+    assert (seed2.seed, seed2.group_lasso) == (2, [0.0])
+    assert (seed2.theta0, seed2.pruning, seed2.multilingual) == (spec.theta0, spec.pruning, spec.multilingual)
 
 
 class FakeRun:
