@@ -28,8 +28,9 @@ def pathways_checkpoint():
     fc1 = model.get_submodule(FC1)
     add_transform(fc1, "pathways", LanguageMasks({language: torch.rand(fc1.weight.shape, generator=generator) < 0.5
                                                   for language in ("es", "ca")}))
+    dictionaries = {language: list(symbols) for language, symbols in SYMBOLS.items()}
     return {"cfg": {"model": OmegaConf.to_container(model.cfg)}, "model": model.state_dict(),
-            "task_state": {LANGUAGE_DICTIONARIES_KEY: {language: list(symbols) for language, symbols in SYMBOLS.items()}}}
+            "task_state": {LANGUAGE_DICTIONARIES_KEY: dictionaries}}
 
 
 def test_a_single_language_run_continues_one_language_with_its_head_and_masks(pathways_checkpoint):
@@ -56,7 +57,8 @@ def test_a_multilingual_run_takes_each_languages_head_from_the_same_language(pat
 REFUSED = {  # (language, multilingual run): what the error says
     (None, False): "model.init_from: up.pt is a multilingual model \\(es, ca\\); name the language this "
                    "single-language run continues with \\+model.init_from_language",
-    ("pl", False): "model.init_from_language: up.pt: language 'pl' is not one of the checkpoint's languages \\(es, ca\\)",
+    ("pl", False): "model.init_from_language: up.pt: language 'pl' is not one of the checkpoint's languages "
+                   "\\(es, ca\\)",
     ("ca", True): "model.init_from_language=ca: this run is multilingual and takes every language",
     (None, True): "model.init_from: up.pt: .*per-language masks.*a multilingual run cannot start from them",
 }

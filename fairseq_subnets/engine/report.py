@@ -317,7 +317,8 @@ def write_table(out_dir: Path, table: Table, legend: str) -> List[Path]:
 
 def write_plot(out_dir: Path, plot: Union[LinePlot, Heatmap, ScatterPlot]) -> Path:
     if isinstance(plot, Heatmap):  # room for every cell and for the longest row label
-        size = (1.3 * len(plot.columns) + 2.2 + 0.08 * max(map(len, plot.labels), default=0), 1.1 * len(plot.labels) + 1.5)
+        label_width = 0.08 * max(map(len, plot.labels), default=0)
+        size = (1.3 * len(plot.columns) + 2.2 + label_width, 1.1 * len(plot.labels) + 1.5)
     else:
         size = (7, 4.5)
     figure = Figure(figsize=size, layout="constrained")

@@ -16,8 +16,9 @@ dict, so nothing else is needed, even if the mask file has moved since.
 Downstream fine-tuning (Storey et al. 2025) starts from a fine-tuned *upstream* CTC checkpoint
 (`init_from`), which the stock model cannot do (its `w2v_path` must be a pretraining checkpoint):
 the encoder comes from the upstream model, the output layer too when the character sets match,
-and a fresh one otherwise. The upstream may be multilingual, and so may the run (plugin.upstream). `freeze_encoder_epochs` trains only the output layer for the first
-epochs; the stock `freeze_finetune_updates` counts updates instead.
+and a fresh one otherwise. The upstream may be multilingual, and so may the run (plugin.upstream).
+`freeze_encoder_epochs` trains only the output layer for the first epochs; the stock
+`freeze_finetune_updates` counts updates instead.
 """
 import json
 import logging
@@ -243,14 +244,16 @@ class SubnetsWav2VecCtc(LearnedMasksMixin, TunersMixin, IterativePruningMixin, L
         if not self.languages:
             logger.info("started from %s: encoder and %s output layer", cfg.init_from, "its" if kept else "a new")
         else:
+            new = [language for language in self.languages if language not in kept]
             logger.info("started from %s: encoder; output layers kept: %s; new: %s", cfg.init_from,
-                        ", ".join(kept) or "none", ", ".join(set(self.languages) - set(kept)) or "none")
+                        ", ".join(kept) or "none", ", ".join(new) or "none")
 
     def output_layers(self, task):
         """{language: OutputLayer} of this model for `task` (SINGLE for a single-language model)."""
         if not self.languages:
             return {SINGLE: OutputLayer(STOCK_OUTPUT_LAYER_PREFIX, tuple(task.target_dictionary.symbols))}
-        return {language: OutputLayer(f"{HEADS_PREFIX}{language}." if len(self.language_heads) else STOCK_OUTPUT_LAYER_PREFIX,
+        per_language = len(self.language_heads) > 0
+        return {language: OutputLayer(f"{HEADS_PREFIX}{language}." if per_language else STOCK_OUTPUT_LAYER_PREFIX,
                                       tuple(task.language_dictionaries[language].symbols))
                 for language in self.languages}
 

@@ -86,8 +86,8 @@ def read_upstream(checkpoint, path: str, language: Optional[str], multilingual_r
     dictionaries = task_state.get(LANGUAGE_DICTIONARIES_KEY) or {}
     if multilingual_run:
         if language is not None:
-            raise UpstreamCheckpointError(f"model.init_from_language={language}: this run is multilingual and "
-                                          "takes every language of the checkpoint; the key is for a single-language run")
+            raise UpstreamCheckpointError(f"model.init_from_language={language}: this run is multilingual and takes "
+                                          "every language of the checkpoint; the key is for a single-language run")
         per_language = model_cfg.get("language_output_layers") == "per_language"
         layers = {name: OutputLayer(f"{HEADS_PREFIX}{name}." if per_language else STOCK_OUTPUT_LAYER_PREFIX,
                                     recorded_symbols(dictionaries.get(name))) for name in languages}
