@@ -1,4 +1,4 @@
-"""Iterative pruning on a tiny `subnets_wav2vec_ctc` model in-process (plugin.iterative_pruning):
+"""Iterative pruning on a tiny `subnets_wav2vec_ctc` model in-process (the iterative_pruning technique):
 bad settings are refused naming the model config key before anything is built, the events of an
 LTH schedule driven through the task's hook, the group-lasso term the criterion sees, a checkpoint
 sparser than the target refused when it is loaded, and a decoded checkpoint needing no schedule."""
@@ -46,10 +46,10 @@ SCHEDULE = dict(pruning_interval=2, pruning_fraction=0.5, pruning_target_sparsit
     (dict(group_lasso_strength=-1.0), "model.group_lasso_strength=-1.0: must be >= 0"),
     (dict(group_lasso_strength=0.1, group_lasso_lambda="adaptive"), "model.group_lasso_lambda=adaptive: choose one "
      "of reference, current, constant"),
-    ({**SCHEDULE, "mask_path": "a.mask"}, "model.mask_path with pruning during training: a fixed mask and the pruning "
+    ({**SCHEDULE, "mask_path": "a.mask"}, "model.pruning_interval with model.mask_path: a fixed mask and the pruning "
      "schedule's masks on one model are not supported"),
-    ({**SCHEDULE, "tuner": "lora"}, "model.tuner with pruning during training"),
-    (dict(group_lasso_strength=0.1, score_sparsity=0.1), "model.score_sparsity with group lasso"),
+    ({**SCHEDULE, "tuner": "lora"}, "model.pruning_interval with model.tuner: a tuner and"),
+    (dict(group_lasso_strength=0.1, score_sparsity=0.1), "model.group_lasso_strength with model.score_sparsity: learned masks"),
     ({**SCHEDULE, "pruning_layers": "0-5"}, "model.pruning_layers: layer 2 is selected but the model has 2"),
     ({**SCHEDULE, "pruning_block": "48x1"}, r"model.pruning_block=48x1 does not tile encoder.layers.0.self_attn.q_proj"
      r".weight of shape \(64, 64\)"),
@@ -66,6 +66,14 @@ class FairseqOptimizerStandIn:
 
     def __init__(self, model):
         self.optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=0.01)
+
+
+def pruning(model):
+    """The iterative_pruning technique on `model` (None when it is off)."""
+    from fairseq_subnets.techniques.extension import technique_of
+    from fairseq_subnets.techniques.iterative_pruning import IterativePruning
+
+    return technique_of(model, IterativePruning)
 
 
 def one_step(model, optimizer, updates_done):
@@ -94,7 +102,7 @@ def test_an_lth_schedule_prunes_rewinds_and_empties_adam_at_each_event_and_switc
     assert float(regularisation_terms(model)["group_lasso"].detach()) == pytest.approx(0.1 * blocks, rel=1e-5)
     for update in range(6):
         one_step(model, optimizer, update)
-        sparsity = model.current_sparsity()
+        sparsity = pruning(model).current_sparsity(model)
         if update + 1 in (2, 4):  # the events: 0.5, then 0.75 clipped to 0.7
             assert optimizer.optimizer.state == {}, update
             assert all(torch.equal(p, theta_0[n]) for n, p in model.named_parameters() if p.requires_grad)
@@ -139,7 +147,7 @@ def test_the_lambda_rules_give_the_documented_terms_after_the_weights_moved():
         one_step(model, FairseqOptimizerStandIn(model), 0)
         terms[rule] = float(regularisation_terms(model)["group_lasso"].detach())
         norm_sum = sum(float(group_norms(module.weight.detach(), (8, 1)).sum())
-                       for module in model.pruned_matrices().values())
+                       for module in pruning(model).pruned_matrices(model).values())
     assert terms["current"] == pytest.approx(0.1 * blocks, rel=1e-5)
     assert terms["reference"] != pytest.approx(0.1 * blocks, rel=1e-4)
     assert terms["constant"] == pytest.approx(0.1 * norm_sum, rel=1e-5)
@@ -162,7 +170,7 @@ def test_a_model_rebuilt_for_decoding_has_the_masks_but_no_schedule_and_drops_it
     """What fairseq-generate gets: the task nulls the schedule keys, the transform plan brings the
     masks back, and the rewind point in the checkpoint is not loaded."""
     from fairseq_subnets.plugin.models import SubnetsWav2VecCtc
-    from fairseq_subnets.plugin.tasks import TRAINING_ONLY_MODEL_KEYS
+    from fairseq_subnets.plugin.models import TRAINING_ONLY_MODEL_KEYS
 
     trained = build(**SCHEDULE, pruning_rewind_update=0)
     optimizer = FairseqOptimizerStandIn(trained)
@@ -176,7 +184,7 @@ def test_a_model_rebuilt_for_decoding_has_the_masks_but_no_schedule_and_drops_it
             cfg[key] = None
     decoder = SubnetsWav2VecCtc.build_model(cfg, types.SimpleNamespace(target_dictionary=range(32)))
     decoder.load_state_dict(state)
-    assert not decoder.has_iterative_pruning()
+    assert pruning(decoder) is None and not hasattr(decoder, "iterative_pruning")
     assert decoder.mask_digest() == trained.mask_digest() != ""
 
 
@@ -198,7 +206,7 @@ def test_the_shipped_imp_and_lth_configs_are_the_base_config_with_the_schedule(s
     """Composed as fairseq-hydra-train composes them. LTH restarts its learning-rate schedule once per
     pruning level, so its warm-up, hold and decay fill exactly one interval; at XLS-R size it steps
     the fp16 weights themselves (no fp32 copies a rewind would miss)."""
-    from fairseq_subnets.plugin.iterative_pruning import pruning_schedule_of
+    from fairseq_subnets.techniques.iterative_pruning import pruning_schedule_of
 
     imp, lth = compose(f"imp_{scale}"), compose(f"lth_{scale}")
     for cfg in (imp, lth):

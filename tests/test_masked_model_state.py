@@ -39,6 +39,7 @@ def test_a_mask_file_for_a_deeper_model_fits_only_with_the_layers_it_shares(tmp_
     applied once model.mask_layers selects the layers the model has."""
     from factory import TINY, random_encoder_masks
     from fairseq_subnets.core.maskfile import MaskFileError, save_mask_file
+    from fairseq_subnets.techniques.fixed_masks import apply_mask_file
 
     path = tmp_path / "deep.mask"
     masks = random_encoder_masks(0.5, **{**TINY, "layers": 3})
@@ -46,8 +47,8 @@ def test_a_mask_file_for_a_deeper_model_fits_only_with_the_layers_it_shares(tmp_
     model = ctc_model()
     with pytest.raises(MaskFileError, match=r"deep.mask: mask for encoder.layers.2.self_attn.q_proj.weight, which "
                        "the model does not have"):
-        model.apply_mask_file(str(path))
-    model.apply_mask_file(str(path), layers="0-1")
+        apply_mask_file(model, str(path))
+    apply_mask_file(model, str(path), layers="0-1")
     applied = masks_from_module(model, prefix=W2V_PREFIX)
     assert sorted(applied) == sorted(name for name in masks if not name.startswith("encoder.layers.2."))
     assert all(torch.equal(applied[name], masks[name]) for name in applied)

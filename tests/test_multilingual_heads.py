@@ -27,6 +27,14 @@ def build(task, cfg=None, seed=0):
     return SubnetsWav2VecCtc.build_model(cfg or OmegaConf.structured(ctc_model_config(CtcModelSize(**TINY))), task)
 
 
+def heads_of(model):
+    """The language_heads technique on `model` (None when it is off)."""
+    from fairseq_subnets.techniques.extension import technique_of
+    from fairseq_subnets.techniques.language_heads import LanguageHeads
+
+    return technique_of(model, LanguageHeads)
+
+
 def audio(seed=1, batch=2, samples=4000):
     generator = torch.Generator().manual_seed(seed)
     return {"source": torch.randn(batch, samples, generator=generator),
@@ -54,11 +62,11 @@ def test_the_batch_language_picks_the_head(model):
         ca = model(**audio(), language="ca")["encoder_out"]
         again = model(**audio())["encoder_out"]  # no language: the last selected one
     assert es.shape[-1] == 10 and ca.shape[-1] == 12
-    assert model.active_language == "ca" and torch.equal(again, ca)
+    assert heads_of(model).active_language == "ca" and torch.equal(again, ca)
 
 
 def test_unknown_language_and_missing_selection_are_refused(model):
-    from fairseq_subnets.plugin.language_heads import UnknownLanguageError
+    from fairseq_subnets.techniques.language_heads import UnknownLanguageError
 
     with pytest.raises(UnknownLanguageError, match="'en' is not one of this model's languages \\(es, ca\\)"):
         model(**audio(), language="en")
@@ -94,20 +102,21 @@ def test_rebuilt_from_its_recorded_config_alone_it_gives_the_same_outputs(model)
 
 def test_a_model_for_a_task_without_languages_is_the_single_language_model():
     single = build(types.SimpleNamespace(target_dictionary=range(7)))
-    assert single.cfg.languages is None and not len(single.language_heads)
+    assert single.cfg.languages is None and heads_of(single) is None and not single.languages
     assert single.state_dict()["w2v_encoder.proj.weight"].shape == (7, TINY["width"])
 
 
 def test_shared_mode_keeps_the_stock_output_layer_over_the_union():
     shared = build(multilingual_task((["es", "ca"], "shared", [15])))
     assert shared.state_dict()["w2v_encoder.proj.weight"].shape == (15, TINY["width"])
-    assert not len(shared.language_heads) and list(shared.cfg.languages) == ["es", "ca"]
+    assert not hasattr(shared, "language_heads") and list(shared.cfg.languages) == ["es", "ca"]
+    assert shared.languages == ["es", "ca"]
 
 
 def test_one_language_converts_to_a_stock_wav2vec_ctc_with_identical_outputs(model):
     from omegaconf import OmegaConf
 
-    from fairseq_subnets.plugin.language_heads import MULTILINGUAL_MODEL_KEYS, single_language_state
+    from fairseq_subnets.techniques.language_heads import MULTILINGUAL_MODEL_KEYS, single_language_state
     from fairseq_subnets.plugin.untrained import CtcModelSize, build_untrained_ctc_model
 
     state, cfg = single_language_state(model.state_dict(), OmegaConf.to_container(model.cfg), "ca")
@@ -121,7 +130,7 @@ def test_one_language_converts_to_a_stock_wav2vec_ctc_with_identical_outputs(mod
 
 
 def test_conversion_refuses_a_language_the_checkpoint_does_not_have(model):
-    from fairseq_subnets.plugin.language_heads import UnknownLanguageError, single_language_state
+    from fairseq_subnets.techniques.language_heads import UnknownLanguageError, single_language_state
 
     with pytest.raises(UnknownLanguageError, match="'ast' is not one of the checkpoint's languages \\(es, ca\\)"):
         single_language_state(model.state_dict(), model.cfg, "ast")

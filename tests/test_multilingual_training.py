@@ -128,7 +128,7 @@ def model_built_as(run_checkpoint, data, **model_keys):
 
     import fairseq_subnets.plugin  # noqa: F401
     from fairseq_subnets.plugin.checkpoints import load_checkpoint
-    from fairseq_subnets.plugin.language_heads import MULTILINGUAL_MODEL_KEYS
+    from fairseq_subnets.techniques.language_heads import MULTILINGUAL_MODEL_KEYS
 
     cfg = OmegaConf.create(load_checkpoint(run_checkpoint)["cfg"])
     with open_dict(cfg):

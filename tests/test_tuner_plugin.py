@@ -47,7 +47,7 @@ def compose(name):
 @pytest.mark.parametrize("method", list(TUNERS))
 def test_each_shipped_tuner_config_is_its_base_config_with_the_methods_settings(method, scale, lr, max_update,
                                                                                  max_tokens):
-    from fairseq_subnets.plugin.tuners import tuner_config_of
+    from fairseq_subnets.techniques.tuners import tuner_config_of
 
     cfg = compose(f"{method}_{scale}")
     assert cfg.model._name == "subnets_wav2vec_ctc" and cfg.model.tuner == method
@@ -109,7 +109,7 @@ BAD_SETTINGS = [
     ({"tuner": "adalora"}, "model.tuner=adalora needs model.tuner_total_updates"),
     ({"tuner": "s2lora", "tuner_layers": "0-5"}, "model.tuner_layers: layer 2 is selected but the model has 2"),
     ({"tuner": "ia3", "tuner_targets": "fc3"}, "model.tuner_targets"),
-    ({"tuner": "lora", "score_sparsity": 0.1}, "model.tuner=lora with model.score_sparsity: a tuner and learned"),
+    ({"tuner": "lora", "score_sparsity": 0.1}, "model.tuner with model.score_sparsity: a tuner and learned"),
     ({"tuner": "bitfit", "freeze_encoder_epochs": 1},
      "model.freeze_encoder_epochs=1 with model.tuner=bitfit: a frozen epoch runs the encoder without gradients, "
      "so the tuner would not learn"),

@@ -5,7 +5,7 @@ Everything runs in one process on one batch of random audio, with the real plugi
 
 * training step (forward, CTC loss, backward, a step of fairseq's Adam): reference = the model
   without masks; measured = the same weights with a fixed global-L1 mask on every prunable encoder
-  matrix, fixed by `SubnetsWav2VecCtc.apply_mask_file` exactly as `+model.mask_path` does (so the
+  matrix, fixed by the fixed_masks technique's `apply_mask_file` exactly as `+model.mask_path` does (so the
   optimizer holds only the kept weights). After the masked steps every pruned effective weight
   must still be exactly zero. The same mask with dense storage (`+model.mask_storage=dense`: full
   weights, a mask that may change in place) is timed against the same reference.
@@ -24,7 +24,7 @@ Everything runs in one process on one batch of random audio, with the real plugi
   model without masks.
 * learned masks (S3-Router): measured = the same weights with learned masks on the FFN (`fc1`,
   `fc2` of every layer; ORI scores, sparsity 0.1, per-matrix top-k) added and frozen exactly as
-  `+model.score_sparsity` does (`add_learned_masks`, `prepare_learned_masks`), so the optimizer holds
+  `+model.score_sparsity` does (the learned_masks technique's `add_to_model`, `prepare_training`), so the optimizer holds
   only the scores and the CTC head; reference = the model without masks trained fully, the stock
   weight fine-tuning that learned masks replace, so the ratio is what a user pays for training a
   mask instead of the weights. The same model whose masks binarise by a full sort of every score
@@ -71,8 +71,10 @@ from ..core.targets import select_weights
 from ..core.transforms import (
     DenseMask, ScoreMask, add_transform, module_of, regularisation_terms, select_language, stack_of,
 )
-from ..plugin.learned_masks import LEARNED_MASK_NAME
-from ..plugin.models import W2V_PREFIX, SubnetsWav2VecCtc
+from ..plugin.models import SubnetsWav2VecCtc
+from ..techniques.extension import W2V_PREFIX, technique_of
+from ..techniques.iterative_pruning import IterativePruning
+from ..techniques.learned_masks import LEARNED_MASK_NAME, LearnedMasks
 from ..plugin.untrained import (CtcModelSize, build_untrained_ctc_model, ctc_model_config, fix_masks_as_mask_path_does,
                                 rebuild_with_state)
 from .timing import compare, interleaved, machine_description, ratio_cell, text_table
@@ -237,13 +239,15 @@ def learned_mask_model(size: CtcModelSize, state: Mapping[str, torch.Tensor], fu
     model's scores instead of freshly initialised ones."""
     model = rebuild_with_state(size, state)
     cfg = learned_mask_config(size)
+    learned_masks = LearnedMasks(cfg)
+    model.techniques = [learned_masks]
     if full_sort_of is None:
-        model.add_learned_masks(cfg, W2V_PREFIX)
+        learned_masks.add_to_model(model, cfg)
     else:
         for name, mask in score_masks(full_sort_of, W2V_PREFIX).items():
             add_transform(module_of(model, name, W2V_PREFIX), LEARNED_MASK_NAME,
                           FullSortScoreMask(mask.scores, mask.sparsity, mask.scope))
-    model.prepare_learned_masks(cfg, W2V_PREFIX)
+    learned_masks.prepare_training(model, cfg)
     return model
 
 
@@ -256,7 +260,7 @@ def group_lasso_model(size: CtcModelSize, state: Mapping[str, torch.Tensor]):
     missing, unexpected = torch.nn.Module.load_state_dict(model, state, strict=False)
     _require(not unexpected and all(key.startswith("iterative_pruning.") for key in missing),
              f"the group-lasso model differs from the plain one in {missing + unexpected}")
-    model.refresh_mean_block_norms()
+    technique_of(model, IterativePruning).refresh_mean_block_norms(model)
     return model
 
 

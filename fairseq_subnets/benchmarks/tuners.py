@@ -5,8 +5,8 @@ default) with random weights:
 
 * training step (forward, CTC loss, backward, a step of fairseq's Adam): reference = full
   fine-tuning of the same model (every weight trains: what the tuners replace); measured = the same
-  weights with each tuner added and frozen around as `+model.tuner=METHOD` does (`add_tuner`,
-  `prepare_tuner`; the paper's default targets), so the optimizer holds only the tuner and the CTC
+  weights with each tuner added and frozen around as `+model.tuner=METHOD` does (the tuners
+  technique's `add_to_model`, `prepare_training`; the paper's default targets), so the optimizer holds only the tuner and the CTC
   head. Target: at most 1.00x for LoRA and S2-LoRA, which compute far fewer gradients; every method
   is reported.
 * AdaLoRA's allocator step (importance smoothing and masking to the budget, at an update where it
@@ -24,7 +24,8 @@ import torch
 from ..core.parametrize import bake_module, bake_state_dict
 from ..core.tuners import TUNERS, tuner_parameters
 from ..core.tuners.adalora import allocate, svd_deltas
-from ..plugin.models import W2V_PREFIX
+from ..techniques.extension import W2V_PREFIX, technique_of
+from ..techniques.tuners import Tuners
 from ..plugin.untrained import build_untrained_ctc_model, ctc_model_config, rebuild_with_state
 from .timing import compare, interleaved, ratio_cell, text_table
 from .train_step import Batch, StepBenchSettings, _require, decode_forward, make_optimizer, run_seeded, train_step
@@ -44,8 +45,10 @@ def tuned_model(size, state: Mapping[str, torch.Tensor], method: str):
     cfg.tuner = method
     if method == "adalora":
         cfg.tuner_total_updates = ADALORA_UPDATES
-    model.add_tuner(cfg, W2V_PREFIX)
-    model.prepare_tuner()
+    tuners = Tuners(cfg)
+    model.techniques = [tuners]
+    tuners.add_to_model(model, cfg)
+    tuners.prepare_training(model, cfg)
     return model
 
 
@@ -79,7 +82,7 @@ def _run(settings: StepBenchSettings, say, result: Dict[str, object], batch: Bat
     adalora = models["adalora"]
     deltas = svd_deltas(adalora, W2V_PREFIX)
     steps = seconds["adalora"]
-    allocator = interleaved({"allocator": lambda: allocate(adalora.tuner_config, deltas, ADALORA_UPDATES // 2)},
+    allocator = interleaved({"allocator": lambda: allocate(technique_of(adalora, Tuners).tuner_config, deltas, ADALORA_UPDATES // 2)},
                             settings.train_steps, settings.train_warmup)
     result["allocator"] = compare({"adalora step": steps, "allocator": allocator["allocator"]}, "adalora step",
                                   "allocator")

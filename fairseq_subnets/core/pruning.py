@@ -36,6 +36,9 @@ _WINDOW_SIGMAS = 8.0
 
 METHODS = ("global-l1", "layer-l1", "block-l2", "global-block-l2", "random")
 BLOCK_METHODS = {"block-l2": "layer", "global-block-l2": "global"}
+SCOPES = {"global-l1": "global", "layer-l1": "per-matrix", "block-l2": "per-matrix", "global-block-l2": "global",
+          "random": "per-matrix"}
+"""Over which weights each method ranks (written into the mask file's metadata)."""
 """The block criteria and the scope each ranks its blocks over."""
 
 Transform = Optional[Callable[[torch.Tensor, torch.Tensor], None]]

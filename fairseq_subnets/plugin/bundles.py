@@ -4,7 +4,7 @@ Learned-mask runs of several languages on the same pretrained model change nothi
 masks and output layers, so one copy of the backbone and, per language, a mask set, an output layer
 and a dictionary reproduce all of them. A bundle is one fairseq checkpoint laid out as a
 multilingual `subnets_wav2vec_ctc` model with per-language masks and per-language output layers
-(plugin.language_heads), so stock `fairseq-generate --task subnets_multilingual_finetuning
+(the language_heads technique), so stock `fairseq-generate --task subnets_multilingual_finetuning
 --decode-language LANG --path BUNDLE` decodes any of its languages, and `export --language` makes a
 stock checkpoint of one. Each language's masks are stored as the bytes of a mask file (entropy
 coded, core.maskfile) in a uint8 tensor `bundle_masks.<language>`; `expand_bundle_masks` turns them
@@ -27,10 +27,10 @@ from ..core.maskfile import MaskFileError, checkpoint_fingerprint, mask_file_byt
 from ..core.parametrize import masks_from_state_dict
 from ..core.transforms import LanguageMasks
 from .checkpoints import load_fairseq_checkpoint, trainer_checkpoint
+from ..techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
+from ..techniques.language_entries import parse_language_entries
+from ..techniques.language_heads import HEADS_PREFIX, MULTILINGUAL_MODEL_KEYS
 from .errors import PluginInputError
-from .language_heads import (
-    HEADS_PREFIX, MULTILINGUAL_MODEL_KEYS, STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX, parse_language_entries,
-)
 
 BUNDLE_MASKS_PREFIX = "bundle_masks."
 BUNDLE_FORMAT = "fairseq-subnets-bundle"

@@ -21,15 +21,11 @@ import sys
 from ..core.maskfile import MaskFileError
 from ..core.transforms import TransformError
 from ..data.language_sampling import LanguageSamplingError
+from ..errors import PluginInputError
 from .checkpoints import CheckpointLoadError
 
 EXIT_STATUS = 2
 """What `fairseq-subnets` commands exit with on bad input."""
-
-
-class PluginInputError(ValueError):
-    """A config key of our task, model or criterion, or a file it names, is unusable; the message
-    names the key or the file."""
 
 
 INPUT_ERRORS = (PluginInputError, MaskFileError, TransformError, LanguageSamplingError, CheckpointLoadError)

@@ -23,8 +23,9 @@ from ..core.maskfile import MaskFile, MaskFileError, load_mask_file
 from ..core.parametrize import bake_state_dict
 from .bundles import expand_bundle_masks
 from .checkpoints import load_fairseq_checkpoint
-from .iterative_pruning import without_pruning_state
-from .language_heads import single_language_state
+from ..techniques.extension import without_training_state
+from ..techniques.language_heads import single_language_state
+from .models import TRAINING_STATE_PREFIXES
 
 PLUGIN_PREFIX = "subnets_"
 STOCK_REGISTRIES = {"model": MODEL_DATACLASS_REGISTRY, "task": TASK_DATACLASS_REGISTRY, "criterion": CRITERION_DATACLASS_REGISTRY}
@@ -86,7 +87,7 @@ def export_plain_checkpoint(checkpoint_path, out_path, mask_path=None, language=
         model_state, cfg["model"] = single_language_state(model_state, cfg.get("model") or {}, language)
         cfg["task"] = single_language_task(cfg.get("task") or {}, language)
     model_state = bake_state_dict(model_state, language=language)
-    model_state = without_pruning_state(model_state)
+    model_state = without_training_state(model_state, TRAINING_STATE_PREFIXES)
     if mask_file is not None:
         model_state = _masked_by(model_state, mask_file, checkpoint_path)
     exported = {key: value for key, value in state.items() if key not in TRAINING_ONLY_KEYS}

@@ -1,5 +1,5 @@
 """`subnets_tri_stage`: fairseq's tri-stage learning-rate schedule, restarted at every
-lottery-ticket rewind (plugin.iterative_pruning).
+lottery-ticket rewind (the iterative_pruning technique).
 
 A lottery-ticket user expects each pruning level to train as the first one did: the weights go
 back to the rewind point, Adam's state is emptied, and so the schedule goes back too. After the

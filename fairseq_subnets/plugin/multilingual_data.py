@@ -6,9 +6,7 @@ import numpy as np
 from fairseq.data import FairseqDataset
 
 from ..data.language_sampling import plan_epoch
-
-LANGUAGE_KEY = "language"
-"""The `sample["net_input"]` key that names a batch's language; the model's forward selects it."""
+from ..techniques.language_heads import LANGUAGE_KEY
 
 
 class MixedLanguageBatchError(RuntimeError):

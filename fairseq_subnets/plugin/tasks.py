@@ -35,13 +35,13 @@ from omegaconf.errors import OmegaConfBaseException
 from ..core.pathways import unchanged_through
 from ..data.check import check_manifest_dir
 from ..data.language_sampling import check_sampling_alpha, language_probabilities
+from ..techniques.extension import RunSettings, check_masks_identical_across_ranks
+from ..techniques.language_heads import LANGUAGE_KEY
 from .checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
 from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator
-from .language_heads import MULTILINGUAL_MODEL_KEYS
-from .multilingual_data import (
-    LANGUAGE_KEY, MonolingualBatchDataset, all_batches_in_language_order, language_block_sampler,
-)
+from .models import RECORDED_MODEL_KEYS, TRAINING_ONLY_MODEL_KEYS, SubnetsWav2VecCtc
+from .multilingual_data import MonolingualBatchDataset, all_batches_in_language_order, language_block_sampler
 from .time_masking import SeededMaskingTrainStep
 from .upstream import LANGUAGE_DICTIONARIES_KEY
 
@@ -50,13 +50,17 @@ logger = logging.getLogger(__name__)
 MAX_PROBLEMS_SHOWN = 20
 
 
-TRAINING_ONLY_MODEL_KEYS = ("init_from", "init_from_language", "mask_path", "language_mask_files",
-                            "pruning_interval", "pruning_target_sparsity", "pruning_rewind_update",
-                            "group_lasso_strength")
-"""Model keys that only training reads: files read when training starts, whose content a model
-rebuilt from a checkpoint gets from the checkpoint's state (through its transform plan), so the
-files may have moved; and the pruning schedule, whose masks come back the same way (decoding
-needs neither the schedule nor its rewind point)."""
+
+
+def subnets_model(model):
+    """The `subnets_wav2vec_ctc` model inside fairseq's distributed wrappers (which hand the task
+    the wrapped model at optimizer steps), or None for another model: the task then adds nothing."""
+    while not isinstance(model, SubnetsWav2VecCtc):
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return None
+        model = inner
+    return model
 
 
 class ManifestError(PluginInputError):
@@ -94,10 +98,9 @@ class SubnetsAudioFinetuningTask(SeededMaskingTrainStep, AudioFinetuningTask):
     def raise_on_manifest_problems(self, split):
         raise_on_manifest_problems(self.cfg.data, split)
 
-    recorded_model_keys = ("transform_plan", "w2v_args")
-    """Model config keys the model writes while it is built. fairseq builds models from a merged
-    copy of `model_cfg`, so these are copied back into `model_cfg`, the node checkpoints save:
-    a rebuilt model then has the same transforms and needs no `w2v_path`."""
+    reports_epochs_to_model = True
+    """The task calls the model's `begin_epoch`, which `model.freeze_encoder_epochs` needs (a stock
+    task does not)."""
 
     @one_line_errors
     def build_model(self, model_cfg, from_checkpoint=False):
@@ -109,16 +112,15 @@ class SubnetsAudioFinetuningTask(SeededMaskingTrainStep, AudioFinetuningTask):
                         model_cfg[key] = None
         model = super().build_model(model_cfg, from_checkpoint)
         with open_dict(model_cfg):
-            for key in self.recorded_model_keys:
+            for key in RECORDED_MODEL_KEYS:
                 if key in getattr(model, "cfg", {}):
                     model_cfg[key] = model.cfg[key]
-        if not from_checkpoint:
-            if getattr(model, "writes_parameters_after_steps", lambda: False)():
+        if not from_checkpoint and isinstance(model, SubnetsWav2VecCtc):
+            if model.writes_parameters_after_steps():
                 refuse_fp32_weight_copies(self.cfg)
-            if hasattr(model, "prepare_pruning_run"):
-                model.prepare_pruning_run(run_setting(self.cfg, "checkpoint.save_dir"),
+            model.prepare_run(RunSettings(run_setting(self.cfg, "checkpoint.save_dir"),
                                           run_setting(self.cfg, "optimization.max_update"),
-                                          run_setting(self.cfg, "lr_scheduler._name"))
+                                          run_setting(self.cfg, "lr_scheduler._name")))
         return model
 
     @one_line_errors
@@ -130,18 +132,18 @@ class SubnetsAudioFinetuningTask(SeededMaskingTrainStep, AudioFinetuningTask):
         (pathway updates: the weights outside the batch language's masks, core.pathways); then,
         with that step's gradients still present, the model's own per-update work (AdaLoRA's
         rank allocator, pruning events), told how many updates are done."""
-        frozen = model.held_through_step() if hasattr(model, "held_through_step") else []
-        with unchanged_through(frozen):
+        host = subnets_model(model)
+        with unchanged_through(host.held_through_step() if host is not None else []):
             super().optimizer_step(optimizer, model, update_num)
-        if hasattr(model, "after_optimizer_step"):
-            model.after_optimizer_step(update_num + 1, optimizer)
+        if host is not None:
+            host.after_optimizer_step(update_num + 1, optimizer)
 
     def begin_epoch(self, epoch, model):
         super().begin_epoch(epoch, model)
-        if hasattr(model, "begin_epoch"):
-            model.begin_epoch(epoch)
-        if hasattr(model, "mask_digest"):
-            check_masks_identical_across_ranks(model.mask_digest())
+        host = subnets_model(model)
+        if host is not None:
+            host.begin_epoch(epoch)
+            check_masks_identical_across_ranks(host.mask_digest())
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         if self.cfg.autoregressive:
@@ -218,21 +220,6 @@ def check_batch_limit(dataset, max_tokens, ignore_invalid_inputs):
                 f"{max(longest, 1_600_000)} or dataset.max_tokens=..., or "
                 "--skip-invalid-size-inputs-valid-test to drop long utterances"
             )
-
-
-def check_masks_identical_across_ranks(digest):
-    """Raises on every rank unless all ranks of the distributed run hold the mask with `digest`."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    world_size = dist.get_world_size()
-    mine = torch.tensor(list(bytes.fromhex(digest or "00" * 32)), dtype=torch.uint8)
-    gathered = [torch.empty_like(mine) for _ in range(world_size)]
-    dist.all_gather(gathered, mine)
-    digests = [bytes(t.tolist()).hex() for t in gathered]
-    if len(set(digests)) > 1:
-        listing = ", ".join(f"rank {rank}: {d[:16]}" for rank, d in enumerate(digests))
-        raise RuntimeError(f"distributed ranks hold different encoder masks ({listing})")
-    logger.info("encoder masks identical on all %d ranks (sha256 %s)", world_size, digest[:16] or "none")
 
 
 OUTPUT_LAYER_MODES = ChoiceEnum(["per_language", "shared"])
@@ -355,9 +342,6 @@ class SubnetsMultilingualFinetuningTask(SubnetsAudioFinetuningTask):
     def raise_on_manifest_problems(self, split):
         language, _, language_split = split.partition("/")
         raise_on_manifest_problems(os.path.join(self.cfg.data, language), language_split, f"language '{language}': ")
-
-    recorded_model_keys = SubnetsAudioFinetuningTask.recorded_model_keys + MULTILINGUAL_MODEL_KEYS
-    """The model also records its language layout (plugin.language_heads)."""
 
     @one_line_errors
     def build_model(self, model_cfg, from_checkpoint=False):

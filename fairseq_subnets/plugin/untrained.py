@@ -21,6 +21,7 @@ from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from omegaconf import OmegaConf
 
 from ..core.maskfile import save_mask_file
+from ..techniques.fixed_masks import apply_mask_file
 from .checkpoints import trainer_checkpoint
 from .models import SubnetsWav2Vec2CtcConfig, SubnetsWav2VecCtc
 
@@ -96,7 +97,7 @@ def fix_masks_as_mask_path_does(model: SubnetsWav2VecCtc, masks: Mapping[str, to
     with tempfile.TemporaryDirectory(prefix="fairseq-subnets-masks-") as directory:
         path = os.path.join(directory, "mask.safetensors")
         save_mask_file(path, masks, metadata)
-        model.apply_mask_file(path, storage=storage)
+        apply_mask_file(model, path, storage=storage)
 
 
 def save_untrained_pretraining_checkpoint(path, size: CtcModelSize, normalize: bool, **architecture) -> int:

@@ -2,7 +2,7 @@
 
 The upstream model gives the encoder (its transforms baked into plain weights) and, per output
 layer of the new model, the output layer that scores the same characters. Both sides may be
-single-language or multilingual (plugin.language_heads), which is what ASR Pathways needs: the
+single-language or multilingual (the language_heads technique), which is what ASR Pathways needs: the
 language-specific pruning runs and the pathways all start from one dense multilingual model θ0.
 
 - A single-language run from a multilingual checkpoint names the language it continues
@@ -27,9 +27,8 @@ from omegaconf import OmegaConf
 from ..core.parametrize import bake_state_dict
 from ..core.transforms import TransformError
 from .errors import PluginInputError
-from .language_heads import (
-    HEADS_PREFIX, STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX, UnknownLanguageError, single_language_state,
-)
+from ..techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
+from ..techniques.language_heads import HEADS_PREFIX, UnknownLanguageError, single_language_state
 
 LANGUAGE_DICTIONARIES_KEY = "language_dictionaries"
 """The task-state entry where a multilingual task records {language: dictionary symbols}."""
@@ -156,3 +155,14 @@ def keeps_output_layer(choice: str, layer: OutputLayer, source: Optional[OutputL
             f"{path}: holds no target dictionary (task_state), so init_output_layer=auto cannot tell "
             "whether the character sets match; set model.init_output_layer=keep or new")
     return source.symbols == layer.symbols
+
+
+def output_layers(model, task) -> Dict[Optional[str], OutputLayer]:
+    """{language: OutputLayer} of a host model built for `task` (SINGLE for a single-language
+    model), with the symbols of the dictionary each layer scores."""
+    if not model.languages:
+        return {SINGLE: OutputLayer(STOCK_OUTPUT_LAYER_PREFIX, tuple(task.target_dictionary.symbols))}
+    per_language = model.w2v_encoder.proj is None
+    return {language: OutputLayer(f"{HEADS_PREFIX}{language}." if per_language else STOCK_OUTPUT_LAYER_PREFIX,
+                                  tuple(task.language_dictionaries[language].symbols))
+            for language in model.languages}

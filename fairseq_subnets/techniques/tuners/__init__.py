@@ -1,4 +1,4 @@
-"""Parameter-efficient tuners (core.tuners) on `subnets_wav2vec_ctc`: `+model.tuner=METHOD`.
+"""Parameter-efficient tuners (core.tuners) on the frozen encoder: `+model.tuner=METHOD`.
 
 The method's options are `model.tuner_<option>` (unset: the method's default, see each method's
 config in core.tuners): `tuner_targets` / `tuner_layers` (the target matrices, as for masks),
@@ -10,10 +10,9 @@ config in core.tuners): `tuner_targets` / `tuner_layers` (the target matrices, a
 Every wav2vec2 weight is frozen; the tuner's parameters and the CTC output layer train, so the
 optimizer holds only those. As under learned masks, fairseq's `freeze_finetune_updates` would run
 the encoder without gradients and silently stop the tuner; the backbone is frozen anyway, so the
-encoder runs with gradients from update 0 (`learned_masks.check_freezing`).
+encoder runs with gradients from update 0 (extension.check_freezing).
 
-AdaLoRA's allocator runs after every optimizer step (the task's `optimizer_step` calls the
-model's `after_optimizer_step` with the number of updates done, which calls `allocate_tuner_ranks`), with the gradients of that step; its
+AdaLoRA's allocator runs after every optimizer step, with the gradients of that step; its
 importance averages are buffers of the transforms, so checkpoints hold them and a resumed run
 allocates as an uninterrupted one. Gradients are all-reduced before the step, so every DDP rank
 keeps the same triplets.
@@ -23,21 +22,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Optional
 
-from fairseq import metrics
-
-from ..core.tuners import (
+from ...core.tuners import (
     TUNERS, TunerError, freeze_all_but_tuners, inject_tuner, tuner_config, tuner_parameters, tuner_transforms,
 )
-from ..core.tuners.adalora import allocate, svd_deltas
-from .errors import PluginInputError
-from .learned_masks import check_freezing
+from ...core.tuners.adalora import allocate, svd_deltas
+from ...errors import PluginInputError
+from ..extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX, Conflict, Technique, check_freezing
 
 logger = logging.getLogger(__name__)
 
 TUNER_OPTION_PREFIX = "tuner_"
 TUNER_NAME = "tuner"
 """The transform name of the tuner the config adds (state keys `...<kind>.tuner.*`)."""
-OUTPUT_LAYER_PREFIX = "w2v_encoder.proj."
 
 
 @dataclass
@@ -108,49 +104,57 @@ def _config_key_message(message: str, method: str) -> str:
     return re.sub(r"^tuner:", "model.tuner:", message)
 
 
-def check_tuner_config(cfg) -> None:
-    """Refuses bad tuner settings before any checkpoint is read."""
-    if tuner_config_of(cfg) is None:
-        return
-    if cfg.get("score_sparsity") is not None:
-        raise PluginInputError(f"model.tuner={cfg.tuner} with model.score_sparsity: a tuner and learned masks on "
-                               "one model are not supported; train one, export it, and start the other from it "
-                               "with model.init_from")
-    check_freezing(cfg, f"model.tuner={cfg.tuner}", "the tuner")
-
-
-class TunersMixin:
+class Tuners(Technique):
     """Adds a tuner from the config, freezes everything else but the output layer, and runs
     AdaLoRA's allocator after each optimizer step."""
 
-    def add_tuner(self, cfg, w2v_prefix: str) -> None:
-        """Adds the configured tuner unless the model holds one already (rebuilt from a
-        checkpoint's transform plan); `check_tuner_config` has checked the config."""
+    name = "tuners"
+    config = TunerModelConfig
+    conflicts = (Conflict("tuner", "score_sparsity", "a tuner and learned masks on one model are not supported; "
+                          "train one, export it, and start the other from it with model.init_from"),)
+
+    @classmethod
+    def enabling_key(cls, cfg, task=None):
+        return "tuner" if cfg.get("tuner") is not None else None
+
+    @classmethod
+    def check(cls, cfg):
+        if tuner_config_of(cfg) is None:
+            return
+        check_freezing(cfg, f"model.tuner={cfg.tuner}", "the tuner")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
         self.tuner_config = tuner_config_of(cfg)
-        self.tuner_prefix = w2v_prefix
-        if self.tuner_config is None or any(tuner_transforms(self, w2v_prefix)):
+
+    def add_to_model(self, model, cfg):
+        """Adds the configured tuner unless the model holds one already (rebuilt from a
+        checkpoint's transform plan)."""
+        if any(tuner_transforms(model, W2V_PREFIX)):
             return
         try:
-            adapted = inject_tuner(self, self.tuner_config, w2v_prefix, TUNER_NAME)
+            adapted = inject_tuner(model, self.tuner_config, W2V_PREFIX, TUNER_NAME)
         except TunerError as error:  # a target beyond the model, a second tuner on a weight
             raise PluginInputError(_config_key_message(str(error), self.tuner_config.method)) from None
         logger.info("tuner %s on %d matrices (%s)", self.tuner_config.method, len(adapted),
                     ", ".join(f"{k}={v}" for k, v in self.tuner_config.options().items() if k != "method"))
 
-    def prepare_tuner(self) -> bool:
-        """Freezes all but the tuner and the output layer; returns whether the model has a tuner."""
-        if self.tuner_config is None:
-            return False
-        trainable = freeze_all_but_tuners(self, keep=lambda name: name.startswith(OUTPUT_LAYER_PREFIX))
-        tuned = sum(p.numel() for p in tuner_parameters(self).values())
-        total = sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+    def prepare_training(self, model, cfg):
+        """Freezes all but the tuner and the output layer."""
+        trainable = freeze_all_but_tuners(model, keep=lambda name: name.startswith(STOCK_OUTPUT_LAYER_PREFIX))
+        tuned = sum(p.numel() for p in tuner_parameters(model).values())
+        total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
         logger.info("tuner %s trains %d parameters (%.4f%% of %d), plus the output layer; %d tensors in all",
                     self.tuner_config.method, tuned, 100.0 * tuned / total, total, len(trainable))
         return True
 
-    def allocate_tuner_ranks(self, updates_done: int) -> None:
+    def after_optimizer_step(self, model, updates_done, optimizer):
         """AdaLoRA: one allocator step (importance smoothing, masking to the scheduled budget)."""
-        if self.tuner_config is None or self.tuner_config.method != "adalora":
+        if self.tuner_config.method != "adalora":
             return
-        budget = allocate(self.tuner_config, svd_deltas(self, self.tuner_prefix), updates_done)
+        from fairseq import metrics
+        budget = allocate(self.tuner_config, svd_deltas(model, W2V_PREFIX), updates_done)
         metrics.log_scalar("adalora_budget", budget, weight=0, round=0)
+
+
+TECHNIQUE = Tuners

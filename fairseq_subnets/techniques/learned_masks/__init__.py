@@ -1,4 +1,4 @@
-"""Learned masks on frozen weights (S3-Router, Fu et al. 2022) on `subnets_wav2vec_ctc`.
+"""Learned masks on frozen weights (S3-Router, Fu et al. 2022).
 
 `+model.score_sparsity=S` gives every selected encoder matrix (`score_targets` x `score_layers`,
 FFN of every layer by default) a trainable score tensor (core `ScoreMask`), initialised by
@@ -16,7 +16,7 @@ fairseq's `freeze_finetune_updates` runs the encoder under `no_grad`, which woul
 from learning while the run looks healthy. Under learned masks the pretrained weights are frozen
 anyway, so the encoder runs with gradients from the first update and the setting has nothing left
 to freeze; with trainable biases or layer norms it would be ambiguous and is refused, as is
-`freeze_encoder_epochs`.
+`freeze_encoder_epochs` (extension.check_freezing).
 """
 import logging
 from dataclasses import dataclass, field
@@ -24,12 +24,13 @@ from typing import Optional
 
 import torch
 
-from ..core.parametrize import apply_score_masks, score_masks
-from ..core.pruning import pruned_count
-from ..core.scores import SCORE_INITS, initial_scores
-from ..core.targets import TargetSelection, num_encoder_layers
-from ..core.transforms import SCORE_SCOPES, GlobalTopK, base_weight, module_of
-from .errors import PluginInputError
+from ...core.parametrize import apply_score_masks, score_masks
+from ...core.pruning import pruned_count
+from ...core.scores import SCORE_INITS, initial_scores
+from ...core.targets import TargetSelection, num_encoder_layers
+from ...core.transforms import SCORE_SCOPES, GlobalTopK, base_weight, module_of
+from ...errors import PluginInputError
+from ..extension import W2V_PREFIX, Conflict, Technique, check_freezing
 
 logger = logging.getLogger(__name__)
 
@@ -75,38 +76,71 @@ class LearnedMaskConfig:
     )
 
 
-class LearnedMasksMixin:
-    """Adds, freezes and drives the learned masks of a `subnets_wav2vec_ctc` model."""
+FIXED_MASKS_FIRST = ("learned masks and fixed masks on one model are not supported; bake the fixed masks into a "
+                     "checkpoint first (fairseq-subnets export) and start from it with model.init_from")
 
-    def add_learned_masks(self, cfg, w2v_prefix: str) -> None:
+
+class LearnedMasks(Technique):
+    name = "learned_masks"
+    config = LearnedMaskConfig
+    conflicts = tuple(Conflict("score_sparsity", key, FIXED_MASKS_FIRST) for key in ("mask_path", "language_mask_files"))
+
+    @classmethod
+    def enabling_key(cls, cfg, task=None):
+        """On with learned masks, and with `freeze_backbone` alone (a frozen backbone under a head)."""
+        if cfg.get("score_sparsity") is not None:
+            return "score_sparsity"
+        return "freeze_backbone" if cfg.get("freeze_backbone") else None
+
+    @classmethod
+    def check(cls, cfg):
+        sparsity = cfg.score_sparsity
+        if sparsity is None:
+            return
+        if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 < sparsity < 1:
+            raise PluginInputError(
+                f"model.score_sparsity={sparsity}: the fraction of weights removed must lie strictly between 0 and 1 "
+                "(the S3-Router code's prune_rate is the fraction kept: prune_rate=0.9 is score_sparsity=0.1)")
+        for key, value, choices in (("score_init", cfg.score_init, SCORE_INITS),
+                                    ("score_scope", cfg.score_scope, SCORE_SCOPES)):
+            if value not in choices:  # checked here, not by an enum, so that the error is one line
+                raise PluginInputError(f"model.{key}={value}: choose one of {', '.join(choices)}")
+        try:
+            TargetSelection.parse(cfg.score_targets, cfg.score_layers, keys=SCORE_SELECTION_KEYS)
+        except ValueError as error:  # its message starts with the key
+            raise PluginInputError(str(error)) from None
+        check_freezing(cfg, "learned masks", "the scores")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.global_top_k = None
+
+    def add_to_model(self, model, cfg):
         """Adds score masks from the config unless the model holds some already (rebuilt from a
-        checkpoint's transform plan). `check_learned_mask_config` has checked the config."""
-        if cfg.score_sparsity is None or score_masks(self, w2v_prefix):
+        checkpoint's transform plan)."""
+        if cfg.score_sparsity is None or score_masks(model, W2V_PREFIX):
             return
         selection = TargetSelection.parse(cfg.score_targets, cfg.score_layers, keys=SCORE_SELECTION_KEYS)
         try:  # a layer group beyond the model
-            names = selection.names(num_encoder_layers(self.encoder_weight_shapes()))
+            names = selection.names(num_encoder_layers(model.encoder_weight_shapes()))
         except ValueError as error:  # its message starts with the key
             raise PluginInputError(str(error)) from None
-        scores = {name: initial_scores(base_weight(module_of(self, name, w2v_prefix)), cfg.score_init)
+        scores = {name: initial_scores(base_weight(module_of(model, name, W2V_PREFIX)), cfg.score_init)
                   for name in names}
-        added = apply_score_masks(self, scores, cfg.score_sparsity, prefix=w2v_prefix, name=LEARNED_MASK_NAME,
+        added = apply_score_masks(model, scores, cfg.score_sparsity, prefix=W2V_PREFIX, name=LEARNED_MASK_NAME,
                                   scope=cfg.score_scope)
         if cfg.score_scope == "global":
             GlobalTopK(added).decide(total=pruned_count(cfg.score_sparsity, sum(s.numel() for s in scores.values())))
         logger.info("learned masks (%s init, %s top-k) on %d matrices at sparsity %g", cfg.score_init,
                     cfg.score_scope, len(scores), cfg.score_sparsity)
 
-    def prepare_learned_masks(self, cfg, w2v_prefix: str) -> bool:
+    def prepare_training(self, model, cfg):
         """Freezes the wav2vec2 model around its score masks (or wholly, with `freeze_backbone`)
         and sets up the global top-k; returns whether the model has learned masks (from the config
         or its transform plan). Frozen weights also matter outside training: torch's attention
         takes another kernel when no weight requires a gradient, which changes float rounding."""
-        masks = score_masks(self, w2v_prefix)
-        self.global_top_k = None
-        if not masks and not cfg.freeze_backbone:
-            return False
-        w2v_model = self.get_submodule(w2v_prefix[:-1])
+        masks = score_masks(model, W2V_PREFIX)
+        w2v_model = model.get_submodule(W2V_PREFIX[:-1])
         layer_norm_parameters = {id(p) for m in w2v_model.modules() if isinstance(m, torch.nn.LayerNorm)
                                  for p in m.parameters(recurse=False)}
         for name, parameter in w2v_model.named_parameters():
@@ -116,62 +150,14 @@ class LearnedMasksMixin:
         global_members = {name: mask for name, mask in masks.items() if mask.scope == "global"}
         if global_members:
             self.global_top_k = GlobalTopK(global_members)
-            self.register_forward_pre_hook(decide_global_top_k)
+            model.register_forward_pre_hook(lambda module, args: self.global_top_k.decide())
         return bool(masks)
 
-
-    def state_dict(self, *args, **kwargs):
-        """Decides the global top-k first, so that each matrix's stored pruned count belongs to the
-        stored scores (tools that read a bare state dict, such as export, use them alone)."""
-        if getattr(self, "global_top_k", None) is not None:
+    def before_state_dict(self, model):
+        """Decides the global top-k, so that each matrix's stored pruned count belongs to the stored
+        scores (tools that read a bare state dict, such as export, use them alone)."""
+        if self.global_top_k is not None:
             self.global_top_k.decide()
-        return super().state_dict(*args, **kwargs)
 
 
-def decide_global_top_k(model, args):
-    """Forward pre-hook: the global top-k chooses every member's mask before the forward pass."""
-    model.global_top_k.decide()
-
-
-def check_learned_mask_config(cfg) -> None:
-    """Refuses bad learned-mask settings before any checkpoint is read."""
-    sparsity = cfg.score_sparsity
-    if sparsity is None:
-        return
-    if isinstance(sparsity, bool) or not isinstance(sparsity, (int, float)) or not 0 < sparsity < 1:
-        raise PluginInputError(
-            f"model.score_sparsity={sparsity}: the fraction of weights removed must lie strictly between 0 and 1 "
-            "(the S3-Router code's prune_rate is the fraction kept: prune_rate=0.9 is score_sparsity=0.1)")
-    for key, value, choices in (("score_init", cfg.score_init, SCORE_INITS),
-                                ("score_scope", cfg.score_scope, SCORE_SCOPES)):
-        if value not in choices:  # checked here, not by an enum, so that the error is one line
-            raise PluginInputError(f"model.{key}={value}: choose one of {', '.join(choices)}")
-    try:
-        TargetSelection.parse(cfg.score_targets, cfg.score_layers, keys=SCORE_SELECTION_KEYS)
-    except ValueError as error:  # its message starts with the key
-        raise PluginInputError(str(error)) from None
-    for key in ("mask_path", "language_mask_files"):
-        if cfg.get(key):
-            raise PluginInputError(f"model.score_sparsity with model.{key}: learned masks and fixed masks on one "
-                                   "model are not supported; bake the fixed masks into a checkpoint first "
-                                   "(fairseq-subnets export) and start from it with model.init_from")
-    check_freezing(cfg)
-
-
-def check_freezing(cfg, method: str = "learned masks", learner: str = "the scores") -> None:
-    """The encoder must run with gradients, or `learner` learns nothing (see the module docstring);
-    `method` names what freezes the pretrained weights (learned masks, a tuner)."""
-    if cfg.freeze_encoder_epochs:
-        raise PluginInputError(
-            f"model.freeze_encoder_epochs={cfg.freeze_encoder_epochs} with {method}: a frozen epoch runs the "
-            f"encoder without gradients, so {learner} would not learn in it; the pretrained weights are frozen "
-            f"anyway under {method}: set it to 0")
-    if cfg.freeze_finetune_updates and (cfg.score_train_biases or cfg.score_train_layer_norms):
-        raise PluginInputError(
-            f"model.freeze_finetune_updates={cfg.freeze_finetune_updates} with {method} and trainable biases "
-            f"or layer norms: fairseq's freeze runs the encoder without gradients, which would also stop {learner}; "
-            f"set model.freeze_finetune_updates=0 (or train only {learner})")
-    if cfg.freeze_finetune_updates:
-        logger.info("model.freeze_finetune_updates=%d: under %s the pretrained weights are frozen "
-                    "throughout, so the encoder runs with gradients from update 0 and %s learn",
-                    cfg.freeze_finetune_updates, method, learner)
+TECHNIQUE = LearnedMasks
