@@ -9,4 +9,12 @@
   maskfile    compressed safetensors mask files with metadata and integrity checks
   stats       union / intersection / difference / complement, sparsity, IOU, union ratio,
               cosine similarity, pairwise matrices and their correlation with a user matrix
+  scores      initial scores of learned masks (S3-Router's ori, wmi, ri)
+  pathways    holding weights outside the active language's masks through an optimizer step
+  iterative_pruning  the IMP / LTH schedule, the rewind point, group lasso and its lambda rules
+  tuners      the parameter-efficient tuners' weight transforms, one folder per method
+              (config, layer, model), as in HF PEFT
+
+The techniques that use them, and the fairseq keys that switch them on, are in
+`fairseq_subnets.techniques`.
 """

@@ -307,16 +307,6 @@ def file_checksum(version: str, metadata: Mapping[str, str], streams: Sequence[n
     return digest.hexdigest()
 
 
-def mask_set_digest(masks: Mapping[str, torch.Tensor]) -> str:
-    """sha256 of names, shapes and bits of a mask set: equal digests mean identical masks, so
-    distributed ranks can compare their masks by exchanging 32 bytes."""
-    digest = hashlib.sha256()
-    for name in sorted(masks):
-        digest.update(f"{name}:{tuple(masks[name].shape)};".encode())
-        digest.update(memoryview(_packed(_flat_bits(masks[name]))))
-    return digest.hexdigest()
-
-
 def mask_file_bytes(masks: Mapping[str, torch.Tensor], metadata: Mapping[str, object] = None) -> bytes:
     """The bytes of a mask file holding `masks`, each in its smaller payload, with `metadata`
     (values stored as strings): what `save_mask_file` writes, and what a bundle embeds."""

@@ -28,7 +28,7 @@ Kinds provided here: `fixed_mask` (kept-only storage), `dense_mask` (a mask that
 during training: no new parameter, no optimizer rebuild), `score_mask` (learned scores, top-k with
 a straight-through gradient) and `language_masks` (named masks on one weight; the active one is
 chosen per batch with `select_language`); the adapters of `core.tuners` add their own. An
-adaptation that also changes the bias (IA3, GLoRA) puts a stateless `BiasFollower` on the module's
+adaptation that also changes the bias (IA3, GLoRA, BitFit) puts a stateless `BiasFollower` on the module's
 bias (`<module>.parametrizations.bias.original` stores it), so fused attention sees that change
 too; one transform may serve several weights with one tensor (`tie_shared_parameters`, S2-LoRA's
 shared factors). Modules and transforms may also contribute named
