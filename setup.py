@@ -8,7 +8,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["fairseq_subnets", "fairseq_subnets.*"]),
-    package_data={"fairseq_subnets": ["config/*/*.yaml"]},
+    package_data={"fairseq_subnets": ["config/*/*.yaml", "config/*/*/*.yaml"]},
     # fairseq-fixed lists torchaudio (which drags in a CUDA torch), so `make setup` installs this
     # package and fairseq-fixed with --no-deps after their real needs; see scripts/setup_venv.sh.
     install_requires=[

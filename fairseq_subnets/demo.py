@@ -1,7 +1,7 @@
 """The general demo job, shared by every method: synthesize speech, pretrain a tiny wav2vec2,
 fine-tune it with CTC on one language through the plugin, decode the test split with stock
 fairseq-generate. `fairseq-subnets demo` then runs a method's slice on that model (Storey et al.
-2025: methods/storey2025/demo_slice.py), and the tests reuse its checkpoints.
+2025: `run_subnet_slice` in experiments/storey2025/cells.py), and the tests reuse its checkpoints.
 
 Each stage is a stock fairseq command; a rerun of the same call resumes from what is on disk
 (synthesis skips finished utterances, fairseq resumes from checkpoint_last.pt).

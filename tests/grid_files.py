@@ -3,7 +3,7 @@ tiny pretraining checkpoint, and a grid file naming both, for the grid check to 
 import textwrap
 from pathlib import Path
 
-from fairseq_subnets.methods.storey2025.spec import MANIFEST_FILES
+from fairseq_subnets.engine.grid_file import MANIFEST_FILES
 
 
 def write_pretrained(path):
@@ -28,17 +28,18 @@ def write_grid_inputs(folder: Path, pretrained: Path, languages=("es", "ca")) ->
 
 
 def write_grid(folder, corpus_dir, extra="", upstream="languages: [es, ca]", prune="sparsities: [0.0, 0.5]",
-               downstream="languages: [es, ca]", pretrained="pretrained.pt"):
+               downstream="languages: [es, ca]", pretrained="pretrained.pt", method="storey2025"):
     """folder/grid.yaml on the inputs of write_grid_inputs. `upstream`, `prune` and `downstream`
-    are the sections' lines (indented here); `extra` is appended as it is; `pretrained`: a file
-    beside the corpus folder, or None for a grid that pretrains its own model."""
+    are the sections' lines (indented here); `extra` is appended as it is, then `method:` (last,
+    so that the other keys keep their lines; None: no method key); `pretrained`: a file beside the
+    corpus folder, or None for a grid that pretrains its own model."""
     lines = ["name: test", f"data: {corpus_dir}"]
     if pretrained is not None:
         lines.append(f"pretrained: {corpus_dir.parent / pretrained}")
     for section, content in (("upstream", upstream), ("prune", prune), ("downstream", downstream)):
         lines += [f"{section}:", textwrap.indent(content, "  ")]
     path = Path(folder) / "grid.yaml"
-    path.write_text("\n".join(lines + [extra]))
+    path.write_text("\n".join(lines + [extra] + ([f"method: {method}"] if method is not None else [])) + "\n")
     return path
 
 
@@ -60,21 +61,24 @@ def assert_refused_with_line_replaced(grid: Path, lines: str, message: str, caps
 
 def example_grid_on(folder: Path, method: str, name: str = "grid.yaml") -> Path:
     """The shipped examples/METHOD/NAME, rewritten to read folder/corpus and folder/pretrained.pt
-    (the miniatures read an earlier miniature's run folder)."""
+    instead of synthesizing its corpus and pretraining its model."""
     import re
 
     text = (Path(__file__).resolve().parents[1] / "examples" / method / name).read_text()
-    text = re.sub(r"(?m)^data: .*$", f"data: {folder / 'corpus'}", text)
+    text = re.sub(r"(?m)^(data|corpus): .*$", f"data: {folder / 'corpus'}", text)
     example = folder / "example.yaml"
-    example.write_text(re.sub(r"(?m)^pretrained: .*$", f"pretrained: {folder / 'pretrained.pt'}", text))
+    example.write_text(re.sub(r"(?m)^(pretrained|pretrain_updates): .*$", f"pretrained: {folder / 'pretrained.pt'}",
+                              text))
     return example
 
 
-def run_method_grid(method, grid: Path, out_dir: Path):
-    """Runs a method's grid file through the real engine, two cells at a time, quietly; returns the
-    GridRun (its cells and results)."""
+def run_method_grid(method, grid: Path, out_dir: Path, runner, **options):
+    """Runs a method's grid file through the real engine, two cells at a time, quietly, its fairseq
+    commands through `runner` (a test's stand-in); `options` go to the GridRun (config_root).
+    Returns the GridRun (its cells and results)."""
     from fairseq_subnets.engine.executors import LocalExecutor
 
-    run = method.GridRun(method.load_grid(grid), out_dir, LocalExecutor(2), say=lambda message: None)
+    run = method.GridRun(method.load_grid(grid), out_dir, LocalExecutor(2), say=lambda message: None, runner=runner,
+                         **options)
     run.run()
     return run

@@ -1,42 +1,58 @@
-"""The experiment engine on generic cells (no fairseq): cache keys from configuration, input file
-content and dependencies; finished cells skipped; unfinished ones resumed in place; failures
-stopping only their dependents; bad cell graphs refused before any work; cells running in parallel."""
+"""The experiment engine on generic cells (no fairseq): cache keys from the work's bound arguments,
+config files, input file content, dependencies and the package version; finished cells skipped, and
+found without running anything; unfinished ones resumed in place; failures stopping only their
+dependents; bad cell graphs refused before any work; cells running in parallel."""
 import json
 import threading
+from functools import partial
+from pathlib import Path
 
 import pytest
 
+import fairseq_subnets
 from fairseq_subnets.engine.cells import Cell, CellError
 from fairseq_subnets.engine.executors import LocalExecutor
+from fairseq_subnets.engine.hydra_configs import HydraConfig
 from fairseq_subnets.engine.results import write_results
-from fairseq_subnets.engine.scheduler import FAILURE_FILE, CellFailed, run_cells
+from fairseq_subnets.engine.scheduler import FAILURE_FILE, CellFailed, cached_results, run_cells
+
+
+def record(log: str, name: str, inputs, settings: dict, context, config=None) -> dict:
+    """A cell's work: logs its name, and returns what it read and the results it was given
+    (`config`: a HydraConfig it would train with)."""
+    with open(log, "a") as handle:
+        handle.write(f"{name}\n")
+    (context.directory / "output.txt").write_text(name)
+    return {"cell": name, "read": [Path(path).read_text() for path in inputs], "after": sorted(context.results)}
 
 
 class Recorder:
-    """Work functions that log which cell ran and return the results of what they read."""
+    """Work functions (partials of `record`, as a method binds them) and which cells ran."""
 
-    def __init__(self):
-        self.ran = []
+    def __init__(self, folder: Path):
+        self.log = folder / "ran.log"
 
-    def work(self, name, inputs=()):
-        def run(context):
-            self.ran.append(name)
-            (context.directory / "output.txt").write_text(name)
-            return {"cell": name, "read": [path.read_text() for path in inputs],
-                    "after": sorted(context.results)}
-        return run
+    def work(self, name, inputs=(), settings=None, **bound):
+        return partial(record, str(self.log), name, [str(path) for path in inputs], settings or {}, **bound)
+
+    @property
+    def ran(self):
+        return self.log.read_text().split() if self.log.exists() else []
+
+    def clear(self):
+        self.log.unlink(missing_ok=True)
 
 
-def chain(tmp_path, recorder, b_config=None, data_text="data"):
+def chain(tmp_path, recorder, b_settings=None, data_text="data"):
     """a -> b -> c (c also reads a file), and d on its own."""
     data = tmp_path / "data.txt"
     if not data.exists() or data.read_text() != data_text:
         data.write_text(data_text)
     return [
-        Cell("a", tmp_path / "a", recorder.work("a"), {"lr": 1}),
-        Cell("b", tmp_path / "b", recorder.work("b"), b_config or {"lr": 1}, after=["a"]),
-        Cell("c", tmp_path / "c", recorder.work("c", [data]), {}, inputs=[data], after=["b"]),
-        Cell("d", tmp_path / "d", recorder.work("d"), {"seed": 3}),
+        Cell("a", tmp_path / "a", recorder.work("a", settings={"lr": 1})),
+        Cell("b", tmp_path / "b", recorder.work("b", settings=b_settings or {"lr": 1}), after=["a"]),
+        Cell("c", tmp_path / "c", recorder.work("c", [data]), inputs=[data], after=["b"]),
+        Cell("d", tmp_path / "d", recorder.work("d", settings={"seed": 3})),
     ]
 
 
@@ -44,24 +60,25 @@ def run(cells, jobs=1):
     return run_cells(cells, LocalExecutor(jobs), say=lambda message: None)
 
 
-def test_finished_cells_are_skipped_and_a_changed_config_reruns_the_cell_and_its_dependents(tmp_path):
-    recorder = Recorder()
+def test_finished_cells_are_skipped_and_a_changed_argument_reruns_the_cell_and_its_dependents(tmp_path):
+    recorder = Recorder(tmp_path)
     first = run(chain(tmp_path, recorder))
     assert sorted(recorder.ran) == ["a", "b", "c", "d"]
     assert first["c"] == {"cell": "c", "read": ["data"], "after": ["b"]}
-    recorder.ran.clear()
+    recorder.clear()
     assert run(chain(tmp_path, recorder)) == first and recorder.ran == []
     (tmp_path / "b" / "leftover.txt").write_text("from the old configuration")
-    run(chain(tmp_path, recorder, b_config={"lr": 2}))
+    run(chain(tmp_path, recorder, b_settings={"lr": 2}))
     assert sorted(recorder.ran) == ["b", "c"]
     assert not (tmp_path / "b" / "leftover.txt").exists()  # a changed cell starts from an empty folder
-    assert json.loads((tmp_path / "b" / "cell.json").read_text())["config"] == {"lr": 2}
+    work = json.loads((tmp_path / "b" / "cell.json").read_text())["work"]
+    assert work["function"] == f"{__name__}.record" and work["args"][-1] == {"lr": 2}
 
 
 def test_input_files_count_by_content(tmp_path):
-    recorder = Recorder()
+    recorder = Recorder(tmp_path)
     run(chain(tmp_path, recorder))
-    recorder.ran.clear()
+    recorder.clear()
     (tmp_path / "data.txt").write_text("data")  # rewritten, same bytes, new mtime
     run(chain(tmp_path, recorder))
     assert recorder.ran == []
@@ -70,7 +87,7 @@ def test_input_files_count_by_content(tmp_path):
 
 
 def test_a_failed_cell_stops_only_its_dependents_and_resumes_in_its_folder(tmp_path):
-    recorder = Recorder()
+    recorder = Recorder(tmp_path)
     attempts = []
 
     def flaky(context):
@@ -81,13 +98,13 @@ def test_a_failed_cell_stops_only_its_dependents_and_resumes_in_its_folder(tmp_p
         return {"resumed": attempts[-1]}
 
     cells = chain(tmp_path, recorder)
-    cells[1] = Cell("b", tmp_path / "b", flaky, {"lr": 1}, after=["a"])
+    cells[1] = Cell("b", tmp_path / "b", flaky, after=["a"])
     with pytest.raises(CellFailed, match="cell b failed: killed half way") as failure:
         run(cells)
     assert "RuntimeError: killed half way" in (tmp_path / "b" / FAILURE_FILE).read_text()
     assert str(tmp_path / "b" / FAILURE_FILE) in str(failure.value)
     assert sorted(recorder.ran) == ["a", "d"] and not (tmp_path / "b" / "result.json").exists()
-    recorder.ran.clear()
+    recorder.clear()
     results = run(cells)
     assert recorder.ran == ["c"] and results["b"] == {"resumed": True}
     assert not (tmp_path / "b" / FAILURE_FILE).exists()
@@ -101,14 +118,19 @@ def test_a_failed_cell_stops_only_its_dependents_and_resumes_in_its_folder(tmp_p
     (lambda cells, root: cells.append(Cell("e", root / "a" / "e", cells[0].work)), "cell e: its folder"),
     (lambda cells, root: cells.append(Cell("e", root / "e", cells[0].work, inputs=[root / "nowhere"])),
      "cell e: input file .*nowhere does not exist"),
-], ids=["duplicate name", "unknown dependency", "cycle", "nested folder", "missing input"])
+    (lambda cells, root: cells.append(Cell("e", root / "e", Recorder(root).work("e", settings={"log": Recorder}))),
+     "cell e: a type bound to the work cannot be digested"),
+    (lambda cells, root: cells.append(Cell("e", root / "e", Recorder(root).work(
+        "e", config=HydraConfig("absent", root)))), "cell e: .*absent.yaml: cannot read this config"),
+], ids=["duplicate name", "unknown dependency", "cycle", "nested folder", "missing input", "undigestable argument",
+        "missing config"])
 def test_inconsistent_cells_are_refused_naming_the_cell(tmp_path, change, message):
-    recorder = Recorder()
+    recorder = Recorder(tmp_path)
     cells = chain(tmp_path, recorder)
     change(cells, tmp_path)
     with pytest.raises(CellError, match=message):
         run(cells)
-    if "input" not in message:  # graph errors come before any work; a missing input when its cell is due
+    if "cell e" not in message:  # graph errors come before any work; a cell's own key when the cell is due
         assert recorder.ran == []
 
 
@@ -134,3 +156,52 @@ def test_results_files_list_every_reported_cell_with_placeholders(tmp_path):
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored["method"] == "test" and [row["cell"] for row in stored["cells"]] == ["done", "todo"]
     assert not list(tmp_path.glob(".*partial"))
+
+
+def test_a_cells_config_files_and_the_package_version_are_in_its_key(tmp_path, monkeypatch):
+    """A config (and, through its defaults list, the files it pulls in) counts by content; an
+    upgraded package reruns every cell."""
+    configs = tmp_path / "configs"
+    (configs / "group").mkdir(parents=True)
+    (configs / "base.yaml").write_text("optimization:\n  lr: [0.1]\n")
+    (configs / "group" / "option.yaml").write_text("model:\n  width: 8\n")
+    (configs / "run.yaml").write_text("defaults:\n  - _self_\n  - base\n  - group@_here_: option\n")
+    (configs / "other.yaml").write_text("defaults:\n  - _self_\n  - base\n")
+    recorder = Recorder(tmp_path)
+
+    def cells():
+        return [Cell("run", tmp_path / "run", recorder.work("run", config=HydraConfig("run", configs))),
+                Cell("other", tmp_path / "other", recorder.work("other", config=HydraConfig("other", configs))),
+                Cell("plain", tmp_path / "plain", recorder.work("plain"))]
+
+    run(cells())
+    assert sorted(recorder.ran) == ["other", "plain", "run"]
+    assert sorted(json.loads((tmp_path / "run" / "cell.json").read_text())["configs"]) == [
+        str(configs / name) for name in ("base.yaml", "group/option.yaml", "run.yaml")]
+    recorder.clear()
+    (configs / "group" / "option.yaml").write_text("model:\n  width: 16\n")
+    run(cells())
+    assert recorder.ran == ["run"]
+    recorder.clear()
+    (configs / "base.yaml").write_text("optimization:\n  lr: [0.2]\n")
+    run(cells())
+    assert sorted(recorder.ran) == ["other", "run"]
+    recorder.clear()
+    monkeypatch.setattr(fairseq_subnets, "__version__", fairseq_subnets.__version__ + ".post1")
+    run(cells())
+    assert sorted(recorder.ran) == ["other", "plain", "run"]
+
+
+def test_finished_results_are_found_without_running_anything(tmp_path):
+    """What a grid records before it runs: every cell finished with its current key, and no cell
+    whose key changed (nor one built on it)."""
+    recorder = Recorder(tmp_path)
+    results = run(chain(tmp_path, recorder))
+    recorder.clear()
+    assert cached_results(chain(tmp_path, recorder)) == results
+    assert cached_results(chain(tmp_path, recorder, b_settings={"lr": 2})) == {
+        name: results[name] for name in ("a", "d")}
+    cells = chain(tmp_path, recorder)
+    (tmp_path / "data.txt").unlink()  # an input not there (yet): its cell is not finished
+    assert sorted(cached_results(cells)) == ["a", "b", "d"]
+    assert recorder.ran == []

@@ -9,8 +9,7 @@ from fairseq_subnets.engine.executors import (
     LocalExecutor, SlurmOptions, SubmititExecutor, make_executor, slurm_options,
 )
 from fairseq_subnets.engine.scheduler import run_cells
-from fairseq_subnets.methods.storey2025.cells import IOU_CELL
-from fairseq_subnets.methods.storey2025.run import GridRun
+from fairseq_subnets.experiments.storey2025.cells import IOU_CELL, GridRun
 
 from test_grid_cache import fake  # noqa: F401  (a fixture)
 from test_grid_cache import write_grid as write_cache_grid
@@ -19,16 +18,18 @@ from test_grid_config import corpus_dir, pretrained, write_grid  # noqa: F401  (
 
 def test_a_cell_runs_as_a_submitit_job_while_finished_cells_stay_cached(tmp_path, fake):
     """The grid's cells run here first (fairseq stubbed), except the IOU cell; then the whole grid
-    goes through submitit's local executor: only the IOU cell becomes a job, in its own process."""
+    goes through submitit's local executor with the stock runner (a job could not import the
+    test's stand-in): only the IOU cell becomes a job, in its own process, and runs no fairseq."""
     pytest.importorskip("submitit")
     from fairseq_subnets.core import stats
     from fairseq_subnets.core.maskfile import load_mask_file
 
     out = tmp_path / "out"
     cells = GridRun(write_cache_grid(tmp_path), out).cells
-    local = run_cells([cell for cell in cells if cell.name != IOU_CELL], LocalExecutor(1), say=lambda message: None)
+    local = run_cells([cell for cell in cells if cell.name != IOU_CELL], LocalExecutor(1), say=lambda message: None,
+                      runner=fake)
     trained = list(fake.trained)
-    results = run_cells(cells, make_executor("submitit-local", 2, out), say=lambda message: None)
+    results = run_cells(cells, make_executor("submitit-local", 2, out), say=lambda message: None)  # stock runner
     assert fake.trained == trained and {name: results[name] for name in local} == local
     assert sorted(path.name for path in (out / "submitit").iterdir()) == [IOU_CELL]
     assert list((out / "submitit" / IOU_CELL).glob("*_log.out"))
@@ -45,7 +46,7 @@ def test_a_slurm_cell_asks_for_its_ranks_gpus_and_cpus(tmp_path):
     assert executor.parameters(cell) == {
         "name": "en-ca-s0.90-own-seed1", "timeout_min": 90, "nodes": 1, "tasks_per_node": 1, "gpus_per_node": 2,
         "cpus_per_task": 8, "slurm_partition": "gpu", "mem_gb": 32}
-    context = executor.context(cell, {})
+    context = executor.context(cell, {}, runner=None)
     assert (context.gpus, context.threads) == (2, 8)
 
 

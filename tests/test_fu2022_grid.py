@@ -1,8 +1,8 @@
 """The S3-Router (Fu et al. 2022) grid: bad grid files refused before anything runs, naming the file,
 line and key; the whole grid through the real engine, cells, pruning, mask files and similarity,
-with fairseq, mask extraction and bundle building stubbed (training writes a checkpoint of random
-weights, decoding returns fixed rates, the "learned" masks are magnitude masks at the run's
-sparsity); and every report view drawn from hand-made results."""
+with a stand-in for fairseq as the grid's runner (training writes a checkpoint of random weights,
+decoding returns fixed rates) and mask extraction and bundle building stubbed (the "learned" masks
+are magnitude masks at the run's sparsity); and every report view drawn from hand-made results."""
 import csv
 import re
 from pathlib import Path
@@ -14,12 +14,10 @@ import torch
 from fairseq_subnets.cli.main import main as cli
 from fairseq_subnets.core.maskfile import load_mask_file
 from fairseq_subnets.core.targets import KINDS, weight_name
+from fairseq_subnets.engine.grid_file import MANIFEST_FILES
 from fairseq_subnets.engine.report import ResultsError
-from fairseq_subnets.methods import fu2022
-from fairseq_subnets.methods.fu2022 import cells as fu_cells
-from fairseq_subnets.methods.fu2022.spec import GridError, load_grid
-from fairseq_subnets.methods.storey2025 import cells as storey_cells
-from fairseq_subnets.methods.storey2025.spec import MANIFEST_FILES
+from fairseq_subnets.experiments import fu2022
+from fairseq_subnets.experiments.fu2022.spec import GridError, load_grid
 from fairseq_subnets.plugin import bundles as plugin_bundles
 from fairseq_subnets.plugin import prune as plugin_prune
 from fairseq_subnets.runner import SINGLE_LANGUAGE_TASK
@@ -124,14 +122,15 @@ def test_the_shipped_example_grid_is_valid_and_dry_runs(capsys):
 
 
 class FakeRun:
-    """Stands in for fairseq-hydra-train, fairseq-generate, mask extraction and bundle building."""
+    """The grid's runner (stands in for fairseq-hydra-train and fairseq-generate), and stand-ins for
+    mask extraction and bundle building."""
 
     def __init__(self):
         self.trained, self.decoded, self.extracted, self.bundled = {}, [], [], []
 
-    def hydra_train(self, config_name, overrides, log_path, **options):
+    def hydra_train(self, config, overrides, log_path, **options):
         save_dir = Path(next(item.split("=", 1)[1] for item in overrides if item.startswith("checkpoint.save_dir=")))
-        self.trained[save_dir] = (config_name, overrides)
+        self.trained[save_dir] = (config.name, overrides)
         for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
             fake_checkpoint(save_dir / name, W2V_PREFIX, seed=len(self.trained))
         log_path.write_text("\n".join(overrides) + "\ndone training\n")
@@ -167,11 +166,8 @@ class FakeRun:
 
 @pytest.fixture
 def fake(inputs, monkeypatch):
-    """decode and pretraining are storey2025's work functions: stub its runner functions too."""
+    """The grid's runner; mask extraction and bundle building are the plugin's offline tools."""
     fake = FakeRun()
-    for module in (fu_cells, storey_cells):
-        monkeypatch.setattr(module, "hydra_train", fake.hydra_train)
-    monkeypatch.setattr(storey_cells, "generate", fake.generate)
     monkeypatch.setattr(plugin_prune, "extract_checkpoint_masks", fake.extract_checkpoint_masks)
     for name in ("build_bundle", "write_bundle", "storage"):
         monkeypatch.setattr(plugin_bundles, name, getattr(fake, name))
@@ -180,7 +176,7 @@ def fake(inputs, monkeypatch):
 
 def run_grid(folder: Path, fake: FakeRun, **grid_options) -> fu2022.GridRun:
     fake.clear()
-    return run_method_grid(fu2022, write_grid(folder, **grid_options), folder / "out")
+    return run_method_grid(fu2022, write_grid(folder, **grid_options), folder / "out", fake)
 
 
 REFERENCE = {language: f"s3router-{language}-s0.1-ori-ffn" for language in LANGUAGES}

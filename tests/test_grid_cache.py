@@ -1,7 +1,8 @@
-"""Caching of a Storey grid by content digests, with the fairseq subprocesses stubbed (training
-writes a checkpoint of random weights, decoding returns fixed rates) but the real engine, the real
-cells and real pruning into real mask files: change `prune.method` and only the masks and the cells
-built on them run again; change an upstream setting and its model and everything built on it does."""
+"""Caching of a Storey grid by content digests, with a stand-in for fairseq as the grid's runner
+(training writes a checkpoint of random weights, decoding returns fixed rates) but the real engine,
+the real cells and real pruning into real mask files: change `prune.method` and only the masks and
+the cells built on them run again; change an upstream setting and its model and everything built
+on it does."""
 from types import SimpleNamespace
 
 import pytest
@@ -10,9 +11,8 @@ import torch
 from fairseq_subnets.core.maskfile import load_mask_file
 from fairseq_subnets.core.targets import KINDS, weight_name
 from fairseq_subnets.engine.executors import LocalExecutor
-from fairseq_subnets.methods.storey2025 import cells as storey_cells
-from fairseq_subnets.methods.storey2025.run import GridRun
-from fairseq_subnets.methods.storey2025.spec import MANIFEST_FILES, load_grid
+from fairseq_subnets.engine.grid_file import MANIFEST_FILES
+from fairseq_subnets.experiments.storey2025 import GridRun, load_grid
 from fairseq_subnets.plugin import prune as plugin_prune
 
 LAYERS = 2
@@ -27,12 +27,12 @@ def fake_checkpoint(path, prefix, seed):
 
 
 class FakeFairseq:
-    """Stands in for the runner's fairseq-hydra-train and fairseq-generate; logs what ran."""
+    """The grid's runner: stands in for fairseq-hydra-train and fairseq-generate, logs what ran."""
 
     def __init__(self):
         self.trained, self.decoded, self.pruned = [], [], []
 
-    def hydra_train(self, config_name, overrides, log_path, **options):
+    def hydra_train(self, config, overrides, log_path, **options):
         save_dir = next(item.split("=", 1)[1] for item in overrides if item.startswith("checkpoint.save_dir="))
         self.trained.append(log_path.parent.name)
         for name in ("checkpoint_best.pt", "checkpoint_last.pt"):
@@ -44,13 +44,14 @@ class FakeFairseq:
         self.decoded.append(results_dir.parent.name)
         return SimpleNamespace(cer=10.0, wer=20.0, hypotheses=3)
 
+    @staticmethod
+    def epoch_updates(data_dir, max_tokens, world_size):
+        return 2
+
 
 @pytest.fixture
 def fake(tmp_path, monkeypatch):
     fake = FakeFairseq()
-    monkeypatch.setattr(storey_cells, "hydra_train", fake.hydra_train)
-    monkeypatch.setattr(storey_cells, "generate", fake.generate)
-    monkeypatch.setattr(storey_cells, "epoch_updates", lambda data_dir, max_tokens, world_size: 2)
     real_prune = plugin_prune.prune_checkpoint
 
     def prune_checkpoint(checkpoint, out, *arguments, **options):
@@ -70,7 +71,7 @@ def fake(tmp_path, monkeypatch):
 def write_grid(tmp_path, method="global-l1", upstream_lr=0.0005):
     grid = tmp_path / "grid.yaml"
     grid.write_text("\n".join([
-        "name: cache", f"data: {tmp_path / 'corpus'}", f"pretrained: {tmp_path / 'pretrained.pt'}",
+        "method: storey2025", "name: cache", f"data: {tmp_path / 'corpus'}", f"pretrained: {tmp_path / 'pretrained.pt'}",
         f"upstream: {{languages: [es], updates: 5, lr: {upstream_lr}}}",
         f"prune: {{method: {method}, sparsities: [0.0, 0.5]}}",
         "downstream: {languages: [es, ca], sources: [own, base]}",
@@ -81,7 +82,7 @@ def write_grid(tmp_path, method="global-l1", upstream_lr=0.0005):
 def run_grid(tmp_path, fake, spec):
     for log in (fake.trained, fake.decoded, fake.pruned):
         log.clear()
-    run = GridRun(spec, tmp_path / "out", LocalExecutor(1), say=lambda message: None)
+    run = GridRun(spec, tmp_path / "out", LocalExecutor(1), say=lambda message: None, runner=fake)
     run.run()
     return run
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from fairseq_subnets.cli.main import main as cli
-from fairseq_subnets.methods.storey2025.spec import DownstreamCell, GridError, load_grid, plan_cells
+from fairseq_subnets.experiments.storey2025.spec import DownstreamCell, GridError, load_grid, plan_cells
 from grid_files import write_grid, write_grid_inputs, write_pretrained
 
 
@@ -107,10 +107,32 @@ def test_bad_grid_fails_before_any_training_naming_the_file_line_and_key(tmp_pat
 
 
 def test_a_method_the_package_lacks_is_named(tmp_path, corpus_dir, capsys):
-    grid = write_grid(tmp_path, corpus_dir, extra="method: s3router")
+    grid = write_grid(tmp_path, corpus_dir, method="s3router")
     assert cli(["grid", str(grid), "--dry-run"]) == 2
-    assert last_error_line(capsys) == (f"fairseq-subnets grid: error: {grid}: method: unknown method 's3router' "
-                                       "(known: storey2025, fu2022, liu2023, yang2023)")
+    line = len(grid.read_text().splitlines())
+    assert last_error_line(capsys) == (f"fairseq-subnets grid: error: {grid}:{line}: method: unknown method "
+                                       "'s3router' (known: storey2025, fu2022, liu2023, yang2023)")
+
+
+def test_a_grid_without_a_method_is_refused_naming_the_methods(tmp_path, corpus_dir, capsys):
+    """Never read as some default experiment (a fu2022 grid would fail on its first fu2022 key)."""
+    grid = write_grid(tmp_path, corpus_dir, method=None)
+    assert cli(["grid", str(grid), "--dry-run"]) == 2
+    assert last_error_line(capsys) == (f"fairseq-subnets grid: error: {grid}: method: missing; name the experiment "
+                                       "this grid is for (one of storey2025, fu2022, liu2023, yang2023)")
+    with pytest.raises(GridError, match=rf"^{re.escape(str(grid))}: method: missing; .*\(method: storey2025\)$"):
+        load_grid(grid)
+
+
+def test_out_naming_a_file_is_refused_in_one_line(tmp_path, corpus_dir, capsys):
+    grid = write_grid(tmp_path, corpus_dir)
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a folder")
+    for extra in ([], ["--dry-run"]):
+        assert cli(["grid", str(grid), "--out", str(taken), *extra]) == 2
+        assert last_error_line(capsys) == (f"fairseq-subnets grid: error: --out {taken}: is a file; name a folder "
+                                           "(it is created if needed)")
+    assert taken.read_text() == "not a folder"
 
 
 def test_errors_give_the_line_of_the_key(tmp_path, corpus_dir, capsys):
@@ -163,7 +185,8 @@ def test_missing_manifest_file_is_named(tmp_path, corpus_dir):
 
 def test_language_outside_the_corpus_definition_is_named(tmp_path):
     grid = tmp_path / "grid.yaml"
-    grid.write_text("corpus: demo\nupstream: {languages: [es]}\ndownstream: {languages: [es, pl]}\n")
+    grid.write_text("corpus: demo\nupstream: {languages: [es]}\ndownstream: {languages: [es, pl]}\n"
+                    "method: storey2025\n")
     with pytest.raises(GridError, match=r"language 'pl' is not in corpus demo \(it has en, es, ca, ast\)"):
         load_grid(grid)
 

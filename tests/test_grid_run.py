@@ -33,7 +33,7 @@ def killed_and_resumed_grid(skeleton_run, tmp_path_factory):
     work = tmp_path_factory.mktemp("grid")
     grid = work / "grid.yaml"
     grid.write_text("\n".join([
-        "name: ci", f"data: {result.corpus_dir}", f"pretrained: {result.pretrained_checkpoint}",
+        "method: storey2025", "name: ci", f"data: {result.corpus_dir}", f"pretrained: {result.pretrained_checkpoint}",
         "upstream: {languages: [ca, ast], updates: 10}",
         "prune: {sparsities: [0.5]}",
         "downstream: {languages: [ca], sources: [own, 'swap:ca', 'union:ca'], epochs: 1, max_tokens: 800000}",

@@ -1,26 +1,28 @@
 """The S2-LoRA comparison (Liu et al. 2023) grid: bad grid files refused before anything runs,
-naming the file, line and key; the whole grid through the real engine and cells with fairseq
-stubbed (training saves a real tiny CTC model carrying the run's tuner, decoding returns fixed
+naming the file, line and key; the whole grid through the real engine and cells with a stand-in
+for fairseq as the grid's runner (training saves a real tiny CTC model carrying the run's tuner, decoding returns fixed
 rates), so the parameter counts, ranks and out-of-domain folders are the real code's; and the
 report drawn from hand-made results."""
 import csv
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+import fairseq_subnets
 from fairseq_subnets.cli.main import main as cli
 from fairseq_subnets.core.targets import KINDS
 from fairseq_subnets.core.tuners import inject_tuner, tuner_config
 from fairseq_subnets.data.check import check_manifest_dir
+from fairseq_subnets.engine.grid_file import MANIFEST_FILES
 from fairseq_subnets.engine.report import ResultsError
-from fairseq_subnets.methods import liu2023
-from fairseq_subnets.methods.liu2023 import cells as liu_cells
-from fairseq_subnets.methods.liu2023.spec import load_grid
-from fairseq_subnets.methods.storey2025 import cells as storey_cells
-from fairseq_subnets.methods.storey2025.spec import MANIFEST_FILES
+from fairseq_subnets.engine.scheduler import CellFailed
+from fairseq_subnets.experiments import liu2023
+from fairseq_subnets.experiments.liu2023.spec import load_grid
 from fairseq_subnets.plugin.models import W2V_PREFIX
+from fairseq_subnets.runner import CONFIG_DIR
 from grid_files import assert_refused_with_line_replaced, example_grid_on, run_method_grid
 from factory import TINY, ctc_model, encoder_shapes
 
@@ -101,13 +103,14 @@ def test_the_shipped_example_grid_is_valid_and_dry_runs(inputs, capsys):
 
 
 class FakeRun:
-    """Stands in for fairseq-hydra-train (saves a TINY CTC model with the config's tuner, its
+    """The grid's runner: stands in for fairseq-hydra-train (saves a TINY CTC model with the config's tuner, its
     parameters moved off their start so that S2-LoRA and AdaLoRA have ranks) and fairseq-generate."""
 
     def __init__(self):
         self.trained, self.decoded = {}, []
 
-    def hydra_train(self, config_name, overrides, log_path, **options):
+    def hydra_train(self, config, overrides, log_path, **options):
+        config_name = config.name
         save_dir = Path(next(item.split("=", 1)[1] for item in overrides if item.startswith("checkpoint.save_dir=")))
         self.trained[save_dir] = (config_name, overrides)
         model = ctc_model(seed=len(self.trained))
@@ -133,16 +136,13 @@ class FakeRun:
 
 
 @pytest.fixture
-def fake(inputs, monkeypatch):
-    fake = FakeRun()
-    monkeypatch.setattr(liu_cells, "hydra_train", fake.hydra_train)
-    monkeypatch.setattr(storey_cells, "generate", fake.generate)
-    return fake
+def fake(inputs):
+    return FakeRun()
 
 
-def run_grid(folder: Path, fake: FakeRun, **grid_options) -> liu2023.GridRun:
+def run_grid(folder: Path, fake: FakeRun, config_root=None, **grid_options) -> liu2023.GridRun:
     fake.clear()
-    return run_method_grid(liu2023, write_grid(folder, **grid_options), folder / "out")
+    return run_method_grid(liu2023, write_grid(folder, **grid_options), folder / "out", fake, config_root=config_root)
 
 
 TRAINED = ["full-es", "lora-es", "adalora-es", "s2lora-es", "adalora-rankmap-es"]
@@ -208,6 +208,61 @@ def test_the_grid_trains_every_method_counts_and_ranks_it_and_decodes_it_out_of_
     run_grid(inputs, fake, tuner_lr=0.002)
     assert sorted(by_folder[folder] for folder in fake.trained) == sorted(TUNED)
     assert len(fake.decoded) == 2 * len(TUNED)
+
+
+def test_an_edited_config_file_reruns_exactly_the_cells_training_with_it(inputs, fake, monkeypatch):
+    """On a copy of the shipped configs: tuner/lora.yaml is pulled in by lora_tiny.yaml alone, so
+    editing it reruns the LoRA run and its out-of-domain decoding; tiny.yaml is pulled in by every
+    run's config; and a new package version reruns every cell."""
+    configs = inputs / "config"
+    shutil.copytree(CONFIG_DIR, configs)
+    cells = run_grid(inputs, fake, config_root=configs).cells
+    by_folder = {Path(cell.directory): cell.name for cell in cells}
+    assert {config for config, _ in fake.trained.values()} == {
+        "tiny", "lora_tiny", "adalora_tiny", "s2lora_tiny"}
+
+    def rerun():
+        run_grid(inputs, fake, config_root=configs)
+        return (sorted(by_folder[folder] for folder in fake.trained),
+                sorted(by_folder[folder] for folder, _, _ in fake.decoded))
+
+    assert rerun() == ([], [])
+    lora = configs / "finetune" / "tuner" / "lora.yaml"
+    lora.write_text(lora.read_text().replace("tuner_r: 8", "tuner_r: 4"))
+    assert rerun() == (["lora-es"], ["lora-es", "lora-es-on-ast"])
+    tiny = configs / "finetune" / "tiny.yaml"
+    tiny.write_text(tiny.read_text() + "# edited\n")
+    assert rerun() == (sorted(TRAINED), sorted(by_folder.values()))
+    assert rerun() == ([], [])
+    monkeypatch.setattr(fairseq_subnets, "__version__", fairseq_subnets.__version__ + ".post1")
+    assert rerun() == (sorted(TRAINED), sorted(by_folder.values()))
+
+
+def test_results_csv_holds_every_finished_cell_whatever_was_interrupted(inputs, fake):
+    """The grid is run, its results files lost, and `full.lr` changed: when the rerun's first cell
+    (full fine-tuning, first in plan order) starts training, results.csv already lists every
+    finished tuner cell and only a placeholder for the changed cells (their old rows would point at
+    outputs about to be replaced); the rerun then fails there, and the file still holds them all."""
+    run_grid(inputs, fake)
+    for name in ("results.csv", "results.json"):
+        (inputs / "out" / name).unlink()
+    seen = []
+
+    def killed(config, overrides, log_path, **options):
+        seen.append({row["cell"]: row["cer"] for row in csv.DictReader((inputs / "out" / "results.csv").open())})
+        raise RuntimeError("killed")
+
+    fake.clear()
+    fake.hydra_train = killed
+    grid = write_grid(inputs)
+    grid.write_text(grid.read_text().replace("full: {lr: 0.0005}", "full: {lr: 0.0002}"))
+    with pytest.raises(CellFailed, match="cell full-es failed: killed"):
+        run_method_grid(liu2023, grid, inputs / "out", fake)
+    changed = {"full-es", "full-es-on-ast"}
+    finished = {f"{name}{suffix}": "10.0" for name in TUNED for suffix in ("", "-on-ast")}
+    assert seen[0] == {**finished, **dict.fromkeys(changed, "")}
+    rows = {row["cell"]: row["cer"] for row in csv.DictReader((inputs / "out" / "results.csv").open())}
+    assert rows == seen[0]
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -1,8 +1,8 @@
 """The ASR Pathways comparison (Yang et al. 2023) grid: bad grid files refused before anything
-runs, naming the file, line and key; the whole grid through the real engine and cells with fairseq
-stubbed (training writes the pruning runs' final masks as real mask files, decoding returns fixed
-rates), so the random masks, the pathways' mask files, the mask overlaps and the caching are the
-real code's; and the report drawn from hand-made results."""
+runs, naming the file, line and key; the whole grid through the real engine and cells with a
+stand-in for fairseq as the grid's runner (training writes the pruning runs' final masks as real
+mask files, decoding returns fixed rates), so the random masks, the pathways' mask files, the mask
+overlaps and the caching are the real code's; and the report drawn from hand-made results."""
 import csv
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,12 +14,10 @@ from fairseq_subnets.cli.main import main as cli
 from fairseq_subnets.core import stats
 from fairseq_subnets.core.maskfile import load_mask_file, save_mask_file
 from fairseq_subnets.core.pruning import random_masks
+from fairseq_subnets.engine.grid_file import MANIFEST_FILES
 from fairseq_subnets.engine.report import ResultsError
-from fairseq_subnets.methods import yang2023
-from fairseq_subnets.methods.storey2025 import cells as storey_cells
-from fairseq_subnets.methods.storey2025.spec import MANIFEST_FILES
-from fairseq_subnets.methods.yang2023 import cells as yang_cells
-from fairseq_subnets.methods.yang2023.spec import load_grid
+from fairseq_subnets.experiments import yang2023
+from fairseq_subnets.experiments.yang2023.spec import load_grid
 from grid_files import assert_refused_with_line_replaced, example_grid_on, run_method_grid
 from factory import encoder_shapes
 
@@ -88,24 +86,45 @@ def test_the_shipped_example_grid_is_valid_and_dry_runs(inputs, capsys):
     out = capsys.readouterr().out.splitlines()
     assert {"theta0-gl0", "dense-gl0.01", "lsp-lth-gl0.01-ast", "pathways-imp-gl0-on-ca", "masks-random",
             "random-masks"} <= set(out)
-    assert out[-1] == ("81 cells: rows 3 pathways-random, 9 dense, 9 lap, 9 lsp-imp, 9 pathways-imp, 9 lsp-lth, "
-                       "9 pathways-lth; 24 other")
+    assert out[-1] == ("81 cells: 3 pathways-random, 9 dense, 9 lap, 9 lsp-imp, 9 pathways-imp, 9 lsp-lth, "
+                       "9 pathways-lth, 24 other")
     seed2 = load_grid(example_grid_on(inputs, "yang2023", "grid_seed2.yaml"))
     assert (seed2.seed, seed2.group_lasso) == (2, [0.0])
     assert (seed2.theta0, seed2.pruning, seed2.multilingual) == (spec.theta0, spec.pruning, spec.multilingual)
 
 
+def test_the_shipped_examples_stand_alone_and_pretrain_alike(tmp_path):
+    """The liu2023 and yang2023 miniatures synthesize their corpus and pretrain their own model, with
+    the same pretraining work as the fu2022 miniature (whose pretrained model made their results):
+    the same config, corpus, updates and seed, the seed-2 grid included."""
+    from fairseq_subnets.engine.cells import work_description
+    from fairseq_subnets.engine.grid_plan import PRETRAIN_CELL
+    from fairseq_subnets.experiments import fu2022, liu2023
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    pretraining = []
+    for method, name in ((fu2022, "fu2022/grid.yaml"), (liu2023, "liu2023/grid.yaml"),
+                         (yang2023, "yang2023/grid.yaml"), (yang2023, "yang2023/grid_seed2.yaml")):
+        spec = method.load_grid(examples / name)
+        assert (spec.corpus, spec.data, spec.pretrained) == ("storey2025", None, None), name
+        cells = {cell.name: cell for cell in method.GridRun(spec, tmp_path / "run").cells}
+        pretraining.append(work_description(cells[PRETRAIN_CELL].work))
+    assert pretraining[0]["args"][2:] == [600, 1]  # updates, seed
+    assert all(work == pretraining[0] for work in pretraining)
+    assert not (tmp_path / "run").exists()
+
+
 class FakeRun:
-    """Stands in for fairseq-hydra-train (a pruning run writes pruned.mask: a random mask at the
+    """The grid's runner: stands in for fairseq-hydra-train (a pruning run writes pruned.mask: a random mask at the
     target sparsity, seeded by its folder, over the pretrained checkpoint's matrices) and
     fairseq-generate."""
 
     def __init__(self):
         self.trained, self.decoded = {}, []
 
-    def hydra_train(self, config_name, overrides, log_path, **options):
+    def hydra_train(self, config, overrides, log_path, **options):
         save_dir = Path(next(item.split("=", 1)[1] for item in overrides if item.startswith("checkpoint.save_dir=")))
-        self.trained[save_dir.name] = (config_name, overrides)
+        self.trained[save_dir.name] = (config.name, overrides)
         (save_dir / "checkpoint_last.pt").write_bytes(b"checkpoint")
         if any("pruning_interval" in item for item in overrides):
             save_mask_file(str(save_dir / "pruned.mask"), random_masks(SHAPES, 0.6, seed=len(self.trained)))
@@ -121,16 +140,13 @@ class FakeRun:
 
 
 @pytest.fixture
-def fake(inputs, monkeypatch):
-    fake = FakeRun()
-    monkeypatch.setattr(yang_cells, "hydra_train", fake.hydra_train)
-    monkeypatch.setattr(storey_cells, "generate", fake.generate)
-    return fake
+def fake(inputs):
+    return FakeRun()
 
 
 def run_grid(folder: Path, fake: FakeRun, **grid_options) -> yang2023.GridRun:
     fake.clear()
-    return run_method_grid(yang2023, write_grid(folder, **grid_options), folder / "out")
+    return run_method_grid(yang2023, write_grid(folder, **grid_options), folder / "out", fake)
 
 
 def test_the_grid_trains_every_model_on_the_right_masks_and_measures_their_overlap(inputs, fake):

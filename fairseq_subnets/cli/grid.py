@@ -1,8 +1,9 @@
-"""`fairseq-subnets grid GRID.yaml`: run an experiment grid (the grid file's `method:`, by default
-the language subnetworks of Storey et al. 2025) through the experiment engine.
+"""`fairseq-subnets grid GRID.yaml`: run an experiment grid (the paper the grid file's `method:`
+names) through the experiment engine.
 
 Each cell is stock fairseq subprocesses with its own folder and logs under OUT; the grid file is
-checked completely before anything runs. See fairseq_subnets/engine/ and fairseq_subnets/methods/.
+checked completely before anything runs. See fairseq_subnets/engine/ and fairseq_subnets/experiments/.
+The experiment and engine modules are imported when the command runs, not when the parser is built.
 """
 import sys
 from pathlib import Path
@@ -16,14 +17,18 @@ def register(subparsers):
     parser = subparsers.add_parser(
         "grid",
         help="run an experiment grid's cells (fine-tuning, pruning, decoding); resumable",
-        description="Runs every cell of GRID, for the method its `method:` key names (storey2025, the default: "
-        "upstream fine-tuning per language, pruning, downstream fine-tuning with a fixed mask; fu2022: weight "
-        "fine-tuning, learned masks, S3-Router-P against global L1, a bundle, mask similarity; every model "
-        "decoded with fairseq-generate) and writes OUT/results.csv, OUT/results.json and the method's other "
-        "results files. Interrupted? Run the same command again: finished "
-        "cells are skipped and unfinished ones resume from their last checkpoint; a cell whose settings, "
-        "input files or upstream cells changed is run anew. Then: fairseq-subnets report OUT.",
-        epilog="grid file keys: see examples/storey2025/grid.yaml and examples/fu2022/grid.yaml",
+        description="Runs every cell of GRID, for the method its `method:` key names (required): storey2025 "
+        "(upstream fine-tuning per language, pruning, downstream fine-tuning with a fixed mask), fu2022 (weight "
+        "fine-tuning, learned masks, S3-Router-P against global L1, a bundle, mask similarity), liu2023 (full "
+        "fine-tuning against the tuners, S2-LoRA and AdaLoRA ranks, out-of-domain decoding) or yang2023 (dense, "
+        "language-agnostic and language-specific pruning, pathways, group lasso, mask overlaps); every model is "
+        "decoded with fairseq-generate. Writes OUT/results.csv (every finished cell, whatever was interrupted), "
+        "OUT/results.json and the method's other results files. Interrupted? Run the same command again: "
+        "finished cells are skipped and unfinished ones resume from their last checkpoint; a cell whose "
+        "settings, config files, input files, upstream cells or package version changed is run anew. "
+        "Then: fairseq-subnets report OUT.",
+        epilog="grid file keys: see examples/storey2025/grid.yaml, examples/fu2022/grid.yaml, "
+        "examples/liu2023/grid.yaml and examples/yang2023/grid.yaml",
     )
     parser.add_argument("grid", type=Path, metavar="GRID", help="grid yaml file")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<grid name>)")
@@ -54,10 +59,12 @@ def run(args):
     from ..engine.cells import CellError
     from ..engine.executors import make_executor, slurm_options
     from ..engine.scheduler import CellFailed
-    from ..methods import method_of_grid_file
+    from ..experiments import method_of_grid_file
 
     if args.jobs < 1:
         raise UserError(f"--jobs {args.jobs}: must be at least 1")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a file; name a folder (it is created if needed)")
     try:
         method = method_of_grid_file(args.grid)
         spec = method.load_grid(args.grid)
@@ -75,12 +82,12 @@ def run(args):
     except ImportError as error:
         raise UserError(f"--executor {args.executor}: {error} (pip install submitit)") from None
     with tqdm(unit="cell", disable=True if args.quiet else None, file=sys.stderr) as progress:
-        runner = method.GridRun(spec, out, executor, say=progress.write, progress=progress)
-        progress.reset(total=len(runner.cells))
+        grid_run = method.GridRun(spec, out, executor, say=progress.write, progress=progress)
+        progress.reset(total=len(grid_run.cells))
         try:
-            results = runner.run()
+            results = grid_run.run()
         except (CellFailed, CellError) as error:
             raise UserError(f"{error}\n(finished cells are kept; fix the cause and run the same command again)") from None
-    print(f"results: {results} ({len(runner.results)} of {len(runner.cells)} cells finished)")
+    print(f"results: {results} ({len(grid_run.results)} of {len(grid_run.cells)} cells finished)")
     print(f"views: fairseq-subnets report {out} --out {out / 'report'}")
     return 0

@@ -1,5 +1,5 @@
 """`fairseq-subnets report RESULTS --out DIR`: the tables and figures of a grid run, drawn by the
-views of the method that wrote it (the `method` of results.json; Storey et al. 2025 by default).
+views of the method that wrote it (the `method` of results.json; Storey et al. 2025 without one).
 
 The work is in the method's `write_report` (imported when the command runs, so building the parser
 for other commands does not load matplotlib).
@@ -14,13 +14,18 @@ def register(subparsers):
         "report",
         help="tables (Markdown, CSV) and figures (PNG) of a grid's results, plus report.md",
         description="Reads a grid's results.csv (and the method's other results files beside it, when present) "
-        "and writes into DIR the views of the method that wrote it. Storey et al. (2025): CER per upstream subnetwork, sparsity and downstream language "
-        "with one CER-vs-sparsity plot per upstream model, mean CER per subnetwork and per downstream "
-        "language over the non-matching languages, exchanged, union and control masks, the upstream "
-        "models, and IOU heatmaps. Fu et al. (2022): CER of S3-Router against weight fine-tuning by sparsity, "
-        "score initialisations, masked modules, S3-Router-P against global L1, bundle storage, mask similarity "
-        "heatmaps and its scatter against the language similarities. report.md shows them all. Cells without a CER are shown as missing, "
-        "never as zero; views without data are skipped and named in report.md.",
+        "and writes into DIR the views of the method that wrote it (the `method` of results.json beside it; "
+        "storey2025 without one). storey2025 (Storey et al. 2025): CER per upstream subnetwork, sparsity and "
+        "downstream language with one CER-vs-sparsity plot per upstream model, mean CER per subnetwork and per "
+        "downstream language over the non-matching languages, exchanged, union and control masks, the upstream "
+        "models, and IOU heatmaps. fu2022 (Fu et al. 2022): CER of S3-Router against weight fine-tuning by "
+        "sparsity, score initialisations, masked modules, S3-Router-P against global L1, bundle storage, mask "
+        "similarity heatmaps and its scatter against the language similarities. liu2023 (Liu et al. 2023): "
+        "trainable parameters and in- and out-of-domain CER of full fine-tuning and each tuner (Table 2), and "
+        "the rank maps (Fig. 3). yang2023 (Yang et al. 2023): CER of the dense, pruned and pathway models with "
+        "and without group lasso (Tables 1 and 2), mask overlaps (Fig. 3) and sparsity per layer. report.md "
+        "shows them all. Cells without a CER are shown as missing, never as zero; views without data are "
+        "skipped and named in report.md.",
     )
     parser.add_argument("results", metavar="RESULTS", type=Path,
                         help="a grid output folder holding results.csv, or the path of a results.csv")
@@ -30,7 +35,7 @@ def register(subparsers):
 
 def run(args) -> int:
     from ..engine.report import ResultsError
-    from ..methods import MethodError, method_of_results
+    from ..experiments import MethodError, method_of_results
 
     try:
         written = method_of_results(args.results).write_report(args.results, args.out)

@@ -1,22 +1,29 @@
-"""Cells: named units of work with declared configuration, input files and dependencies.
+"""Cells: named units of work with their input files and dependencies.
 
 A method describes its experiment as a list of cells (train this, prune that, decode this); the
 engine runs them in dependency order, in parallel, on this machine or through a job system, and
-skips the ones already done. The engine never looks inside `config` or the results: what a cell
-means is the method's business.
+skips the ones already done. The engine never looks inside the results: what a cell means is the
+method's business.
 
-Cache key. A cell's key is the digest of (1) its `config`, every setting that changes what it
-produces, (2) the content digest of each file in `inputs` (manifests, a given checkpoint, a mask
-file written by an earlier cell: see `digests.file_digest`), taken when the cell is about to run,
-after its dependencies finished, and (3) the keys of the cells in `after`. A change anywhere
-upstream therefore changes the key of every cell built on it, and a rebuilt dependency whose output
-file is byte-identical (a deterministic pruning) leaves cells that read only that file untouched.
+Cache key. A cell's key is derived from what its work really receives, never restated beside it:
+(1) the work itself, a function and the arguments a functools.partial binds to it; (2) the content
+of every config file a HydraConfig among those arguments is built from (engine/hydra_configs.py),
+so editing a shipped yaml reruns exactly the cells training with it; (3) the content digest of each
+file in `inputs` (manifests, a given checkpoint, a mask file written by an earlier cell: see
+`digests.file_digest`), taken when the cell is about to run, after its dependencies finished;
+(4) the keys of the cells in `after`; and (5) the package version, since the code the work runs is
+part of what it produces. A change anywhere upstream therefore changes the key of every cell built
+on it, and a rebuilt dependency whose output file is byte-identical (a deterministic pruning)
+leaves cells that read only that file untouched.
 """
-from dataclasses import dataclass, field
-from pathlib import Path
+import json
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path, PurePath
 from typing import Callable, Dict, List, Optional, Sequence
 
 from .digests import file_digest, value_digest
+from .hydra_configs import ConfigFileError, HydraConfig
 
 
 class CellError(ValueError):
@@ -34,6 +41,8 @@ class CellContext:
     """CPU threads the cell may use (None: every core it can see)."""
     gpus: int
     """GPUs given to the cell; 0 means its training runs on CPU ranks."""
+    runner: object
+    """What runs the cell's fairseq commands (engine/runners.py's FairseqRunner, or a test's stand-in)."""
 
 
 @dataclass
@@ -44,8 +53,8 @@ class Cell:
     """The cell's own folder: its bookkeeping (cell.json, result.json) and whatever it writes."""
     work: Callable[[CellContext], dict]
     """Does the work and returns the result (JSON-serialisable). It runs in another process under
-    submitit, so it must pickle: a module-level function or a functools.partial of one."""
-    config: dict = field(default_factory=dict)
+    submitit, so it must pickle: a module-level function or a functools.partial of one, whose bound
+    arguments are everything besides the context that it depends on (they make the cache key)."""
     inputs: Sequence[Path] = ()
     after: Sequence[str] = ()
     row: Optional[dict] = None
@@ -54,15 +63,67 @@ class Cell:
     """Processes of its training run (fairseq's world size); a GPU executor gives it GPUs per rank."""
 
 
+def work_description(work) -> dict:
+    """The function a cell's work calls and the arguments bound to it, as plain JSON values."""
+    if isinstance(work, partial):
+        inner = work_description(work.func)
+        bound = {"args": [*inner.get("args", []), *work.args], "keywords": {**inner.get("keywords", {}),
+                                                                          **work.keywords}}
+        return json.loads(json.dumps({**inner, **bound}, default=_plain))
+    return {"function": f"{work.__module__}.{work.__qualname__}"}
+
+
+def _plain(value):
+    """JSON for the values json cannot write itself; anything else (an object whose text may hold
+    its address) would give a key that changes from run to run, so it is refused."""
+    if isinstance(value, HydraConfig):
+        return {"config_name": value.name, "config_dir": str(value.directory)}
+    if isinstance(value, PurePath):
+        return str(value)
+    raise TypeError(f"a {type(value).__name__} bound to the work cannot be digested (bind plain values: "
+                    "numbers, strings, paths, lists, mappings, a HydraConfig)")
+
+
+def hydra_configs(value) -> List[HydraConfig]:
+    """Every HydraConfig bound to a cell's work, in order."""
+    if isinstance(value, partial):
+        return hydra_configs([value.func, *value.args, *value.keywords.values()])
+    if isinstance(value, HydraConfig):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [config for item in value for config in hydra_configs(item)]
+    return []
+
+
+def package_version() -> str:
+    """The installed fairseq-subnets version (read when asked, so an upgrade in place is seen)."""
+    import fairseq_subnets
+
+    return fairseq_subnets.__version__
+
+
 def cell_key(cell: Cell, dependency_keys: Dict[str, str]):
     """(key, the parts it digests): see the module docstring."""
+    configs = {}
+    try:
+        for config in hydra_configs(cell.work):
+            configs.update({str(path): file_digest(path) for path in config.files()})
+    except ConfigFileError as error:
+        raise CellError(f"cell {cell.name}: {error}") from None
     inputs = {}
     for path in cell.inputs:
         try:
             inputs[str(path)] = file_digest(path)
         except FileNotFoundError:
             raise CellError(f"cell {cell.name}: input file {path} does not exist") from None
-    parts = {"config": cell.config, "inputs": inputs, "after": {name: dependency_keys[name] for name in cell.after}}
+    try:
+        work = work_description(cell.work)
+    except TypeError as error:
+        raise CellError(f"cell {cell.name}: {error}") from None
+    parts = {"work": work, "configs": configs, "inputs": inputs,
+             "after": {name: dependency_keys[name] for name in cell.after}, "version": package_version()}
     return value_digest(parts), parts
 
 

@@ -1,8 +1,9 @@
 """Where cells run: threads of this process (the default), or jobs of submitit, either on this
 machine (`submitit-local`, each cell in its own process) or on a Slurm cluster (`slurm`).
 
-An executor has `slots` (cells running at the same time) and `run(cell, results)`, which runs
-the cell's work with a CellContext and returns its result. Caching never happens here (see
+An executor has `slots` (cells running at the same time) and `run(cell, results, runner)`, which
+runs the cell's work with a CellContext (holding `runner`, what runs its fairseq commands) and
+returns its result. Caching never happens here (see
 scheduler.py): an executor only runs work it is handed.
 
 On Slurm each cell is one job on one node with `ranks x gpus_per_rank` GPUs; its training command
@@ -64,13 +65,14 @@ class LocalExecutor:
     def __init__(self, jobs: int = 1):
         self.slots = jobs
 
-    def run(self, cell: Cell, results: dict) -> dict:
-        return cell.work(shared_cores_context(cell, results, self.slots))
+    def run(self, cell: Cell, results: dict, runner) -> dict:
+        return cell.work(shared_cores_context(cell, results, self.slots, runner))
 
 
-def shared_cores_context(cell: Cell, results: dict, slots: int) -> CellContext:
+def shared_cores_context(cell: Cell, results: dict, slots: int, runner) -> CellContext:
     """The context of a cell sharing this machine's cores with `slots - 1` others, without GPUs."""
-    return CellContext(Path(cell.directory), results, threads=max(1, (os.cpu_count() or 1) // slots), gpus=0)
+    return CellContext(Path(cell.directory), results, threads=max(1, (os.cpu_count() or 1) // slots), gpus=0,
+                       runner=runner)
 
 
 class SubmititExecutor:
@@ -98,18 +100,18 @@ class SubmititExecutor:
             parameters["mem_gb"] = cell.ranks * options.mem_gb_per_rank
         return {key: value for key, value in parameters.items() if value is not None}
 
-    def context(self, cell: Cell, results: dict) -> CellContext:
+    def context(self, cell: Cell, results: dict, runner) -> CellContext:
         if self.cluster == "local":
-            return shared_cores_context(cell, results, self.slots)
+            return shared_cores_context(cell, results, self.slots, runner)
         return CellContext(Path(cell.directory), results, threads=cell.ranks * self.slurm.cpus_per_rank,
-                           gpus=cell.ranks * self.slurm.gpus_per_rank)
+                           gpus=cell.ranks * self.slurm.gpus_per_rank, runner=runner)
 
-    def run(self, cell: Cell, results: dict) -> dict:
+    def run(self, cell: Cell, results: dict, runner) -> dict:
         import submitit
 
         executor = submitit.AutoExecutor(folder=self.folder / cell.name, cluster=self.cluster)
         executor.update_parameters(**self.parameters(cell))
-        job = executor.submit(cell.work, self.context(cell, results))
+        job = executor.submit(cell.work, self.context(cell, results, runner))
         return job.result()
 
 

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ..atomic import atomic_path, write_atomically
+from .results import RESULTS_CSV
 
 MISSING_MARK = "–"
 REPORT_FILE = "report.md"
@@ -33,6 +34,22 @@ class ResultsError(ValueError):
 
 
 # ------------------------------------------------------------------------------------------ input
+
+
+def locate_results(results, beside: Sequence[str]) -> Tuple[Optional[Path], ...]:
+    """RESULTS (a grid folder or its results.csv) -> (results.csv, then each file named in `beside`
+    next to it, or None where it is missing): how every experiment's report finds its inputs."""
+    path = Path(results)
+    if path.is_dir():
+        results_path = path / RESULTS_CSV
+        if not results_path.is_file():
+            raise ResultsError(f"{path}: no {RESULTS_CSV} in this folder")
+    elif path.is_file():
+        results_path = path
+    else:
+        raise ResultsError(f"{path}: no such file or folder")
+    found = [results_path.with_name(name) for name in beside]
+    return (results_path, *(candidate if candidate.is_file() else None for candidate in found))
 
 
 def read_rows(path: Path, required: Sequence[str]) -> List[Tuple[int, Dict[str, str]]]:
@@ -113,9 +130,25 @@ def mean_measure(values: Iterable[Optional[float]]) -> Measure:
     return Measure(fmean(present) if present else None, len(present), len(values))
 
 
+def sparsity_text(sparsity: float) -> str:
+    """A sparsity as tables and file names show it: 0.5, not 0.50."""
+    return f"{sparsity:g}"
+
+
 def ordered(items: Iterable[str]) -> List[str]:
     """Distinct items in order of first appearance."""
     return list(dict.fromkeys(items))
+
+
+def status_lines(runs: Sequence, results_path: Path) -> List[str]:
+    """report.md's first lines: how many of the rows of results.csv (each with `cer`, `cell` and
+    `line`) have a CER, and which have none."""
+    unfinished = [run for run in runs if run.cer is None]
+    lines = [f"{len(runs) - len(unfinished)} of {len(runs)} cells in `{results_path}` have a CER; "
+             f"{len(unfinished)} not finished (empty CER). Cells absent from the file cannot be counted here."]
+    if unfinished:
+        lines.append("Not finished: " + ", ".join(run.cell or f"line {run.line}" for run in unfinished) + ".")
+    return lines
 
 
 # ----------------------------------------------------------------------------------------- tables

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence
 
 from ..atomic import write_atomically
-from .cells import Cell, cell_key, check_cells
+from .cells import Cell, CellError, cell_key, check_cells
 
 CELL_FILE = "cell.json"
 RESULT_FILE = "result.json"
@@ -31,10 +31,41 @@ def _read_json(path: Path):
         return None
 
 
+PART_LABELS = {"work": "work arguments", "configs": "config files", "inputs": "input files",
+               "after": "dependencies", "version": "package version"}
+"""The parts of a cache key (engine/cells.py), as the log names them when they changed."""
+
+
 def _changed_parts(stored: dict, parts: dict) -> str:
-    changed = [name for name in ("config", "inputs", "after") if stored.get(name) != parts[name]]
-    labels = {"config": "configuration", "inputs": "input files", "after": "dependencies"}
-    return ", ".join(labels[name] for name in changed) or "cache key"
+    changed = [label for name, label in PART_LABELS.items() if stored.get(name) != parts[name]]
+    return ", ".join(changed) or "cache key"
+
+
+def stored_result(cell: Cell, key: str) -> Optional[dict]:
+    """The result in the cell's folder when it was computed with this key, else None."""
+    stored = _read_json(Path(cell.directory) / CELL_FILE)
+    if stored is None or stored.get("key") != key:
+        return None
+    return _read_json(Path(cell.directory) / RESULT_FILE)
+
+
+def cached_results(cells: Sequence[Cell]) -> Dict[str, dict]:
+    """The results of every cell already finished with its current key, found without running
+    anything: keys are computed in dependency order from what is on disk now, and a cell that is
+    not finished (or whose inputs are not there yet) makes its dependents unfinished too."""
+    results: Dict[str, dict] = {}
+    keys: Dict[str, str] = {}
+    for cell in check_cells(cells):
+        if not all(name in results for name in cell.after):
+            continue
+        try:
+            key, _ = cell_key(cell, keys)
+        except CellError:
+            continue
+        result = stored_result(cell, key)
+        if result is not None:
+            keys[cell.name], results[cell.name] = key, result
+    return results
 
 
 def prepare(cell: Cell, key: str, parts: dict, say) -> Optional[dict]:
@@ -44,7 +75,7 @@ def prepare(cell: Cell, key: str, parts: dict, say) -> Optional[dict]:
     stored = _read_json(directory / CELL_FILE)
     result_file = directory / RESULT_FILE
     if stored is not None and stored.get("key") == key:
-        result = _read_json(result_file)
+        result = stored_result(cell, key)
         if result is not None:
             return result
     elif stored is not None:
@@ -66,15 +97,20 @@ class CellFailed(RuntimeError):
 
 
 def run_cells(cells: Sequence[Cell], executor, say: Callable[[str], None] = print, progress=None,
-              on_finished: Optional[Callable[[Cell, dict], None]] = None) -> Dict[str, dict]:
+              on_finished: Optional[Callable[[Cell, dict], None]] = None, runner=None) -> Dict[str, dict]:
     """Runs every cell not yet finished, at most `executor.slots` at a time, each once its
-    dependencies finished; returns the results by cell name. `progress.update(1)` and
+    dependencies finished, its fairseq commands through `runner` (default: FairseqRunner, the stock
+    commands); returns the results by cell name. `progress.update(1)` and
     `on_finished(cell, result)` follow every finished or skipped cell (from this thread only).
 
     A failed cell's dependents never start; every other cell still runs, then the first failure is
     raised as CellFailed. Finished cells keep their results.
     """
     ordered = check_cells(cells)
+    if runner is None:
+        from .runners import FairseqRunner
+
+        runner = FairseqRunner()
     results: Dict[str, dict] = {}
     keys: Dict[str, str] = {}
     waiting = list(ordered)
@@ -93,7 +129,7 @@ def run_cells(cells: Sequence[Cell], executor, say: Callable[[str], None] = prin
     def execute(cell, context_results):
         started = time.monotonic()
         try:
-            result = executor.run(cell, context_results)
+            result = executor.run(cell, context_results, runner)
         except BaseException as error:
             write_atomically(Path(cell.directory) / FAILURE_FILE, traceback.format_exc().encode())
             raise CellFailed(cell, error) from error

@@ -7,17 +7,14 @@ blocks. A run whose CER is empty (not finished, failed) is shown as missing, nev
 """
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
 
-from ...engine.report import (
-    Column, Heatmap, Measure, ResultsError, Table, View, choice_field, mean_measure, nonempty_field, number_field,
-    ordered, read_rows, write_views,
-)
 from ...core.targets import KINDS
-from ..storey2025.views import locate_results, status_lines
-from .cells import IN_DOMAIN, OUT_OF_DOMAIN
-from .run import RANK_COLUMNS, RANKS_FILE
+from ...engine.report import (
+    Column, Heatmap, Measure, ResultsError, Table, View, choice_field, locate_results, mean_measure, nonempty_field,
+    number_field, ordered, read_rows, status_lines, write_views,
+)
+from .cells import IN_DOMAIN, OUT_OF_DOMAIN, RANK_COLUMNS, RANKS_FILE
 
 RESULT_COLUMNS = ("cell", "method", "setting", "language", "eval_language", "domain", "cer", "wer",
                   "unknown_characters", "trainable_params", "trainable_percent", "head_params")
@@ -173,6 +170,6 @@ def write_report(results, out_dir) -> List[Path]:
     results_path, ranks_path = locate_results(results, [RANKS_FILE])
     runs = read_results(results_path)
     ranks = read_ranks(ranks_path) if ranks_path else None
-    preamble = [*status_lines(SimpleNamespace(runs=runs), results_path), "", LEGEND]
+    preamble = [*status_lines(runs, results_path), "", LEGEND]
     return write_views(out_dir, "Parameter-efficient fine-tuning report", preamble,
                        [comparison_view(runs), rank_view(ranks, ranks_path)], LEGEND)

@@ -8,15 +8,13 @@ shown as missing, never as zero, and an average over fewer languages says so.
 """
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Dict, List, Optional
 
 from ...engine.report import (
-    Column, Heatmap, Measure, ResultsError, Table, View, choice_field, mean_measure, nonempty_field, number_field,
-    ordered, read_rows, write_views,
+    Column, Heatmap, Measure, ResultsError, Table, View, choice_field, locate_results, mean_measure, nonempty_field,
+    number_field, ordered, read_rows, status_lines, write_views,
 )
-from ..storey2025.views import locate_results, status_lines
-from .run import LAYERS_FILE, MASKS_FILE
+from .cells import LAYERS_FILE, MASKS_FILE
 from .spec import MODELS, WITH_GROUP_LASSO
 
 RESULT_COLUMNS = ("cell", "model", "group_lasso", "language", "cer", "sparsity")
@@ -200,7 +198,7 @@ def write_report(results, out_dir) -> List[Path]:
     rows = read_results(results_path)
     masks = read_masks(masks_path) if masks_path else None
     layers = read_layers(layers_path) if layers_path else None
-    preamble = [*status_lines(SimpleNamespace(runs=rows), results_path), "", LEGEND]
+    preamble = [*status_lines(rows, results_path), "", LEGEND]
     return write_views(out_dir, "ASR Pathways report", preamble,
                        [comparison_view(rows), overlap_view(masks, masks_path), layer_view(layers, layers_path)],
                        LEGEND)

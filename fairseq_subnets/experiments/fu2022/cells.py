@@ -1,6 +1,6 @@
 """The cells of a Fu et al. (2022) grid and the work each one does.
 
-(1) `pretrain`: the tiny wav2vec2 (storey2025's cell), unless the grid names a pretrained checkpoint;
+(1) `pretrain`: the tiny wav2vec2 (the engine's cell), unless the grid names a pretrained checkpoint;
 (2) `finetune-LANG`: weight fine-tuning (config `tiny`), decoded: Fig. 2's baseline, and the model
 Fig. 4 prunes; (3) `s3router-LANG-sS-INIT-TARGETS`: learned masks on the frozen pretrained weights
 (config `learned_masks_tiny`), decoded, its masks extracted into a mask file; (4) Fig. 4, from each
@@ -11,14 +11,16 @@ on one backbone, and `bundle-LANG`: each language decoded from it; (6) `similari
 cosine similarity of the languages' learned masks and its correlation with the grid's language
 similarity matrix.
 
-What enters each cache key (engine/cells.py): the grid-file keys the cell reads (`config`), the
-manifests it trains or decodes on, a given pretrained checkpoint, a mask file it applies and the
-similarity matrix (by content), and the keys of the cells it builds on. So changing
+What enters each cache key (engine/cells.py): the arguments bound to the cell's work (the grid-file
+keys it reads), the config files it trains with, the manifests it trains or decodes on, a given
+pretrained checkpoint, a mask file it applies and the similarity matrix (by content), and the keys
+of the cells it builds on. So changing
 `s3router.lr` reruns every S3-Router run and the bundle and similarity built on them, but neither
 the weight fine-tuning nor Fig. 4; changing `finetune.lr` reruns the fine-tuned models and Fig. 4.
 
 Work functions are module-level and take plain values (functools.partial), so submitit can pickle
-them for another process. Decoding and pretraining are storey2025's work functions.
+them for another process; they run fairseq through `context.runner`. Pretraining, decoding and
+pruning are the engine's shared work (engine/grid_plan.py).
 """
 import math
 import time
@@ -28,9 +30,10 @@ from typing import Dict, List, Optional
 
 from ... import USER_DIR
 from ...engine.cells import Cell, CellContext
-from ...runner import hydra_train
-from ..storey2025.cells import CorpusPlan, decode, mask_result, prune_work
-from .spec import GridSpec, LearnedRun, plan_learned_runs, reference_run, sparsity_label
+from ...engine.grid_plan import CorpusPlan, decode, mask_result, prune_work
+from ...engine.grid_run import GridRun as EngineGridRun
+from ...engine.hydra_configs import HydraConfig
+from .spec import METHOD, GridSpec, LearnedRun, plan_learned_runs, reference_run, sparsity_label
 
 WEIGHTS, S3ROUTER, S3ROUTER_P, GLOBAL_L1, BUNDLE = "weights", "s3router", "s3router-p", "global-l1", "bundle"
 """What a row of results.csv is: weight fine-tuning, learned masks on the pretrained weights, learned
@@ -42,6 +45,11 @@ RESULT_COLUMNS = (
 )
 SIMILARITY_COLUMNS = ("layer", "a", "b", "mask_cosine", "language_similarity")
 CORRELATION_COLUMNS = ("layer", "pearson", "spearman", "pairs")
+SIMILARITY_FILE = "similarity.csv"
+"""Cosine similarity of the learned masks of each pair of languages per layer, beside the pair's
+language similarity."""
+CORRELATION_FILE = "correlation.csv"
+"""Pearson and Spearman between the two, per layer."""
 BUNDLE_CELL = "bundle"
 SIMILARITY_CELL = "similarity"
 FINETUNE_CONFIG = "tiny"
@@ -54,29 +62,30 @@ DECODED_CHECKPOINT = "checkpoint_best.pt"
 # ------------------------------------------------------------------------------------------- work
 
 
-def train_and_decode(config_name: str, row: dict, data_dir: Path, overrides: List[str], context: CellContext) -> dict:
+def train_and_decode(config: HydraConfig, row: dict, data_dir: Path, overrides: List[str],
+                     context: CellContext) -> dict:
     started = time.monotonic()
-    hydra_train(config_name, [*overrides, f"checkpoint.save_dir={context.directory}"], context.directory / "train.log",
-                threads=context.threads, gpus=context.gpus)
+    context.runner.hydra_train(config, [*overrides, f"checkpoint.save_dir={context.directory}"],
+                               context.directory / "train.log", threads=context.threads, gpus=context.gpus)
     checkpoint = context.directory / DECODED_CHECKPOINT
     return {**row, "checkpoint": str(checkpoint), "train_seconds": round(time.monotonic() - started, 1),
             **decode(data_dir, checkpoint, context)}
 
 
-def finetune_work(row: dict, data_dir: Path, overrides: List[str], mask_cell: Optional[str],
+def finetune_work(config: HydraConfig, row: dict, data_dir: Path, overrides: List[str], mask_cell: Optional[str],
                   context: CellContext) -> dict:
     """Weight fine-tuning, under the fixed mask `mask_cell` wrote when there is one."""
     mask = context.results[mask_cell] if mask_cell else {"mask_path": "", "mask_sparsity": 0.0}
     arguments = [*overrides, f"+model.mask_path={mask['mask_path']}"] if mask_cell else overrides
-    return {**train_and_decode(FINETUNE_CONFIG, row, data_dir, arguments, context), **mask}
+    return {**train_and_decode(config, row, data_dir, arguments, context), **mask}
 
 
-def learned_work(row: dict, data_dir: Path, overrides: List[str], context: CellContext) -> dict:
+def learned_work(config: HydraConfig, row: dict, data_dir: Path, overrides: List[str], context: CellContext) -> dict:
     """Learns masks, decodes, and writes the learned masks as a mask file (their actual sparsity is
     in the row: each selected matrix loses exactly its share)."""
     from ...plugin.prune import extract_checkpoint_masks
 
-    result = train_and_decode(LEARNED_CONFIG, row, data_dir, overrides, context)
+    result = train_and_decode(config, row, data_dir, overrides, context)
     path = context.directory / LEARNED_MASK_FILE
     extract_checkpoint_masks(result["checkpoint"], str(path))
     return {**result, **mask_result(path)}
@@ -157,9 +166,9 @@ class GridPlan(CorpusPlan):
     """Builds the engine cells of a grid whose corpus is (or will be) at `corpus` and whose run
     folder is `out_dir`; `cells` lists them in dependency order."""
 
-    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path):
+    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path, config_root: Optional[Path] = None):
         self.spec = spec
-        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.seed)
+        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.pretraining_seed, config_root)
         self.finetuned = {language: self._finetune(language) for language in spec.languages}
         self.learned = {run: self._learned(run) for run in plan_learned_runs(spec)}
         for language in spec.pruning.languages:
@@ -182,10 +191,9 @@ class GridPlan(CorpusPlan):
         name = f"finetune-{language}"
         row = placeholder_row(name, WEIGHTS, language, 0.0, self.spec.seed, updates=tune.updates, lr=tune.lr)
         overrides = self.training_overrides(language, tune.updates, tune.lr, tune.overrides)
-        config = {"language": language, "updates": tune.updates, "lr": tune.lr, "seed": self.spec.seed,
-                  "overrides": tune.overrides}
-        work = partial(finetune_work, row, self.corpus / language, overrides, None)
-        return self.add(Cell(name, self.out_dir / "finetune" / language, work, config,
+        work = partial(finetune_work, self.finetune_config(FINETUNE_CONFIG), row, self.corpus / language, overrides,
+                       None)
+        return self.add(Cell(name, self.out_dir / "finetune" / language, work,
                              [*self.pretrained_inputs, *self.manifests(language)], self.pretrained_after, row=row))
 
     def _learned(self, run: LearnedRun) -> str:
@@ -194,11 +202,8 @@ class GridPlan(CorpusPlan):
                               router.layers, router.updates, router.lr)
         scores = score_overrides(run.sparsity, run.init, run.targets, router.layers, router.scope)
         overrides = self.training_overrides(run.language, router.updates, router.lr, [*scores, *router.overrides])
-        config = {"language": run.language, "sparsity": run.sparsity, "init": run.init, "targets": run.targets,
-                  "layers": router.layers, "scope": router.scope, "updates": router.updates, "lr": router.lr,
-                  "seed": self.spec.seed, "overrides": router.overrides}
-        work = partial(learned_work, row, self.corpus / run.language, overrides)
-        return self.add(Cell(run.name, self.out_dir / "s3router" / run.name[len("s3router-"):], work, config,
+        work = partial(learned_work, self.finetune_config(LEARNED_CONFIG), row, self.corpus / run.language, overrides)
+        return self.add(Cell(run.name, self.out_dir / "s3router" / run.name[len("s3router-"):], work,
                              [*self.pretrained_inputs, *self.manifests(run.language)], self.pretrained_after, row=row))
 
     def finetuned_checkpoint(self, language: str) -> Path:
@@ -213,11 +218,8 @@ class GridPlan(CorpusPlan):
         scores = score_overrides(sparsity, pruning.init, pruning.targets, pruning.layers, router.scope)
         overrides = self.training_overrides(language, pruning.updates, pruning.s3router_lr, [
             f"+model.init_from={self.finetuned_checkpoint(language)}", *scores, *router.overrides])
-        config = {"language": language, "sparsity": sparsity, "init": pruning.init, "targets": pruning.targets,
-                  "layers": pruning.layers, "scope": router.scope, "updates": pruning.updates,
-                  "lr": pruning.s3router_lr, "seed": self.spec.seed, "overrides": router.overrides}
-        work = partial(learned_work, row, self.corpus / language, overrides)
-        self.add(Cell(name, self.out_dir / "pruning" / name, work, config, self.manifests(language),
+        work = partial(learned_work, self.finetune_config(LEARNED_CONFIG), row, self.corpus / language, overrides)
+        self.add(Cell(name, self.out_dir / "pruning" / name, work, self.manifests(language),
                       [self.finetuned[language]], row=row))
 
     def _global_l1(self, language: str, sparsity: float) -> None:
@@ -227,34 +229,29 @@ class GridPlan(CorpusPlan):
         mask_name = f"mask-{GLOBAL_L1}-{label}"
         prune = partial(prune_work, self.finetuned[language], self.pretrained_path, f"{label}.mask", GLOBAL_L1,
                         sparsity, pruning.targets, pruning.layers, 0)
-        self.add(Cell(mask_name, self.out_dir / "masks" / label, prune,
-                      {"method": GLOBAL_L1, "sparsity": sparsity, "targets": pruning.targets, "layers": pruning.layers},
-                      after=[self.finetuned[language]]))
+        self.add(Cell(mask_name, self.out_dir / "masks" / label, prune, after=[self.finetuned[language]]))
         name = f"{GLOBAL_L1}-{label}"
         row = placeholder_row(name, GLOBAL_L1, language, sparsity, self.spec.seed, targets=pruning.targets,
                               layers=pruning.layers, updates=pruning.updates, lr=pruning.finetune_lr)
         overrides = self.training_overrides(language, pruning.updates, pruning.finetune_lr, [
             f"+model.init_from={self.finetuned_checkpoint(language)}", *tune.overrides])
-        config = {"language": language, "sparsity": sparsity, "updates": pruning.updates, "lr": pruning.finetune_lr,
-                  "seed": self.spec.seed, "overrides": tune.overrides}
-        work = partial(finetune_work, row, self.corpus / language, overrides, mask_name)
-        self.add(Cell(name, self.out_dir / "pruning" / name, work, config,
+        work = partial(finetune_work, self.finetune_config(FINETUNE_CONFIG), row, self.corpus / language, overrides,
+                       mask_name)
+        self.add(Cell(name, self.out_dir / "pruning" / name, work,
                       [*self.manifests(language), self.out_dir / "masks" / label / f"{label}.mask"],
                       [self.finetuned[language], mask_name], row=row))
 
     def _bundle(self) -> None:
         languages = self.spec.bundle.languages
         own = {language: self.learned[reference_run(self.spec, language)] for language in languages}
-        self.add(Cell(BUNDLE_CELL, self.out_dir / BUNDLE_CELL, partial(bundle_work, own), {"languages": languages},
-                      after=list(own.values())))
+        self.add(Cell(BUNDLE_CELL, self.out_dir / BUNDLE_CELL, partial(bundle_work, own), after=list(own.values())))
         router = self.spec.s3router
         for language in languages:
             name = f"{BUNDLE}-{language}"
             row = placeholder_row(name, BUNDLE, language, router.sparsity, self.spec.seed, router.init,
                                   router.targets, router.layers)
             work = partial(bundle_decode_work, row, self.corpus, languages, own[language])
-            self.add(Cell(name, self.out_dir / "bundle-decode" / language, work,
-                          {"language": language, "languages": languages}, self.manifests(language),
+            self.add(Cell(name, self.out_dir / "bundle-decode" / language, work, self.manifests(language),
                           [BUNDLE_CELL, own[language]], row=row))
 
     def _similarity(self) -> None:
@@ -262,6 +259,23 @@ class GridPlan(CorpusPlan):
         masks = {language: self.learned[reference_run(self.spec, language)] for language in similarity.languages}
         matrix = Path(similarity.matrix).resolve() if similarity.matrix else None
         work = partial(similarity_work, masks, similarity.layers, str(matrix) if matrix else None)
-        config = {"languages": similarity.languages, "layers": similarity.layers, "metric": "cosine"}
-        self.add(Cell(SIMILARITY_CELL, self.out_dir / SIMILARITY_CELL, work, config, [matrix] if matrix else [],
+        self.add(Cell(SIMILARITY_CELL, self.out_dir / SIMILARITY_CELL, work, [matrix] if matrix else [],
                       list(masks.values())))
+
+
+# ------------------------------------------------------------------------------------------- run
+
+
+class GridRun(EngineGridRun):
+    """A Fu et al. (2022) grid: results.csv / results.json hold every weight fine-tuning,
+    S3-Router, S3-Router-P, global L1 and bundle decoding cell, finished or not; similarity.csv and
+    correlation.csv the similarity cell's tables."""
+
+    plan = GridPlan
+    method = METHOD
+    columns = RESULT_COLUMNS
+
+    def side_tables(self):
+        similarity = self.results.get(SIMILARITY_CELL, {})
+        return [(SIMILARITY_FILE, SIMILARITY_COLUMNS, similarity.get("similarity", [])),
+                (CORRELATION_FILE, CORRELATION_COLUMNS, similarity.get("correlation", []))]

@@ -14,16 +14,16 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from ...engine.report import (
     ABSENT, MISSING_MARK, Column, Heatmap, LinePlot, Measure, ResultsError, Table, View, bounded_field, choice_field,
-    mean_measure, nonempty_field, number_field, ordered, read_rows, write_views,
+    locate_results, mean_measure, nonempty_field, number_field, ordered, read_rows, sparsity_text, status_lines,
+    write_views,
 )
 from ...engine.results import RESULTS_CSV as RESULTS_FILE
+from .cells import IOU_COLUMNS, IOU_FILE, REPORTED_COLUMNS
+from .spec import SOURCES as MASK_SOURCES
 
-IOU_FILE = "iou.csv"
 STAGES = ("upstream", "downstream")
-SOURCES = ("own", "swap", "union", "base", "random", "none")
-RESULT_COLUMNS = ("cell", "stage", "upstream", "downstream", "sparsity", "source", "mask_language", "seed",
-                  "cer", "wer", "mask_sparsity")
-IOU_COLUMNS = ("sparsity", "a", "b", "iou")
+SOURCES = (*MASK_SOURCES, "none")
+"""A row's `source`: a mask source of the grid, or none for an upstream model."""
 IOU_TOLERANCE = 1e-6
 SPARSITY_AXIS = "Sparsity (%)"
 CER_AXIS = "CER (%)"
@@ -56,22 +56,6 @@ class Run:
     @property
     def configuration(self) -> tuple:
         return self.stage, self.source, self.upstream, self.mask, self.downstream, self.sparsity
-
-
-def locate_results(results, beside: Sequence[str]) -> Tuple[Optional[Path], ...]:
-    """RESULTS (a grid folder or its results.csv) -> (results.csv, then each file named in `beside`
-    next to it, or None where it is missing): how every method's report finds its inputs."""
-    path = Path(results)
-    if path.is_dir():
-        results_path = path / RESULTS_FILE
-        if not results_path.is_file():
-            raise ResultsError(f"{path}: no {RESULTS_FILE} in this folder")
-    elif path.is_file():
-        results_path = path
-    else:
-        raise ResultsError(f"{path}: no such file or folder")
-    found = [results_path.with_name(name) for name in beside]
-    return (results_path, *(candidate if candidate.is_file() else None for candidate in found))
 
 
 def _run_from_fields(fields: Dict[str, str], path: Path, line: int) -> Run:
@@ -109,7 +93,7 @@ def _run_from_fields(fields: Dict[str, str], path: Path, line: int) -> Run:
 def read_results(path) -> List[Run]:
     """Every row of results.csv, validated; one seed of a configuration may appear only once."""
     path, runs, seen = Path(path), [], {}
-    for line, fields in read_rows(path, RESULT_COLUMNS):
+    for line, fields in read_rows(path, REPORTED_COLUMNS):
         run = _run_from_fields(fields, path, line)
         key = run.configuration + (run.seed,)
         if key in seen:
@@ -144,10 +128,6 @@ def read_iou(path) -> Dict[float, Dict[Tuple[str, str], float]]:
     return dict(matrices)
 
 # ----------------------------------------------------------------------------------------- values
-
-
-def sparsity_text(sparsity: float) -> str:
-    return f"{sparsity:g}"
 
 
 class Grid:
@@ -375,20 +355,11 @@ def build_views(grid: Grid, iou, iou_path: Optional[Path]) -> List[View]:
             union_view(grid), control_view(grid), upstream_view(grid), iou_view(iou, iou_path)]
 
 
-def status_lines(grid: Grid, results_path: Path) -> List[str]:
-    unfinished = [run for run in grid.runs if run.cer is None]
-    lines = [f"{len(grid.runs) - len(unfinished)} of {len(grid.runs)} cells in `{results_path}` have a CER; "
-             f"{len(unfinished)} not finished (empty CER). Cells absent from the file cannot be counted here."]
-    if unfinished:
-        lines.append("Not finished: " + ", ".join(run.cell or f"line {run.line}" for run in unfinished) + ".")
-    return lines
-
-
 def write_report(results, out_dir) -> List[Path]:
     """Reads RESULTS (a grid folder or its results.csv), writes every view into out_dir and report.md;
     returns the files written, report.md last."""
     results_path, iou_path = locate_results(results, [IOU_FILE])
     grid = Grid(read_results(results_path))
     iou = read_iou(iou_path) if iou_path else None
-    return write_views(out_dir, "Language subnetwork report", [*status_lines(grid, results_path), "", LEGEND],
+    return write_views(out_dir, "Language subnetwork report", [*status_lines(grid.runs, results_path), "", LEGEND],
                        build_views(grid, iou, iou_path), LEGEND)

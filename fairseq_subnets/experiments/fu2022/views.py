@@ -17,14 +17,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ...engine.report import (
     ABSENT, MISSING_MARK, Column, Heatmap, LinePlot, Measure, ResultsError, ScatterPlot, Table, View, bounded_field,
-    choice_field, mean_measure, nonempty_field, number_field, ordered, read_rows, write_views,
+    choice_field, locate_results, mean_measure, nonempty_field, number_field, ordered, read_rows, sparsity_text,
+    status_lines, write_views,
 )
 from ...engine.results import RESULTS_CSV as RESULTS_FILE
-from ..storey2025.views import locate_results, sparsity_text, status_lines
 from .cells import (
-    BUNDLE, CORRELATION_COLUMNS, GLOBAL_L1, S3ROUTER, S3ROUTER_P, SIMILARITY_COLUMNS, WEIGHTS,
+    BUNDLE, CORRELATION_COLUMNS, CORRELATION_FILE, GLOBAL_L1, S3ROUTER, S3ROUTER_P, SIMILARITY_COLUMNS,
+    SIMILARITY_FILE, WEIGHTS,
 )
-from .run import CORRELATION_FILE, SIMILARITY_FILE
 
 METHODS = (WEIGHTS, S3ROUTER, S3ROUTER_P, GLOBAL_L1, BUNDLE)
 LEARNED = (S3ROUTER, S3ROUTER_P, BUNDLE)
@@ -430,5 +430,5 @@ def write_report(results, out_dir) -> List[Path]:
     grid = Grid(read_results(results_path))
     pairs = read_similarity(similarity_path) if similarity_path else None
     correlations = read_correlations(correlation_path) if correlation_path else None
-    return write_views(out_dir, "S3-Router report", [*status_lines(grid, results_path), "", LEGEND],
+    return write_views(out_dir, "S3-Router report", [*status_lines(grid.runs, results_path), "", LEGEND],
                        build_views(grid, pairs, correlations, similarity_path), LEGEND)

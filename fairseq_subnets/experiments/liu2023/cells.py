@@ -1,6 +1,6 @@
 """The cells of a Liu et al. (2023) grid and the work each one does.
 
-(1) `pretrain`: the tiny wav2vec2 (storey2025's cell), unless the grid names a pretrained checkpoint;
+(1) `pretrain`: the tiny wav2vec2 (the engine's cell), unless the grid names a pretrained checkpoint;
 (2) one training cell per run (`full-LANG`, `lora-LANG`, ..., `adalora-rankmap-LANG`): stock
 fairseq-hydra-train with the run's shipped config for the grid's budget of updates, then its
 parameter counts, its learned ranks and its in-domain test CER; (3) `RUN-on-OOD`: the run decoded
@@ -15,23 +15,27 @@ references written in its alphabet, that is, without the characters it lacks (wh
 cannot output, and which the plugin's data check refuses). The row says what share of the
 reference characters that removed (`unknown_characters`).
 
-What enters each cache key (engine/cells.py): the grid keys the cell reads (`config`), the
-manifests, a given pretrained checkpoint (by content) and the keys of the cells it builds on: so
-changing `tuners.lr` reruns the tuners and their decodings, not full fine-tuning.
+What enters each cache key (engine/cells.py): the arguments bound to the cell's work (the grid keys
+it reads), the config files it trains with (a tuner's shipped `<method>_tiny.yaml` and the files it
+pulls in), the manifests, a given pretrained checkpoint (by content) and the keys of the cells it
+builds on: so changing `tuners.lr` reruns the tuners and their decodings, not full fine-tuning, and
+editing `config/finetune/tuner/lora.yaml` reruns the LoRA run and its decodings only.
 """
 import shutil
 import time
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Mapping
+from typing import Dict, List, Mapping, Optional
 
 import torch
 
 from ... import USER_DIR
+from ...core.targets import KINDS
 from ...engine.cells import Cell, CellContext
-from ...runner import hydra_train
-from ..storey2025.cells import CorpusPlan, decode
-from .spec import FULL, GridSpec, TrainingRun, plan_runs
+from ...engine.grid_plan import CorpusPlan, decode
+from ...engine.grid_run import GridRun as EngineGridRun
+from ...engine.hydra_configs import HydraConfig
+from .spec import FULL, METHOD, GridSpec, TrainingRun, plan_runs
 
 RESULT_COLUMNS = (
     "cell", "method", "setting", "language", "eval_language", "domain", "seed", "cer", "wer", "test_utterances",
@@ -43,6 +47,10 @@ DECODED_CHECKPOINT = "checkpoint_last.pt"
 TEST_FILES = ("test.tsv", "test.ltr")
 """What fairseq-generate reads of a test set (`--labels ltr`): an out-of-domain cell's inputs."""
 DICTIONARY = "dict.ltr.txt"
+RANKS_FILE = "ranks.csv"
+"""The rank in use of every adapted matrix of each finished run with ranks: one row per run and
+encoder layer, a column per matrix kind, empty where the run adapts no such matrix."""
+RANK_COLUMNS = ("cell", "method", "setting", "layer", *KINDS)
 
 
 # ------------------------------------------------------------------------------------------- work
@@ -54,7 +62,7 @@ def parameter_counts(state: Mapping[str, torch.Tensor], full: bool) -> dict:
     layer, which every run trains, apart; and the share of the pretrained model's parameters."""
     from ...core.tuners import tuner_trained_count
     from ...plugin.adapters import backbone_tensors
-    from ...plugin.language_heads import STOCK_OUTPUT_LAYER_PREFIX
+    from ...techniques.extension import STOCK_OUTPUT_LAYER_PREFIX
 
     backbone = sum(tensor.numel() for tensor in backbone_tensors(state).values())
     trainable = backbone if full else tuner_trained_count(state)
@@ -79,12 +87,12 @@ def rank_rows(state: Mapping[str, torch.Tensor]) -> List[dict]:
     return [{"layer": layer, **by_layer[layer]} for layer in sorted(by_layer)]
 
 
-def train_work(run_config: str, full: bool, row: dict, data_dir: Path, overrides: List[str],
+def train_work(config: HydraConfig, full: bool, row: dict, data_dir: Path, overrides: List[str],
                context: CellContext) -> dict:
     """Trains one run, counts what it trained, reads its ranks and decodes its in-domain test set."""
     started = time.monotonic()
-    hydra_train(run_config, [*overrides, f"checkpoint.save_dir={context.directory}"], context.directory / "train.log",
-                threads=context.threads, gpus=context.gpus)
+    context.runner.hydra_train(config, [*overrides, f"checkpoint.save_dir={context.directory}"],
+                               context.directory / "train.log", threads=context.threads, gpus=context.gpus)
     checkpoint = context.directory / DECODED_CHECKPOINT
     train_seconds = round(time.monotonic() - started, 1)
     from ...plugin.checkpoints import load_fairseq_checkpoint
@@ -136,9 +144,9 @@ class GridPlan(CorpusPlan):
     """Builds the engine cells of a grid whose corpus is (or will be) at `corpus` and whose run
     folder is `out_dir`; `cells` lists them in dependency order."""
 
-    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path):
+    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path, config_root: Optional[Path] = None):
         self.spec = spec
-        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.seed)
+        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.pretraining_seed, config_root)
         for run in plan_runs(spec):
             trained = self._train(run)
             for language in spec.out_of_domain:
@@ -161,11 +169,9 @@ class GridPlan(CorpusPlan):
                      *(f"model.{key}='{value}'" if isinstance(value, str) else f"model.{key}={value}"
                        for key, value in run.options),
                      *section.overrides]
-        config = {"method": run.method, "config": run.config, "options": list(run.options), "language": language,
-                  "updates": spec.updates, "lr": section.lr, "seed": spec.seed, "overrides": section.overrides}
-        work = partial(train_work, run.config, run.method == FULL, self.row(name, run, language, IN_DOMAIN),
-                       self.corpus / language, overrides)
-        return self.add(Cell(name, self.out_dir / "train" / name, work, config,
+        work = partial(train_work, self.finetune_config(run.config), run.method == FULL,
+                       self.row(name, run, language, IN_DOMAIN), self.corpus / language, overrides)
+        return self.add(Cell(name, self.out_dir / "train" / name, work,
                              [*self.pretrained_inputs, *self.manifests(language)], self.pretrained_after,
                              row=self.row(name, run, language, IN_DOMAIN)))
 
@@ -174,5 +180,21 @@ class GridPlan(CorpusPlan):
         row = self.row(name, run, language, OUT_OF_DOMAIN)
         work = partial(out_of_domain_work, row, trained, self.corpus / self.spec.language, self.corpus / language)
         inputs = [self.corpus / language / file for file in TEST_FILES] + [self.corpus / self.spec.language / DICTIONARY]
-        self.add(Cell(name, self.out_dir / "out-of-domain" / name, work, {"eval_language": language}, inputs,
-                      [trained], row=row))
+        self.add(Cell(name, self.out_dir / "out-of-domain" / name, work, inputs, [trained], row=row))
+
+
+# ------------------------------------------------------------------------------------------- run
+
+
+class GridRun(EngineGridRun):
+    """A Liu et al. (2023) grid: results.csv / results.json hold one row per run and evaluation
+    set, finished or not, and ranks.csv the ranks of the finished in-domain runs."""
+
+    plan = GridPlan
+    method = METHOD
+    columns = RESULT_COLUMNS
+
+    def side_tables(self):
+        ranks = [{"cell": row["cell"], "method": row["method"], "setting": row["setting"], **entry}
+                 for row in self.rows if row["domain"] == IN_DOMAIN for entry in row.get("ranks", [])]
+        return [(RANKS_FILE, RANK_COLUMNS, ranks)]

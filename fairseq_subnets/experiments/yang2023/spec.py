@@ -5,19 +5,17 @@ three, one much smaller), the dense multilingual training of θ0 that every run 
 pruning schedule for every pruning run (IMP and LTH, monolingual and
 language-agnostic), the multilingual training of the dense baseline, LAP and the pathways, and the
 group-lasso strengths compared (Table 2: 0 is "without"). Like the other grids it is checked
-completely before anything runs, with storey2025's reader and checks: every key's type and range,
+completely before anything runs, with the engine's reader and checks (engine/grid_file.py): every key's type and range,
 unknown keys with the closest known one, languages against the corpus or manifest folders, and
 here also the schedule as the plugin will read it and its last event against each budget of
 updates. Every error names the file, the line of the key and the dotted key.
 """
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Dict, List, Optional
 
-from ..fu2022.spec import KeyedErrors, PretrainedModelGrid, checked_grid
-from ..storey2025.spec import (
-    DISTINCT, NON_EMPTY, POSITIVE, GridFile, at_least, check_languages, check_overrides,
-    checkpoint_depth, read_grid,
+from ...engine.grid_file import (
+    DISTINCT, NON_EMPTY, POSITIVE, GridFile, PretrainedModelGrid, at_least, check_languages,
+    check_overrides, checked_grid, read_grid, starting_depth,
 )
 
 METHOD = "yang2023"
@@ -84,7 +82,7 @@ def load_grid(path) -> GridSpec:
 def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
     """Everything before anything runs, on a grid read from a file (`lines`: where its keys are)
     or built in code: the keys, the languages, the schedule and the budgets it must fit in."""
-    grid = checked_grid(spec, lines, SECTIONS, METHOD)
+    grid = checked_grid(spec, lines, METHOD)
     if len(spec.languages) < 2:
         raise grid.error("languages", "pathways share weights between languages: name two or more")
     negative = [value for value in spec.group_lasso if value < 0]
@@ -99,14 +97,8 @@ def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
                              f"{schedule.final_update}: {schedule.events} events every {schedule.interval} updates)")
     for section in SECTIONS:
         check_overrides(getattr(spec, section).overrides, f"{section}.overrides", grid)
-    storey_shaped = SimpleNamespace(corpus=spec.corpus, data=spec.data, pretrained=spec.pretrained,
-                                    upstream=SimpleNamespace(languages=spec.languages),
-                                    downstream=SimpleNamespace(languages=[]))
-    check_languages(storey_shaped, KeyedErrors(grid, lambda key: "languages" if key.startswith("upstream") else key))
-    if spec.pretrained is not None:
-        from ...plugin.checkpoint_kinds import PRETRAINING
-
-        checkpoint_depth(grid, "pretrained", spec.pretrained, PRETRAINING, "every run starts from a pretrained model")
+    check_languages(spec, grid, {"languages": spec.languages})
+    starting_depth(spec, grid, "every run starts from a pretrained model")
 
 
 def check_schedule(spec: GridSpec, grid: GridFile):

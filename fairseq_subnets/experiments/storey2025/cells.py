@@ -1,24 +1,25 @@
 """The cells of a Storey et al. (2025) grid and the work each one does.
 
-(1) `pretrain`: a tiny wav2vec2 pretrained with stock fairseq-hydra-train, unless the grid names a
-pretrained checkpoint; (2) `upstream-LANG-seedS`: CTC fine-tuning per upstream language (best
+(1) `pretrain`: a tiny wav2vec2 pretrained with stock fairseq-hydra-train (the engine's cell), unless
+the grid names a pretrained checkpoint; (2) `upstream-LANG-seedS`: CTC fine-tuning per upstream language (best
 checkpoint by validation loss), or only decoding an already fine-tuned checkpoint the grid names;
 (3) `mask-LABEL-sS`: each upstream model, the pretrained one (`base`) and random baselines pruned to
 a mask file, and unions of two language masks; (4) `iou`: overlap of the upstream and base masks;
 (5) one downstream cell per (upstream, downstream, sparsity, mask source, seed): `model.init_from`
 the upstream model with its mask fixed, then decoded with fairseq-generate.
 
-What enters each cache key (engine/cells.py): the grid-file keys the cell reads (`config`), the
-manifests it trains or decodes on and any checkpoint named in the grid file (by content), a mask
-file it applies (by content), and the keys of the cells it builds on. So changing `prune.method`
-rebuilds every mask and the downstream cells using them, but not the upstream models; changing
-`upstream.lr` rebuilds that language's models, masks and everything downstream of them.
+What enters each cache key (engine/cells.py): the arguments bound to the cell's work (the
+grid-file keys it reads, as overrides and values), the config files it trains with, the manifests it
+trains or decodes on and any checkpoint named in the grid file (by content), a mask file it applies
+(by content), and the keys of the cells it builds on. So changing `prune.method` rebuilds every
+mask and the downstream cells using them, but not the upstream models; changing `upstream.lr`
+rebuilds that language's models, masks and everything downstream of them.
 
 Work functions are module-level and take plain values (functools.partial), so submitit can pickle
-them for another process.
+them for another process; they run fairseq through `context.runner`. Pretraining, decoding and
+pruning are the engine's shared work (engine/grid_plan.py).
 """
 import itertools
-import shutil
 import time
 from functools import partial
 from pathlib import Path
@@ -26,76 +27,39 @@ from typing import Dict, List, Optional
 
 from ... import USER_DIR
 from ...engine.cells import Cell, CellContext
-from ...runner import CONFIG_DIR, SINGLE_LANGUAGE_TASK, generate, hydra_train
-from .spec import MANIFEST_FILES, PRETRAIN_CONFIG_NAME, DownstreamCell, GridSpec, plan_cells, sparsity_label
-
-RESULT_COLUMNS = (
-    "cell", "stage", "upstream", "downstream", "sparsity", "source", "mask_language", "seed", "cer", "wer",
-    "test_utterances", "mask_sparsity", "updates", "checkpoint", "mask_path", "train_seconds", "decode_seconds",
+from ...engine.grid_plan import CorpusPlan, decode, mask_result, prune_work
+from ...engine.grid_run import GridRun as EngineGridRun
+from ...engine.hydra_configs import HydraConfig
+from .spec import (
+    METHOD, DownstreamCell, DownstreamSpec, GridSpec, PruneSpec, UpstreamSpec, plan_cells, sparsity_label, validate,
 )
+
+REPORTED_COLUMNS = ("cell", "stage", "upstream", "downstream", "sparsity", "source", "mask_language", "seed", "cer",
+                    "wer", "mask_sparsity")
+"""The columns of results.csv the views read (views.py)."""
+RESULT_COLUMNS = (*REPORTED_COLUMNS, "test_utterances", "updates", "checkpoint", "mask_path", "train_seconds",
+                  "decode_seconds")
 IOU_COLUMNS = ("sparsity", "a", "b", "iou")
-PRETRAIN_CELL = "pretrain"
+IOU_FILE = "iou.csv"
+"""IOU between the upstream subnetworks and the base model's at each sparsity."""
 IOU_CELL = "iou"
+FINETUNE_CONFIG = "tiny"
 
 
 # ------------------------------------------------------------------------------------------- work
 
 
-def epoch_updates(data_dir, max_tokens, world_size) -> int:
-    """fairseq's batch count of one epoch of `data_dir` (builds a fairseq task: about a second)."""
-    from ...plugin.epochs import updates_per_epoch
-
-    return updates_per_epoch(data_dir, max_tokens, world_size=world_size)
-
-
-def decode(data_dir, checkpoint, context: CellContext, task_args=SINGLE_LANGUAGE_TASK) -> dict:
-    """Test CER/WER of `checkpoint`; decoding output of an earlier, unfinished attempt is discarded."""
-    results_dir = context.directory / "decode"
-    if results_dir.exists():
-        shutil.rmtree(results_dir)
-    started = time.monotonic()
-    decoded = generate(data_dir, checkpoint, "test", results_dir, threads=context.threads, task_args=task_args)
-    return {"cer": round(decoded.cer, 2), "wer": round(decoded.wer, 2), "test_utterances": decoded.hypotheses,
-            "decode_seconds": round(time.monotonic() - started, 1)}
-
-
-def pretrain_work(corpus: Path, updates: int, seed: int, context: CellContext) -> dict:
-    hydra_train(PRETRAIN_CONFIG_NAME, [
-        f"common.user_dir={USER_DIR}", f"task.data={corpus / 'pretrain'}", f"checkpoint.save_dir={context.directory}",
-        f"optimization.max_update={updates}", f"common.seed={seed}",
-    ], context.directory / "train.log", config_dir=CONFIG_DIR / "pretrain", threads=context.threads, gpus=context.gpus)
-    return {"checkpoint": str(context.directory / "checkpoint_last.pt")}
-
-
-def upstream_work(row: dict, data_dir: Path, overrides: Optional[List[str]], given: Optional[str], updates: int,
-                  context: CellContext) -> dict:
-    """Fine-tunes (unless `given` names the checkpoint) and decodes one upstream model."""
+def upstream_work(config: Optional[HydraConfig], row: dict, data_dir: Path, overrides: Optional[List[str]],
+                  given: Optional[str], updates: int, context: CellContext) -> dict:
+    """Fine-tunes with `config` (unless `given` names the checkpoint) and decodes one upstream model."""
     started = time.monotonic()
     if given is None:
-        hydra_train("tiny", [*overrides, f"checkpoint.save_dir={context.directory}"], context.directory / "train.log",
-                    threads=context.threads, gpus=context.gpus)
+        context.runner.hydra_train(config, [*overrides, f"checkpoint.save_dir={context.directory}"],
+                                   context.directory / "train.log", threads=context.threads, gpus=context.gpus)
     checkpoint = Path(given) if given else context.directory / "checkpoint_best.pt"
     return {**row, "mask_sparsity": 0.0, "updates": 0 if given else updates, "checkpoint": str(checkpoint),
             "mask_path": "", "train_seconds": round(time.monotonic() - started, 1),
             **decode(data_dir, checkpoint, context)}
-
-
-def mask_result(path: Path) -> dict:
-    from ...core import stats
-    from ...core.maskfile import load_mask_file
-
-    return {"mask_path": str(path), "mask_sparsity": round(stats.sparsity(load_mask_file(str(path)).masks), 6)}
-
-
-def prune_work(source_cell: Optional[str], pretrained: Path, file_name: str, method: str, sparsity: float,
-               targets: str, layers: str, seed: int, context: CellContext) -> dict:
-    """Prunes the checkpoint of `source_cell` (or the pretrained model when None) into a mask file."""
-    from ...plugin.prune import prune_checkpoint
-
-    checkpoint = context.results[source_cell]["checkpoint"] if source_cell else pretrained
-    path = context.directory / file_name
-    prune_checkpoint(str(checkpoint), str(path), method, sparsity, targets, layers, seed=seed)
-    return mask_result(path)
 
 
 def union_work(part_cells: List[str], file_name: str, sparsity: float, context: CellContext) -> dict:
@@ -123,17 +87,17 @@ def iou_work(labelled: Dict[str, List[List]], context: CellContext) -> dict:
     return {"iou": rows}
 
 
-def downstream_work(row: dict, data_dir: Path, overrides: List[str], epochs: int, max_tokens: int,
-                    world_size: int, mask_cell: Optional[str], context: CellContext) -> dict:
+def downstream_work(config: HydraConfig, row: dict, data_dir: Path, overrides: List[str], epochs: int,
+                    max_tokens: int, world_size: int, mask_cell: Optional[str], context: CellContext) -> dict:
     """Fine-tunes one subnetwork downstream for `epochs` epochs (as exact updates) and decodes it."""
-    updates = epochs * epoch_updates(data_dir, max_tokens, world_size)
+    updates = epochs * context.runner.epoch_updates(data_dir, max_tokens, world_size)
     mask = context.results[mask_cell] if mask_cell else {"mask_path": "", "mask_sparsity": 0.0}
     arguments = [*overrides, f"checkpoint.save_dir={context.directory}", f"optimization.max_update={updates}"]
     if mask_cell:
         arguments.append(f"+model.mask_path={mask['mask_path']}")
     started = time.monotonic()
-    hydra_train("tiny", arguments, context.directory / "train.log", world_size=world_size,
-                threads=context.threads, gpus=context.gpus)
+    context.runner.hydra_train(config, arguments, context.directory / "train.log", world_size=world_size,
+                               threads=context.threads, gpus=context.gpus)
     checkpoint = context.directory / "checkpoint_last.pt"
     return {**row, **mask, "updates": updates, "checkpoint": str(checkpoint),
             "train_seconds": round(time.monotonic() - started, 1), **decode(data_dir, checkpoint, context)}
@@ -149,49 +113,15 @@ def placeholder_row(cell, stage, upstream, downstream, sparsity, source, mask_la
     return row
 
 
-class CorpusPlan:
-    """What every grid on a synthesized corpus and one pretrained model plans (shared with the
-    fu2022 method): the `pretrain` cell unless the grid names a pretrained checkpoint, the
-    manifests of a language, and a cell registry in dependency order."""
-
-    def __init__(self, out_dir: Path, corpus: Path, pretrained: Optional[str], pretrain_updates: int, seed: int):
-        self.out_dir, self.corpus = Path(out_dir), Path(corpus)
-        self.cells: Dict[str, Cell] = {}
-        self.given_pretrained = pretrained
-        self.pretrained_inputs, self.pretrained_after = self._pretrained(pretrain_updates, seed)
-
-    def add(self, cell: Cell) -> str:
-        self.cells.setdefault(cell.name, cell)
-        return cell.name
-
-    def manifests(self, language) -> List[Path]:
-        return [self.corpus / language / name for name in MANIFEST_FILES]
-
-    @property
-    def pretrained_path(self) -> Path:
-        if self.given_pretrained is not None:
-            return Path(self.given_pretrained).resolve()
-        return self.out_dir / PRETRAIN_CELL / "checkpoint_last.pt"
-
-    def _pretrained(self, pretrain_updates: int, seed: int):
-        """(inputs, after) of a cell that reads the pretrained checkpoint."""
-        if self.given_pretrained is not None:
-            return [self.pretrained_path], []
-        work = partial(pretrain_work, self.corpus, pretrain_updates, seed)
-        inputs = [self.corpus / "pretrain" / f"{split}.tsv" for split in ("train", "valid")]
-        config = {"pretrain_updates": pretrain_updates, "seed": seed}
-        return [], [self.add(Cell(PRETRAIN_CELL, self.out_dir / PRETRAIN_CELL, work, config, inputs))]
-
-
 class GridPlan(CorpusPlan):
     """Builds the engine cells of a grid whose corpus is (or will be) at `corpus` and whose run
     folder is `out_dir`; `cells` lists them in dependency order."""
 
-    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path):
+    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path, config_root: Optional[Path] = None):
         self.spec = spec
         self.mask_files: Dict[str, Path] = {}
         """Mask cell name -> the mask file it writes."""
-        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.seeds[0])
+        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.seeds[0], config_root)
         self.upstreams = {(language, seed): self._upstream(language, seed)
                           for language, seed in itertools.product(spec.upstream.languages, spec.seeds)}
         self.downstreams = plan_cells(spec)
@@ -207,17 +137,17 @@ class GridPlan(CorpusPlan):
         given = up.checkpoints.get(language)
         if given:
             given = str(Path(given).resolve())
-            work = partial(upstream_work, row, self.corpus / language, None, given, 0)
+            work = partial(upstream_work, None, row, self.corpus / language, None, given, 0)
             return self.add(Cell(name, self.out_dir / "upstream" / f"{language}-seed{seed}", work,
-                                 {"checkpoint": "given"}, [Path(given), *self.manifests(language)], row=row))
+                                 [Path(given), *self.manifests(language)], row=row))
         overrides = [
             f"common.user_dir={USER_DIR}", f"task.data={self.corpus / language}",
             f"model.w2v_path={self.pretrained_path}", f"optimization.max_update={up.updates}",
             f"optimization.lr=[{up.lr}]", f"common.seed={seed}", *up.overrides,
         ]
-        config = {"language": language, "seed": seed, "updates": up.updates, "lr": up.lr, "overrides": up.overrides}
-        work = partial(upstream_work, row, self.corpus / language, overrides, None, up.updates)
-        return self.add(Cell(name, self.out_dir / "upstream" / f"{language}-seed{seed}", work, config,
+        work = partial(upstream_work, self.finetune_config(FINETUNE_CONFIG), row, self.corpus / language, overrides,
+                       None, up.updates)
+        return self.add(Cell(name, self.out_dir / "upstream" / f"{language}-seed{seed}", work,
                              [*self.pretrained_inputs, *self.manifests(language)], self.pretrained_after, row=row))
 
     def _pruned(self, label: str, sparsity: float, source_cell: Optional[str], method: Optional[str] = None,
@@ -228,14 +158,13 @@ class GridPlan(CorpusPlan):
         method = method or prune.method
         work = partial(prune_work, source_cell, self.pretrained_path, f"{label}.mask", method, sparsity,
                        prune.targets, prune.layers, seed)
-        config = {"method": method, "sparsity": sparsity, "targets": prune.targets, "layers": prune.layers, "seed": seed}
         if source_cell:
-            return self._add_mask(label, work, config, [], [source_cell])
-        return self._add_mask(label, work, config, self.pretrained_inputs, self.pretrained_after)
+            return self._add_mask(label, work, [], [source_cell])
+        return self._add_mask(label, work, self.pretrained_inputs, self.pretrained_after)
 
-    def _add_mask(self, label: str, work, config: dict, inputs: List[Path], after: List[str]) -> str:
+    def _add_mask(self, label: str, work, inputs: List[Path], after: List[str]) -> str:
         """A cell writing the mask file `masks/LABEL/LABEL.mask` (its work gets the file name)."""
-        name = self.add(Cell(f"mask-{label}", self.out_dir / "masks" / label, work, config, inputs, after))
+        name = self.add(Cell(f"mask-{label}", self.out_dir / "masks" / label, work, inputs, after))
         self.mask_files[name] = self.out_dir / "masks" / label / f"{label}.mask"
         return name
 
@@ -254,7 +183,7 @@ class GridPlan(CorpusPlan):
         parts = [self._own(language, cell.seed, cell.sparsity) for language in (cell.upstream, cell.partner)]
         label = f"{cell.upstream}+{cell.partner}-seed{cell.seed}-s{sparsity_label(cell.sparsity)}"
         work = partial(union_work, parts, f"{label}.mask", cell.sparsity)
-        return self._add_mask(label, work, {"union_of": parts, "sparsity": cell.sparsity}, [], parts)
+        return self._add_mask(label, work, [], parts)
 
     def _iou(self) -> None:
         spec = self.spec
@@ -263,8 +192,7 @@ class GridPlan(CorpusPlan):
             labelled[sparsity_label(sparsity)] = [["base", self._pruned("base", sparsity, None)]] + [
                 [language, self._own(language, spec.seeds[0], sparsity)] for language in spec.upstream.languages]
         masks = sorted({cell for pairs in labelled.values() for _, cell in pairs})
-        self.add(Cell(IOU_CELL, self.out_dir / IOU_CELL, partial(iou_work, labelled), {"labelled": labelled},
-                      after=masks))
+        self.add(Cell(IOU_CELL, self.out_dir / IOU_CELL, partial(iou_work, labelled), after=masks))
 
     def _downstream(self, cell: DownstreamCell) -> None:
         down = self.spec.downstream
@@ -284,10 +212,52 @@ class GridPlan(CorpusPlan):
         mask = self.masks.get(cell)
         row = placeholder_row(cell.name, "downstream", cell.upstream, cell.downstream, cell.sparsity, cell.source,
                               cell.mask_language, cell.seed)
-        config = {"cell": cell.name, "epochs": epochs, "frozen_epochs": frozen, "lr": down.lr,
-                  "max_tokens": down.max_tokens, "world_size": down.world_size, "overrides": down.overrides}
         inputs = self.manifests(cell.downstream) + ([self.mask_files[mask]] if mask else [])
-        work = partial(downstream_work, row, self.corpus / cell.downstream, overrides, epochs, down.max_tokens,
-                       down.world_size, mask)
-        self.add(Cell(cell.name, self.out_dir / "cells" / cell.name, work, config, inputs,
+        work = partial(downstream_work, self.finetune_config(FINETUNE_CONFIG), row, self.corpus / cell.downstream,
+                       overrides, epochs, down.max_tokens, down.world_size, mask)
+        self.add(Cell(cell.name, self.out_dir / "cells" / cell.name, work, inputs,
                       [upstream] + ([mask] if mask else []), row=row, ranks=down.world_size))
+
+
+# ------------------------------------------------------------------------------------------- run
+
+
+class GridRun(EngineGridRun):
+    """A Storey et al. (2025) grid: results.csv / results.json hold every planned upstream and
+    downstream cell, finished or not, and iou.csv the IOU cell's pairs."""
+
+    plan = GridPlan
+    method = METHOD
+    columns = RESULT_COLUMNS
+
+    def side_tables(self):
+        return [(IOU_FILE, IOU_COLUMNS, self.results.get(IOU_CELL, {}).get("iou", []))]
+
+
+# ------------------------------------------------------------------------------------ demo slice
+
+SLICE_SPARSITIES = [0.0, 0.5, 0.9]
+SLICE_UNSEEN_LANGUAGE = "ast"
+
+
+def subnet_slice_spec(settings, result) -> GridSpec:
+    """The demo's slice of the grid (settings and result: fairseq_subnets.demo's SkeletonSettings and
+    SkeletonResult): the demo model's own subnetworks at three sparsities, fine-tuned downstream on
+    its language and on an unseen one; the upstream model is the demo's fine-tuned checkpoint."""
+    spec = GridSpec(
+        path="make demo", name="demo-slice", data=result.corpus_dir, pretrained=result.pretrained_checkpoint,
+        seeds=[settings.seed],
+        upstream=UpstreamSpec(languages=[settings.language],
+                              checkpoints={settings.language: result.finetuned_checkpoint}),
+        prune=PruneSpec(sparsities=SLICE_SPARSITIES),
+        downstream=DownstreamSpec(languages=[settings.language, SLICE_UNSEEN_LANGUAGE], epochs=1, freeze_epochs=1),
+    )
+    validate(spec)
+    return spec
+
+
+def run_subnet_slice(settings, result, say=print):
+    """Runs the demo's slice into OUT/subnets; returns its finished result rows."""
+    run = GridRun(subnet_slice_spec(settings, result), Path(settings.out_dir).resolve() / "subnets", say=say)
+    run.run()
+    return run.rows

@@ -1,15 +1,14 @@
-"""Language-specific subnetworks (Storey, Harte & Bell 2025) as a method of the experiment engine.
+"""Language-specific subnetworks (Storey, Harte & Bell 2025) as an experiment on the engine.
 
 - `spec.py`: the grid file (reading, complete validation) and the downstream cells it expands to;
 - `cells.py`: the engine cells (pretraining, upstream fine-tuning, pruning to masks, IOU,
-  downstream fine-tuning and decoding) and their work;
-- `run.py`: running a grid and writing results.csv, results.json and iou.csv;
-- `views.py`: the paper's tables and figures from those files;
-- `demo_slice.py`: the slice of the grid that `fairseq-subnets demo` runs.
+  downstream fine-tuning and decoding) and their work, the run writing results.csv, results.json
+  and iou.csv, and the slice of the grid that `fairseq-subnets demo` runs;
+- `views.py`: the paper's tables and figures from those files.
 
-What the CLI uses (the method interface of fairseq_subnets/methods/README.md) is imported here.
+What the CLI uses (the experiment interface of fairseq_subnets/experiments/README.md) is imported here.
 """
-from .run import GridRun
+from .cells import GridRun
 from .spec import METHOD, GridError, load_grid, plan_cells
 
 NAME = METHOD

@@ -4,21 +4,19 @@ A grid file names one training language, the out-of-domain evaluation languages,
 updates for every run, full fine-tuning (the reference), the tuners compared with it (each with its
 shipped `<method>_tiny` config: the paper's settings) and the rank-map run of the paper's Fig. 3
 (AdaLoRA over every matrix, initial rank 8, target 4, beside S2-LoRA). Like the other grids it is
-checked completely before anything runs, with storey2025's reader and checks: every key's type and
+checked completely before anything runs, with the engine's reader and checks (engine/grid_file.py): every key's type and
 range, unknown keys with the closest known one, languages against the corpus or manifest folders,
 and here also the tuner methods and AdaLoRA's options and schedule as the plugin will read them.
 Every error names the file, the line of the key and the dotted key.
 """
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Dict, List, Optional
 
 import yaml
 
-from ..fu2022.spec import KeyedErrors, PretrainedModelGrid, checked_grid
-from ..storey2025.spec import (
-    DISTINCT, NON_EMPTY, POSITIVE, GridFile, at_least, check_languages,
-    check_overrides, checkpoint_depth, read_grid,
+from ...engine.grid_file import (
+    DISTINCT, NON_EMPTY, POSITIVE, GridFile, PretrainedModelGrid, at_least, check_languages,
+    check_overrides, checked_grid, read_grid, starting_depth,
 )
 
 METHOD = "liu2023"
@@ -92,7 +90,7 @@ def load_grid(path) -> GridSpec:
 def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
     """Checks a grid, read from a file (`lines`: where its keys are) or built in code, completely
     before anything runs."""
-    grid = checked_grid(spec, lines, SECTIONS, METHOD)
+    grid = checked_grid(spec, lines, METHOD)
     if not spec.language:
         raise grid.error("language", "name the language every run trains on")
     if spec.language in spec.out_of_domain:
@@ -102,16 +100,8 @@ def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
     for key in ("full.overrides", "tuners.overrides"):
         section, _, leaf = key.partition(".")
         check_overrides(getattr(getattr(spec, section), leaf), key, grid)
-    storey_shaped = SimpleNamespace(corpus=spec.corpus, data=spec.data, pretrained=spec.pretrained,
-                                    upstream=SimpleNamespace(languages=[spec.language]),
-                                    downstream=SimpleNamespace(languages=spec.out_of_domain))
-    check_languages(storey_shaped, KeyedErrors(grid, lambda key: "language" if key.startswith("upstream")
-                                               else "out_of_domain" if key.startswith("downstream") else key))
-    if spec.pretrained is not None:
-        from ...plugin.checkpoint_kinds import PRETRAINING
-
-        checkpoint_depth(grid, "pretrained", spec.pretrained, PRETRAINING,
-                         "the tuners and full fine-tuning start from a pretrained model")
+    check_languages(spec, grid, {"language": [spec.language], "out_of_domain": spec.out_of_domain})
+    starting_depth(spec, grid, "the tuners and full fine-tuning start from a pretrained model")
 
 
 def adalora_schedule() -> Dict[str, int]:

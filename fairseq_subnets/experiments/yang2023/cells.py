@@ -1,6 +1,6 @@
 """The cells of a Yang et al. (2023) grid and the work each one does.
 
-(1) `pretrain`: the tiny wav2vec2 (storey2025's cell), unless the grid names a pretrained checkpoint.
+(1) `pretrain`: the tiny wav2vec2 (the engine's cell), unless the grid names a pretrained checkpoint.
 (2) `theta0-glG`: θ0, dense multilingual fine-tuning of the pretrained model (`multilingual_tiny`)
 with group-lasso strength G, one per strength of the grid. Every later run starts from it
 (`model.init_from`), as in the paper, where the pruning runs and the pathways begin at the dense
@@ -35,10 +35,11 @@ from typing import Dict, List, Optional
 
 from ... import USER_DIR
 from ...engine.cells import Cell, CellContext
-from ...runner import hydra_train
-from ..storey2025.cells import CorpusPlan, decode
+from ...engine.grid_plan import CorpusPlan, decode
+from ...engine.grid_run import GridRun as EngineGridRun
+from ...engine.hydra_configs import HydraConfig
 from .spec import (
-    DENSE, LAP, LSP_IMP, LSP_LTH, PATHWAYS_IMP, PATHWAYS_LTH, PATHWAYS_RANDOM, GridSpec, lasso_label,
+    DENSE, LAP, LSP_IMP, LSP_LTH, METHOD, PATHWAYS_IMP, PATHWAYS_LTH, PATHWAYS_RANDOM, GridSpec, lasso_label,
 )
 
 RESULT_COLUMNS = (
@@ -47,10 +48,16 @@ RESULT_COLUMNS = (
 )
 MASK_COLUMNS = ("cell", "masks", "group_lasso", "a", "b", "iou", "union_ratio")
 LAYER_COLUMNS = ("cell", "masks", "group_lasso", "language", "layer", "sparsity")
+MASKS_FILE = "masks.csv"
+"""The IOU of every pair of language masks and the union ratio of each set (Fig. 3)."""
+LAYERS_FILE = "layer_sparsity.csv"
+"""Each language mask's sparsity per encoder layer."""
 DECODED_CHECKPOINT = "checkpoint_last.pt"
 PRUNED_MASK = "pruned.mask"
 RANDOM_MASKS_CELL = "random-masks"
 THETA0 = "theta0"
+MULTILINGUAL_CONFIG = "multilingual_tiny"
+PATHWAYS_CONFIG = "pathways_tiny"
 PRUNING_KEYS = ("interval", "fraction", "target_sparsity", "criterion", "scope")
 
 
@@ -64,14 +71,14 @@ def mask_sparsity(path: Path) -> float:
     return round(sparsity(load_mask_file(str(path)).masks), 6)
 
 
-def train_work(config_name: str, overrides: List[str], start: Optional[str], context: CellContext) -> dict:
+def train_work(config: HydraConfig, overrides: List[str], start: Optional[str], context: CellContext) -> dict:
     """Trains one run, from the checkpoint of the `start` cell (θ0) if named; its checkpoint and,
     for a pruning run, its final masks."""
     started = time.monotonic()
     if start is not None:
         overrides = [*overrides, f"+model.init_from={context.results[start]['checkpoint']}"]
-    hydra_train(config_name, [*overrides, f"checkpoint.save_dir={context.directory}"], context.directory / "train.log",
-                threads=context.threads, gpus=context.gpus)
+    context.runner.hydra_train(config, [*overrides, f"checkpoint.save_dir={context.directory}"],
+                               context.directory / "train.log", threads=context.threads, gpus=context.gpus)
     result = {"checkpoint": str(context.directory / DECODED_CHECKPOINT),
               "train_seconds": round(time.monotonic() - started, 1)}
     mask = context.directory / PRUNED_MASK
@@ -80,10 +87,10 @@ def train_work(config_name: str, overrides: List[str], start: Optional[str], con
     return result
 
 
-def monolingual_work(config_name: str, overrides: List[str], start: str, row: dict, data_dir: Path,
+def monolingual_work(config: HydraConfig, overrides: List[str], start: str, row: dict, data_dir: Path,
                      context: CellContext) -> dict:
     """An LSP run: trains on one language from θ0, then decodes its test set."""
-    trained = train_work(config_name, overrides, start, context)
+    trained = train_work(config, overrides, start, context)
     return {**row, **trained, **decode(data_dir, trained["checkpoint"], context)}
 
 
@@ -94,11 +101,12 @@ def language_mask_paths(mask_cells: Dict[str, str], results: Dict[str, dict]) ->
             for language, cell in mask_cells.items()}
 
 
-def pathways_work(overrides: List[str], start: str, mask_cells: Dict[str, str], context: CellContext) -> dict:
+def pathways_work(config: HydraConfig, overrides: List[str], start: str, mask_cells: Dict[str, str],
+                  context: CellContext) -> dict:
     """Multilingual training from θ0 with each language's mask from the cell that made it."""
     masks = language_mask_paths(mask_cells, context.results)
     files = ",".join(f"{language}:{path}" for language, path in masks.items())
-    trained = train_work("pathways_tiny", [*overrides, f"model.language_mask_files=[{files}]"], start, context)
+    trained = train_work(config, [*overrides, f"model.language_mask_files=[{files}]"], start, context)
     return {**trained, "masks": masks, "sparsity": {language: mask_sparsity(Path(path)) for language, path in masks.items()}}
 
 
@@ -159,9 +167,9 @@ class GridPlan(CorpusPlan):
     """Builds the engine cells of a grid whose corpus is (or will be) at `corpus` and whose run
     folder is `out_dir`; `cells` lists them in dependency order."""
 
-    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path):
+    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path, config_root: Optional[Path] = None):
         self.spec = spec
-        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.seed)
+        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.pretraining_seed, config_root)
         theta0 = {strength: self._theta0(strength) for strength in spec.group_lasso}
         without = theta0[0.0] if 0.0 in theta0 else self._theta0(0.0)
         random_masks = self._random_masks()
@@ -213,11 +221,9 @@ class GridPlan(CorpusPlan):
         spec, theta0 = self.spec, self.spec.theta0
         overrides = [*self._multilingual_options(theta0.updates, theta0.lr),
                      f"+model.group_lasso_strength={strength}", *theta0.overrides]
-        config = {"config": "multilingual_tiny", "languages": spec.languages, "theta0": vars(theta0),
-                  "alpha": spec.multilingual.alpha, "group_lasso": strength, "seed": spec.seed}
         name = f"{THETA0}-{lasso_label(strength)}"
         return self.add(Cell(name, self.out_dir / "train" / name,
-                             partial(train_work, "multilingual_tiny", overrides, None), config,
+                             partial(train_work, self.finetune_config(MULTILINGUAL_CONFIG), overrides, None),
                              self._inputs(spec.languages), self.pretrained_after))
 
     def _multilingual(self, name: str, start: str, options: List[str]) -> str:
@@ -225,14 +231,12 @@ class GridPlan(CorpusPlan):
         spec, multilingual = self.spec, self.spec.multilingual
         overrides = [*self._multilingual_options(multilingual.updates, multilingual.lr), *options,
                      *multilingual.overrides]
-        config = {"config": "multilingual_tiny", "languages": spec.languages, "multilingual": vars(multilingual),
-                  "options": options, "seed": spec.seed}
         return self.add(Cell(name, self.out_dir / "train" / name,
-                             partial(train_work, "multilingual_tiny", overrides, start), config,
+                             partial(train_work, self.finetune_config(MULTILINGUAL_CONFIG), overrides, start),
                              self._inputs(spec.languages), [start]))
 
     def _monolingual(self, model: str, config_name: str, start: str, strength: float, language: str) -> str:
-        spec, pruning = self.spec, self.spec.pruning
+        pruning = self.spec.pruning
         name = f"{model}-{lasso_label(strength)}-{language}"
         options = [*self._pruning_options(strength, appended=False), f"+model.init_from_language={language}"]
         if model == LSP_LTH:
@@ -240,26 +244,23 @@ class GridPlan(CorpusPlan):
         overrides = [f"task.data={self.corpus / language}", *self._common(pruning.updates, pruning.lr), *options,
                      *pruning.overrides]
         row = self.row(name, model, strength, language, pruning.updates, pruning.lr)
-        config = {"config": config_name, "language": language, "pruning": vars(pruning), "group_lasso": strength,
-                  "seed": spec.seed}
-        work = partial(monolingual_work, config_name, overrides, start, row, self.corpus / language)
-        return self.add(Cell(name, self.out_dir / "train" / name, work, config, self._inputs([language]), [start],
+        work = partial(monolingual_work, self.finetune_config(config_name), overrides, start, row,
+                       self.corpus / language)
+        return self.add(Cell(name, self.out_dir / "train" / name, work, self._inputs([language]), [start],
                              row=row))
 
     def _random_masks(self) -> str:
         spec = self.spec
         work = partial(random_masks_work, self.pretrained_path, spec.languages, spec.pruning.target_sparsity)
-        config = {"languages": spec.languages, "sparsity": spec.pruning.target_sparsity}
-        return self.add(Cell(RANDOM_MASKS_CELL, self.out_dir / RANDOM_MASKS_CELL, work, config, self.pretrained_inputs,
+        return self.add(Cell(RANDOM_MASKS_CELL, self.out_dir / RANDOM_MASKS_CELL, work, self.pretrained_inputs,
                              self.pretrained_after))
 
     def _pathways(self, name: str, start: str, mask_cells: Dict[str, str]) -> str:
         spec, multilingual = self.spec, self.spec.multilingual
         overrides = [*self._multilingual_options(multilingual.updates, multilingual.lr), *multilingual.overrides]
-        config = {"languages": spec.languages, "multilingual": vars(multilingual), "masks": mask_cells,
-                  "seed": spec.seed}
-        return self.add(Cell(name, self.out_dir / "train" / name, partial(pathways_work, overrides, start, mask_cells),
-                             config, self._inputs(spec.languages), [start, *dict.fromkeys(mask_cells.values())]))
+        work = partial(pathways_work, self.finetune_config(PATHWAYS_CONFIG), overrides, start, mask_cells)
+        return self.add(Cell(name, self.out_dir / "train" / name, work, self._inputs(spec.languages),
+                             [start, *dict.fromkeys(mask_cells.values())]))
 
     def _decoded(self, trained: str, model: str, strength) -> None:
         multilingual = self.spec.multilingual
@@ -267,11 +268,27 @@ class GridPlan(CorpusPlan):
             name = f"{trained}-on-{language}"
             row = self.row(name, model, strength, language, multilingual.updates, multilingual.lr)
             work = partial(decode_work, row, self.corpus, self.spec.languages, trained)
-            self.add(Cell(name, self.out_dir / "decode" / name, work, {"language": language},
-                          [path for path in self.manifests(language)], [trained], row=row))
+            self.add(Cell(name, self.out_dir / "decode" / name, work, self.manifests(language), [trained], row=row))
 
     def _masks(self, kind: str, strength, mask_cells: Dict[str, str]) -> None:
         name = f"masks-{kind}" + (f"-{lasso_label(strength)}" if strength != "" else "")
         work = partial(masks_work, kind, strength, mask_cells)
-        self.add(Cell(name, self.out_dir / "masks" / name, work, {"kind": kind, "group_lasso": strength}, [],
-                      list(dict.fromkeys(mask_cells.values()))))
+        self.add(Cell(name, self.out_dir / "masks" / name, work, [], list(dict.fromkeys(mask_cells.values()))))
+
+
+# ------------------------------------------------------------------------------------------- run
+
+
+class GridRun(EngineGridRun):
+    """A Yang et al. (2023) grid: results.csv / results.json hold one row per model and language,
+    finished or not; masks.csv and layer_sparsity.csv the mask analyses of the finished cells."""
+
+    plan = GridPlan
+    method = METHOD
+    columns = RESULT_COLUMNS
+
+    def side_tables(self):
+        analysed = [self.results[cell.name] for cell in self.cells
+                    if cell.name in self.results and "mask_rows" in self.results[cell.name]]
+        return [(MASKS_FILE, MASK_COLUMNS, [row for result in analysed for row in result["mask_rows"]]),
+                (LAYERS_FILE, LAYER_COLUMNS, [row for result in analysed for row in result["layer_rows"]])]

@@ -1,29 +1,27 @@
-"""Storey et al. (2025) grid files: reading, complete validation, and the downstream cells they expand to.
+"""Grid files, shared by every experiment (fairseq_subnets/experiments/<paper>/spec.py builds on it).
 
-A grid file names upstream languages, downstream languages, sparsities, mask sources and seeds (see
-examples/storey2025/grid.yaml). It is checked completely before anything runs, since a cell that
-fails on a bad setting does so after the cells before it have trained for minutes: every key's
-type and range, unknown keys (with the closest known one), languages against the corpus or the
-manifest folders, checkpoints against their kind, and `prune.targets` / `prune.layers` against the
-encoder, which is known before anything trains (the `pretrained` checkpoint's, or the one the
-pretraining config builds). Every error names the file, the line of the key and the dotted key.
+A grid file is checked completely before anything runs, since a cell that fails on a bad setting
+does so after the cells before it have trained for minutes. Here is what every grid's check shares:
+reading the YAML with the line of every dotted key (a key given twice is refused), sections read
+into dataclasses with unknown keys refused (with the closest known one), every key's type and range
+from its field's type and metadata, the keys every grid has (`method`, `name`, one of `corpus` and
+`data`), Hydra overrides as fairseq-hydra-train will parse them, languages against the corpus or the
+manifest folders, and the depth of the encoder the grid starts from. Every error names the file,
+the line of the key where it is known, and the dotted key.
 """
 import difflib
-import itertools
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union, get_args, get_origin
+from typing import Dict, List, Optional, Sequence, Tuple, Union, get_args, get_origin
 
 import yaml
 
-from ...engine.executors import SlurmOptions, slurm_options
+from .executors import SlurmOptions, slurm_options
 
-METHOD = "storey2025"
-SOURCES = ("own", "swap", "union", "base", "random")
 MANIFEST_FILES = ("train.tsv", "train.ltr", "valid.tsv", "valid.ltr", "test.tsv", "test.ltr", "dict.ltr.txt")
+"""What a language's manifest folder holds (data/manifests.py writes them)."""
 PRETRAIN_CONFIG_NAME = "tiny"
 """The pretraining config (config/pretrain/) of a grid without a `pretrained` checkpoint."""
-SECTIONS = ("upstream", "prune", "downstream", "slurm")
 
 
 class GridError(ValueError):
@@ -46,53 +44,24 @@ SPARSITIES = {"sparsities": True}
 
 
 @dataclass
-class UpstreamSpec:
-    languages: List[str] = field(default_factory=list, metadata={**NON_EMPTY, **DISTINCT})
-    updates: int = field(default=800, metadata=at_least(1))
-    lr: float = field(default=0.0005, metadata=POSITIVE)
-    overrides: List[str] = field(default_factory=list)
-    checkpoints: Dict[str, str] = field(default_factory=dict)
-    """Already fine-tuned upstream models by language: evaluated and pruned, not trained again."""
-
-
-@dataclass
-class PruneSpec:
-    method: str = "global-l1"
-    sparsities: List[float] = field(default_factory=lambda: [0.0, 0.5, 0.9], metadata={**NON_EMPTY, **SPARSITIES})
-    targets: str = "all"
-    layers: str = "all"
-
-
-@dataclass
-class DownstreamSpec:
-    languages: List[str] = field(default_factory=list, metadata={**NON_EMPTY, **DISTINCT})
-    sources: List[str] = field(default_factory=lambda: ["own"], metadata={**NON_EMPTY, **DISTINCT})
-    source_sparsities: Optional[List[float]] = field(default=None, metadata={**NON_EMPTY, **SPARSITIES})
-    """Sparsities at which sources other than `own` run (default: every non-zero sparsity)."""
-    epochs: int = field(default=2, metadata=at_least(1))
-    freeze_epochs: int = field(default=1, metadata=at_least(0))
-    lr: float = field(default=0.0005, metadata=POSITIVE)
-    max_tokens: int = field(default=400000, metadata=at_least(1))
-    world_size: int = field(default=1, metadata=at_least(1))
-    overrides: List[str] = field(default_factory=list)
-
-
-@dataclass
-class GridSpec:
+class PretrainedModelGrid:
+    """The keys of a grid whose cells all start from one pretrained model (given, or pretrained
+    by the grid on its corpus) with one seed; an experiment's spec adds its own keys and sections."""
     path: str = ""
-    method: str = METHOD
-    name: str = "grid"
     corpus: Optional[str] = None
     data: Optional[str] = None
     pretrained: Optional[str] = None
     pretrain_updates: int = field(default=600, metadata=at_least(1))
-    seeds: List[int] = field(default_factory=lambda: [1], metadata={**NON_EMPTY, **DISTINCT})
-    upstream: UpstreamSpec = field(default_factory=UpstreamSpec)
-    prune: PruneSpec = field(default_factory=PruneSpec)
-    downstream: DownstreamSpec = field(default_factory=DownstreamSpec)
-    iou_sparsities: Optional[List[float]] = field(default=None, metadata={**NON_EMPTY, **SPARSITIES})
+    seed: int = 1
+    pretrain_seed: Optional[int] = None
+    """The seed of the grid's own pretraining (default: `seed`), so that grids with other seeds can
+    share one pretrained model."""
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
     """Resources of each cell under `--executor slurm` (see engine/executors.py)."""
+
+    @property
+    def pretraining_seed(self) -> int:
+        return self.seed if self.pretrain_seed is None else self.pretrain_seed
 
 
 # ------------------------------------------------------------------------------------ grid file
@@ -169,13 +138,17 @@ def read_section(raw, spec_class, where: str, grid: GridFile):
 def read_grid(path, spec_class, section_classes: Dict[str, type]):
     """(spec, line of each key) of a grid file: its top-level keys read into `spec_class`, each
     section of `section_classes` into its class, and its `slurm` section; unknown keys, wrong types
-    and a bad slurm section are refused naming the file, the line and the key. Every method's
-    `load_grid` starts here, then validates what it read."""
+    and a bad slurm section are refused naming the file, the line and the key, and so is a file
+    without `method:` (what it is for is never guessed). Every experiment's `load_grid` starts
+    here, then validates what it read."""
     path = str(path)
     raw, lines = read_yaml(path)
     grid = GridFile(path, lines)
     if not isinstance(raw, dict):
         raise GridError(f"{path}: the grid file must be a mapping of keys")
+    if "method" not in raw:
+        method = next(f.default for f in fields(spec_class) if f.name == "method")
+        raise GridError(f"{path}: method: missing; name the experiment this grid is for (method: {method})")
     sections = {key: raw.pop(key, None) for key in (*section_classes, "slurm")}
     spec = read_section(raw, spec_class, "", grid)
     spec.path = path
@@ -186,14 +159,6 @@ def read_grid(path, spec_class, section_classes: Dict[str, type]):
     except ValueError as error:
         raise GridError(f"{grid.where('slurm')}: {error}") from None
     return spec, lines
-
-
-def load_grid(path) -> GridSpec:
-    """Reads and validates a grid file; every error names the file, the line and the offending key."""
-    spec, lines = read_grid(path, GridSpec, {"upstream": UpstreamSpec, "prune": PruneSpec,
-                                              "downstream": DownstreamSpec})
-    validate(spec, lines)
-    return spec
 
 
 # --------------------------------------------------------------------------- types and ranges
@@ -245,21 +210,21 @@ def _unquoted_hint(value, kind) -> str:
     return ""
 
 
-def _leaves(spec: GridSpec):
+def _leaves(spec):
     """(dotted key, value, field) of every key of the grid but the slurm section (checked by
-    slurm_options) and the file's own path."""
+    slurm_options) and the file's own path; a section's keys are `section.key`."""
     for section_field in fields(spec):
         if section_field.name in ("path", "slurm"):
             continue
         value = getattr(spec, section_field.name)
-        if section_field.name in SECTIONS:
+        if is_dataclass(value):
             for leaf in fields(value):
                 yield f"{section_field.name}.{leaf.name}", getattr(value, leaf.name), leaf
         else:
             yield section_field.name, value, section_field
 
 
-def check_values(spec: GridSpec, grid: GridFile) -> None:
+def check_values(spec, grid: GridFile) -> None:
     """Every key's type, then its range: the fields' types and metadata (at_least, POSITIVE,
     NON_EMPTY, DISTINCT, SPARSITIES) say what each key takes."""
     for key, value, leaf in _leaves(spec):
@@ -283,24 +248,13 @@ def check_values(spec: GridSpec, grid: GridFile) -> None:
                 raise grid.error(key, f"{sparsity!r} is outside [0, 1)")
 
 
-# --------------------------------------------------------------------------------- validation
-
-
-def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
-    """Checks a grid, read from a file (`lines`: where its keys are) or built in code, completely
-    before anything runs; GridError names the file, the line where known, and the key."""
+def checked_grid(spec, lines: Optional[Dict[str, int]], method: str) -> GridFile:
+    """Checks the type and range of every key (a section's as `section.key`) and the keys every
+    grid has (`check_identity`); returns the GridFile the experiment's further checks report through."""
     grid = GridFile(spec.path, lines)
     check_values(spec, grid)
-    check_identity(spec, grid, METHOD)
-    check_sources(spec, grid)
-    check_pruning(spec, grid)
-    check_overrides(spec.upstream.overrides, "upstream.overrides", grid)
-    check_overrides(spec.downstream.overrides, "downstream.overrides", grid)
-    for language in spec.upstream.checkpoints:
-        if language not in spec.upstream.languages:
-            raise grid.error(f"upstream.checkpoints.{language}", f"{language} is not in upstream.languages")
-    check_languages(spec, grid)
-    check_encoders(spec, grid)
+    check_identity(spec, grid, method)
+    return grid
 
 
 def check_identity(spec, grid: GridFile, method: str) -> None:
@@ -314,36 +268,6 @@ def check_identity(spec, grid: GridFile, method: str) -> None:
         raise GridError(f"{grid.where('corpus' if spec.corpus is not None else 'data')}: give exactly one of "
                         "corpus (a corpus definition to synthesize) or data (a directory with one manifest folder "
                         "per language)")
-
-
-def check_sources(spec: GridSpec, grid: GridFile) -> None:
-    for source in spec.downstream.sources:
-        kind, _, partner = source.partition(":")
-        if kind not in SOURCES:
-            raise grid.error("downstream.sources", f"unknown source {source!r} (known: {', '.join(SOURCES)}; "
-                             "swap and union take an optional :LANGUAGE)")
-        if partner and (kind not in ("swap", "union") or partner not in spec.upstream.languages):
-            raise grid.error("downstream.sources", f"{source!r}: only swap/union take a language, and it must "
-                             f"be one of upstream.languages ({', '.join(spec.upstream.languages)})")
-    own_sparsities = set(spec.prune.sparsities)
-    for sparsity in spec.downstream.source_sparsities or []:
-        if sparsity not in own_sparsities:
-            raise grid.error("downstream.source_sparsities", f"{sparsity!r} is not one of prune.sparsities "
-                             "(no cell runs at it)")
-
-
-def check_pruning(spec: GridSpec, grid: GridFile) -> None:
-    """prune.method, and prune.targets / prune.layers as text; the layers against the encoder in check_encoders."""
-    from ...core.pruning import METHODS
-    from ...core.targets import parse_kinds, parse_layers
-
-    if spec.prune.method not in METHODS:
-        raise grid.error("prune.method", f"{spec.prune.method!r} is not one of {', '.join(METHODS)}")
-    for key, parse in (("prune.targets", parse_kinds), ("prune.layers", parse_layers)):
-        try:
-            parse(getattr(spec.prune, key.split(".")[1]), key)
-        except ValueError as error:  # its message starts with the key
-            raise GridError(f"{grid.where(key)}: {error}") from None
 
 
 def check_overrides(overrides: List[str], key: str, grid: GridFile) -> None:
@@ -362,31 +286,32 @@ def check_overrides(overrides: List[str], key: str, grid: GridFile) -> None:
                              f"({problems[0] if problems else 'unreadable'})") from None
 
 
-def check_languages(spec: GridSpec, grid: GridFile) -> None:
-    """Every language must exist in the corpus definition, or have a complete manifest folder."""
-    languages = list(dict.fromkeys(spec.upstream.languages + spec.downstream.languages))
-
-    def key_of(language):
-        return "upstream.languages" if language in spec.upstream.languages else "downstream.languages"
-
+def check_languages(spec, grid: GridFile, languages: Dict[str, Sequence[str]]) -> None:
+    """Every language (`languages`: the key that lists them -> the languages) exists in the corpus
+    definition of `spec.corpus`, or has a complete manifest folder under `spec.data`; without a
+    `pretrained` checkpoint, `data` also holds the pretraining manifests."""
+    keys: Dict[str, str] = {}
+    for key, listed in languages.items():
+        for language in listed:
+            keys.setdefault(language, key)
     if spec.corpus is not None:
-        from ...data.corpora import load_definition
-        from ...data.errors import DataError
+        from ..data.corpora import load_definition
+        from ..data.errors import DataError
 
         try:
             definition = load_definition(spec.corpus)
         except DataError as error:
             raise grid.error("corpus", str(error)) from None
-        unknown = [language for language in languages if language not in definition.languages]
+        unknown = [language for language in keys if language not in definition.languages]
         if unknown:
-            raise grid.error(key_of(unknown[0]), f"language {unknown[0]!r} is not in corpus {spec.corpus} "
+            raise grid.error(keys[unknown[0]], f"language {unknown[0]!r} is not in corpus {spec.corpus} "
                              f"(it has {', '.join(definition.languages)})")
         return
-    for language in languages:
+    for language, key in keys.items():
         for name in MANIFEST_FILES:
             manifest = Path(spec.data) / language / name
             if not manifest.is_file():
-                raise grid.error(key_of(language), f"language {language!r}: missing manifest {manifest}")
+                raise grid.error(key, f"language {language!r}: missing manifest {manifest}")
     if spec.pretrained is None and not (Path(spec.data) / "pretrain" / "train.tsv").is_file():
         raise grid.error("data", f"no pretrained checkpoint given and no {Path(spec.data) / 'pretrain' / 'train.tsv'} "
                          "to pretrain on")
@@ -394,7 +319,7 @@ def check_languages(spec: GridSpec, grid: GridFile) -> None:
 
 def checkpoint_depth(grid: GridFile, key: str, path: str, kind: str, advice: str) -> int:
     """The encoder layers of the checkpoint `key` names, if it is of `kind` (read without its weights)."""
-    from ...plugin.checkpoint_kinds import CheckpointKindError, encoder_layer_count, read_checkpoint_of_kind
+    from ..plugin.checkpoint_kinds import CheckpointKindError, encoder_layer_count, read_checkpoint_of_kind
 
     try:
         return encoder_layer_count(read_checkpoint_of_kind(path, kind, key, advice, weights=False))
@@ -402,78 +327,29 @@ def checkpoint_depth(grid: GridFile, key: str, path: str, kind: str, advice: str
         raise GridError(f"{grid.where(key)}: {error}") from None
 
 
-def check_encoders(spec: GridSpec, grid: GridFile) -> None:
-    """The checkpoints are of their kind, the given upstream models are as deep as the pretrained
-    model (their masks are compared and merged with its), and prune.layers lies within it."""
-    from ...core.targets import parse_layers
-    from ...plugin.checkpoint_kinds import FINE_TUNED, PRETRAINING
-    from ...runner import CONFIG_DIR
+
+
+def starting_depth(spec, grid: GridFile, advice: str) -> Tuple[int, str]:
+    """(encoder layers of the model the grid starts from, how errors name that model): the
+    `pretrained` checkpoint (refused with `advice` unless it is a pretraining checkpoint), or the
+    model the pretraining config builds."""
+    from ..plugin.checkpoint_kinds import PRETRAINING
+    from ..runner import CONFIG_DIR
 
     if spec.pretrained is not None:
-        depth = checkpoint_depth(grid, "pretrained", spec.pretrained, PRETRAINING,
-                                  "a fine-tuned model goes in upstream.checkpoints.LANGUAGE")
-        described = f"pretrained {spec.pretrained}"
-    else:
-        config = CONFIG_DIR / "pretrain" / f"{PRETRAIN_CONFIG_NAME}.yaml"
-        depth = yaml.safe_load(config.read_text())["model"]["encoder_layers"]
-        described = f"the model pretrained by {config}"
-    for language, path in spec.upstream.checkpoints.items():
-        key = f"upstream.checkpoints.{language}"
-        upstream_depth = checkpoint_depth(grid, key, path, FINE_TUNED, "a pretraining checkpoint goes in pretrained")
-        if upstream_depth != depth:
-            raise grid.error(key, f"{path} has {upstream_depth} encoder layers but {described} has {depth}")
-    layers = parse_layers(spec.prune.layers)
-    if layers and layers[-1] >= depth:
-        raise grid.error("prune.layers", f"layer {layers[-1]} is selected but {described} has {depth} encoder layers "
-                         f"(0-{depth - 1})")
+        depth = checkpoint_depth(grid, "pretrained", spec.pretrained, PRETRAINING, advice)
+        return depth, f"pretrained {spec.pretrained}"
+    config = CONFIG_DIR / "pretrain" / f"{PRETRAIN_CONFIG_NAME}.yaml"
+    return yaml.safe_load(config.read_text())["model"]["encoder_layers"], f"the model pretrained by {config}"
 
 
-# ------------------------------------------------------------------------------------- planning
+def check_layers_within(grid: GridFile, keys_and_layers: Dict[str, str], depth: int, described: str) -> None:
+    """Each layer selection (key -> its text, as core.targets.parse_layers reads it) lies within an
+    encoder of `depth` layers."""
+    from ..core.targets import parse_layers
 
-
-def sparsity_label(sparsity):
-    return f"{sparsity:.2f}"
-
-
-@dataclass(frozen=True)
-class DownstreamCell:
-    """One downstream fine-tuning run and its evaluation, by its coordinates in the grid."""
-
-    upstream: str
-    downstream: str
-    sparsity: float
-    source: str
-    partner: str
-    seed: int
-
-    @property
-    def mask_language(self):
-        if self.sparsity == 0:
-            return ""
-        return {"own": self.upstream, "swap": self.partner, "union": f"{self.upstream}+{self.partner}",
-                "base": "base", "random": "random"}[self.source]
-
-    @property
-    def name(self):
-        source = f"{self.source}_{self.partner}" if self.partner else self.source
-        return f"{self.upstream}-{self.downstream}-s{sparsity_label(self.sparsity)}-{source}-seed{self.seed}"
-
-
-def plan_cells(spec: GridSpec) -> List[DownstreamCell]:
-    """Every downstream cell; at sparsity 0 all sources are the unmasked model, so only `own` runs."""
-    down = spec.downstream
-    source_sparsities = down.source_sparsities or [s for s in spec.prune.sparsities if s > 0]
-    cells = []
-    for seed, upstream, downstream, sparsity in itertools.product(
-        spec.seeds, spec.upstream.languages, down.languages, spec.prune.sparsities
-    ):
-        for source in down.sources:
-            kind, _, partner = str(source).partition(":")
-            if kind != "own" and (sparsity == 0 or sparsity not in source_sparsities):
-                continue
-            if kind in ("swap", "union"):
-                partners = [partner] if partner else [lang for lang in spec.upstream.languages if lang != upstream]
-                cells += [DownstreamCell(upstream, downstream, sparsity, kind, p, seed) for p in partners if p != upstream]
-            else:
-                cells.append(DownstreamCell(upstream, downstream, sparsity, kind, "", seed))
-    return list(dict.fromkeys(cells))
+    for key, text in keys_and_layers.items():
+        layers = parse_layers(text)
+        if layers and layers[-1] >= depth:
+            raise grid.error(key, f"layer {layers[-1]} is selected but {described} has {depth} encoder layers "
+                             f"(0-{depth - 1})")

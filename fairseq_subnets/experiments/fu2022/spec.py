@@ -2,22 +2,18 @@
 
 A grid file names the languages, the weight fine-tuning baseline, the S3-Router sweep (sparsities,
 initialisation, targets), the ablations of Tables 1 and 7, the S3-Router-P / global L1 comparison of
-Fig. 4, the bundle and the mask-similarity analysis (see examples/fu2022/grid.yaml). Like a
-storey2025 grid it is checked completely before anything runs, with the same reader and checks
-(imported from storey2025/spec.py): every key's type and range, unknown keys with the closest known
-one, languages against the corpus or the manifest folders, and layer groups against the encoder.
+Fig. 4, the bundle and the mask-similarity analysis (see examples/fu2022/grid.yaml). Like every
+grid it is checked completely before anything runs, with the engine's reader and checks
+(engine/grid_file.py): every key's type and range, unknown keys with the closest known one,
+languages against the corpus or the manifest folders, and layer groups against the encoder.
 Every error names the file, the line of the key and the dotted key.
 """
 from dataclasses import dataclass, field, fields
-from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
-import yaml
-
-from ...engine.executors import SlurmOptions
-from ..storey2025.spec import (
-    DISTINCT, NON_EMPTY, POSITIVE, PRETRAIN_CONFIG_NAME, GridError, GridFile, at_least, check_identity,
-    check_languages, check_overrides, check_values, checkpoint_depth, read_grid,
+from ...engine.grid_file import (
+    DISTINCT, NON_EMPTY, POSITIVE, GridError, GridFile, PretrainedModelGrid, at_least, check_languages,
+    check_layers_within, check_overrides, checked_grid, read_grid, starting_depth,
 )
 
 METHOD = "fu2022"
@@ -98,20 +94,6 @@ SECTION_CLASSES = {"finetune": FinetuneSpec, "s3router": S3RouterSpec, "ablation
 
 
 @dataclass
-class PretrainedModelGrid:
-    """The keys of a grid whose cells all start from one pretrained model (given, or pretrained
-    by the grid on its corpus) with one seed: this method's and liu2023's."""
-    path: str = ""
-    corpus: Optional[str] = None
-    data: Optional[str] = None
-    pretrained: Optional[str] = None
-    pretrain_updates: int = field(default=600, metadata=at_least(1))
-    seed: int = 1
-    slurm: SlurmOptions = field(default_factory=SlurmOptions)
-    """Resources of each cell under `--executor slurm` (see engine/executors.py)."""
-
-
-@dataclass
 class GridSpec(PretrainedModelGrid):
     method: str = METHOD
     name: str = METHOD
@@ -122,29 +104,6 @@ class GridSpec(PretrainedModelGrid):
     pruning: PruningSpec = field(default_factory=PruningSpec)
     bundle: BundleSpec = field(default_factory=BundleSpec)
     similarity: SimilaritySpec = field(default_factory=SimilaritySpec)
-
-
-def checked_grid(spec, lines: Optional[Dict[str, int]], sections, method: str) -> GridFile:
-    """Checks the type and range of every key of a grid with sections (errors name a section's
-    keys as `section.key`) and the keys every grid has (`check_identity`); returns the GridFile
-    that the method's further checks report through."""
-    grid = GridFile(spec.path, lines)
-    check_values(spec, grid)
-    for name in sections:
-        check_values(getattr(spec, name), KeyedErrors(grid, lambda key, section=name: f"{section}.{key}"))
-    check_identity(spec, grid, method)
-    return grid
-
-
-class KeyedErrors:
-    """A GridFile whose errors name renamed keys, so that storey2025's checks, which name the keys of
-    the object they check, report this grid's keys: `finetune.updates` for a section's `updates`."""
-
-    def __init__(self, grid: GridFile, rename: Callable[[str], str]):
-        self.grid, self.rename = grid, rename
-
-    def error(self, key, problem) -> GridError:
-        return self.grid.error(self.rename(key), problem)
 
 
 def load_grid(path) -> GridSpec:
@@ -160,17 +119,16 @@ def load_grid(path) -> GridSpec:
 def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
     """Checks a grid, read from a file (`lines`: where its keys are) or built in code, completely
     before anything runs, and fills the analysis sections' languages left unset with `languages`."""
-    grid = checked_grid(spec, lines, SECTIONS, METHOD)
+    grid = checked_grid(spec, lines, METHOD)
     check_fractions(spec, grid)
     check_learned_mask_settings(spec, grid)
     for key in ("finetune.overrides", "s3router.overrides"):
         check_overrides(value_of(spec, key), key, grid)
     check_analysis_languages(spec, grid)
-    storey_shaped = SimpleNamespace(corpus=spec.corpus, data=spec.data, pretrained=spec.pretrained,
-                                    upstream=SimpleNamespace(languages=spec.languages),
-                                    downstream=SimpleNamespace(languages=[]))
-    check_languages(storey_shaped, KeyedErrors(grid, lambda key: "languages" if key.endswith("languages") else key))
-    check_layers(spec, grid)
+    check_languages(spec, grid, {"languages": spec.languages})
+    depth, described = starting_depth(spec, grid,
+                                      "S3-Router learns masks on a pretrained model, and the grid fine-tunes its own")
+    check_layers_within(grid, {key: value_of(spec, key) for key in LAYER_KEYS}, depth, described)
     check_similarity_matrix(spec, grid)
 
 
@@ -217,7 +175,6 @@ def check_learned_mask_settings(spec: GridSpec, grid: GridFile) -> None:
                 raise GridError(f"{grid.where(key)}: {error}") from None
 
 
-
 def check_analysis_languages(spec: GridSpec, grid: GridFile) -> None:
     """Each analysis list within `languages` (unset: all of them), and enough languages to compare."""
     for key in ANALYSIS_LANGUAGE_KEYS:
@@ -233,30 +190,6 @@ def check_analysis_languages(spec: GridSpec, grid: GridFile) -> None:
     if spec.similarity.matrix is not None and len(compared) < MIN_CORRELATED_LANGUAGES:
         raise grid.error("similarity.matrix", f"a correlation needs at least {MIN_CORRELATED_LANGUAGES} languages "
                          f"(3 pairs); similarity.languages has {len(compared)}")
-
-
-def encoder_depth(spec: GridSpec, grid: GridFile):
-    """(encoder layers of the model the grid starts from, how to name that model in errors)."""
-    from ...plugin.checkpoint_kinds import PRETRAINING
-    from ...runner import CONFIG_DIR
-
-    if spec.pretrained is not None:
-        depth = checkpoint_depth(grid, "pretrained", spec.pretrained, PRETRAINING,
-                                  "S3-Router learns masks on a pretrained model, and the grid fine-tunes its own")
-        return depth, f"pretrained {spec.pretrained}"
-    config = CONFIG_DIR / "pretrain" / f"{PRETRAIN_CONFIG_NAME}.yaml"
-    return yaml.safe_load(config.read_text())["model"]["encoder_layers"], f"the model pretrained by {config}"
-
-
-def check_layers(spec: GridSpec, grid: GridFile) -> None:
-    from ...core.targets import parse_layers
-
-    depth, described = encoder_depth(spec, grid)
-    for key in LAYER_KEYS:
-        layers = parse_layers(value_of(spec, key))
-        if layers and layers[-1] >= depth:
-            raise grid.error(key, f"layer {layers[-1]} is selected but {described} has {depth} encoder layers "
-                             f"(0-{depth - 1})")
 
 
 def check_similarity_matrix(spec: GridSpec, grid: GridFile) -> None:

@@ -1,0 +1,96 @@
+"""Running one grid: its corpus, then every cell through the engine, and its results files.
+
+An experiment's GridRun names its plan (a CorpusPlan subclass), its method, the columns of its
+results.csv and its other results files (`side_tables`). The results files hold every finished
+cell whatever was interrupted: before anything runs, the results of every cell already finished
+with its current key are recorded and the files written, and they are rewritten (atomically)
+after every finished cell.
+"""
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .cells import Cell
+from .executors import LocalExecutor
+from .results import RESULTS_CSV, write_csv, write_results
+from .scheduler import cached_results, run_cells
+
+
+class GridRun:
+    """One grid into `out_dir`: `executor` (default: one local thread) runs the cells, `runner`
+    (default: the stock fairseq commands, engine/runners.py) runs their fairseq commands, and
+    `config_root` holds the Hydra configs they train with (default: the shipped ones)."""
+
+    plan = None
+    """What builds the cells: a CorpusPlan subclass called with (spec, out_dir, corpus, config_root)."""
+    method: str = ""
+    columns: Sequence[str] = ()
+    """The columns of results.csv."""
+
+    def __init__(self, spec, out_dir, executor=None, say=print, progress=None, runner=None,
+                 config_root: Optional[Path] = None):
+        self.spec, self.out_dir = spec, Path(out_dir).resolve()
+        self.executor = executor or LocalExecutor(1)
+        self.say, self.progress, self.runner = say, progress, runner
+        self.cells: List[Cell] = list(self.plan(spec, self.out_dir, self.corpus_dir(), config_root).cells.values())
+        self.results: Dict[str, dict] = {}
+
+    def corpus_dir(self) -> Path:
+        if self.spec.data is not None:
+            return Path(self.spec.data).resolve()
+        return self.out_dir / "corpus"
+
+    def synthesize(self) -> None:
+        """Builds the corpus of a `corpus:` grid (synthesis skips the utterances already there)."""
+        if self.spec.corpus is None:
+            return
+        from ..data.corpora import corpus_path
+        from ..data.synth import synthesize_corpus
+
+        synthesize_corpus(corpus_path(self.spec.corpus), self.corpus_dir(), progress=False,
+                          jobs=max(1, self.executor.slots))
+
+    @property
+    def rows(self) -> List[dict]:
+        """The finished rows of results.csv."""
+        return [self.results[cell.name] for cell in self.cells if cell.row is not None and cell.name in self.results]
+
+    def side_tables(self) -> List[Tuple[str, Sequence[str], List[dict]]]:
+        """The experiment's results files besides results.csv: (file name, columns, rows)."""
+        return []
+
+    def write_results(self) -> Path:
+        extra = {"method": self.method, "grid": str(Path(self.spec.path).resolve()), "grid_spec": asdict(self.spec)}
+        for name, columns, rows in self.side_tables():
+            write_csv(self.out_dir / name, columns, rows)
+            extra[Path(name).stem] = rows
+        return write_results(self.out_dir, self.cells, self.results, self.columns, extra)
+
+    def run(self) -> Path:
+        """Runs every unfinished cell; returns results.csv (written even when a cell failed)."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.synthesize()
+        self.say(f"[grid] corpus: {self.corpus_dir()}")
+        self.say(f"[grid] {len(self.cells)} cells, {self.executor.slots} at a time")
+        self.results.update(cached_results(self.cells))
+        self.write_results()
+
+        def finished(cell, result):
+            self.results[cell.name] = result
+            self.write_results()
+
+        try:
+            run_cells(self.cells, self.executor, say=self.say, progress=self.progress, on_finished=finished,
+                      runner=self.runner)
+        finally:
+            self.write_results()
+        return self.out_dir / RESULTS_CSV
+
+
+def planned_cells_lines(cells: Sequence[Cell], row_kind: Callable[[dict], str]) -> List[str]:
+    """What `fairseq-subnets grid --dry-run` prints for a grid's cells: every cell's name, then how
+    many results rows of each kind (`row_kind` of a row) there are and how many other cells."""
+    rows = Counter(row_kind(cell.row) for cell in cells if cell.row is not None)
+    counts = ", ".join(f"{count} {kind}" for kind, count in rows.items())
+    return [cell.name for cell in cells] + [f"{len(cells)} cells: {counts}, {len(cells) - sum(rows.values())} other"]
