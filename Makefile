@@ -21,15 +21,15 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
-	$(VENV)/bin/fairseq-subnets bench
+	$(VENV)/bin/fairseq-subnets bench prune
 
 bench-train: $(STAMP)
-	$(VENV)/bin/fairseq-subnets bench-train
+	$(VENV)/bin/fairseq-subnets bench train
 
 # The whole workflow at XLS-R 300M size on this machine's CPU; starts from an empty folder each time.
 bench-rehearsal: $(STAMP)
 	rm -rf rehearsal_output
-	$(VENV)/bin/fairseq-subnets bench-rehearsal --out rehearsal_output
+	$(VENV)/bin/fairseq-subnets bench rehearsal --out rehearsal_output
 
 clean:
 	rm -rf demo_output rehearsal_output .pytest_cache

@@ -212,5 +212,5 @@ def test_benchmark_cli_rejects_bad_settings(capsys):
     from fairseq_subnets.cli import main as cli_main
 
     with mock.patch.object(cli_main, "COMMAND_MODULES", ("benchmarks",)):
-        assert cli_main.main(["bench-data", "--files", "0"]) == 2
+        assert cli_main.main(["bench", "data", "--files", "0"]) == 2
     assert "files must be at least 1" in capsys.readouterr().err

@@ -226,9 +226,9 @@ def test_bad_bundle_commands_fail_with_one_line_and_write_nothing(arguments, mes
     checkpoint, _, _ = write_plugin_checkpoint(tmp_path)
     checkpoint.rename(tmp_path / "plain.pt")
     before = sorted(tmp_path.iterdir())
-    assert cli(["bundle", *[argument.format(tmp=tmp_path) for argument in arguments]]) == 2
+    assert cli(["bundles", *[argument.format(tmp=tmp_path) for argument in arguments]]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"fairseq-subnets bundle: error: {message.format(tmp=tmp_path)}"), line
+    assert line.startswith(f"fairseq-subnets bundles: error: {message.format(tmp=tmp_path)}"), line
     assert sorted(tmp_path.iterdir()) == before
 
 

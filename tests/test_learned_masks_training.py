@@ -50,7 +50,7 @@ def learned_run(skeleton_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle(learned_run, tmp_path_factory):
     """A bundle of the ca run and two shorter es and ast runs (started side by side), built with
-    `bundle build` from es and ca and grown with `bundle add`; returns (result, bundle path,
+    `bundles build` from es and ca and grown with `bundles add`; returns (result, bundle path,
     {language: its own checkpoint})."""
     from fairseq_subnets.cli.main import main as cli
     from fairseq_subnets.runner import CONFIG_DIR
@@ -70,8 +70,8 @@ def bundle(learned_run, tmp_path_factory):
         wait_finished(process, out / f"{language}.log")
         checkpoints[language] = out / language / "checkpoint_last.pt"
     path = out / "bundle.pt"
-    assert cli(["bundle", "build", f"es={checkpoints['es']}", f"ca={checkpoints['ca']}", "--out", str(path)]) == 0
-    assert cli(["bundle", "add", str(path), f"ast={checkpoints['ast']}"]) == 0
+    assert cli(["bundles", "build", f"es={checkpoints['es']}", f"ca={checkpoints['ca']}", "--out", str(path)]) == 0
+    assert cli(["bundles", "add", str(path), f"ast={checkpoints['ast']}"]) == 0
     return result, path, checkpoints
 
 
@@ -188,7 +188,7 @@ def test_a_bundle_lists_its_storage_removes_languages_and_refuses_another_backbo
 
     result, path, checkpoints = bundle
     capsys.readouterr()
-    assert cli(["bundle", "list", str(path), "--json"]) == 0
+    assert cli(["bundles", "list", str(path), "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     assert [row["language"] for row in listing["languages"]] == ["es", "ca", "ast"]
     weights = 3 * (4 * 128 * 128 + 2 * 128 * 512)  # q, k, v, out, fc1, fc2 of 3 layers, width 128, FFN 512
@@ -199,7 +199,7 @@ def test_a_bundle_lists_its_storage_removes_languages_and_refuses_another_backbo
             (row["mask_bytes"] + row["head_bytes"]) / listing["backbone_bytes"])
     copy = tmp_path / "copy.pt"
     shutil.copy(path, copy)
-    assert cli(["bundle", "remove", str(copy), "es"]) == 0
+    assert cli(["bundles", "remove", str(copy), "es"]) == 0
     assert list(read_bundle(str(copy)).languages) == ["ca", "ast"]
     from fairseq_subnets.plugin.checkpoints import load_checkpoint
 
@@ -207,9 +207,9 @@ def test_a_bundle_lists_its_storage_removes_languages_and_refuses_another_backbo
     bias = "w2v_encoder.w2v_model.encoder.layers.0.fc1.bias"
     other_backbone["model"][bias] = other_backbone["model"][bias] + 1e-3
     torch.save(other_backbone, tmp_path / "other.pt")
-    assert cli(["bundle", "add", str(copy), f"es={tmp_path / 'other.pt'}"]) == 2
+    assert cli(["bundles", "add", str(copy), f"es={tmp_path / 'other.pt'}"]) == 2
     assert f"{bias} differs from the bundle's backbone" in capsys.readouterr().err
-    assert cli(["bundle", "add", str(copy), f"ca={checkpoints['ca']}"]) == 2
+    assert cli(["bundles", "add", str(copy), f"ca={checkpoints['ca']}"]) == 2
     assert "holds ca already" in capsys.readouterr().err
     assert list(read_bundle(str(copy)).languages) == ["ca", "ast"]
 

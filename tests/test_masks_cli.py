@@ -1,4 +1,4 @@
-"""`fairseq-subnets prune | masks | export | bench` on small checkpoints in fairseq's real format."""
+"""`fairseq-subnets prune | masks | export | bench prune` on small checkpoints in fairseq's real format."""
 import json
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from fairseq_subnets.cli.main import main
 
-SUBCOMMANDS = [["prune"], ["export"], ["bench"], ["masks"]] + [
+SUBCOMMANDS = [["prune"], ["export"], ["bench"], ["bench", "prune"], ["masks"]] + [
     ["masks", name] for name in
     ("stats", "iou", "union", "intersect", "diff", "complement", "ratio", "similarity", "correlate")
 ]
@@ -165,7 +165,7 @@ def test_export_bakes_a_mask_into_plain_weights(checkpoints, tmp_path, capsys):
 
 
 def test_bench_runs_both_methods_and_agrees(capsys):
-    result = run_json(capsys, "bench", "--layers", "1", "--width", "64", "--ffn", "256")
+    result = run_json(capsys, "bench", "prune", "--layers", "1", "--width", "64", "--ffn", "256")
     assert result["weights"] == 4 * 64 * 64 + 2 * 64 * 256
     assert result["ours"]["differing_ties"] == 0  # no exact ties among 49,152 Gaussian float32 weights
     assert result["bits_per_weight"] < 1.5  # tiny: the header dominates
@@ -177,10 +177,10 @@ def test_bench_runs_both_methods_and_agrees(capsys):
 
 
 def test_bench_times_mask_files_against_version_2_alone(capsys):
-    code, out, err = run(capsys, "bench", "--only-mask-files", "--layers", "1", "--width", "64", "--ffn", "256")
+    code, out, err = run(capsys, "bench", "prune", "--only-mask-files", "--layers", "1", "--width", "64", "--ffn", "256")
     assert code == 0, err
     assert "global L1" not in out and "version 2 (raw bits)" in out and "s = 0.9: read (s)" in out
-    result = run_json(capsys, "bench", "--only-mask-files", "--layers", "1", "--width", "64", "--ffn", "256")
+    result = run_json(capsys, "bench", "prune", "--only-mask-files", "--layers", "1", "--width", "64", "--ffn", "256")
     assert "ours" not in result
     costs = result["mask_files"]
     assert all(cost["write"]["reference"] == "version 2 (raw bits)" and cost["read"]["measured"] == "version 3"
@@ -206,5 +206,5 @@ def test_bench_mask_comparison_allows_only_ties_at_the_threshold():
 @pytest.mark.parametrize("argv, message", [(["--sparsity", "1.5"], "sparsity must lie in (0, 1), got 1.5"),
                                            (["--width", "0"], "width must be positive, got 0")])
 def test_bench_rejects_bad_settings_before_running(argv, message, capsys):
-    code, _, err = run(capsys, "bench", "--quick", *argv)
+    code, _, err = run(capsys, "bench", "prune", "--quick", *argv)
     assert code == 2 and message in err

@@ -1,4 +1,4 @@
-"""`fairseq-subnets bench-rehearsal` at a small shape: the XLS-R workflow end to end through the
+"""`fairseq-subnets bench rehearsal` at a small shape: the XLS-R workflow end to end through the
 real commands (data synth, prune, stock fairseq-hydra-train on the shipped xlsr_300m config, stock
 fairseq-generate, export, a stock fairseq load without the plugin, then learned-mask and S2-LoRA
 training on their shipped XLS-R configs), with a wall time and a peak
@@ -24,7 +24,7 @@ def test_every_step_runs_and_reports_its_wall_time_and_peak_memory(tmp_path, cap
 
     monkeypatch.chdir(tmp_path)  # a relative --out, as `make bench-rehearsal` passes it
     out = tmp_path / "rehearsal"
-    assert main(["bench-rehearsal", "--out", "rehearsal", *SMALL, "--json"]) == 0
+    assert main(["bench", "rehearsal", "--out", "rehearsal", *SMALL, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert json.loads((out / "rehearsal.json").read_text()) == result
 
@@ -58,12 +58,12 @@ def test_every_step_runs_and_reports_its_wall_time_and_peak_memory(tmp_path, cap
     (["--sparsity", "1"], "sparsity must lie in (0, 1)"),
 ])
 def test_bad_settings_fail_before_anything_runs(argv, message, tmp_path, capsys):
-    assert main(["bench-rehearsal", "--out", str(tmp_path / "new"), *argv]) == 2
+    assert main(["bench", "rehearsal", "--out", str(tmp_path / "new"), *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
 
 
 def test_a_folder_with_files_in_it_is_refused(tmp_path, capsys):
     (tmp_path / "checkpoint_last.pt").write_text("")
-    assert main(["bench-rehearsal", "--out", str(tmp_path)]) == 2
+    assert main(["bench", "rehearsal", "--out", str(tmp_path)]) == 2
     assert "is not an empty folder" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`fairseq-subnets bench-train` on a tiny model: what it checks and reports, never how fast."""
+"""`fairseq-subnets bench train` on a tiny model: what it checks and reports, never how fast."""
 import json
 import math
 
@@ -141,7 +141,7 @@ def test_interleaved_alternates_and_drops_the_warmup():
 def test_cli_prints_parseable_json(capsys):
     from fairseq_subnets.cli.main import main
 
-    assert main(["bench-train", *SMALL_ARGS, "--json"]) == 0
+    assert main(["bench", "train", *SMALL_ARGS, "--json"]) == 0
     payload = json.loads(capsys.readouterr().out)
     assert payload["settings"]["layers"] == 2 and payload["settings"]["threads"] == 1
     assert payload["pruned_nonzero_after_training"] == 0
@@ -152,5 +152,5 @@ def test_cli_prints_parseable_json(capsys):
 def test_cli_rejects_bad_settings(capsys):
     from fairseq_subnets.cli.main import main
 
-    assert main(["bench-train", "--quick", "--sparsity", "1.5"]) == 2
+    assert main(["bench", "train", "--quick", "--sparsity", "1.5"]) == 2
     assert "sparsity" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""`fairseq-subnets bench-tuners` on a tiny model: what it checks and reports, never how fast."""
+"""`fairseq-subnets bench tuners` on a tiny model: what it checks and reports, never how fast."""
 import json
 import math
 
@@ -19,7 +19,7 @@ def result():
 
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(io.StringIO()):
-        assert main(["bench-tuners", "--layers", "2", "--width", "64", "--ffn", "128", "--seconds", "0.25",
+        assert main(["bench", "tuners", "--layers", "2", "--width", "64", "--ffn", "128", "--seconds", "0.25",
                      "--train-steps", "2", "--train-warmup", "1", "--decode-steps", "2", "--decode-warmup", "1",
                      "--json"]) == 0
     return json.loads(stdout.getvalue())

@@ -102,7 +102,7 @@ def test_adalora_ranks_print_as_a_layer_by_matrix_table_csv_and_heatmap(adalora_
 
     _, run_dir, _ = adalora_run
     csv_path, png_path = tmp_path / "ranks.csv", tmp_path / "ranks.png"
-    assert cli(["adapter", "ranks", str(run_dir / "checkpoint_last.pt"), "--csv", str(csv_path),
+    assert cli(["adapters", "ranks", str(run_dir / "checkpoint_last.pt"), "--csv-out", str(csv_path),
                 "--plot", str(png_path)]) == 0
     out = capsys.readouterr().out
     assert "adalora, 48 ranks in use over 6 matrices" in out
@@ -160,15 +160,15 @@ def test_an_adapter_file_rebuilds_the_run_on_its_backbone_and_refuses_another(s2
     result, run_dir, _ = s2lora_run
     checkpoint = run_dir / "checkpoint_last.pt"
     adapter = tmp_path / "ca.adapter"
-    assert cli(["adapter", "save", str(checkpoint), "--out", str(adapter)]) == 0
+    assert cli(["adapters", "save", str(checkpoint), "--out", str(adapter)]) == 0
     assert "s2lora adapter" in capsys.readouterr().out
     assert adapter.stat().st_size < 0.1 * checkpoint.stat().st_size
-    assert cli(["adapter", "info", str(adapter), "--json"]) == 0
+    assert cli(["adapters", "info", str(adapter), "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
     assert info["method"] == "s2lora" and info["trained_parameters"] > 0
 
     rebuilt = tmp_path / "rebuilt.pt"
-    assert cli(["adapter", "apply", str(adapter), "--backbone", str(result.pretrained_checkpoint),
+    assert cli(["adapters", "apply", str(adapter), "--backbone", str(result.pretrained_checkpoint),
                 "--out", str(rebuilt)]) == 0
     data = Path(result.corpus_dir) / LANGUAGE
     assert torch.equal(logits_of(rebuilt, data), logits_of(checkpoint, data))
@@ -177,8 +177,8 @@ def test_an_adapter_file_rebuilds_the_run_on_its_backbone_and_refuses_another(s2
     other["model"]["encoder.layers.0.fc1.bias"] = other["model"]["encoder.layers.0.fc1.bias"] + 1e-3
     torch.save(other, tmp_path / "other.pt")
     capsys.readouterr()
-    assert cli(["adapter", "apply", str(adapter), "--backbone", str(tmp_path / "other.pt"),
+    assert cli(["adapters", "apply", str(adapter), "--backbone", str(tmp_path / "other.pt"),
                 "--out", str(tmp_path / "refused.pt")]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith(f"fairseq-subnets adapter: error: {adapter}: made for another backbone"), line
+    assert line.startswith(f"fairseq-subnets adapters: error: {adapter}: made for another backbone"), line
     assert not (tmp_path / "refused.pt").exists()

@@ -13,7 +13,7 @@ default) with random weights:
   masks): against AdaLoRA's own training step; target at most 0.05x.
 * decoding (eval, no_grad forward): for each tuner, reference = the stock fairseq `Wav2VecCtc`
   holding the merged state dict (`bake_state_dict`, what `fairseq-subnets export` writes), frozen
-  as the tuned model's wav2vec2 is (see bench-train on why flags change rounding); measured = the
+  as the tuned model's wav2vec2 is (see `bench train` on why flags change rounding); measured = the
   tuned model merged in place by `bake_module`. Their outputs must be identical; target 1.00x
   within noise.
 """

@@ -1,4 +1,4 @@
-"""`fairseq-subnets adapter save | apply | info`: what a tuner run trained, as a small file.
+"""`fairseq-subnets adapters save | apply | ranks | info`: what a tuner run trained, as a small file.
 
 An adapter file (plugin.adapters) holds a `+model.tuner=...` run's tuner parameters and output
 layer, with the method, the run's config, its dictionary and the fingerprint of the backbone it
@@ -14,10 +14,10 @@ from .main import UserError, writing
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "adapter", help="a tuner run's trained parameters as a small file, and back to a checkpoint",
+        "adapters", help="a tuner run's trained parameters as a small file, and back to a checkpoint",
         description="Saves what a +model.tuner=... run trained (tuner parameters and output layer) with the "
         "fingerprint of its backbone, and applies such a file to a checkpoint holding that backbone.")
-    commands = parser.add_subparsers(dest="adapter_command", metavar="SUBCOMMAND", required=True)
+    commands = parser.add_subparsers(dest="adapters_command", metavar="SUBCOMMAND", required=True)
 
     save = commands.add_parser("save", help="the adapter file of a tuner run's checkpoint")
     save.add_argument("checkpoint", metavar="CKPT")
@@ -36,7 +36,8 @@ def register(subparsers):
                                 "x q, k, v, out, fc1, fc2: AdaLoRA's kept triplets, S2-LoRA's coefficients with "
                                 "|s| >= 1e-4, LoRA's r, alpha-LoRA's r (0 while its scalar is 0).")
     ranks.add_argument("source", metavar="FILE", help="an adapter file or a tuner run's checkpoint")
-    ranks.add_argument("--csv", metavar="OUT", help="also write the table as CSV (layer, then one column per kind)")
+    ranks.add_argument("--csv-out", metavar="CSV",
+                       help="also write the table as CSV to this file (layer, then one column per kind)")
     ranks.add_argument("--plot", metavar="PNG", help="also draw it as a heatmap (a .png file)")
     ranks.set_defaults(func=run_ranks)
 
@@ -124,7 +125,7 @@ def run_ranks(args) -> int:
 
     if args.plot and not args.plot.endswith(".png"):
         raise UserError(f"--plot {args.plot}: the heatmap is written as PNG; name a .png file")
-    for path in filter(None, (args.csv, args.plot)):
+    for path in filter(None, (args.csv_out, args.plot)):
         with writing(path):
             check_writable(path)
     ranks = _user_input(lambda: tuner_ranks(_adapters().tuned_state(args.source)))
@@ -136,9 +137,9 @@ def run_ranks(args) -> int:
     methods = sorted({method for method, _ in ranks.values()})
     print(f"{args.source}: {', '.join(methods)}, {sum(by_cell.values())} ranks in use over {len(by_cell)} matrices")
     print("\n".join(" ".join(cell.rjust(5) for cell in row) for row in [["layer", *KINDS], *rows]))
-    if args.csv:
-        with writing(args.csv):
-            write_atomically(args.csv, "".join(",".join(row) + "\n" for row in [["layer", *KINDS], *rows]).encode())
+    if args.csv_out:
+        with writing(args.csv_out):
+            write_atomically(args.csv_out, "".join(",".join(row) + "\n" for row in [["layer", *KINDS], *rows]).encode())
     if args.plot:
         from pathlib import Path
 

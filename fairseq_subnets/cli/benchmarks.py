@@ -1,7 +1,7 @@
-"""`fairseq-subnets bench | bench-train | bench-tuners | bench-data | bench-data-wait | bench-rehearsal`: the
-benchmarks of `fairseq_subnets.benchmarks`.
+"""`fairseq-subnets bench prune | train | tuners | data | data-wait | rehearsal | cli`: the benchmarks of
+`fairseq_subnets.benchmarks`, one group.
 
-Each prints a table of measurements and their ratios against named references (`bench-rehearsal`:
+Each prints a table of measurements and their ratios against named references (`bench rehearsal`:
 wall time and peak memory of each step of the workflow) as text, or one JSON object with `--json`
 (progress then goes to stderr), and exits 2 on bad settings, before anything runs.
 """
@@ -12,12 +12,19 @@ from .main import UserError
 
 
 def register(subparsers):
-    _register_prune(subparsers)
-    _register_train_step(subparsers)
-    _register_tuners(subparsers)
-    _register_data_check(subparsers)
-    _register_data_wait(subparsers)
-    _register_rehearsal(subparsers)
+    group = subparsers.add_parser(
+        "bench", help="benchmarks: speed and memory against named references measured in the same run",
+        description="Each benchmark prints its measurements and their ratios against named references measured "
+        "in the same run (a ratio holds on another machine, an absolute time does not; `rehearsal` reports "
+        "absolute wall time and peak memory per step), or one JSON object with --json.")
+    benchmarks = group.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    _register_prune(benchmarks)
+    _register_train_step(benchmarks)
+    _register_tuners(benchmarks)
+    _register_data_check(benchmarks)
+    _register_data_wait(benchmarks)
+    _register_rehearsal(benchmarks)
+    _register_cli_startup(benchmarks)
 
 
 def _run_and_print(args, settings, run, format_report) -> int:
@@ -35,12 +42,12 @@ def _run_and_print(args, settings, run, format_report) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------------------- bench
+# ----------------------------------------------------------------------------------- bench prune
 
 
 def _register_prune(subparsers):
     parser = subparsers.add_parser(
-        "bench", help="speed and memory of global L1 pruning against torch.nn.utils.prune",
+        "prune", help="speed and memory of global L1 pruning against torch.nn.utils.prune",
         description="Builds an XLS-R-300M-shaped encoder (24 layers, width 1024, FFN 4096: 302M prunable "
         "weights) with random weights and prunes it to --sparsity with torch.nn.utils.prune."
         "global_unstructured(L1Unstructured) and with ours, each in its own process; checks the masks "
@@ -71,12 +78,12 @@ def run_prune_bench(args) -> int:
     return _run_and_print(args, settings, run_benchmark, format_report)
 
 
-# ----------------------------------------------------------------------------------- bench-train
+# ----------------------------------------------------------------------------------- bench train
 
 
 def _register_train_step(subparsers):
     parser = subparsers.add_parser(
-        "bench-train", help="time masked and learned-mask training and decoding against the same model without masks",
+        "train", help="time masked and learned-mask training and decoding against the same model without masks",
         description="Builds a wav2vec2 CTC model (subnets_wav2vec_ctc; BASE-sized by default: 12 layers, width "
         "768, FFN 3072) with random weights and, in one process with the models taking turns, times "
         "(1) a training step (forward, CTC loss, backward, Adam) of the model without masks against the same "
@@ -98,7 +105,7 @@ def _register_train_step(subparsers):
 
 
 def _add_step_arguments(parser):
-    """The model size and timing options of bench-train and bench-tuners (StepBenchSettings)."""
+    """The model size and timing options of `bench train` and `bench tuners` (StepBenchSettings)."""
     parser.add_argument("--quick", action="store_true", help="4 encoder layers instead of 12 (about a minute)")
     parser.add_argument("--layers", type=int, help="encoder layers (default: 12, or 4 with --quick)")
     parser.add_argument("--width", type=int, default=768, help="default: %(default)s")
@@ -133,12 +140,12 @@ def run_train_step_bench(args) -> int:
     return _run_and_print(args, _step_settings(args, sparsity=args.sparsity), run_step_benchmark, format_step_report)
 
 
-# ---------------------------------------------------------------------------------- bench-tuners
+# ---------------------------------------------------------------------------------- bench tuners
 
 
 def _register_tuners(subparsers):
     parser = subparsers.add_parser(
-        "bench-tuners", help="time training with each tuner against full fine-tuning, and merged decoding",
+        "tuners", help="time training with each tuner against full fine-tuning, and merged decoding",
         description="Builds a wav2vec2 CTC model (BASE-sized by default) with random weights and a copy with each "
         "tuner (lora, alpha_lora, adalora, glora, bitfit, ia3, s2lora; their default targets), frozen as "
         "+model.tuner does, and, in one process with the models taking turns, times (1) a training step of each "
@@ -157,12 +164,12 @@ def run_tuner_bench(args) -> int:
     return _run_and_print(args, _step_settings(args), run_tuner_benchmark, format_tuner_report)
 
 
-# ------------------------------------------------------------------------------------ bench-data
+# ------------------------------------------------------------------------------------ bench data
 
 
 def _register_data_check(subparsers):
     parser = subparsers.add_parser(
-        "bench-data", help="time `data check` on thousands of files against reading their headers alone",
+        "data", help="time `data check` on thousands of files against reading their headers alone",
         description="Writes a manifest of --files utterances (hard links of one WAV) and times, in turn, "
         "`data check` on it, soundfile.info on every file (header reads alone: target at most 1.5x) and "
         "soundfile.read on every file (decoding, for information). Fails if the check reports a problem.",
@@ -182,12 +189,12 @@ def run_data_check_bench(args) -> int:
     return _run_and_print(args, settings, run_data_check_benchmark, format_data_check_report)
 
 
-# ------------------------------------------------------------------------------- bench-data-wait
+# ------------------------------------------------------------------------------- bench data-wait
 
 
 def _register_data_wait(subparsers):
     parser = subparsers.add_parser(
-        "bench-data-wait", help="time waiting for monolingual batches against the training step (multilingual)",
+        "data-wait", help="time waiting for monolingual batches against the training step (multilingual)",
         description="Builds subnets_multilingual_finetuning on DATA (one manifest folder per language) and a "
         "subnets_wav2vec_ctc model (BASE-sized by default), then for each training batch, as the trainer draws "
         "them (num_workers 0), times fetching it against one training step on it; prints the ratio and the "
@@ -215,12 +222,12 @@ def run_data_wait_bench(args) -> int:
     return _run_and_print(args, settings, run_data_wait_benchmark, format_data_wait_report)
 
 
-# ------------------------------------------------------------------------------- bench-rehearsal
+# ------------------------------------------------------------------------------- bench rehearsal
 
 
 def _register_rehearsal(subparsers):
     parser = subparsers.add_parser(
-        "bench-rehearsal", help="run the whole workflow on an XLS-R-300M-shaped model; time and memory per step",
+        "rehearsal", help="run the whole workflow on an XLS-R-300M-shaped model; time and memory per step",
         description="In OUT (empty or new), each step a child process: synthesizes 8 short utterances with "
         "espeak-ng, writes a wav2vec2 pretraining checkpoint with XLS-R's architecture and random weights "
         "(XLS-R 300M size by default), prunes it with `fairseq-subnets prune` (global L1), trains with the "
@@ -252,3 +259,27 @@ def run_rehearsal_bench(args) -> int:
                                  heads=args.heads, sparsity=args.sparsity, updates=args.updates,
                                  budget_gib=args.budget_gib)
     return _run_and_print(args, settings, run_rehearsal, format_rehearsal_report)
+
+
+# ------------------------------------------------------------------------------------- bench cli
+
+
+def _register_cli_startup(subparsers):
+    parser = subparsers.add_parser(
+        "cli", help="time `fairseq-subnets --help` against starting the same Python with nothing to do",
+        description="Starts the installed fairseq-subnets console script with --help and `python -c pass` of the "
+        "same interpreter in turn, each a fresh process, and prints the median wall time of each and their "
+        "ratio. Target: --help within 0.5 s. Every command builds the same parser first, so this is also what "
+        "each group's --help and each argument error costs.",
+    )
+    parser.add_argument("--steps", type=int, default=20, help="timed starts of each (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed starts of each first (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run_cli_bench)
+
+
+def run_cli_bench(args) -> int:
+    from ..benchmarks.cli_startup import CliBenchSettings, format_cli_report, run_cli_benchmark
+
+    settings = CliBenchSettings(steps=args.steps, warmup=args.warmup)
+    return _run_and_print(args, settings, run_cli_benchmark, format_cli_report)

@@ -1,4 +1,4 @@
-"""`fairseq-subnets bundle build | add | remove | list`: one frozen backbone, many languages.
+"""`fairseq-subnets bundles build | add | remove | list`: one frozen backbone, many languages.
 
 A bundle (plugin.bundles) holds the backbone once and, per language, the learned masks (an
 entropy-coded mask file), the output layer and the dictionary of a single-language learned-mask run
@@ -20,12 +20,12 @@ DECODE_HINT = ("decode a language with: fairseq-generate DATA --task subnets_mul
 
 def register(subparsers):
     parser = subparsers.add_parser(
-        "bundle", help="one frozen backbone with many languages' learned masks and output layers",
+        "bundles", help="one frozen backbone with many languages' learned masks and output layers",
         description="Builds and changes bundles: one frozen backbone plus, per language, the learned masks, "
         "output layer and dictionary of a single-language learned-mask run. Every run must share the "
         "backbone bit for bit. Stock fairseq-generate decodes any language of a bundle (task "
         "subnets_multilingual_finetuning, --decode-language).")
-    commands = parser.add_subparsers(dest="bundle_command", metavar="SUBCOMMAND", required=True)
+    commands = parser.add_subparsers(dest="bundles_command", metavar="SUBCOMMAND", required=True)
 
     build = commands.add_parser("build", help="a bundle from single-language learned-mask checkpoints")
     build.add_argument("sources", nargs="+", metavar="LANGUAGE=CKPT")

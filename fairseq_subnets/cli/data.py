@@ -1,7 +1,7 @@
 """`fairseq-subnets data synth|manifest|check`: make, convert and check speech corpora.
 
-The `fairseq_subnets.data` modules are imported inside the handlers, so `fairseq-subnets --help`
-does not pay for scipy and soundfile.
+The `fairseq_subnets.data` modules are imported inside the handlers, so building the parser
+(`fairseq-subnets --help`, `data --help`) does not pay for numpy, scipy and soundfile.
 """
 import argparse
 import functools

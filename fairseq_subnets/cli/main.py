@@ -1,7 +1,9 @@
 """`fairseq-subnets`: one command with subcommands for everything that is not training or decoding.
 
-Each module named in COMMAND_MODULES exposes `register(subparsers)`, which adds its subcommands and
-sets `func` (called with the parsed arguments; its return value is the exit status).
+Each module named in COMMAND_MODULES exposes `register(subparsers)`, which only declares its
+subcommands and sets `func` (called with the parsed arguments; its return value is the exit status).
+Everything heavy (torch, numpy, scipy, safetensors, soundfile, fairseq) is imported inside the
+command functions, so `--help` and argument errors come back at once.
 """
 import argparse
 import importlib
@@ -12,6 +14,20 @@ from ..atomic import cannot_write_message
 
 COMMAND_MODULES = ("data", "masks", "bundles", "adapters", "demo", "launch", "grid", "report", "benchmarks")
 QUIET_HELP = "no progress bar (none either when stderr is not a terminal)"
+
+RENAMED_COMMANDS = {
+    "bundle": ("bundles",),
+    "adapter": ("adapters",),
+    "bench-train": ("bench", "train"),
+    "bench-tuners": ("bench", "tuners"),
+    "bench-data": ("bench", "data"),
+    "bench-data-wait": ("bench", "data-wait"),
+    "bench-rehearsal": ("bench", "rehearsal"),
+}
+"""Spellings of the previous release (first word -> today's words), accepted until the next one."""
+RENAMED_OPTIONS = {("adapters", "ranks"): {"--csv": "--csv-out"}}
+"""Options renamed under a subcommand, accepted until the next release (`--csv` now only prints CSV)."""
+HELP_FLAGS = ("-h", "--help")
 
 
 class UserError(Exception):
@@ -38,8 +54,46 @@ def build_parser():
     return parser
 
 
+def _command_today(argv):
+    """Today's words for the command that `argv` starts with (the same word when it was not renamed)."""
+    first = argv[0]
+    if first in RENAMED_COMMANDS:
+        return list(RENAMED_COMMANDS[first])
+    # `bench` was the pruning benchmark; its options all start with a dash, the new group's words do not.
+    if first == "bench" and (len(argv) == 1 or (argv[1].startswith("-") and argv[1] not in HELP_FLAGS)):
+        return ["bench", "prune"]
+    return [first]
+
+
+def current_spelling(argv):
+    """`argv` in today's spelling, and the one-line notice naming today's spelling when it used an
+    old one (None when it did not)."""
+    argv = list(argv)
+    if not argv:
+        return argv, None
+    typed, today, rest = argv[:1], _command_today(argv), argv[1:]
+    renames = RENAMED_OPTIONS.get((*today, *rest[:1]), {})
+    renamed_options = {}
+    for index, token in enumerate(rest):
+        option, equals, value = token.partition("=")
+        if option in renames:
+            rest[index] = renames[option] + equals + value
+            renamed_options[option] = renames[option]
+    if typed == today and not renamed_options:
+        return argv, None
+    subcommand = rest[:1] if renamed_options else []
+    notice = (f"fairseq-subnets: `{' '.join([*typed, *subcommand, *renamed_options])}` is now "
+              f"`{' '.join([*today, *subcommand, *renamed_options.values()])}`; "
+              "the old spelling goes in the next release")
+    return today + rest, notice
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv, notice = current_spelling(sys.argv[1:] if argv is None else argv)
+    if notice:
+        print(notice, file=sys.stderr)
+    args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
     except UserError as error:

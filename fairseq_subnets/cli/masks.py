@@ -2,7 +2,8 @@
 
 Every `masks` subcommand prints a readable table by default, one JSON object with `--json`, and
 CSV with `--csv` where the result is a table. Mask files are the compressed safetensors files of
-`fairseq_subnets.core.maskfile`.
+`fairseq_subnets.core.maskfile`. The core (torch, numpy, safetensors) is imported by the command
+functions only, so the parser is built without it.
 """
 import csv
 import json
@@ -12,10 +13,16 @@ import sys
 from typing import Dict, List, Sequence
 
 from ..atomic import cannot_write_message, check_writable
-from ..core import stats
-from ..core.maskfile import MaskFile, MaskFileError, load_mask_file, save_mask_file
-from ..core.pruning import METHODS
 from .main import UserError, writing
+
+PRUNING_METHODS = ("global-l1", "layer-l1", "block-l2", "global-block-l2", "random")
+"""The choices of `prune --method`: core.pruning.METHODS, restated because the core imports torch
+(tests/test_cli_parser.py holds the two equal)."""
+GROUPINGS = ("total", "layer", "kind", "matrix")
+"""The choices of `--by`: core.stats.GROUPINGS, restated for the same reason and held equal alike."""
+METRICS = ("iou", "cosine")
+"""The choices of `--metric`: core.stats.METRICS, restated and held equal alike."""
+
 
 def register(subparsers):
     _register_prune(subparsers)
@@ -73,14 +80,18 @@ def _print_table(header: Sequence[str], rows: Sequence[Sequence[object]], args) 
 # ------------------------------------------------------------------------------------ mask files
 
 
-def _load(path: str) -> MaskFile:
+def _load(path: str):
+    from ..core.maskfile import MaskFileError, load_mask_file
+
     try:
         return load_mask_file(path)
     except MaskFileError as error:
         raise UserError(str(error)) from None
 
 
-def _load_all(paths: Sequence[str]) -> List[MaskFile]:
+def _load_all(paths: Sequence[str]) -> list:
+    from ..core import stats
+
     files = [_load(path) for path in paths]
     try:
         stats.check_same_layout([f.masks for f in files], list(paths))
@@ -103,6 +114,8 @@ def _labels(args) -> List[str]:
 
 
 def _summary(path: str, masks) -> Dict[str, object]:
+    from ..core import stats
+
     kept, weights = stats.kept_counts(masks).get("total", (0, 0))
     return {"file": path, "matrices": len(masks), "weights": weights, "kept": kept,
             "sparsity": 1.0 - kept / weights if weights else 0.0}
@@ -131,7 +144,7 @@ def _register_prune(subparsers):
         "weights or blocks otherwise); equal scores are pruned in name/position order.",
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="fairseq checkpoint (.pt)")
-    parser.add_argument("--method", choices=METHODS, required=True,
+    parser.add_argument("--method", choices=PRUNING_METHODS, required=True,
                         help="global-l1: |w| ranked over all selected matrices; layer-l1: per matrix; "
                         "block-l2: blocks ranked by L2 norm per matrix; global-block-l2: blocks ranked over all selected "
                         "matrices; random: seeded, per matrix")
@@ -177,7 +190,7 @@ def _register_masks(subparsers):
     stats_parser = commands.add_parser("stats", help="sparsity of one mask file, per layer or module kind",
                                        description="Metadata and sparsity (total and per group) of a mask file.")
     stats_parser.add_argument("mask", metavar="MASK")
-    stats_parser.add_argument("--by", choices=stats.GROUPINGS, default="layer", help=by_help)
+    stats_parser.add_argument("--by", choices=GROUPINGS, default="layer", help=by_help)
     _add_format_options(stats_parser)
     stats_parser.set_defaults(func=run_stats)
 
@@ -185,7 +198,7 @@ def _register_masks(subparsers):
                                      description="IOU = |a & b| / |a | b| over kept weights, total and per group.")
     iou_parser.add_argument("a", metavar="MASK_A")
     iou_parser.add_argument("b", metavar="MASK_B")
-    iou_parser.add_argument("--by", choices=stats.GROUPINGS, default="layer", help=by_help)
+    iou_parser.add_argument("--by", choices=GROUPINGS, default="layer", help=by_help)
     _add_format_options(iou_parser)
     iou_parser.set_defaults(func=run_iou)
 
@@ -242,8 +255,8 @@ def _register_masks(subparsers):
         pair_parser = commands.add_parser(name, help=help_text, description=description)
         pair_parser.add_argument("masks", nargs="+", metavar="MASK")
         pair_parser.add_argument("--labels", help="comma-separated names of the masks (default: file names without extension)")
-        pair_parser.add_argument("--metric", choices=stats.METRICS, default="cosine", help="default: %(default)s")
-        pair_parser.add_argument("--by", choices=stats.GROUPINGS, default="layer", help=by_help)
+        pair_parser.add_argument("--metric", choices=METRICS, default="cosine", help="default: %(default)s")
+        pair_parser.add_argument("--by", choices=GROUPINGS, default="layer", help=by_help)
         if name == "correlate":
             pair_parser.add_argument("--matrix", required=True, metavar="CSV", help="labelled square matrix to correlate with")
         _add_format_options(pair_parser)
@@ -251,6 +264,8 @@ def _register_masks(subparsers):
 
 
 def run_stats(args) -> int:
+    from ..core import stats
+
     mask_file = _load(args.mask)
     counts = stats.kept_counts(mask_file.masks, args.by)
     groups = {group: {"weights": n, "kept": k, "sparsity": 1 - k / n if n else 0.0} for group, (k, n) in counts.items()}
@@ -267,6 +282,8 @@ def run_stats(args) -> int:
 
 
 def run_iou(args) -> int:
+    from ..core import stats
+
     a, b = _load_all([args.a, args.b])
     groups = stats.compare_by(a.masks, b.masks, "iou", args.by)
     if args.json:
@@ -277,6 +294,9 @@ def run_iou(args) -> int:
 
 
 def run_combine(args) -> int:
+    from ..core import stats
+    from ..core.maskfile import save_mask_file
+
     with writing(args.out):
         check_writable(args.out)
     files = _load_all(args.masks)
@@ -308,6 +328,8 @@ def run_extract(args) -> int:
 
 
 def run_ratio(args) -> int:
+    from ..core import stats
+
     files = _load_all(args.masks)
     ratio = stats.union_ratio([f.masks for f in files])
     if args.json:
@@ -318,6 +340,8 @@ def run_ratio(args) -> int:
 
 
 def _pairwise(args):
+    from ..core import stats
+
     labels = _labels(args)
     if len(args.masks) < 2:
         raise UserError("give at least two mask files")
@@ -337,6 +361,8 @@ def run_similarity(args) -> int:
 
 
 def run_correlate(args) -> int:
+    from ..core import stats
+
     labels, matrices = _pairwise(args)
     try:
         results = stats.correlate_with_file(matrices, labels, args.matrix)
@@ -371,6 +397,7 @@ def _register_export(subparsers):
 
 
 def run_export(args) -> int:
+    from ..core.maskfile import MaskFileError
     from ..plugin.checkpoints import CheckpointLoadError
     from ..plugin.export import export_plain_checkpoint
 

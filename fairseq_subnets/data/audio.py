@@ -1,13 +1,11 @@
 """16 kHz mono 16-bit audio, the only format the manifests of this package point at.
 
 Resampling is done here (scipy's polyphase filter, no dither) rather than by sox, so the output is
-bit-identical from run to run and there is one system dependency less.
+bit-identical from run to run and there is one system dependency less. numpy, scipy and soundfile
+are imported by the functions that convert audio, so importing SAMPLE_RATE (the manifest check, the
+demo's settings behind `fairseq-subnets --help`) loads none of them.
 """
 from math import gcd
-
-import numpy as np
-import soundfile
-from scipy.signal import resample_poly
 
 from .files import atomic_path
 
@@ -17,6 +15,9 @@ FORMATS_READ_IN_PLACE = ("WAV", "FLAC")  # fairseq reads these with soundfile an
 
 def to_target_rate_mono_int16(samples, sample_rate):
     """Int16 mono samples at SAMPLE_RATE from any soundfile array (frames x channels, or frames)."""
+    import numpy as np
+    from scipy.signal import resample_poly
+
     samples = np.asarray(samples, dtype=np.float64)
     if samples.ndim == 2:
         samples = samples.mean(axis=1)
@@ -27,6 +28,8 @@ def to_target_rate_mono_int16(samples, sample_rate):
 
 
 def write_wav_atomic(path, samples_int16):
+    import soundfile
+
     with atomic_path(path) as temporary:
         soundfile.write(temporary, samples_int16, SAMPLE_RATE, format="WAV", subtype="PCM_16")
 
@@ -36,6 +39,8 @@ def convert_to_wav(source, destination):
 
     Returns the number of samples written.
     """
+    import soundfile
+
     samples, sample_rate = soundfile.read(source, dtype="float64", always_2d=True)
     converted = to_target_rate_mono_int16(samples, sample_rate)
     write_wav_atomic(destination, converted)

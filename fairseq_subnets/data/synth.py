@@ -27,8 +27,6 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-import soundfile
-
 from .audio import SAMPLE_RATE, to_target_rate_mono_int16, write_wav_atomic
 from .catalogues import catalogue_sentences, sentences_digest, source_info
 from .corpora import SPLITS, default_output_dir, load_definition
@@ -148,6 +146,8 @@ def _record_settings(audio_dir, settings):
 
 def synthesize_utterance(utterance):
     """Makes one wav unless it already exists (then complete, see the module docstring); returns its length."""
+    import soundfile  # here, so that importing the demo's settings (fairseq-subnets --help) stays light
+
     if utterance.wav_path.exists():
         return soundfile.info(str(utterance.wav_path)).frames
     command = [ESPEAK, "-b", "1", "-v", utterance.voice, "-s", str(utterance.speed), "-p", str(utterance.pitch),

@@ -149,7 +149,7 @@ def read_adapter_file(path: str) -> Adapter:
         raise AdapterError(f"{path}: not an adapter file (not safetensors: {error})") from None
     if metadata.get("format") != ADAPTER_FORMAT:
         raise AdapterError(f"{path}: not an adapter file (metadata format is {metadata.get('format')!r}, "
-                           f"expected {ADAPTER_FORMAT!r}; make one with `fairseq-subnets adapter save`)")
+                           f"expected {ADAPTER_FORMAT!r}; make one with `fairseq-subnets adapters save`)")
     if metadata.get("version") != ADAPTER_VERSION:
         raise AdapterError(f"{path}: adapter file version {metadata.get('version')!r}; this fairseq-subnets reads "
                            f"version {ADAPTER_VERSION}")

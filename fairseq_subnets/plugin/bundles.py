@@ -223,7 +223,7 @@ def is_bundle(checkpoint) -> bool:
 def read_bundle(path: str) -> Bundle:
     checkpoint = load_fairseq_checkpoint(path)
     if not is_bundle(checkpoint):
-        raise BundleError(f"{path}: not a bundle (build one with `fairseq-subnets bundle build`)")
+        raise BundleError(f"{path}: not a bundle (build one with `fairseq-subnets bundles build`)")
     record = checkpoint["bundle"]
     if record.get("version") != BUNDLE_VERSION:
         raise BundleError(f"{path}: bundle version {record.get('version')!r}; this fairseq-subnets reads "
