@@ -37,17 +37,50 @@ def fairseq_command(name):
     return found
 
 
-def run_logged(command, log_path, env=None):
-    """Runs `command`, writing stdout and stderr to `log_path`; raises RunError on failure."""
+class SubprocessLauncher:
+    """Starts each fairseq console command as a fresh process, as a user's shell would: how every
+    grid, the demo and `fairseq-subnets launch` run. A launcher is the one thing that starts a
+    fairseq command in this module, so another (the tests fork commands from one process that
+    imported fairseq once) can take its place through `use_launcher`."""
+
+    def start(self, command, log_path, env=None):
+        """Starts `command` (a console script and its arguments) with stdout and stderr appended to
+        `log_path`, in this process's working directory, with `env` (None: this process's); returns
+        a handle with Popen's pid, poll(), wait(), terminate() and kill()."""
+        with open(log_path, "a") as log:
+            return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+_launcher = SubprocessLauncher()
+
+
+def use_launcher(launcher):
+    """Makes `launcher` start every fairseq command run from now on; returns the one it replaces."""
+    global _launcher
+    replaced, _launcher = _launcher, launcher
+    return replaced
+
+
+def start_logged(command, log_path, env=None):
+    """Starts `command` with the current launcher, its output in `log_path` after a first line
+    showing the command; returns the process handle."""
+    command = [str(part) for part in command]
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        log.write("$ " + " ".join(map(str, command)) + "\n")
-        log.flush()
-        status = subprocess.run(
-            [str(c) for c in command], stdout=log, stderr=subprocess.STDOUT, env=env
-        ).returncode
-    text = log_path.read_text(errors="replace")
+    log_path.write_text("$ " + " ".join(command) + "\n")
+    return _launcher.start(command, log_path, env)
+
+
+def run_logged(command, log_path, env=None):
+    """Runs `command`, writing stdout and stderr to `log_path`; raises RunError on failure."""
+    process = start_logged(command, log_path, env)
+    try:
+        status = process.wait()
+    except BaseException:  # as subprocess.run: an interrupted wait takes the command down with it
+        process.kill()
+        process.wait()
+        raise
+    text = Path(log_path).read_text(errors="replace")
     if status != 0:
         raise RunError(f"{command[0]} exited with {status}; log {log_path}:\n{tail(text)}")
     return text
@@ -125,14 +158,9 @@ def launch_cpu_ranks(train_arguments, world_size, log_dir, log_name="train", por
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     log_paths = [log_dir / f"{log_name}_rank{rank}.log" for rank in range(world_size)]
-    processes = []
-    for rank, log_path in enumerate(log_paths):
-        command = [fairseq_command("fairseq-hydra-train"), *map(str, train_arguments),
-                   *cpu_rank_overrides(world_size, rank, port)]
-        with open(log_path, "w") as log:
-            log.write("$ " + " ".join(command) + "\n")
-            log.flush()
-            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
+    processes = [start_logged([fairseq_command("fairseq-hydra-train"), *train_arguments,
+                               *cpu_rank_overrides(world_size, rank, port)], log_path, env)
+                 for rank, log_path in enumerate(log_paths)]
     failed = wait_all_or_first_failure(processes)
     if failed is not None:
         text = log_paths[failed].read_text(errors="replace")

@@ -35,11 +35,12 @@ def assert_pruned_weights_zero(checkpoint, expected_masks):
 
 
 def assert_export_matches_in_stock_fairseq(checkpoint, exported, data, work_dir):
-    """`exported` (from `fairseq-subnets export checkpoint`) loads in a fresh process that never
-    imports the plugin, as stock `Wav2VecCtc` under `audio_finetuning`, and gives the logits the
-    plugin's model of `checkpoint` gives on three test utterances. Equality is to float32
-    rounding: separate processes may sum GEMMs in another order (alignment)."""
-    import subprocess
+    """`exported` (from `fairseq-subnets export checkpoint`) loads in another process that never
+    imports the plugin (`python -c`, through the runner's launcher: the tests fork it from a
+    server holding fairseq's modules, never ours), as stock `Wav2VecCtc` under `audio_finetuning`,
+    and gives the logits the plugin's model of `checkpoint` gives on three test utterances.
+    Equality is to float32 rounding: separate processes may sum GEMMs in another order
+    (alignment)."""
     import sys
     import textwrap
 
@@ -47,6 +48,7 @@ def assert_export_matches_in_stock_fairseq(checkpoint, exported, data, work_dir)
     from fairseq import checkpoint_utils
 
     import fairseq_subnets.plugin  # noqa: F401
+    from fairseq_subnets.runner import run_logged
 
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data)})
     model = models[0].eval()
@@ -63,14 +65,13 @@ def assert_export_matches_in_stock_fairseq(checkpoint, exported, data, work_dir)
             [{str(exported)!r}], arg_overrides={{"data": {str(data)!r}}})
         assert not any(name.startswith("fairseq_subnets") for name in sys.modules)
         model = models[0].eval()
-        print(type(model).__name__, cfg.task._name, flush=True)
         with torch.no_grad():
             logits = model.get_logits(model(**torch.load({str(work_dir / 'input.pt')!r})))
         torch.save(logits, {str(work_dir / 'stock_logits.pt')!r})
+        print("loaded as", type(model).__name__, cfg.task._name, flush=True)
     """)
-    completed = subprocess.run([sys.executable, "-c", stock_run], capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    assert completed.stdout.split() == ["Wav2VecCtc", "audio_finetuning"]
+    log = run_logged([sys.executable, "-c", stock_run], work_dir / "stock_load.log")
+    assert log.splitlines()[-1].split() == ["loaded", "as", "Wav2VecCtc", "audio_finetuning"], log[-3000:]
     torch.testing.assert_close(torch.load(work_dir / "stock_logits.pt"), expected, rtol=1e-5, atol=1e-5)
 
 

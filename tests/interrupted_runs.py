@@ -1,8 +1,5 @@
 """Stock fairseq-hydra-train runs killed with SIGKILL part-way, and the training state that a
 resumed run must reproduce bit for bit."""
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -11,18 +8,14 @@ import torch
 POLL_SECONDS = 0.05
 
 
-def start_training(config_dir, config_name, overrides, log_path, threads=None, server=None):
-    """fairseq-hydra-train with a shipped config, running in the background, logging to log_path
-    (`threads`: its OMP_NUM_THREADS, as runner.hydra_train); with `server` (a
-    forked_commands.CommandServer, whose environment sets the threads) forked from it."""
-    from fairseq_subnets.runner import fairseq_command, thread_env
+def start_training(config_dir, config_name, overrides, log_path, threads=None):
+    """fairseq-hydra-train with a shipped config, started in the background through the runner's
+    launcher (as runner.hydra_train starts it), logging to log_path (`threads`: its
+    OMP_NUM_THREADS)."""
+    from fairseq_subnets.runner import fairseq_command, start_logged, thread_env
 
-    arguments = ["--config-dir", str(config_dir), "--config-name", config_name, *overrides]
-    if server is not None:
-        return server.start("fairseq-hydra-train", arguments, Path(log_path).parent, Path(log_path))
-    with open(log_path, "w") as log:
-        return subprocess.Popen([fairseq_command("fairseq-hydra-train"), *arguments], stdout=log,
-                                stderr=subprocess.STDOUT, env=thread_env(threads))
+    return start_logged([fairseq_command("fairseq-hydra-train"), "--config-dir", config_dir, "--config-name",
+                         config_name, *overrides], log_path, thread_env(threads))
 
 
 def wait_finished(process, log_path):
@@ -68,7 +61,7 @@ def kill_at_random_update(process, save_dir, rng, delay_range=(0.0, 2.0), timeou
         time.sleep(0.005)
     if process.poll() is not None:
         raise AssertionError("the run finished before it could be killed: give it more updates")
-    os.kill(process.pid, signal.SIGKILL)
+    process.kill()
     process.wait()
     return delay
 

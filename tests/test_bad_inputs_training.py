@@ -1,16 +1,20 @@
 """The "Grid files and training" catalogue of docs/bad-inputs.md, one test per row.
 
-Grid files are checked in-process by `fairseq-subnets grid`, before any cell runs. Training and
-decoding inputs are checked by the real `fairseq-hydra-train` and `fairseq-generate` entry points
-(our one-line errors exist only in those commands), on untrained tiny checkpoints; each run fails
-while the model is built, before any training. The runs are forked together from one interpreter
-that imported fairseq once (tests/forked_commands.py), so the module pays fairseq's import once,
-not once per case. Every case must end with exit status 2, a last stderr line that starts with
-the documented message and names the culprit, no traceback, and no checkpoint or output folder
-written. The pytest ids are the catalogue ids;
-`<NAME>` in a message stands for a path the test substitutes.
+Grid files are checked in-process by `fairseq-subnets grid`, before any cell runs. Training inputs
+are checked by our task and model while fairseq-hydra-train builds the run, on untrained tiny
+checkpoints: each case is built in this process exactly as that command builds it (the shipped
+config composed with the case's overrides, converted as fairseq converts it, then the task, the
+model and the criterion built through fairseq's entry points) and must be refused with the
+documented message before anything is written. Our one-line errors exist only in the real
+commands, so each error path (where the build is refused, and the error's family) is also run as
+a real fairseq-hydra-train, as is the decoding case as a real fairseq-generate (forked from the
+session's fork server, tests/forked_commands.py): exit status 2, a last stderr line that starts
+with the documented message and names the culprit, no traceback, and no checkpoint or output
+folder written. The pytest ids are the catalogue ids; `<NAME>` in a message stands for a path the
+test substitutes.
 """
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Sequence
@@ -19,8 +23,7 @@ import pytest
 
 from fairseq_subnets import USER_DIR
 from fairseq_subnets.cli.main import main
-from fairseq_subnets.runner import CONFIG_DIR
-from forked_commands import run_forked
+from fairseq_subnets.runner import CONFIG_DIR, fairseq_command
 from grid_files import write_grid, write_grid_inputs, write_pretrained
 
 GRID_ERROR = "fairseq-subnets grid: error: <GRID>"
@@ -149,6 +152,11 @@ RUN_CASES = [
              "--labels", "ltr", "--gen-subset", "test", "--cpu"), generate=True),
 ]
 CATALOGUE_IDS = tuple(case.id for case in GRID_CASES + RUN_CASES)
+TRAINING_CASES = [case for case in RUN_CASES if not case.generate]
+STARTED_CASES = ("train-mask-missing", "train-tuner-unknown", "generate-pretraining-checkpoint")
+"""The cases also run as real commands: one per error path of the training cases (see
+test_every_error_path_of_the_training_cases_is_proven_by_a_real_start_up), and the decoding case."""
+CONFIG_NAME = "tiny"
 
 
 @pytest.fixture(scope="module")
@@ -202,29 +210,127 @@ def test_bad_grid_file_stops_the_grid_before_anything_runs(case, inputs, tmp_pat
     assert sorted(tmp_path.rglob("*")) == before
 
 
+STAGES = ("task", "model", "criterion")
+"""What fairseq-hydra-train builds before training, in its order: fairseq_cli.train calls
+tasks.setup_task, then task.build_model, then task.build_criterion."""
+
+
+def built_as_fairseq_hydra_train_builds(overrides):
+    """The config that `fairseq-hydra-train --config-dir config/finetune --config-name tiny
+    overrides...` composes (hydra_init registers fairseq's schema under the config name, as the
+    command does; compose's defaults are hydra.main's), converted as fairseq's hydra_main converts
+    it, then the user dir imported and the defaults added as fairseq_cli.train does; then that
+    command's builds in its order. Returns (the stage that raised, the error), or (None, None)."""
+    from fairseq import tasks, utils
+    from fairseq.dataclass.initialize import add_defaults, hydra_init
+    from fairseq.dataclass.utils import omegaconf_no_object_check
+    from hydra import compose, initialize_config_dir
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    store = ConfigStore.instance()
+    entries_before = set(store.repo)
+    hydra_init(CONFIG_NAME)
+    stored_by_hydra_init = set(store.repo) - entries_before
+    try:
+        with warnings.catch_warnings():  # Hydra's notes on hydra.main's defaults, which the command logs too
+            warnings.simplefilter("ignore", UserWarning)
+            with initialize_config_dir(config_dir=str(CONFIG_DIR / "finetune")):
+                cfg = compose(CONFIG_NAME, overrides=list(overrides))
+    finally:  # the schema stored under the config's name would validate every later `tiny` this process composes
+        for entry in stored_by_hydra_init:
+            del store.repo[entry]
+    add_defaults(cfg)
+    with omegaconf_no_object_check():
+        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True, enum_to_str=True))
+    OmegaConf.set_struct(cfg, True)
+    utils.import_user_module(cfg.common)
+    add_defaults(cfg)
+    built = {}
+    builds = {"task": lambda: tasks.setup_task(cfg.task), "model": lambda: built["task"].build_model(cfg.model),
+              "criterion": lambda: built["task"].build_criterion(cfg.criterion)}
+    for stage in STAGES:
+        try:
+            built[stage] = builds[stage]()
+        except Exception as error:
+            return stage, error
+    return None, None
+
+
+def training_arguments(case, paths, save_dir):
+    """The fairseq-hydra-train overrides of a training case, its placeholders substituted."""
+    return [f"common.user_dir={USER_DIR}", f"task.data={paths['<DATA>']}", f"checkpoint.save_dir={save_dir}",
+            *(substituted(argument, paths) for argument in case.argv)]
+
+
 @pytest.fixture(scope="module")
-def fairseq_runs(inputs, tmp_path_factory):
-    """Every RunCase's command, each in its own folder, stderr to a file beside it, forked from one
-    interpreter that imported fairseq's commands once (forked_commands); case id -> (exit status,
-    stderr, the folder)."""
+def built_in_process(inputs, tmp_path_factory):
+    """Every training case built in this process as fairseq-hydra-train builds it: case id ->
+    (stage, error), and the save dir, which nothing may create."""
+    save_dir = tmp_path_factory.mktemp("in_process") / "run"
+    paths = placeholders(inputs)
+    return {case.id: built_as_fairseq_hydra_train_builds(training_arguments(case, paths, save_dir))
+            for case in TRAINING_CASES}, save_dir
+
+
+@pytest.mark.parametrize("case", TRAINING_CASES, ids=[case.id for case in TRAINING_CASES])
+def test_bad_training_input_is_refused_while_fairseq_builds_the_run(case, inputs, built_in_process):
+    """The documented message, as the error's headline (what the one-line wrapper prints last
+    after `fairseq-hydra-train: error: `), raised before anything is written."""
+    outcomes, save_dir = built_in_process
+    stage, error = outcomes[case.id]
+    assert stage is not None, "nothing refused the input"
+    headline = str(error).splitlines()[0]
+    assert headline.startswith(substituted(case.message[len(TRAIN_ERROR):], placeholders(inputs))), headline
+    assert not save_dir.exists()
+
+
+def error_path(outcome):
+    """Where a case is refused (task, model or criterion: each a method of our task that the
+    one-line wrapper wraps) and the error's family: its outermost class of this package, as the
+    wrapper's list of input errors names families."""
+    stage, error = outcome
+    family = next(kind for kind in reversed(type(error).__mro__) if kind.__module__.startswith("fairseq_subnets"))
+    return stage, family.__name__
+
+
+def test_every_error_path_of_the_training_cases_is_proven_by_a_real_start_up(built_in_process):
+    """Each path has a case in STARTED_CASES, whose real command must end with the one line."""
+    outcomes, _ = built_in_process
+    started = {error_path(outcomes[case_id]) for case_id in STARTED_CASES if case_id in outcomes}
+    assert {case_id: error_path(outcome) for case_id, outcome in outcomes.items()
+            if error_path(outcome) not in started} == {}
+
+
+@pytest.fixture(scope="module")
+def fairseq_runs(inputs, tmp_path_factory, fairseq_launcher):
+    """Every STARTED_CASES command, each in its own folder, stderr to a file beside it, forked from
+    the session's fork server (tests/forked_commands.py): case id -> (exit status, stderr, the
+    folder)."""
     paths = placeholders(inputs)
     commands, folders = {}, {}
     for case in RUN_CASES:
+        if case.id not in STARTED_CASES:
+            continue
         folder = folders[case.id] = tmp_path_factory.mktemp(case.id)
-        arguments = [substituted(argument, paths) for argument in case.argv]
+        stderr = folder.parent / f"{folder.name}.stderr"
         if case.generate:
-            commands[case.id] = ("fairseq-generate", arguments, folder, folder.parent / f"{folder.name}.stderr")
+            commands[case.id] = (fairseq_command("fairseq-generate"),
+                                 [substituted(argument, paths) for argument in case.argv], folder, stderr)
         else:
-            commands[case.id] = ("fairseq-hydra-train", [
-                "--config-dir", str(CONFIG_DIR / "finetune"), "--config-name", "tiny", f"common.user_dir={USER_DIR}",
-                f"task.data={paths['<DATA>']}", f"checkpoint.save_dir={folder / 'run'}", *arguments],
-                folder, folder.parent / f"{folder.name}.stderr")
-    statuses = run_forked(commands, {**os.environ, "OMP_NUM_THREADS": "1"})
+            commands[case.id] = (fairseq_command("fairseq-hydra-train"), [
+                "--config-dir", str(CONFIG_DIR / "finetune"), "--config-name", CONFIG_NAME,
+                *training_arguments(case, paths, folder / "run")], folder, stderr)
+    statuses = fairseq_launcher.run_all(commands, {**os.environ, "OMP_NUM_THREADS": "1"})
     return {case_id: (statuses[case_id], commands[case_id][3].read_text(), folders[case_id]) for case_id in commands}
 
 
-@pytest.mark.parametrize("case", RUN_CASES, ids=[case.id for case in RUN_CASES])
-def test_bad_training_or_decoding_input_stops_fairseq_before_training(case, inputs, fairseq_runs):
+@pytest.mark.slow
+@pytest.mark.parametrize("case_id", STARTED_CASES)
+def test_bad_training_or_decoding_input_stops_the_real_command_with_one_line(case_id, inputs, fairseq_runs):
+    """Exit status 2, the documented message as the last line of stderr, no traceback, no
+    checkpoint, nothing written outside the save dir."""
+    case = next(case for case in RUN_CASES if case.id == case_id)
     status, stderr, folder = fairseq_runs[case.id]
     assert status == EXIT_STATUS, stderr[-3000:]
     line = last_line(stderr)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import soundfile
 
-from fairseq_subnets.data import audio as audio_module
 from fairseq_subnets.data.check import check_manifest_dir
 from fairseq_subnets.data.corpora import corpus_path, load_definition
 from fairseq_subnets.data.errors import DataError
@@ -161,11 +160,11 @@ def test_keyboard_interrupt_leaves_only_complete_files_and_rerun_completes(
             raise KeyboardInterrupt
         return real_write(file, data, *args, **kwargs)
 
-    monkeypatch.setattr(audio_module.soundfile, "write", write_then_interrupt)
+    monkeypatch.setattr(soundfile, "write", write_then_interrupt)  # data.audio imports it when it writes
     out = tmp_path / "interrupted"
     with pytest.raises(KeyboardInterrupt):
         synthesize_corpus(tiny_definition, out, jobs=2, progress=False)
-    monkeypatch.setattr(audio_module.soundfile, "write", real_write)
+    monkeypatch.setattr(soundfile, "write", real_write)
 
     assert not list(out.rglob("*.partial"))
     assert not (out / "corpus.json").exists() and not (out / "es").exists()

@@ -1,7 +1,7 @@
 """The plugin registers its components under `subnets_*` names, keeps every stock config key, and
 registers them (and the checkpoint allow-list) exactly once whichever of fairseq and fairseq_subnets
 is imported first, by the package import, fairseq's --user-dir loader, or both. Every import-order
-test runs in a fresh interpreter."""
+test runs in a fresh interpreter that imports fairseq, and so is slow."""
 import dataclasses
 import subprocess
 import sys
@@ -94,12 +94,14 @@ def stock_registration(registrations):
     return registration
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("order", IMPORT_ORDERS)
 def test_every_import_order_registers_each_component_and_the_allow_list_once(order, registrations, stock_registration):
     """fairseq raises on a second registration of a name, so a clean exit also means "once"."""
     assert registrations[order] == stock_registration
 
 
+@pytest.mark.slow
 def test_a_notebook_importing_the_package_first_loads_a_plugin_checkpoint_with_stock_fairseq(tmp_path):
     """Stock `load_model_ensemble_and_task` needs the task and model registered and the checkpoint's
     Dictionary allow-listed for torch's weights-only loader, all after our package came first."""

@@ -14,15 +14,14 @@ events (its masks, rewind point, block norms and restarted learning-rate schedul
 Without seeded time masking (plugin.time_masking) every mode fails from the first masked update,
 and pretraining also without seeded crops (plugin.pretraining).
 """
-import os
 import random
+import secrets
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from fairseq_subnets import USER_DIR
-from forked_commands import CommandServer
 from interrupted_runs import (
     assert_bit_identical, interval_checkpoints, kill_at_random_update, start_training, training_state, wait_finished,
 )
@@ -95,22 +94,24 @@ MODES = ["pretraining", "finetuning", "fixed_mask", "downstream_frozen_first_epo
          "learned_masks_global_top_k", "tuner_adalora", "iterative_pruning_lth"]
 
 
-def killed_and_rerun(mode, result, masks, work, server):
+def killed_and_rerun(mode, result, masks, work):
     """One mode's command run uninterrupted and, side by side, killed at a random update and run
-    again, each forked from `server` with one thread: bit-identity holds for the same command with
-    the same thread count (float sums depend on the split). Returns the two save dirs."""
+    again, each with one thread: bit-identity holds for the same command with the same thread
+    count (float sums depend on the split). The kill point's seed is drawn afresh (not from the
+    global `random`, which other code may seed), and named when the rerun does not resume where
+    the kill left it. Returns the two save dirs."""
     config_dir, config_name, arguments = mode_arguments(mode, result, masks)
     arguments = [f"common.user_dir={USER_DIR}", *arguments, f"checkpoint.save_interval_updates={SAVE_EVERY}",
                  "checkpoint.keep_interval_updates=-1", "dataset.disable_validation=true"]
     uninterrupted, interrupted = work / "uninterrupted", work / "interrupted"
     reference = start_training(config_dir, config_name, arguments + [f"checkpoint.save_dir={uninterrupted}"],
-                               work / "uninterrupted.log", server=server)
-    seed = random.randrange(1 << 30)
+                               work / "uninterrupted.log", threads=1)
+    seed = secrets.randbits(30)
     rerun_arguments = arguments + [f"checkpoint.save_dir={interrupted}"]
-    killed = start_training(config_dir, config_name, rerun_arguments, work / "killed.log", server=server)
+    killed = start_training(config_dir, config_name, rerun_arguments, work / "killed.log", threads=1)
     kill_at_random_update(killed, interrupted, random.Random(seed))
     resumed_from = training_state(interrupted / "checkpoint_last.pt")["num_updates"]
-    wait_finished(start_training(config_dir, config_name, rerun_arguments, work / "rerun.log", server=server),
+    wait_finished(start_training(config_dir, config_name, rerun_arguments, work / "rerun.log", threads=1),
                   work / "rerun.log")
     log = (work / "rerun.log").read_text()
     assert f"@ {resumed_from} updates" in log, f"kill seed {seed}: the rerun did not resume from update {resumed_from}"
@@ -120,12 +121,12 @@ def killed_and_rerun(mode, result, masks, work, server):
 
 @pytest.fixture(scope="module")
 def mode_runs(skeleton_run, masks, tmp_path_factory):
-    """Every mode's runs, two modes at a time, forked from one interpreter that imported fairseq
-    once (forked_commands): a mode leaves a core idle while its rerun goes alone, and fairseq's
-    import was most of each run. Mode -> its future."""
+    """Every mode's runs, two modes at a time (forked from the session's fork server, so fairseq's
+    import, once most of each run, is paid once): a mode leaves a core idle while its rerun goes
+    alone. Mode -> its future."""
     _, result = skeleton_run
-    with CommandServer({**os.environ, "OMP_NUM_THREADS": "1"}) as server, ThreadPoolExecutor(2) as pool:
-        running = {mode: pool.submit(killed_and_rerun, mode, result, masks, tmp_path_factory.mktemp(mode), server)
+    with ThreadPoolExecutor(2) as pool:
+        running = {mode: pool.submit(killed_and_rerun, mode, result, masks, tmp_path_factory.mktemp(mode))
                    for mode in MODES}
         for future in running.values():
             future.exception()

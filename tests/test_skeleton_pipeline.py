@@ -1,8 +1,9 @@
 """End to end on real synthesized speech: stock fairseq-hydra-train (pretraining, then CTC
-fine-tuning through the plugin) and stock fairseq-generate, then what those checkpoints promise."""
+fine-tuning through the plugin) and stock fairseq-generate, then what those checkpoints promise.
+Every test on the pipeline's checkpoints is slow (they come from fairseq runs); the checkpoint
+loader's refusals and the generator's decoding rule are checked without them."""
 import math
 import pickle
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -12,13 +13,12 @@ import torch
 
 from checkpoint_helpers import two_at_a_time
 
-pytestmark = pytest.mark.slow
-
 
 def manifest_size(tsv_path):
     return len(Path(tsv_path).read_text().splitlines()) - 1
 
 
+@pytest.mark.slow
 def test_pipeline_decodes_every_test_utterance_with_a_learned_cer(skeleton_run):
     settings, result = skeleton_run
     test_tsv = Path(result.corpus_dir) / settings.language / "test.tsv"
@@ -27,17 +27,22 @@ def test_pipeline_decodes_every_test_utterance_with_a_learned_cer(skeleton_run):
     assert 0.0 <= result.test_cer <= result.test_wer
 
 
-def test_our_cer_matches_fairseq_char_level_score(skeleton_run):
+@pytest.mark.slow
+def test_our_cer_matches_fairseq_char_level_score(skeleton_run, tmp_path):
     from fairseq_subnets.runner import generate
 
     settings, result = skeleton_run
-    out = Path(result.finetuned_checkpoint).parent / "decode_check"
-    decoded = generate(Path(result.corpus_dir) / settings.language, result.finetuned_checkpoint, "valid", out)
+    decoded = generate(Path(result.corpus_dir) / settings.language, result.finetuned_checkpoint, "valid", tmp_path)
     assert decoded.hypotheses == manifest_size(Path(result.corpus_dir) / settings.language / "valid.tsv")
     assert math.isclose(decoded.cer, decoded.fairseq_score, abs_tol=0.005)  # fairseq prints 2 decimals
 
 
-def test_fine_tuned_checkpoint_loads_weights_only_with_the_plugin_and_not_without(skeleton_run):
+@pytest.mark.slow
+def test_fine_tuned_checkpoint_loads_weights_only_with_the_plugin_and_not_without(skeleton_run, tmp_path):
+    """Each in another process (`python -c` through the runner's launcher: forked from a server
+    that imported fairseq's commands, never the plugin), side by side."""
+    from fairseq_subnets.runner import run_logged
+
     _, result = skeleton_run
     code = textwrap.dedent(f"""
         import pickle, sys, torch
@@ -45,15 +50,13 @@ def test_fine_tuned_checkpoint_loads_weights_only_with_the_plugin_and_not_withou
             import fairseq_subnets.plugin
         try:
             torch.load({result.finetuned_checkpoint!r}, map_location="cpu")
-            print("loaded")
+            print("outcome: loaded")
         except pickle.UnpicklingError:
-            print("refused")
+            print("outcome: refused")
     """)
-    outcomes = [
-        subprocess.run([sys.executable, "-c", code, mode], capture_output=True, text=True).stdout.strip()
-        for mode in ("plain", "plugin")
-    ]
-    assert outcomes == ["refused", "loaded"]
+    logs = two_at_a_time(*((run_logged, [sys.executable, "-c", code, mode], tmp_path / f"{mode}.log")
+                           for mode in ("plain", "plugin")))
+    assert [log.splitlines()[-1] for log in logs] == ["outcome: refused", "outcome: loaded"]
 
 
 def test_load_checkpoint_still_refuses_classes_outside_the_allow_list(tmp_path):
@@ -85,6 +88,7 @@ def build_from_checkpoint(checkpoint, model_name):
     return task, model.eval()
 
 
+@pytest.mark.slow
 def test_plugin_model_without_masks_equals_stock_model(skeleton_run):
     settings, result = skeleton_run
     task, ours = build_from_checkpoint(result.finetuned_checkpoint, "subnets_wav2vec_ctc")
@@ -98,6 +102,7 @@ def test_plugin_model_without_masks_equals_stock_model(skeleton_run):
     assert torch.equal(ours_logits, stock_logits)
 
 
+@pytest.mark.slow
 def test_generator_returns_what_fairseq_generate_reads(skeleton_run):
     settings, result = skeleton_run
     task, model = build_from_checkpoint(result.finetuned_checkpoint, "subnets_wav2vec_ctc")
@@ -135,6 +140,7 @@ def test_generator_collapses_repeats_and_drops_blanks():
     assert best["score"] == pytest.approx(-0.5 * len(frames))
 
 
+@pytest.mark.slow
 def test_decoding_batch_limit_below_longest_utterance_names_the_flag(skeleton_run):
     settings, result = skeleton_run
     task, _ = build_from_checkpoint(result.finetuned_checkpoint, "subnets_wav2vec_ctc")
@@ -154,6 +160,7 @@ def failure_of(function, *arguments):
     return None
 
 
+@pytest.mark.slow
 def test_a_broken_manifest_or_a_relative_data_path_stops_training_before_it_starts(skeleton_run, tmp_path):
     """Both runs side by side (two single-threaded start-ups): a missing audio file in valid.tsv is
     named with its line, and a relative task.data with the reason it must be absolute."""
