@@ -22,7 +22,6 @@ from functools import partial
 from typing import Any, List, Optional
 
 import torch
-import torch.distributed as dist
 from fairseq.data import Dictionary, data_utils, iterators
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
