@@ -24,8 +24,8 @@ Everything runs in one process on one batch of random audio, with the real plugi
   model without masks.
 * learned masks (S3-Router): measured = the same weights with learned masks on the FFN (`fc1`,
   `fc2` of every layer; ORI scores, sparsity 0.1, per-matrix top-k) added and frozen exactly as
-  `+model.score_sparsity` does (the learned_masks technique's `add_to_model`, `prepare_training`), so the optimizer holds
-  only the scores and the CTC head; reference = the model without masks trained fully, the stock
+  `+model.score_sparsity` does (the learned_masks technique's `add_to_model`, `prepare_training`),
+  so the optimizer holds only the scores and the CTC head; reference = the model without masks trained fully, the stock
   weight fine-tuning that learned masks replace, so the ratio is what a user pays for training a
   mask instead of the weights. The same model whose masks binarise by a full sort of every score
   tensor at every forward pass, as S3-Router's published code does, is timed against the same

@@ -6,8 +6,8 @@ default) with random weights:
 * training step (forward, CTC loss, backward, a step of fairseq's Adam): reference = full
   fine-tuning of the same model (every weight trains: what the tuners replace); measured = the same
   weights with each tuner added and frozen around as `+model.tuner=METHOD` does (the tuners
-  technique's `add_to_model`, `prepare_training`; the paper's default targets), so the optimizer holds only the tuner and the CTC
-  head. Target: at most 1.00x for LoRA and S2-LoRA, which compute far fewer gradients; every method
+  technique's `add_to_model`, `prepare_training`; the paper's default targets), so the optimizer
+  holds only the tuner and the CTC head. Target: at most 1.00x for LoRA and S2-LoRA, which compute far fewer gradients; every method
   is reported.
 * AdaLoRA's allocator step (importance smoothing and masking to the budget, at an update where it
   masks): against AdaLoRA's own training step; target at most 0.05x.
@@ -82,7 +82,8 @@ def _run(settings: StepBenchSettings, say, result: Dict[str, object], batch: Bat
     adalora = models["adalora"]
     deltas = svd_deltas(adalora, W2V_PREFIX)
     steps = seconds["adalora"]
-    allocator = interleaved({"allocator": lambda: allocate(technique_of(adalora, Tuners).tuner_config, deltas, ADALORA_UPDATES // 2)},
+    adalora_config = technique_of(adalora, Tuners).tuner_config
+    allocator = interleaved({"allocator": lambda: allocate(adalora_config, deltas, ADALORA_UPDATES // 2)},
                             settings.train_steps, settings.train_warmup)
     result["allocator"] = compare({"adalora step": steps, "allocator": allocator["allocator"]}, "adalora step",
                                   "allocator")

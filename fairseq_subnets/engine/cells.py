@@ -98,7 +98,8 @@ def hydra_configs(value) -> List[HydraConfig]:
 
 
 def package_version() -> str:
-    """The installed fairseq-subnets version (read when asked, so an upgrade in place is seen)."""
+    """fairseq_subnets.__version__, read at each call rather than copied at import, so that a version
+    changed in this process (as the cache tests do) is the one digested."""
     import fairseq_subnets
 
     return fairseq_subnets.__version__
