@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from factory import TINY
-from fairseq_subnets.core.tuners import TUNERS, tuner_parameters
-from fairseq_subnets.core.tuners.adalora import svd_deltas
+from fairseq_subnets.techniques.tuners import TUNERS, tuner_parameters
+from fairseq_subnets.techniques.tuners.adalora import svd_deltas
 from fairseq_subnets.plugin.errors import PluginInputError
 from fairseq_subnets.plugin.models import W2V_PREFIX, SubnetsWav2VecCtc
 from fairseq_subnets.plugin.tasks import SubnetsAudioFinetuningTask
@@ -106,7 +106,7 @@ BAD_SETTINGS = [
     ({"tuner": "dora"}, r"model.tuner: unknown method .dora. \(known: lora, alpha_lora"),
     ({"tuner": "lora", "tuner_r": 0}, r"model.tuner_r: a rank is an integer >= 1 \(got 0\)"),
     ({"tuner": "lora", "tuner_init_r": 4}, "model.tuner_init_r is an option of adalora; model.tuner=lora does not"),
-    ({"tuner": "adalora"}, "model.tuner=adalora needs model.tuner_total_updates"),
+    ({"tuner": "adalora"}, r"model.tuner_total_updates: required: the updates of the budget schedule"),
     ({"tuner": "s2lora", "tuner_layers": "0-5"}, "model.tuner_layers: layer 2 is selected but the model has 2"),
     ({"tuner": "ia3", "tuner_targets": "fc3"}, "model.tuner_targets"),
     ({"tuner": "lora", "score_sparsity": 0.1}, "model.tuner with model.score_sparsity: a tuner and learned"),

@@ -121,7 +121,7 @@ def run_info(args) -> int:
 
 def run_ranks(args) -> int:
     from ..core.targets import KINDS, parse_weight_name
-    from ..core.tuners import tuner_ranks
+    from ..techniques.tuners import tuner_ranks
 
     if args.plot and not args.plot.endswith(".png"):
         raise UserError(f"--plot {args.plot}: the heatmap is written as PNG; name a .png file")

@@ -1,107 +1,117 @@
-"""Parameter-efficient tuners (core.tuners) on the frozen encoder: `+model.tuner=METHOD`.
+"""The tuners in fairseq: `+model.tuner=METHOD` on `subnets_wav2vec_ctc`.
 
-The method's options are `model.tuner_<option>` (unset: the method's default, see each method's
-config in core.tuners): `tuner_targets` / `tuner_layers` (the target matrices, as for masks),
-`tuner_r`, `tuner_alpha`, AdaLoRA's `tuner_init_r`, `tuner_target_r`, `tuner_total_updates`
-(the shipped configs set it to optimization.max_update), `tuner_warmup_updates`,
-`tuner_final_updates`, `tuner_interval`, `tuner_beta1`, `tuner_beta2`,
-`tuner_orthogonality_weight`, and S2-LoRA's `tuner_sparsity_weight` and `tuner_factor_weight`.
+The method's options are `model.tuner_<option>`, generated from the registered methods' config
+fields (`tuner_option_fields`): one key per option name any method has, unset (None) meaning the
+method's own default, and the help naming the methods that take it with their defaults. The keys
+keep the names that shipped configs and earlier checkpoints use. A key the chosen method does not
+take is refused; a check's error names the key the user set (`model.tuner_<option>`).
 
 Every wav2vec2 weight is frozen; the tuner's parameters and the CTC output layer train, so the
 optimizer holds only those. As under learned masks, fairseq's `freeze_finetune_updates` would run
 the encoder without gradients and silently stop the tuner; the backbone is frozen anyway, so the
 encoder runs with gradients from update 0 (extension.check_freezing).
 
-AdaLoRA's allocator runs after every optimizer step, with the gradients of that step; its
-importance averages are buffers of the transforms, so checkpoints hold them and a resumed run
-allocates as an uninterrupted one. Gradients are all-reduced before the step, so every DDP rank
-keeps the same triplets.
+A method's step after each optimizer step (AdaLoRA's allocator) runs with the gradients of that
+step; AdaLoRA's importance averages are buffers of the transforms, so checkpoints hold them and a
+resumed run allocates as an uninterrupted one. Gradients are all-reduced before the step, so every
+DDP rank keeps the same triplets.
 """
 import logging
-import re
-from dataclasses import dataclass, field
-from typing import Optional
+import typing
+from dataclasses import Field, field, fields, make_dataclass
+from typing import Dict, List, Mapping, Optional, Tuple
 
-from ...core.tuners import (
-    TUNERS, TunerError, freeze_all_but_tuners, inject_tuner, tuner_config, tuner_parameters, tuner_transforms,
-)
-from ...core.tuners.adalora import allocate, svd_deltas
 from ...errors import PluginInputError
-from ..extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX, Conflict, Technique, check_freezing
+from ..extension import MODEL_KEY_PREFIX, STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX, Conflict, Technique, check_freezing
+from .base import (
+    Tuner, TunerError, freeze_all_but_tuners, option_default, option_help, tuner_parameters, tuner_transforms,
+)
+from .registry import TUNERS, inject_tuner, tuner_config
 
 logger = logging.getLogger(__name__)
 
 TUNER_OPTION_PREFIX = "tuner_"
 TUNER_NAME = "tuner"
 """The transform name of the tuner the config adds (state keys `...<kind>.tuner.*`)."""
+MAX_UPDATE_KEY = "optimization.max_update"
 
 
-@dataclass
-class TunerModelConfig:
-    tuner: Optional[str] = field(
-        default=None,
-        metadata={"help": f"parameter-efficient fine-tuning on the frozen encoder: {', '.join(TUNERS)}; "
-                  "the tuner and the CTC output layer train. Unset: no tuner"},
-    )
-    tuner_targets: Optional[str] = field(
-        default=None, metadata={"help": "matrices the tuner adapts: q,k,v,out,fc1,fc2 or attn, ffn, all "
-                                "(default: the method's: q,v for LoRA, alpha-LoRA and AdaLoRA; k,v,fc2 for IA3; "
-                                "all otherwise)"})
-    tuner_layers: Optional[str] = field(default=None, metadata={"help": "encoder layers adapted (default: all)"})
-    tuner_r: Optional[int] = field(default=None, metadata={"help": "rank (default 8)"})
-    tuner_alpha: Optional[float] = field(
-        default=None, metadata={"help": "LoRA and AdaLoRA: the delta is scaled by alpha / r (default 8)"})
-    tuner_init_r: Optional[int] = field(default=None, metadata={"help": "AdaLoRA: initial rank (default 12)"})
-    tuner_target_r: Optional[int] = field(default=None, metadata={"help": "AdaLoRA: target rank (default 8)"})
-    tuner_total_updates: Optional[int] = field(
-        default=None, metadata={"help": "AdaLoRA: updates of the budget schedule; required (set it to "
-                                "optimization.max_update, as the shipped configs do)"})
-    tuner_warmup_updates: Optional[int] = field(
-        default=None, metadata={"help": "AdaLoRA: updates at the initial budget before it shrinks (default 0)"})
-    tuner_final_updates: Optional[int] = field(
-        default=None, metadata={"help": "AdaLoRA: last updates at the target budget (default 0)"})
-    tuner_interval: Optional[int] = field(
-        default=None, metadata={"help": "AdaLoRA: updates between maskings while the budget shrinks (default 1)"})
-    tuner_beta1: Optional[float] = field(
-        default=None, metadata={"help": "AdaLoRA: smoothing of the sensitivity (default 0.85)"})
-    tuner_beta2: Optional[float] = field(
-        default=None, metadata={"help": "AdaLoRA: smoothing of the uncertainty (default 0.85)"})
-    tuner_orthogonality_weight: Optional[float] = field(
-        default=None, metadata={"help": "AdaLoRA: weight of the orthogonality term (default 0.5)"})
-    tuner_sparsity_weight: Optional[float] = field(
-        default=None, metadata={"help": "S2-LoRA: alpha1, weight of the mean L1 of the rank coefficients (default "
-                                "0.05)"})
-    tuner_factor_weight: Optional[float] = field(
-        default=None, metadata={"help": "S2-LoRA: alpha2, weight of the factors' column and row norms (default 0.1)"})
+def plain_type(annotation) -> type:
+    """`int` of `int` and of `Optional[int]`."""
+    arguments = [argument for argument in typing.get_args(annotation) if argument is not type(None)]
+    return arguments[0] if typing.get_origin(annotation) is typing.Union and len(arguments) == 1 else annotation
+
+
+def tuner_option_fields(tuners: Mapping[str, Tuner]) -> List[Tuple[str, object, Field]]:
+    """The flat `tuner_<option>` fields (name, type, field) of every option of `tuners`: default
+    None (unset: the method's default); the help gives each distinct help text with the methods
+    that take the option and their defaults. An option two methods declare with different types
+    is refused."""
+    takers: Dict[str, List[Tuple[str, type, Field]]] = {}
+    for method, tuner in tuners.items():
+        for declared in fields(tuner.config):
+            takers.setdefault(declared.name, []).append((method, tuner.config, declared))
+    flat = []
+    for name, declarations in takers.items():
+        types = {plain_type(declared.type) for _, _, declared in declarations}
+        if len(types) > 1:
+            raise TypeError(f"tuner option {name!r} is declared with different types by "
+                            f"{', '.join(method for method, _, _ in declarations)}")
+        helps: Dict[str, List[str]] = {}
+        for method, config, declared in declarations:
+            default = option_default(declared)
+            helps.setdefault(option_help(config, name), []).append(
+                f"{method} {'required' if default is None else default}")
+        text = "; ".join(f"{help_text} (default: {', '.join(methods)})" for help_text, methods in helps.items())
+        flat.append((f"{TUNER_OPTION_PREFIX}{name}", Optional[types.pop()],
+                     field(default=None, metadata={"help": f"{text}. Unset: the method's default"})))
+    return flat
+
+
+def option_names(config_class: type) -> Tuple[str, ...]:
+    """The options a `tuner_*` config class declares, without the prefix."""
+    return tuple(name[len(TUNER_OPTION_PREFIX):] for name in config_class.__dataclass_fields__
+                 if name.startswith(TUNER_OPTION_PREFIX))
+
+
+TunerModelConfig = make_dataclass("TunerModelConfig", [
+    (TUNER_NAME, Optional[str], field(default=None, metadata={
+        "help": f"parameter-efficient fine-tuning on the frozen encoder: {', '.join(TUNERS)}; the tuner and the "
+                "CTC output layer train. Unset: no tuner"})),
+    *tuner_option_fields(TUNERS),
+])
+"""`model.tuner` and the flat `model.tuner_<option>` keys of every registered method."""
+
+
+def config_key(option_name: str) -> str:
+    return f"{MODEL_KEY_PREFIX}{TUNER_OPTION_PREFIX}{option_name}"
+
+
+def config_key_message(error: TunerError) -> str:
+    """The error's message under the user's key (`model.tuner_<option>`)."""
+    return error.message(None if error.option is None else config_key(error.option))
 
 
 def tuner_config_of(cfg):
-    """The core tuner config the model config asks for (None without `model.tuner`); every error
+    """The tuner config the model config asks for (None without `model.tuner`); every error
     names the model config key."""
-    method = cfg.get("tuner")
+    method = cfg.get(TUNER_NAME)
     if method is None:
         return None
-    options = {key[len(TUNER_OPTION_PREFIX):]: cfg[key] for key in TunerModelConfig.__dataclass_fields__
-               if key.startswith(TUNER_OPTION_PREFIX) and cfg.get(key) is not None}
-    if method in TUNERS:
-        foreign = sorted(set(options) - set(TUNERS[method].config.__dataclass_fields__))
-        if foreign:
-            takers = [m for m, tuner in TUNERS.items() if foreign[0] in tuner.config.__dataclass_fields__]
-            raise PluginInputError(f"model.{TUNER_OPTION_PREFIX}{foreign[0]} is an option of {', '.join(takers)}; "
-                                   f"model.tuner={method} does not take it")
-        if method == "adalora" and "total_updates" not in options:
-            raise PluginInputError("model.tuner=adalora needs model.tuner_total_updates, the updates of its budget "
-                                   "schedule: set it to optimization.max_update (the shipped configs do)")
+    if method not in TUNERS:
+        raise PluginInputError(f"{MODEL_KEY_PREFIX}{TUNER_NAME}: unknown method {method!r} "
+                               f"(known: {', '.join(TUNERS)})")
+    options = {name: cfg[TUNER_OPTION_PREFIX + name] for name in option_names(TunerModelConfig)
+               if cfg.get(TUNER_OPTION_PREFIX + name) is not None}
+    foreign = sorted(set(options) - set(TUNERS[method].config.__dataclass_fields__))
+    if foreign:
+        takers = [m for m, tuner in TUNERS.items() if foreign[0] in tuner.config.__dataclass_fields__]
+        raise PluginInputError(f"{config_key(foreign[0])} is an option of {', '.join(takers)}; "
+                               f"{MODEL_KEY_PREFIX}{TUNER_NAME}={method} does not take it")
     try:
         return tuner_config(method, **options)
     except TunerError as error:
-        raise PluginInputError(_config_key_message(str(error), method)) from None
-
-
-def _config_key_message(message: str, method: str) -> str:
-    """'lora.r: ...' -> 'model.tuner_r: ...'; 'tuner: ...' -> 'model.tuner: ...'."""
-    message = re.sub(rf"^{re.escape(method)}\.", f"model.{TUNER_OPTION_PREFIX}", message)
-    return re.sub(r"^tuner:", "model.tuner:", message)
+        raise PluginInputError(config_key_message(error)) from None
 
 
 class Tuners(Technique):
@@ -134,8 +144,8 @@ class Tuners(Technique):
             return
         try:
             adapted = inject_tuner(model, self.tuner_config, W2V_PREFIX, TUNER_NAME)
-        except TunerError as error:  # a target beyond the model, a second tuner on a weight
-            raise PluginInputError(_config_key_message(str(error), self.tuner_config.method)) from None
+        except TunerError as error:  # a target beyond the model, a rank above a matrix's, a second tuner
+            raise PluginInputError(config_key_message(error)) from None
         logger.info("tuner %s on %d matrices (%s)", self.tuner_config.method, len(adapted),
                     ", ".join(f"{k}={v}" for k, v in self.tuner_config.options().items() if k != "method"))
 
@@ -148,13 +158,22 @@ class Tuners(Technique):
                     self.tuner_config.method, tuned, 100.0 * tuned / total, total, len(trainable))
         return True
 
+    def prepare_run(self, model, settings):
+        """Refuses options that cannot take effect in a run of optimization.max_update updates
+        (an AdaLoRA schedule that ends after the run)."""
+        try:
+            self.tuner_config.check_run(settings.max_update, MAX_UPDATE_KEY)
+        except TunerError as error:
+            raise PluginInputError(config_key_message(error)) from None
+
     def after_optimizer_step(self, model, updates_done, optimizer):
-        """AdaLoRA: one allocator step (importance smoothing, masking to the scheduled budget)."""
-        if self.tuner_config.method != "adalora":
+        """The method's step after each optimizer step (AdaLoRA: its allocator), its values logged."""
+        step = TUNERS[self.tuner_config.method].after_optimizer_step
+        if step is None:
             return
         from fairseq import metrics
-        budget = allocate(self.tuner_config, svd_deltas(model, W2V_PREFIX), updates_done)
-        metrics.log_scalar("adalora_budget", budget, weight=0, round=0)
+        for name, value in step(self.tuner_config, model, W2V_PREFIX, updates_done).items():
+            metrics.log_scalar(name, value, weight=0, round=0)
 
 
 TECHNIQUE = Tuners

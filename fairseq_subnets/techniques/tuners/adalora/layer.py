@@ -3,12 +3,13 @@ from typing import Dict
 
 import torch
 
-from ...transforms import register_transform_kind
-from ..base import AdditiveDelta, normal_init, tuner_kind, zero_init
+from ....core.transforms import register_transform_kind
+from ..base import AdditiveDelta, normal_init, required_options, tuner_kind, zero_init
 
 ORTHOGONALITY_TERM = "adalora_orthogonality"
 FACTOR_NAMES = ("lora_A", "lora_E", "lora_B")
 """Q (r x d_in), lambda (r), P (d_out x r): PEFT's names, so its importance rules read the same."""
+IMPORTANCE_AVERAGES = ("sensitivity", "uncertainty")
 
 
 @tuner_kind("adalora")
@@ -19,8 +20,10 @@ class SvdDelta(AdditiveDelta):
     the triplets the last masking kept (all, before any)."""
 
     kind = "adalora"
+    state_buffers = ("alpha", "kept") + tuple(f"{factor}_{average}" for factor in FACTOR_NAMES
+                                              for average in IMPORTANCE_AVERAGES)
 
-    def __init__(self, shape, r: int, alpha: float, orthogonality_weight: float = 0.0):
+    def __init__(self, shape, r: int, alpha: float, orthogonality_weight: float):
         super().__init__()
         d_out, d_in = shape
         self.lora_A = normal_init((r, d_in))
@@ -29,8 +32,8 @@ class SvdDelta(AdditiveDelta):
         self.register_buffer("alpha", torch.tensor(float(alpha)))
         self.register_buffer("kept", torch.ones(r, dtype=torch.bool))
         for factor in FACTOR_NAMES:
-            self.register_buffer(f"{factor}_sensitivity", torch.zeros_like(getattr(self, factor)))
-            self.register_buffer(f"{factor}_uncertainty", torch.zeros_like(getattr(self, factor)))
+            for average in IMPORTANCE_AVERAGES:
+                self.register_buffer(f"{factor}_{average}", torch.zeros_like(getattr(self, factor)))
         self.orthogonality_weight = float(orthogonality_weight)
 
     def delta(self) -> torch.Tensor:
@@ -90,9 +93,11 @@ class SvdDelta(AdditiveDelta):
 
     @classmethod
     def options_from_state(cls, tensors):
-        return {"r": tensors["lora_E"].numel()}
+        """The state's rank and alpha; no orthogonality weight, since a bare state dict is only
+        baked or unmerged, where the regulariser plays no part."""
+        return {"r": tensors["lora_E"].numel(), "alpha": float(tensors["alpha"]), "orthogonality_weight": 0.0}
 
     @classmethod
     def placeholder(cls, shape, options):
-        return cls(shape, int(options.get("r", 1)), float(options.get("alpha", 1.0)),
-                   float(options.get("orthogonality_weight", 0.0)))
+        r, alpha, orthogonality_weight = required_options(cls.kind, options, ("r", "alpha", "orthogonality_weight"))
+        return cls(shape, int(r), float(alpha), float(orthogonality_weight))

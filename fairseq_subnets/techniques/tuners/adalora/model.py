@@ -5,7 +5,7 @@ from typing import Dict, List, Tuple
 import torch
 from torch import nn
 
-from ...transforms import add_transform
+from ....core.transforms import add_transform
 from ..base import target_modules, tuner_transforms
 from .config import AdaLoraConfig
 from .layer import SvdDelta
@@ -58,3 +58,9 @@ def allocate(config: AdaLoraConfig, deltas: Dict[str, SvdDelta], update: int) ->
     if mask_now:
         mask_to_budget(deltas, budget)
     return budget
+
+
+def after_optimizer_step(config: AdaLoraConfig, root: nn.Module, prefix: str, update: int) -> Dict[str, float]:
+    """The allocator step the training loop runs after optimizer step `update`; the budget is
+    logged."""
+    return {"adalora_budget": allocate(config, svd_deltas(root, prefix), update)}

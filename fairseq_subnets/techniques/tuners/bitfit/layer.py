@@ -7,7 +7,7 @@ updates are the same; weight decay pulls towards the pretrained bias rather than
 """
 import torch
 
-from ...transforms import ADAPT, WeightTransform, register_transform_kind
+from ....core.transforms import ADAPT, WeightTransform, register_transform_kind
 from ..base import tuner_kind, zero_init
 
 

@@ -1,7 +1,7 @@
 """GLoRA options (Chavan et al. 2023, row of the S2-LoRA paper's Table 2)."""
 from dataclasses import dataclass
 
-from ..base import TunerConfig
+from ..base import TunerConfig, option
 
 
 @dataclass(frozen=True)
@@ -12,11 +12,7 @@ class GloraConfig(TunerConfig):
     so training starts from the backbone. Defaults: every matrix, r = 8."""
 
     method = "glora"
-    r: int = 8
-
-    def check(self) -> None:
-        super().check()
-        self.check_rank()
+    r: int = option(8, "rank of the factor pairs of A, B and C", rank=True)
 
     def trainable_count(self, shapes) -> int:
         return sum(2 * self.r * (d_out + d_in) + self.r * (d_in + 1) + 2 for d_out, d_in in shapes.values())

@@ -2,8 +2,8 @@
 weight, and a bias change that couples the bias to the frozen weight."""
 import torch
 
-from ...transforms import ADAPT, TransformError, WeightTransform, register_transform_kind
-from ..base import kaiming_init, tuner_kind, zero_init
+from ....core.transforms import ADAPT, TransformError, WeightTransform, register_transform_kind
+from ..base import kaiming_init, required_options, tuner_kind, zero_init
 
 
 @tuner_kind("glora")
@@ -60,7 +60,8 @@ class GloraChange(WeightTransform):
 
     @classmethod
     def placeholder(cls, shape, options):
-        return cls(shape, int(options.get("r", 1)))
+        r, = required_options(cls.kind, options, ("r",))
+        return cls(shape, int(r))
 
     @classmethod
     def options_from_state(cls, tensors):

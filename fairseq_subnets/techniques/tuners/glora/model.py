@@ -3,7 +3,7 @@ from typing import List
 
 from torch import nn
 
-from ...transforms import add_transform
+from ....core.transforms import add_transform
 from ..base import target_modules
 from .config import GloraConfig
 from .layer import GloraChange

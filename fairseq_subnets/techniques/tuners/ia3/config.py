@@ -1,7 +1,7 @@
 """IA3 options (Liu et al. 2022, as the S2-LoRA paper compares it)."""
 from dataclasses import dataclass
 
-from ...targets import KIND_GROUPS, parse_weight_name
+from ....core.targets import KIND_GROUPS, parse_weight_name
 from ..base import TunerConfig
 
 INPUT_SCALED_KINDS = KIND_GROUPS["ffn"]

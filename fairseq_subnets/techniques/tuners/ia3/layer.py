@@ -3,7 +3,7 @@ written as a scaling of the weight's rows (and bias) or columns, so fused attent
 import torch
 from torch import nn
 
-from ...transforms import ADAPT, TransformError, WeightTransform, register_transform_kind
+from ....core.transforms import ADAPT, TransformError, WeightTransform, register_transform_kind
 from ..base import tuner_kind
 
 

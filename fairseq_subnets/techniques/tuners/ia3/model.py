@@ -3,7 +3,7 @@ from typing import List
 
 from torch import nn
 
-from ...transforms import add_transform
+from ....core.transforms import add_transform
 from ..base import target_modules
 from .config import Ia3Config, scales_input
 from .layer import Ia3InputScale, Ia3OutputScale

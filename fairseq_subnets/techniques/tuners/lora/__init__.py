@@ -1,6 +1,9 @@
-"""LoRA and alpha-LoRA: config, layer (the weight transforms) and model (injection)."""
-from .config import AlphaLoraConfig, LoraConfig
-from .layer import AlphaLoraDelta, LoraDelta
-from .model import inject_alpha_lora, inject_lora
+"""LoRA: config, layer (the weight transform) and model (injection)."""
+from ..base import Tuner
+from .config import LoraConfig
+from .layer import LoraDelta
+from .model import inject_lora
 
-__all__ = ["AlphaLoraConfig", "AlphaLoraDelta", "LoraConfig", "LoraDelta", "inject_alpha_lora", "inject_lora"]
+TUNER = Tuner(LoraConfig, inject_lora)
+
+__all__ = ["LoraConfig", "LoraDelta", "TUNER", "inject_lora"]

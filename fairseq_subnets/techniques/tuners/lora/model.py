@@ -1,12 +1,12 @@
-"""Putting LoRA or alpha-LoRA on a model's target matrices."""
+"""Putting LoRA on a model's target matrices."""
 from typing import List
 
 from torch import nn
 
-from ...transforms import add_transform
+from ....core.transforms import add_transform
 from ..base import target_modules
-from .config import AlphaLoraConfig, LoraConfig
-from .layer import AlphaLoraDelta, LoraDelta
+from .config import LoraConfig
+from .layer import LoraDelta
 
 
 def inject_lora(root: nn.Module, config: LoraConfig, prefix: str = "", name: str = "default") -> List[str]:
@@ -14,12 +14,4 @@ def inject_lora(root: nn.Module, config: LoraConfig, prefix: str = "", name: str
     targets = target_modules(root, config, prefix)
     for _, module in targets:
         add_transform(module, name, LoraDelta.create(tuple(module.weight.shape), config.r, config.alpha))
-    return [weight for weight, _ in targets]
-
-
-def inject_alpha_lora(root: nn.Module, config: AlphaLoraConfig, prefix: str = "", name: str = "default") -> List[str]:
-    """Adds an alpha-LoRA delta to every target; returns the adapted weight names."""
-    targets = target_modules(root, config, prefix)
-    for _, module in targets:
-        add_transform(module, name, AlphaLoraDelta.create(tuple(module.weight.shape), config.r))
     return [weight for weight, _ in targets]

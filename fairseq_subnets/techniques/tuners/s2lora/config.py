@@ -1,8 +1,8 @@
 """S2-LoRA options (Liu et al. 2023, Eq. 3-4)."""
 from dataclasses import dataclass
 
-from ...targets import KIND_GROUPS, parse_weight_name
-from ..base import TunerConfig, TunerError
+from ....core.targets import KIND_GROUPS, parse_weight_name
+from ..base import TunerConfig, option
 
 MODULE_GROUPS = {"attention": KIND_GROUPS["attn"], "ffn": KIND_GROUPS["ffn"]}
 """The encoder's module groups; each shares one factor pair per matrix shape across all layers."""
@@ -25,16 +25,15 @@ class S2LoraConfig(TunerConfig):
     s at 0. Defaults: the paper's (every matrix, r = 8, 0.05 and 0.1)."""
 
     method = "s2lora"
-    r: int = 8
-    sparsity_weight: float = 0.05
-    factor_weight: float = 0.1
+    r: int = option(8, "rank of the shared factors", rank=True)
+    sparsity_weight: float = option(0.05, "alpha1, weight of the mean L1 of the rank coefficients")
+    factor_weight: float = option(0.1, "alpha2, weight of the factors' column and row norms")
 
     def check(self) -> None:
         super().check()
-        self.check_rank()
         for name in ("sparsity_weight", "factor_weight"):
             if not getattr(self, name) >= 0:
-                raise TunerError(f"{self.key(name)}: must be >= 0 (got {getattr(self, name)!r})")
+                raise self.error(name, f"must be >= 0 (got {getattr(self, name)!r})")
 
     def trainable_count(self, shapes) -> int:
         pairs = {(module_group(name), shape) for name, shape in shapes.items()}

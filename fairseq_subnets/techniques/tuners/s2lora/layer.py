@@ -4,8 +4,8 @@ from typing import Dict
 
 import torch
 
-from ...transforms import register_transform_kind
-from ..base import AdditiveDelta, normal_init, tuner_kind, zero_init
+from ....core.transforms import register_transform_kind
+from ..base import AdditiveDelta, normal_init, required_options, tuner_kind, zero_init
 from .config import PRUNED_RANK_THRESHOLD
 
 SPARSITY_TERM, FACTORS_TERM = "s2lora_sparsity", "s2lora_factors"
@@ -23,8 +23,7 @@ class SharedLowRankDelta(AdditiveDelta):
     kind = "s2lora"
     shared_tensor_names = ("shared_A", "shared_B")
 
-    def __init__(self, shape, r: int, group: str, sparsity_weight: float = 0.0, factor_weight: float = 0.0,
-                 owner: bool = False):
+    def __init__(self, shape, r: int, group: str, sparsity_weight: float, factor_weight: float, owner: bool):
         super().__init__()
         d_out, d_in = shape
         self.shared_A = normal_init((r, d_in))
@@ -71,10 +70,13 @@ class SharedLowRankDelta(AdditiveDelta):
 
     @classmethod
     def options_from_state(cls, tensors):
-        return {"r": tensors["coefficients"].numel()}
+        """The state's rank; no group and no loss weights, since a bare state dict is only baked or
+        unmerged, where sharing and the regulariser play no part."""
+        return {"r": tensors["coefficients"].numel(), "group": "", "sparsity_weight": 0.0, "factor_weight": 0.0,
+                "owner": False}
 
     @classmethod
     def placeholder(cls, shape, options):
-        return cls(shape, int(options.get("r", 1)), str(options.get("group", "")),
-                   float(options.get("sparsity_weight", 0.0)), float(options.get("factor_weight", 0.0)),
-                   bool(options.get("owner", False)))
+        r, group, sparsity_weight, factor_weight, owner = required_options(
+            cls.kind, options, ("r", "group", "sparsity_weight", "factor_weight", "owner"))
+        return cls(shape, int(r), str(group), float(sparsity_weight), float(factor_weight), bool(owner))

@@ -3,7 +3,7 @@ from typing import Dict, List, Tuple
 
 from torch import nn
 
-from ...transforms import add_transform
+from ....core.transforms import add_transform
 from ..base import target_modules, tuner_transforms
 from .config import S2LoraConfig, module_group
 from .layer import SharedLowRankDelta
