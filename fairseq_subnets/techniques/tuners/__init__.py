@@ -14,9 +14,9 @@ from .base import (
 )
 from .extension import TECHNIQUE, Tuners, tuner_config_of
 from .registry import METHODS, TUNERS, inject_tuner, target_shapes, tuner_config
-from .state import TRANSFORM_STATE, tuner_ranks, tuner_trained_count, unmerge_state_dict
+from .state import TRANSFORM_STATE, rank_based_methods, tuner_ranks, tuner_trained_count, unmerge_state_dict
 
 __all__ = ["METHODS", "TECHNIQUE", "TRANSFORM_STATE", "TUNERS", "TUNER_KINDS", "Tuner", "TunerConfig", "TunerError",
-           "Tuners", "freeze_all_but_tuners", "inject_tuner", "target_modules", "target_shapes", "tuner_config",
+           "Tuners", "freeze_all_but_tuners", "inject_tuner", "rank_based_methods", "target_modules", "target_shapes", "tuner_config",
            "tuner_config_of", "tuner_parameters", "tuner_ranks", "tuner_trained_count", "tuner_transforms",
            "unmerge_state_dict"]

@@ -26,6 +26,12 @@ def tuner_trained_count(state: Mapping[str, torch.Tensor]) -> int:
     return sum(trained.values())
 
 
+def rank_based_methods() -> Tuple[str, ...]:
+    """The tuner methods whose transforms have a rank in use (`tuner_ranks` reports them)."""
+    methods = [method for kind, method in TUNER_KINDS.items() if hasattr(TRANSFORM_KINDS[kind], "rank_of_state")]
+    return tuple(dict.fromkeys(methods))
+
+
 def tuner_ranks(state: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[str, int]]:
     """Model-relative weight name -> (method, rank in use) of every rank-based tuner matrix (LoRA,
     alpha-LoRA, AdaLoRA, S2-LoRA) in a state dict. Methods without ranks (IA3, BitFit, GLoRA's
