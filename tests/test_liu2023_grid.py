@@ -118,6 +118,9 @@ class FakeRun:
             tuner_options = {item.split("=", 1)[0][len("model.tuner_"):]: item.split("=", 1)[1].strip("'")
                              for item in overrides if item.startswith("model.tuner_")}
             tuner_options = {key: value if key == "targets" else int(value) for key, value in tuner_options.items()}
+            if config_name == "adalora_tiny":  # the shipped config's total is ${optimization.max_update}
+                tuner_options.setdefault("total_updates", int(next(
+                    item.split("=", 1)[1] for item in overrides if item.startswith("optimization.max_update="))))
             inject_tuner(model, tuner_config(config_name[: -len("_tiny")], **tuner_options), W2V_PREFIX)
             with torch.no_grad():
                 for name, parameter in model.named_parameters():

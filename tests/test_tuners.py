@@ -369,3 +369,26 @@ def test_a_model_rebuilt_from_its_plan_takes_non_default_options_from_it(method)
     ((_, original),), ((_, placeholder),) = tuner_transforms(model, W2V_PREFIX), tuner_transforms(rebuilt, W2V_PREFIX)
     assert placeholder.options() == original.options() and placeholder.options()["r"] == 3
     assert float(placeholder.alpha) == 5.0
+
+
+PLANS_OF_0_4 = {
+    "lora": ("lora", {"r": 4, "alpha": 16.0}),
+    "alpha_lora": ("alpha_lora", {"r": 4}),
+    "adalora": ("adalora", {"r": 4, "alpha": 8.0, "orthogonality_weight": 0.25}),
+    "glora": ("glora", {"r": 4}),
+    "bitfit": ("bitfit", {}),
+    "ia3": ("ia3_out", {}),
+    "s2lora": ("s2lora", {"r": 4, "group": "attention", "sparsity_weight": 0.01, "factor_weight": 0.1,
+                          "owner": True}),
+}
+"""One transform plan entry per method as 0.4 recorded it in checkpoints (kind, options)."""
+
+
+@pytest.mark.parametrize("method", list(PLANS_OF_0_4))
+def test_a_plan_as_0_4_recorded_it_still_rebuilds_the_same_transform(method):
+    kind, options = PLANS_OF_0_4[method]
+    weight = "encoder.layers.0.self_attn.q_proj.weight"
+    model = ctc_model(0)
+    build_from_plan(model, [{"kind": kind, "name": "tuner", "options": options, "weights": [weight]}], W2V_PREFIX)
+    ((name, transform),) = tuner_transforms(model, W2V_PREFIX)
+    assert (name, transform.kind, transform.options()) == (weight, kind, options)
