@@ -115,8 +115,9 @@ def tuner_config_of(cfg):
 
 
 class Tuners(Technique):
-    """Adds a tuner from the config, freezes everything else but the output layer, and runs
-    AdaLoRA's allocator after each optimizer step."""
+    """Adds a tuner from the config, freezes everything else but the output layer, refuses
+    options the run cannot honour, and runs the method's step after each optimizer step (AdaLoRA's
+    allocator)."""
 
     name = "tuners"
     config = TunerModelConfig
