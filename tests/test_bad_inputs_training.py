@@ -133,6 +133,17 @@ RUN_CASES = [
             "model.tuner=lora does not take it", train("<PRETRAINED>", "+model.tuner=lora", "+model.tuner_init_r=4")),
     RunCase("train-tuner-layers-beyond-model", TRAIN_ERROR + "model.tuner_layers: layer 2 is selected but the model "
             "has 2 encoder layers", train("<PRETRAINED>", "+model.tuner=s2lora", "+model.tuner_layers=0-5")),
+    RunCase("train-tuner-rank-above-matrix", TRAIN_ERROR + "model.tuner_r: 1000 is above the rank 64 of "
+            "encoder.layers.0.self_attn.q_proj.weight (64x64)",
+            train("<PRETRAINED>", "+model.tuner=lora", "+model.tuner_r=1000")),
+    RunCase("train-tuner-init-rank-above-matrix", TRAIN_ERROR + "model.tuner_init_r: 100 is above the rank 64 of "
+            "encoder.layers.0.self_attn.q_proj.weight (64x64)",
+            train("<PRETRAINED>", "+model.tuner=adalora", "+model.tuner_total_updates=8", "+model.tuner_init_r=100",
+                  "optimization.max_update=8")),
+    RunCase("train-tuner-schedule-after-run", TRAIN_ERROR + "model.tuner_total_updates: 1000 is above "
+            "optimization.max_update=8: the rank budget would never shrink to target_r in this run",
+            train("<PRETRAINED>", "+model.tuner=adalora", "+model.tuner_total_updates=1000",
+                  "optimization.max_update=8")),
     RunCase("train-pruning-fraction-out-of-range", TRAIN_ERROR + "model.pruning_fraction=1.5: the share of the "
             "remaining weights pruned at each event lies strictly between 0 and 1",
             train("<PRETRAINED>", "+model.pruning_interval=4", "+model.pruning_target_sparsity=0.5",

@@ -3,8 +3,8 @@
 Each top-level module or package of fairseq_subnets sits in one layer and imports only from lower
 layers (or from itself): never sideways into another module of its layer, never upwards. Inside
 `techniques/` a technique's folder imports no other technique's folder (only the shared interface
-modules), and inside `experiments/` a paper's folder imports no other paper's folder: each is
-meant to be added or removed alone. And every module that claims to work without fairseq (the
+modules), a tuner method's folder no other method's, and inside `experiments/` a paper's folder
+imports no other paper's folder: each is meant to be added or removed alone. And every module that claims to work without fairseq (the
 pure-torch core, the data tools, the techniques, which import fairseq inside their hooks only) is
 imported without fairseq being imported."""
 import ast
@@ -111,6 +111,13 @@ def sibling_imports(folder: str, shared=()):
 
 def test_no_technique_folder_imports_another():
     assert not sibling_imports("techniques", shared=("extension", "mask_files", "language_entries"))
+
+
+def test_no_tuner_method_folder_imports_another():
+    """Each method is one folder under techniques/tuners, added or removed alone; what the methods
+    share is in the package's own modules."""
+    shared = {path.stem for path in (PACKAGE_DIR / "techniques" / "tuners").glob("*.py")}
+    assert {"base", "registry"} <= shared and not sibling_imports("techniques.tuners", shared=tuple(shared))
 
 
 def test_no_paper_folder_imports_another():

@@ -26,7 +26,7 @@ def result():
 
 
 def test_every_tuner_is_timed_against_full_fine_tuning_and_its_stock_export(result):
-    from fairseq_subnets.core.tuners import TUNERS
+    from fairseq_subnets.techniques.tuners import TUNERS
 
     assert set(result["train"]) == set(result["decode"]) == set(TUNERS)
     for method in TUNERS:
@@ -40,7 +40,7 @@ def test_every_tuner_is_timed_against_full_fine_tuning_and_its_stock_export(resu
 
 
 def test_tuned_models_optimize_only_their_tuner_and_the_head(result):
-    from fairseq_subnets.core.tuners import tuner_config
+    from fairseq_subnets.techniques.tuners import tuner_config
     from fairseq_subnets.plugin.untrained import CtcModelSize
 
     head = (TINY["width"] + 1) * 32  # the CTC output layer of vocabulary 32

@@ -2,14 +2,18 @@
 compose into the method's settings over the base config; the model trains only the tuner and the
 output layer; a model rebuilt from the recorded plan takes the checkpoint's state; the task runs
 AdaLoRA's allocator after each optimizer step; bad settings fail naming the config key."""
+import importlib
+import sys
 import types
+from dataclasses import fields as dataclass_fields
+from typing import Optional
 
 import pytest
 import torch
 
 from factory import TINY
-from fairseq_subnets.core.tuners import TUNERS, tuner_parameters
-from fairseq_subnets.core.tuners.adalora import svd_deltas
+from fairseq_subnets.techniques.tuners import TUNERS, tuner_parameters
+from fairseq_subnets.techniques.tuners.adalora import svd_deltas
 from fairseq_subnets.plugin.errors import PluginInputError
 from fairseq_subnets.plugin.models import W2V_PREFIX, SubnetsWav2VecCtc
 from fairseq_subnets.plugin.tasks import SubnetsAudioFinetuningTask
@@ -106,7 +110,11 @@ BAD_SETTINGS = [
     ({"tuner": "dora"}, r"model.tuner: unknown method .dora. \(known: lora, alpha_lora"),
     ({"tuner": "lora", "tuner_r": 0}, r"model.tuner_r: a rank is an integer >= 1 \(got 0\)"),
     ({"tuner": "lora", "tuner_init_r": 4}, "model.tuner_init_r is an option of adalora; model.tuner=lora does not"),
-    ({"tuner": "adalora"}, "model.tuner=adalora needs model.tuner_total_updates"),
+    ({"tuner": "lora", "tuner_alpha": 0.0}, r"^model.tuner_alpha: must be > 0 \(got 0.0\)$"),
+    ({"tuner": "adalora", "tuner_total_updates": 10, "tuner_beta1": 1.0},
+     r"^model.tuner_beta1: must be in \(0, 1\) \(got 1.0\)$"),
+    ({"tuner": "glora", "tuner_r": 65}, r"^model.tuner_r: 65 is above the rank 64 of encoder.layers.0.self_attn.q_proj"),
+    ({"tuner": "adalora"}, r"model.tuner_total_updates: required: the updates of the budget schedule"),
     ({"tuner": "s2lora", "tuner_layers": "0-5"}, "model.tuner_layers: layer 2 is selected but the model has 2"),
     ({"tuner": "ia3", "tuner_targets": "fc3"}, "model.tuner_targets"),
     ({"tuner": "lora", "score_sparsity": 0.1}, "model.tuner with model.score_sparsity: a tuner and learned"),
@@ -120,3 +128,90 @@ BAD_SETTINGS = [
 def test_bad_tuner_settings_fail_naming_the_config_key(fields, message):
     with pytest.raises(PluginInputError, match=message):
         build(tuner_model_config(**fields))
+
+
+def test_an_adalora_schedule_longer_than_the_run_is_refused_before_training_naming_both_keys():
+    from fairseq_subnets.techniques.extension import RunSettings
+
+    model = build(tuner_model_config(tuner="adalora", tuner_total_updates=12))
+    model.prepare_run(RunSettings(None, 12, None))  # ends with the run
+    model.prepare_run(RunSettings(None, 0, None))  # fairseq's 0: no limit
+    with pytest.raises(PluginInputError, match=r"^model.tuner_total_updates: 12 is above optimization.max_update=8: "
+                                               r"the rank budget would never shrink to target_r"):
+        model.prepare_run(RunSettings(None, 8, None))
+
+
+KEYS_OF_0_4 = {"tuner", "tuner_targets", "tuner_layers", "tuner_r", "tuner_alpha", "tuner_init_r", "tuner_target_r",
+               "tuner_total_updates", "tuner_warmup_updates", "tuner_final_updates", "tuner_interval", "tuner_beta1",
+               "tuner_beta2", "tuner_orthogonality_weight", "tuner_sparsity_weight", "tuner_factor_weight"}
+"""The tuner keys 0.4 declared by hand: shipped configs and 0.4 checkpoints use them."""
+
+
+def test_the_flat_tuner_keys_are_generated_from_the_methods_options_without_defaults_of_their_own():
+    from fairseq_subnets.techniques.tuners.extension import TunerModelConfig
+
+    flat = {declared.name: declared for declared in dataclass_fields(TunerModelConfig)}
+    options = {declared.name for tuner in TUNERS.values() for declared in dataclass_fields(tuner.config)}
+    assert set(flat) == {"tuner"} | {f"tuner_{name}" for name in options}
+    assert set(flat) >= KEYS_OF_0_4
+    assert all(declared.default is None for declared in flat.values())
+    assert flat["tuner_r"].metadata["help"] == (
+        "rank of the low-rank factors (default: lora 8, alpha_lora 8); rank of the factor pairs of A, B and C "
+        "(default: glora 8); rank of the shared factors (default: s2lora 8). Unset: the method's default")
+    assert "(default: adalora required)" in flat["tuner_total_updates"].metadata["help"]
+
+
+TOY_METHOD = """
+from dataclasses import dataclass
+
+from ..base import Tuner, TunerConfig, option
+
+
+@dataclass(frozen=True)
+class ToyConfig(TunerConfig):
+    method = "toy"
+    targets: str = "fc1"
+    strength: float = option(0.5, "how hard the toy pushes")
+
+
+TUNER = Tuner(ToyConfig, lambda root, config, prefix, name: [])
+"""
+
+
+def test_a_new_method_folder_brings_its_option_key_and_help_with_no_other_edit(tmp_path, monkeypatch):
+    """A toy method's folder (placed on the package's path, as if it were added to the source
+    tree) registered by its line in METHODS: its option becomes a flat key with its help."""
+    import fairseq_subnets.techniques.tuners as package
+    from fairseq_subnets.techniques.tuners.extension import tuner_option_fields
+    from fairseq_subnets.techniques.tuners.registry import METHODS, load_tuners
+
+    (tmp_path / "toy").mkdir()
+    (tmp_path / "toy" / "__init__.py").write_text(TOY_METHOD)
+    monkeypatch.setattr(package, "__path__", [*package.__path__, str(tmp_path)])
+    importlib.invalidate_caches()
+    try:
+        tuners = load_tuners(METHODS + ("toy",))
+    finally:
+        sys.modules.pop(f"{package.__name__}.toy", None)
+    flat = {name: (kind, declared) for name, kind, declared in tuner_option_fields(tuners)}
+    assert set(flat) == {"tuner_strength"} | {name for name, _, _ in tuner_option_fields(TUNERS)}
+    kind, declared = flat["tuner_strength"]
+    assert kind == Optional[float] and declared.default is None
+    assert declared.metadata["help"] == "how hard the toy pushes (default: toy 0.5). Unset: the method's default"
+    assert "ia3 k,v,fc2, s2lora all, toy fc1)" in flat["tuner_targets"][1].metadata["help"]
+
+
+def test_options_of_one_name_must_agree_on_their_type():
+    from dataclasses import dataclass
+
+    from fairseq_subnets.techniques.tuners.base import Tuner, TunerConfig, option
+    from fairseq_subnets.techniques.tuners.extension import tuner_option_fields
+
+    @dataclass(frozen=True)
+    class TextRankConfig(TunerConfig):
+        method = "text_rank"
+        r: str = option("8", "a rank written as text")
+
+    with pytest.raises(TypeError, match="tuner option 'r' is declared with different types by lora, alpha_lora, "
+                                        "glora, s2lora, text_rank"):
+        tuner_option_fields({**TUNERS, "text_rank": Tuner(TextRankConfig, None)})

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from fairseq_subnets.core.parametrize import bake_module, bake_state_dict
-from fairseq_subnets.core.transforms import build_from_plan, regularisation_terms, stack_of, transform_plan
-from fairseq_subnets.core.tuners import (
+from fairseq_subnets.core.transforms import (
+    TransformError, build_from_plan, regularisation_terms, stack_of, transform_plan,
+)
+from fairseq_subnets.techniques.tuners import (
     TUNERS,
     TunerError,
     freeze_all_but_tuners,
@@ -23,12 +25,19 @@ from fairseq_subnets.core.tuners import (
     tuner_transforms,
     unmerge_state_dict,
 )
-from fairseq_subnets.core.tuners.adalora import ORTHOGONALITY_TERM, budget_at, svd_deltas
-from fairseq_subnets.core.tuners.s2lora import FACTORS_TERM, SPARSITY_TERM, rank_distribution
+from fairseq_subnets.techniques.tuners.adalora import ORTHOGONALITY_TERM, budget_at, svd_deltas
+from fairseq_subnets.techniques.tuners.s2lora import FACTORS_TERM, SPARSITY_TERM, rank_distribution
 from fairseq_subnets.plugin.models import W2V_PREFIX
 from factory import ctc_model
 
 EVERY_MATRIX = {"targets": "all"}
+REQUIRED = {"adalora": {"total_updates": 1000}}
+"""Options a method has no default for."""
+
+
+def config_of(method, **options):
+    """tuner_config with the method's required options filled in."""
+    return tuner_config(method, **{**REQUIRED.get(method, {}), **options})
 
 
 def audio(seed=1):
@@ -46,7 +55,7 @@ def logits(model, source):
 def tuned_model(method, seed=0, **options):
     """A tiny CTC model with the tuner on, its parameters moved off their (no-op) start."""
     model = ctc_model(seed)
-    config = tuner_config(method, **options)
+    config = config_of(method, **options)
     inject_tuner(model, config, W2V_PREFIX)
     generator = torch.Generator().manual_seed(seed + 10)
     with torch.no_grad():
@@ -107,7 +116,7 @@ def test_a_model_rebuilt_from_its_plan_loads_the_state_and_computes_the_same(met
 @pytest.mark.parametrize("method", list(TUNERS))
 def test_each_tuner_trains_its_closed_form_count(method):
     model = ctc_model(0)
-    config = tuner_config(method, **EVERY_MATRIX)
+    config = config_of(method, **EVERY_MATRIX)
     shapes = target_shapes(model, config, W2V_PREFIX)
     inject_tuner(model, config, W2V_PREFIX)
     assert sum(p.numel() for p in tuner_parameters(model).values()) == config.trainable_count(shapes)
@@ -121,7 +130,7 @@ def test_the_closed_form_counts_at_the_paper_defaults():
     qv = {n: s for n, s in one_layer.items() if ".q_proj" in n or ".v_proj" in n}
     assert tuner_config("lora").trainable_count(qv) == 2 * 8 * 128
     assert tuner_config("alpha_lora").trainable_count(qv) == 2 * (8 * 128 + 1)
-    assert tuner_config("adalora").trainable_count(qv) == 2 * 12 * (128 + 1)
+    assert config_of("adalora").trainable_count(qv) == 2 * 12 * (128 + 1)
     kv_fc2 = {n: s for n, s in one_layer.items() if any(f".{p}." in n for p in ("k_proj", "v_proj", "fc2"))}
     assert tuner_config("ia3").trainable_count(kv_fc2) == 64 + 64 + 128  # k out, v out, fc2 in
     assert tuner_config("bitfit").trainable_count(one_layer) == 4 * 64 + 128 + 64  # the biases
@@ -303,3 +312,83 @@ def test_a_target_the_model_lacks_and_a_second_tuner_on_a_weight_are_refused():
     with pytest.raises(TunerError, match=r"encoder.layers.0.self_attn.v_proj.weight: already adapted by lora "
                                          r"'default'; two tuners on one weight are not supported"):
         inject_tuner(model, tuner_config("ia3"), W2V_PREFIX)
+
+
+def test_a_tuner_error_carries_its_option_for_each_caller_to_name():
+    with pytest.raises(TunerError) as caught:
+        tuner_config("lora", alpha=0.0)
+    assert (caught.value.method, caught.value.option, caught.value.reason) == ("lora", "alpha", "must be > 0 (got 0.0)")
+    assert str(caught.value) == "lora.alpha: must be > 0 (got 0.0)"
+    assert caught.value.message("model.tuner_alpha") == "model.tuner_alpha: must be > 0 (got 0.0)"
+
+
+RANK_OPTIONS = [("lora", "r"), ("alpha_lora", "r"), ("glora", "r"), ("s2lora", "r"), ("adalora", "init_r")]
+
+
+@pytest.mark.parametrize("method, rank_option", RANK_OPTIONS)
+def test_a_rank_above_a_target_matrixs_rank_is_refused_naming_the_option(method, rank_option):
+    """The tiny model's attention matrices are 64x64 and its feed-forward ones 128x64 / 64x128:
+    a rank of 64 is the most any of them can use."""
+    inject_tuner(ctc_model(0), config_of(method, **{rank_option: 64}), W2V_PREFIX)
+    with pytest.raises(TunerError, match=rf"^{method}\.{rank_option}: 65 is above the rank 64 of "
+                                         rf"encoder\.layers\.0\.self_attn\.q_proj\.weight \(64x64\)"):
+        inject_tuner(ctc_model(0), config_of(method, **{rank_option: 65}), W2V_PREFIX)
+
+
+def test_an_adalora_schedule_that_ends_after_the_run_is_refused():
+    config = config_of("adalora", total_updates=1000)
+    config.check_run(1000, "max_update")
+    config.check_run(0, "max_update")  # no limit on the run's updates
+    with pytest.raises(TunerError, match=r"^adalora.total_updates: 1000 is above max_update=999: the rank budget "
+                                         r"would never shrink to target_r"):
+        config.check_run(999, "max_update")
+
+
+@pytest.mark.parametrize("method", ["lora", "alpha_lora", "adalora", "glora", "s2lora"])
+def test_a_plan_entry_that_lacks_an_option_is_refused_naming_it(method):
+    """A placeholder has no defaults of its own: every value comes from the plan (or the shape)."""
+    model, _ = tuned_model(method, targets="q", layers="0")
+    plan = transform_plan(model, W2V_PREFIX)
+    build_from_plan(ctc_model(1), plan, W2V_PREFIX)
+    (entry,) = plan
+    for option in sorted(entry["options"]):
+        lacking = [{**entry, "options": {k: v for k, v in entry["options"].items() if k != option}}]
+        with pytest.raises(TransformError, match=rf"^transform plan entry 0 \({method} on encoder.layers.0.self_attn."
+                                                 rf"q_proj.weight\): {method}: the transform plan's options lack "
+                                                 rf"{option} "):
+            build_from_plan(ctc_model(1), lacking, W2V_PREFIX)
+    assert entry["options"]
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_a_model_rebuilt_from_its_plan_takes_non_default_options_from_it(method):
+    options = {"lora": {"r": 3, "alpha": 5.0}, "adalora": {"init_r": 3, "target_r": 2, "alpha": 5.0}}[method]
+    model, _ = tuned_model(method, targets="q", layers="0", **options)
+    rebuilt = ctc_model(1)
+    build_from_plan(rebuilt, transform_plan(model, W2V_PREFIX), W2V_PREFIX)
+    ((_, original),), ((_, placeholder),) = tuner_transforms(model, W2V_PREFIX), tuner_transforms(rebuilt, W2V_PREFIX)
+    assert placeholder.options() == original.options() and placeholder.options()["r"] == 3
+    assert float(placeholder.alpha) == 5.0
+
+
+PLANS_OF_0_4 = {
+    "lora": ("lora", {"r": 4, "alpha": 16.0}),
+    "alpha_lora": ("alpha_lora", {"r": 4}),
+    "adalora": ("adalora", {"r": 4, "alpha": 8.0, "orthogonality_weight": 0.25}),
+    "glora": ("glora", {"r": 4}),
+    "bitfit": ("bitfit", {}),
+    "ia3": ("ia3_out", {}),
+    "s2lora": ("s2lora", {"r": 4, "group": "attention", "sparsity_weight": 0.01, "factor_weight": 0.1,
+                          "owner": True}),
+}
+"""One transform plan entry per method as 0.4 recorded it in checkpoints (kind, options)."""
+
+
+@pytest.mark.parametrize("method", list(PLANS_OF_0_4))
+def test_a_plan_as_0_4_recorded_it_still_rebuilds_the_same_transform(method):
+    kind, options = PLANS_OF_0_4[method]
+    weight = "encoder.layers.0.self_attn.q_proj.weight"
+    model = ctc_model(0)
+    build_from_plan(model, [{"kind": kind, "name": "tuner", "options": options, "weights": [weight]}], W2V_PREFIX)
+    ((name, transform),) = tuner_transforms(model, W2V_PREFIX)
+    assert (name, transform.kind, transform.options()) == (weight, kind, options)

@@ -16,10 +16,10 @@ from peft.tuners.lora.layer import Linear as PeftLoraLinear
 from torch import nn
 
 from fairseq_subnets.core.transforms import add_transform
-from fairseq_subnets.core.tuners.adalora import AdaLoraConfig, SvdDelta, mask_to_budget
-from fairseq_subnets.core.tuners.glora import GloraChange
-from fairseq_subnets.core.tuners.ia3 import Ia3InputScale, Ia3OutputScale
-from fairseq_subnets.core.tuners.lora import LoraDelta
+from fairseq_subnets.techniques.tuners.adalora import AdaLoraConfig, SvdDelta, mask_to_budget
+from fairseq_subnets.techniques.tuners.glora import GloraChange
+from fairseq_subnets.techniques.tuners.ia3 import Ia3InputScale, Ia3OutputScale
+from fairseq_subnets.techniques.tuners.lora import LoraDelta
 
 PEFT_VERSION = "0.21.0"
 D_OUT, D_IN, R = 24, 40, 4
@@ -82,7 +82,7 @@ def peft_adalora_config(**overrides):
 def test_adalora_matches_peft():
     base = linear()
     theirs = SVDLinear(copy.deepcopy(base), "default", peft_adalora_config(), r=R, lora_alpha=8)
-    delta = SvdDelta((D_OUT, D_IN), R, alpha=8.0)
+    delta = SvdDelta((D_OUT, D_IN), R, alpha=8.0, orthogonality_weight=0.0)
     with torch.no_grad():
         for name, seed in (("lora_A", 1), ("lora_E", 2), ("lora_B", 3)):
             getattr(delta, name).copy_(random_like(getattr(delta, name), seed))
@@ -125,7 +125,7 @@ def test_the_adalora_allocator_keeps_the_triplets_peft_keeps(budget):
     config = peft_adalora_config()
     peft_layers = PeftAdaLoraLayers(config)
     allocator = RankAllocator(peft_layers, config, "default")
-    ours = {f"m{i}": SvdDelta((D_OUT, D_IN), R, alpha=8.0) for i in range(3)}
+    ours = {f"m{i}": SvdDelta((D_OUT, D_IN), R, alpha=8.0, orthogonality_weight=0.0) for i in range(3)}
     with torch.no_grad():
         for i, (layer, delta) in enumerate(zip(peft_layers.layers, ours.values())):
             for j, factor in enumerate(("lora_A", "lora_E", "lora_B")):
@@ -158,7 +158,7 @@ def test_the_adalora_importance_smoothing_matches_peft_over_several_updates():
     config = peft_adalora_config()
     peft_layers = PeftAdaLoraLayers(config)
     allocator = RankAllocator(peft_layers, config, "default")
-    ours = [SvdDelta((D_OUT, D_IN), R, alpha=8.0) for _ in range(3)]
+    ours = [SvdDelta((D_OUT, D_IN), R, alpha=8.0, orthogonality_weight=0.0) for _ in range(3)]
     for update in range(3):
         for i, (layer, delta) in enumerate(zip(peft_layers.layers, ours)):
             for j, factor in enumerate(("lora_A", "lora_E", "lora_B")):

@@ -22,8 +22,8 @@ from typing import Callable, Dict, List, Mapping
 import torch
 
 from ..core.parametrize import bake_module, bake_state_dict
-from ..core.tuners import TUNERS, tuner_parameters
-from ..core.tuners.adalora import allocate, svd_deltas
+from ..techniques.tuners import TUNERS, tuner_parameters
+from ..techniques.tuners.adalora import allocate, svd_deltas
 from ..techniques.extension import W2V_PREFIX, technique_of
 from ..techniques.tuners import Tuners
 from ..plugin.untrained import build_untrained_ctc_model, ctc_model_config, rebuild_with_state

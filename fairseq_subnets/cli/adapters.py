@@ -121,7 +121,7 @@ def run_info(args) -> int:
 
 def run_ranks(args) -> int:
     from ..core.targets import KINDS, parse_weight_name
-    from ..core.tuners import tuner_ranks
+    from ..techniques.tuners import rank_based_methods, tuner_ranks
 
     if args.plot and not args.plot.endswith(".png"):
         raise UserError(f"--plot {args.plot}: the heatmap is written as PNG; name a .png file")
@@ -130,7 +130,7 @@ def run_ranks(args) -> int:
             check_writable(path)
     ranks = _user_input(lambda: tuner_ranks(_adapters().tuned_state(args.source)))
     if not ranks:
-        raise UserError(f"{args.source}: holds no rank-based tuner (lora, alpha_lora, adalora, s2lora)")
+        raise UserError(f"{args.source}: holds no rank-based tuner ({', '.join(rank_based_methods())})")
     by_cell = {parse_weight_name(name): rank for name, (_, rank) in ranks.items()}
     layers = sorted({layer for layer, _ in by_cell})
     rows = [[str(layer)] + [str(by_cell.get((layer, kind), "-")) for kind in KINDS] for layer in layers]

@@ -147,7 +147,7 @@ def _register_tuners(subparsers):
     parser = subparsers.add_parser(
         "tuners", help="time training with each tuner against full fine-tuning, and merged decoding",
         description="Builds a wav2vec2 CTC model (BASE-sized by default) with random weights and a copy with each "
-        "tuner (lora, alpha_lora, adalora, glora, bitfit, ia3, s2lora; their default targets), frozen as "
+        "registered tuner (its default targets), frozen as "
         "+model.tuner does, and, in one process with the models taking turns, times (1) a training step of each "
         "against full fine-tuning of the same model (target at most 1.00x for LoRA and S2-LoRA), (2) AdaLoRA's "
         "allocator step against its training step (at most 0.05x), and (3) a forward pass of each merged model "

@@ -12,9 +12,8 @@
   scores      initial scores of learned masks (S3-Router's ori, wmi, ri)
   pathways    holding weights outside the active language's masks through an optimizer step
   iterative_pruning  the IMP / LTH schedule, the rewind point, group lasso and its lambda rules
-  tuners      the parameter-efficient tuners' weight transforms, one folder per method
-              (config, layer, model), as in HF PEFT
 
 The techniques that use them, and the fairseq keys that switch them on, are in
-`fairseq_subnets.techniques`.
+`fairseq_subnets.techniques`; the parameter-efficient tuners, with their weight transforms, are
+one folder per method in `techniques/tuners/`.
 """

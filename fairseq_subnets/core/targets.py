@@ -62,6 +62,15 @@ def parse_weight_name(name: str) -> Optional[Tuple[int, str]]:
     return int(match.group(1)), _KIND_OF_MODULE[match.group(2)]
 
 
+class TargetError(ValueError):
+    """A bad targets or layers text: `key` names the option or config key it came from (the
+    message starts with it), `reason` says what is wrong, so a caller can name its own key."""
+
+    def __init__(self, key: str, reason: str):
+        super().__init__(f"{key}: {reason}")
+        self.key, self.reason = key, reason
+
+
 def parse_kinds(text: str, key: str = "targets") -> Tuple[str, ...]:
     """'ffn' / 'attn,fc1' / 'q,v' / 'all' -> kinds in canonical order (q, k, v, out, fc1, fc2);
     errors start with `key`, the option or config key the text came from."""
@@ -73,7 +82,7 @@ def parse_kinds(text: str, key: str = "targets") -> Tuple[str, ...]:
             chosen.add(item)
         else:
             known = ", ".join(list(KIND_GROUPS) + list(KINDS))
-            raise ValueError(f"{key}: unknown module kind {item!r} (known: {known})")
+            raise TargetError(key, f"unknown module kind {item!r} (known: {known})")
     return tuple(kind for kind in KINDS if kind in chosen)
 
 
@@ -86,10 +95,10 @@ def parse_layers(text: str, key: str = "layers") -> Optional[Tuple[int, ...]]:
     for item in (part.strip() for part in text.split(",")):
         match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
         if match is None:
-            raise ValueError(f"{key}: cannot read {item!r}; use 'all', '0-5', '0,3,5' or '0-3,8-11'")
+            raise TargetError(key, f"cannot read {item!r}; use 'all', '0-5', '0,3,5' or '0-3,8-11'")
         first, last = int(match.group(1)), int(match.group(2) or match.group(1))
         if last < first:
-            raise ValueError(f"{key}: range {item!r} runs backwards")
+            raise TargetError(key, f"range {item!r} runs backwards")
         chosen.update(range(first, last + 1))
     return tuple(sorted(chosen))
 
@@ -134,9 +143,8 @@ class TargetSelection:
         layers = range(num_layers) if self.layers is None else self.layers
         beyond = [layer for layer in layers if layer >= num_layers]
         if beyond:
-            raise ValueError(
-                f"{self.layers_key}: layer {beyond[0]} is selected but the model has {num_layers} encoder layers"
-            )
+            raise TargetError(self.layers_key,
+                              f"layer {beyond[0]} is selected but the model has {num_layers} encoder layers")
         return tuple(weight_name(layer, kind) for layer in layers for kind in self.kinds)
 
     def selects(self, name: str) -> bool:

@@ -27,7 +27,7 @@ pass is the baking rule, so a baked weight equals the forward pass by constructi
 Kinds provided here: `fixed_mask` (kept-only storage), `dense_mask` (a mask that changes in place
 during training: no new parameter, no optimizer rebuild), `score_mask` (learned scores, top-k with
 a straight-through gradient) and `language_masks` (named masks on one weight; the active one is
-chosen per batch with `select_language`); the adapters of `core.tuners` add their own. An
+chosen per batch with `select_language`); the tuners (`techniques.tuners`) add their own. An
 adaptation that also changes the bias (IA3, GLoRA, BitFit) puts a stateless `BiasFollower` on the module's
 bias (`<module>.parametrizations.bias.original` stores it), so fused attention sees that change
 too; one transform may serve several weights with one tensor (`tie_shared_parameters`, S2-LoRA's
@@ -72,7 +72,8 @@ class WeightTransform(nn.Module):
     the state keys), so that a bare state dict bakes. They say how to rebuild themselves:
     `options()` (JSON-able: what shapes the state, e.g. the languages) with
     `placeholder(shape, options)`, the way a model config rebuilds them before a checkpoint fills
-    their state, and `from_state`, the way a bare state dict is baked."""
+    their state, and `from_state`, the way a bare state dict is baked. A placeholder takes every
+    value from `options` or the shape (a value it lacks is a TransformError, never a default)."""
 
     kind: ClassVar[str]
     stage: ClassVar[str]
@@ -790,7 +791,11 @@ def build_from_plan(root: nn.Module, plan: List[Mapping[str, object]], prefix: s
         cls = TRANSFORM_KINDS[kind]
         for weight in entry["weights"]:
             module = module_of(root, weight, prefix)
-            add_transform(module, entry["name"], cls.placeholder(tuple(module.weight.shape), entry["options"]))
+            try:
+                placeholder = cls.placeholder(tuple(module.weight.shape), entry["options"])
+            except TransformError as error:  # an option the plan lacks
+                raise TransformError(f"transform plan entry {index} ({kind} on {weight}): {error}") from None
+            add_transform(module, entry["name"], placeholder)
     tie_shared_parameters(root)
 
 

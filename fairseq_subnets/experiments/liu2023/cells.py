@@ -60,7 +60,7 @@ def parameter_counts(state: Mapping[str, torch.Tensor], full: bool) -> dict:
     """What a run trained, from its checkpoint: the tuner's parameters (a tensor shared by several
     matrices, S2-LoRA's factors, once), or every backbone weight for full fine-tuning; the output
     layer, which every run trains, apart; and the share of the pretrained model's parameters."""
-    from ...core.tuners import tuner_trained_count
+    from ...techniques.tuners import tuner_trained_count
     from ...plugin.adapters import backbone_tensors
     from ...techniques.extension import STOCK_OUTPUT_LAYER_PREFIX
 
@@ -73,11 +73,11 @@ def parameter_counts(state: Mapping[str, torch.Tensor], full: bool) -> dict:
 
 
 def rank_rows(state: Mapping[str, torch.Tensor]) -> List[dict]:
-    """The rank in use of every adapted matrix (core.tuners.tuner_ranks: AdaLoRA's kept triplets,
+    """The rank in use of every adapted matrix (techniques.tuners.tuner_ranks: AdaLoRA's kept triplets,
     S2-LoRA's coefficients with |s| >= 1e-4), one row per encoder layer and a column per kind; none
     for a run without ranks."""
     from ...core.targets import KINDS, parse_weight_name
-    from ...core.tuners import tuner_ranks
+    from ...techniques.tuners import tuner_ranks
 
     ranks = tuner_ranks(state)
     by_layer: Dict[int, dict] = {}

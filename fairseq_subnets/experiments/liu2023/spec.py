@@ -28,8 +28,8 @@ ADALORA_CONFIG_KEYS = {"warmup_updates": "tuner_warmup_updates", "final_updates"
 
 
 def tuner_methods() -> List[str]:
-    """Every tuner, in the reports' order (imported when asked: core.tuners imports torch)."""
-    from ...core.tuners import TUNERS
+    """Every tuner, in the reports' order (imported when asked: the tuners import torch)."""
+    from ...techniques.tuners import TUNERS
 
     return list(TUNERS)
 
@@ -115,7 +115,7 @@ def adalora_schedule() -> Dict[str, int]:
 def check_tuners(spec: GridSpec, grid: GridFile) -> None:
     """Known methods, and AdaLoRA's options with the shipped schedule over `updates` (the plugin
     would refuse them only once training starts)."""
-    from ...core.tuners import TUNERS, TunerError, tuner_config
+    from ...techniques.tuners import TUNERS, TunerError, tuner_config
 
     unknown = [method for method in spec.tuners.methods if method not in TUNERS]
     if unknown:
@@ -127,12 +127,11 @@ def check_tuners(spec: GridSpec, grid: GridFile) -> None:
     for key, options in runs.items():
         try:
             tuner_config(ADALORA, total_updates=spec.updates, **adalora_schedule(), **options)
-        except TunerError as error:  # "adalora.<option>: <problem>"
-            option, problem = str(error).split(": ", 1)
-            option = option.split(".", 1)[1]
-            if option in ("total_updates", *ADALORA_CONFIG_KEYS):
-                raise grid.error("updates", f"AdaLoRA's schedule in adalora_tiny.yaml: {option} {problem}") from None
-            raise grid.error(f"rank_map.{option}" if key == "rank_map" else key, problem) from None
+        except TunerError as error:
+            if error.option in ("total_updates", *ADALORA_CONFIG_KEYS):
+                raise grid.error("updates", f"AdaLoRA's schedule in adalora_tiny.yaml: {error.option} "
+                                            f"{error.reason}") from None
+            raise grid.error(f"rank_map.{error.option}" if key == "rank_map" else key, error.reason) from None
 
 
 # ------------------------------------------------------------------------------------- planning

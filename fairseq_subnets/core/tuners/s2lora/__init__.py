@@ -1,7 +1,0 @@
-"""S2-LoRA: config, layer (the shared-factor transform) and model (injection, rank distribution)."""
-from .config import PRUNED_RANK_THRESHOLD, S2LoraConfig
-from .layer import FACTORS_TERM, SPARSITY_TERM, SharedLowRankDelta
-from .model import inject_s2lora, rank_distribution
-
-__all__ = ["FACTORS_TERM", "PRUNED_RANK_THRESHOLD", "S2LoraConfig", "SPARSITY_TERM", "SharedLowRankDelta",
-           "inject_s2lora", "rank_distribution"]
