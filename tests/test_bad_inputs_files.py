@@ -236,6 +236,13 @@ CASES = [
     Case("adapter-info-text-file", ["adapters", "info", "<ADAPTER>"],
          "fairseq-subnets adapters: error: <ADAPTER>: not an adapter file (not safetensors", "<ADAPTER>",
          {"<ADAPTER>": "notes.txt"}),
+    Case("report-method-unnamed", ["report", "<RESULTS>", "--out", "<OUT>"],
+         "fairseq-subnets report: error: <RESULTS>: nothing names the method that wrote these results (no "
+         "results.json or grid.yaml with method: beside them); name it with --method", "<RESULTS>",
+         {"<RESULTS>": "results-unnamed/results.csv"}),
+    Case("report-method-contradicts", ["report", "<RESULTS>", "--out", "<OUT>", "--method", "storey2025"],
+         "fairseq-subnets report: error: --method storey2025: <GRID>:1 says the results are fu2022's", "--method",
+         {"<RESULTS>": "results-fu2022", "<GRID>": "results-fu2022/grid.yaml"}),
     apply_of("adapter-flipped-byte", "flipped.adapter",
              ": damaged adapter file (checksum mismatch: its tensors or metadata changed since it was written)"),
     apply_of("adapter-edited-option", "alpha80.adapter",
@@ -321,6 +328,10 @@ def write_checkpoint_inputs(folder: Path) -> None:
     torch.save({"model": {}, "payload": RunsCodeWhenUnpickled(folder / EXECUTED_MARKER)}, folder / "malicious.pt")
     torch.save({"weights": torch.ones(2)}, folder / "no-model.pt")
     (folder / "notes.txt").write_text("not a folder\n")
+    for results in ("results-unnamed", "results-fu2022"):
+        (folder / results).mkdir()
+        (folder / results / "results.csv").write_text("cell,cer\nen,10.0\n")
+    (folder / "results-fu2022" / "grid.yaml").write_text("method: fu2022\n")
     (folder / "matrix.csv").write_text(",es,en\nes,1,.5\nen,.5,1\n")
 
 

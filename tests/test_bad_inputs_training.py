@@ -23,6 +23,7 @@ import pytest
 
 from fairseq_subnets import USER_DIR
 from fairseq_subnets.cli.main import main
+from fairseq_subnets.engine.grid_file import MANIFEST_FILES
 from fairseq_subnets.runner import CONFIG_DIR, fairseq_command
 from grid_files import write_grid, write_grid_inputs, write_pretrained
 
@@ -37,7 +38,9 @@ class GridCase:
     message: str
     """The stable prefix of the last stderr line; it names the grid file (and the key)."""
     grid: Dict[str, str] = field(default_factory=dict)
-    """write_grid arguments; `text` instead writes the file as it is."""
+    """write_grid arguments; `text` instead writes the file as it is (placeholders substituted)."""
+    out_is_file: bool = False
+    """Whether `--out` names an existing file."""
 
 
 GRID_CASES = [
@@ -71,6 +74,15 @@ GRID_CASES = [
     GridCase("grid-pretrained-fine-tuned", GRID_ERROR + ":3: pretrained: <FINETUNED> is a fine-tuned wav2vec2 CTC "
              "checkpoint, not a wav2vec2 pretraining checkpoint; a fine-tuned model goes in upstream.checkpoints",
              {"pretrained": "data/checkpoint_best.pt"}),
+    GridCase("grid-method-missing", GRID_ERROR + ": method: missing; name the experiment this grid is for (one of "
+             "storey2025, fu2022, liu2023, yang2023)", {"method": None}),
+    GridCase("grid-out-is-a-file", "fairseq-subnets grid: error: --out <OUT>: is a file; name a folder (it is "
+             "created if needed)", out_is_file=True),
+    GridCase("grid-out-of-domain-alphabet", GRID_ERROR + ":6: out_of_domain: language 'ru': 2 of 2 test transcripts "
+             "(<INPUTS>/corpus/ru/test.ltr line 1 first) hold no character of the training language's dictionary "
+             "<INPUTS>/corpus/es/dict.ltr.txt (another alphabet?)",
+             {"text": "method: liu2023\nname: test\ndata: <INPUTS>/corpus\npretrained: <PRETRAINED>\nlanguage: es\n"
+                      "out_of_domain: [ru]\n"}),
 ]
 
 
@@ -171,6 +183,9 @@ def inputs(tmp_path_factory):
     (folder / "data").mkdir()
     write_plugin_checkpoint(folder / "data")
     save_mask_file(str(folder / "deep.mask"), random_encoder_masks(0.5, **{**TINY, "layers": 3}))
+    for name in MANIFEST_FILES:  # Russian beside the corpus's es and ca: another alphabet
+        (folder / "corpus" / "ru" / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "corpus" / "ru" / name).write_text("б в |\nв |\n" if name == "test.ltr" else "")
     (folder / "notes.txt").write_text("epoch 3: loss 0.41\n")
     return folder
 
@@ -199,10 +214,12 @@ def test_bad_grid_file_stops_the_grid_before_anything_runs(case, inputs, tmp_pat
     if "text" in options:
         grid = tmp_path / "grid.yaml"
         if options["text"] is not None:
-            grid.write_text(options["text"])
+            grid.write_text(substituted(options["text"], placeholders(inputs)))
     else:
         grid = write_grid(tmp_path, inputs / "corpus", **options)
-    paths = {"<GRID>": str(grid), **placeholders(inputs)}
+    paths = {"<GRID>": str(grid), "<OUT>": str(tmp_path / "out"), **placeholders(inputs)}
+    if case.out_is_file:
+        (tmp_path / "out").write_text("not a folder\n")
     before = sorted(tmp_path.rglob("*"))
     assert main(["grid", str(grid), "--out", str(tmp_path / "out")]) == EXIT_STATUS
     line = last_line(capsys.readouterr().err)
