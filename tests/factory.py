@@ -77,11 +77,12 @@ def write_plugin_checkpoint(directory, sparsity=0.5, seed=0):
     return path, model, masks
 
 
-def write_tuner_checkpoint(path, method="lora", seed=0, **options):
-    """A `+model.tuner=METHOD` run's checkpoint as fairseq's trainer writes it (cfg with the recorded
-    transform plan and w2v_args, the task's Dictionary in task_state) for a TINY model with the
-    tuner freshly built. Returns the model, whose trainable parameters are what the run's optimizer
-    would hold."""
+def write_run_checkpoint(path, seed=0, **model_fields):
+    """A fine-tuning run's checkpoint as fairseq's trainer writes it (cfg with the recorded
+    transform plan and w2v_args, the task's Dictionary in task_state) for a TINY
+    `subnets_wav2vec_ctc` model built with `model_fields` (`tuner="lora"`, `score_sparsity=0.5`, ...),
+    its transforms freshly built. Returns the model, whose trainable parameters are what the run's
+    optimizer would hold."""
     import types
 
     from fairseq.data import Dictionary
@@ -98,9 +99,8 @@ def write_tuner_checkpoint(path, method="lora", seed=0, **options):
     cfg = OmegaConf.structured(FairseqConfig)
     cfg.model = ctc_model_config(CtcModelSize(vocab=len(dictionary), **TINY))
     cfg.model._name = "subnets_wav2vec_ctc"
-    cfg.model.tuner = method
-    for key, value in options.items():
-        cfg.model[f"tuner_{key}"] = value
+    for key, value in model_fields.items():
+        cfg.model[key] = value
     torch.manual_seed(seed)
     model = SubnetsWav2VecCtc.build_model(cfg.model, types.SimpleNamespace(target_dictionary=dictionary))
     cfg.task = {"_name": "subnets_audio_finetuning", "data": "unused", "labels": "ltr", "normalize": False}

@@ -10,7 +10,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from factory import write_tuner_checkpoint
+from factory import write_run_checkpoint
 from fairseq_subnets.cli.main import main as cli
 
 METHOD_OPTIONS = {"lora": {}, "alpha_lora": {}, "adalora": {"total_updates": 10}, "s2lora": {}, "ia3": {},
@@ -49,7 +49,7 @@ def edited_cfg(source, change):
 def tuned(tmp_path_factory):
     """(checkpoint, adapter file, model) of a LoRA run."""
     folder = tmp_path_factory.mktemp("tuned")
-    model = write_tuner_checkpoint(folder / "lora.pt", "lora")
+    model = write_run_checkpoint(folder / "lora.pt", tuner="lora")
     assert cli(["adapters", "save", str(folder / "lora.pt"), "--out", str(folder / "lora.adapter")]) == 0
     return folder / "lora.pt", folder / "lora.adapter", model
 
@@ -62,7 +62,7 @@ def optimizer_count(model):
 def test_the_trained_count_is_the_optimizers_for_every_method(method, tmp_path, capsys):
     from fairseq_subnets.plugin.adapters import adapter_of_checkpoint
 
-    model = write_tuner_checkpoint(tmp_path / "run.pt", method, **METHOD_OPTIONS[method])
+    model = write_run_checkpoint(tmp_path / "run.pt", tuner=method, **METHOD_OPTIONS[method])
     expected = optimizer_count(model)
     assert adapter_of_checkpoint(str(tmp_path / "run.pt")).trained_count() == expected
     assert cli(["adapters", "save", str(tmp_path / "run.pt"), "--out", str(tmp_path / "run.adapter")]) == 0

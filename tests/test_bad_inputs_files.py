@@ -67,6 +67,11 @@ def apply_of(case_id, adapter, message):
                 {"<ADAPTER>": adapter, "<CKPT>": "tuned.pt"})
 
 
+def list_of(case_id, bundle, message):
+    return Case(case_id, ["bundles", "list", "<BUNDLE>"], f"fairseq-subnets bundles: error: <BUNDLE>{message}",
+                "<BUNDLE>", {"<BUNDLE>": bundle})
+
+
 PRUNE_ERROR = "fairseq-subnets prune: error: "
 MASKS_ERROR = "fairseq-subnets masks: error: "
 EXPORT_ERROR = "fairseq-subnets export: error: "
@@ -243,6 +248,12 @@ CASES = [
     Case("report-method-contradicts", ["report", "<RESULTS>", "--out", "<OUT>", "--method", "storey2025"],
          "fairseq-subnets report: error: --method storey2025: <GRID>:1 says the results are fu2022's", "--method",
          {"<RESULTS>": "results-fu2022", "<GRID>": "results-fu2022/grid.yaml"}),
+    list_of("bundle-changed-tensor", "bundle-damaged.pt", ": damaged bundle (checksum mismatch: its tensors, config "
+            "or record changed since it was written)"),
+    list_of("bundle-future-version", "bundle-future.pt", ": bundle version 3; this fairseq-subnets reads versions 1, 2"),
+    list_of("bundle-v1-output-rows", "bundle-v1-rows.pt", ": the record's dictionary of ca holds 32 symbols but its "
+            "output layer language_heads.ca.weight has 31 rows"),
+    list_of("bundle-v1-masks-missing", "bundle-v1-no-masks.pt", ": holds no bundle_masks.ca, the masks of language ca"),
     apply_of("adapter-flipped-byte", "flipped.adapter",
              ": damaged adapter file (checksum mismatch: its tensors or metadata changed since it was written)"),
     apply_of("adapter-edited-option", "alpha80.adapter",
@@ -339,9 +350,9 @@ def write_adapter_inputs(folder: Path) -> None:
     """A LoRA run's checkpoint (tuned.pt, also the backbone its adapter applies to), its adapter
     file, and adapter files damaged or edited in one place each; `v1-*` are written as 0.4.0 wrote
     them, without a checksum, so only the structural checks can catch their edits."""
-    from factory import write_tuner_checkpoint
+    from factory import write_run_checkpoint
 
-    write_tuner_checkpoint(folder / "tuned.pt", "lora")
+    write_run_checkpoint(folder / "tuned.pt", tuner="lora")
     good = folder / "good.adapter"
     assert main(["adapters", "save", str(folder / "tuned.pt"), "--out", str(good)]) == 0
     data = bytearray(good.read_bytes())
@@ -358,6 +369,24 @@ def write_adapter_inputs(folder: Path) -> None:
     lora_b = "w2v_encoder.w2v_model.encoder.layers.1.self_attn.v_proj.parametrizations.weight.0.lora.tuner.lora_B"
     rewritten(good, folder / "v1-missing.adapter", version="1", drop=lora_b)
     rewritten(good, folder / "v1-reshaped.adapter", version="1", reshape=lora_b)
+
+
+def write_bundle_inputs(folder: Path) -> None:
+    """A bundle of two learned-mask runs, and copies damaged or edited in one place each; `v1-*`
+    are written as 0.4.0 wrote them, without a checksum."""
+    from test_bundle_files import changed_bundle, drop_head_row, write_language_runs
+
+    good = folder / "bundle.pt"
+    assert main(["bundles", "build", *write_language_runs(folder), "--out", str(good)]) == 0
+
+    def nudge(checkpoint):
+        checkpoint["model"]["language_heads.es.bias"][0] += 1e-3
+
+    changed_bundle(good, folder / "bundle-damaged.pt", change=nudge)
+    changed_bundle(good, folder / "bundle-future.pt", version=3)
+    changed_bundle(good, folder / "bundle-v1-rows.pt", version=1, change=drop_head_row)
+    changed_bundle(good, folder / "bundle-v1-no-masks.pt", version=1,
+                   change=lambda checkpoint: checkpoint["model"].pop("bundle_masks.ca"))
 
 
 def safe_metadata(path):
@@ -389,6 +418,7 @@ def inputs(tmp_path_factory):
     write_checkpoint_inputs(folder)
     write_data_inputs(folder)
     write_adapter_inputs(folder)
+    write_bundle_inputs(folder)
     return folder
 
 
