@@ -39,8 +39,10 @@ class GridCase:
     """The stable prefix of the last stderr line; it names the grid file (and the key)."""
     grid: Dict[str, str] = field(default_factory=dict)
     """write_grid arguments; `text` instead writes the file as it is (placeholders substituted)."""
-    out_is_file: bool = False
-    """Whether `--out` names an existing file."""
+    out: str = "out"
+    """`--out`, relative to the case's folder (`<OUT>` in the message)."""
+    existing_file: str = ""
+    """A file made in the case's folder first (`<FILE>` in the message)."""
 
 
 GRID_CASES = [
@@ -77,7 +79,9 @@ GRID_CASES = [
     GridCase("grid-method-missing", GRID_ERROR + ": method: missing; name the experiment this grid is for (one of "
              "storey2025, fu2022, liu2023, yang2023)", {"method": None}),
     GridCase("grid-out-is-a-file", "fairseq-subnets grid: error: --out <OUT>: is a file; name a folder (it is "
-             "created if needed)", out_is_file=True),
+             "created if needed)", existing_file="out"),
+    GridCase("grid-out-under-a-file", "fairseq-subnets grid: error: <OUT>: cannot write (Not a directory: <FILE>)",
+             out="notes/run", existing_file="notes"),
     GridCase("grid-out-of-domain-alphabet", GRID_ERROR + ":6: out_of_domain: language 'ru': 2 of 2 test transcripts "
              "(<INPUTS>/corpus/ru/test.ltr line 1 first) hold no character of the training language's dictionary "
              "<INPUTS>/corpus/es/dict.ltr.txt (another alphabet?)",
@@ -163,7 +167,8 @@ RUN_CASES = [
             ("<DATA>", "--path", "<PRETRAINED>", "--task", "subnets_audio_finetuning", "--user-dir", USER_DIR,
              "--labels", "ltr", "--gen-subset", "test", "--cpu"), generate=True),
 ]
-CATALOGUE_IDS = tuple(case.id for case in GRID_CASES + RUN_CASES)
+DEFAULT_OUT_CASE = "grid-default-out-is-a-file"
+CATALOGUE_IDS = tuple(case.id for case in GRID_CASES + RUN_CASES) + (DEFAULT_OUT_CASE,)
 TRAINING_CASES = [case for case in RUN_CASES if not case.generate]
 STARTED_CASES = ("train-mask-missing", "train-tuner-unknown", "generate-pretraining-checkpoint")
 """The cases also run as real commands: one per error path of the training cases (see
@@ -217,13 +222,29 @@ def test_bad_grid_file_stops_the_grid_before_anything_runs(case, inputs, tmp_pat
             grid.write_text(substituted(options["text"], placeholders(inputs)))
     else:
         grid = write_grid(tmp_path, inputs / "corpus", **options)
-    paths = {"<GRID>": str(grid), "<OUT>": str(tmp_path / "out"), **placeholders(inputs)}
-    if case.out_is_file:
-        (tmp_path / "out").write_text("not a folder\n")
+    paths = {"<GRID>": str(grid), "<OUT>": str(tmp_path / case.out), "<FILE>": str(tmp_path / case.existing_file),
+             **placeholders(inputs)}
+    if case.existing_file:
+        (tmp_path / case.existing_file).write_text("not a folder\n")
     before = sorted(tmp_path.rglob("*"))
-    assert main(["grid", str(grid), "--out", str(tmp_path / "out")]) == EXIT_STATUS
+    assert main(["grid", str(grid), "--out", str(tmp_path / case.out)]) == EXIT_STATUS
     line = last_line(capsys.readouterr().err)
     assert line.startswith(substituted(case.message, paths)), line
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("case_id", [DEFAULT_OUT_CASE])
+def test_a_file_where_the_default_output_folder_goes_stops_the_grid(case_id, inputs, tmp_path, capsys, monkeypatch):
+    """Without --out, the output folder is runs/<name> under the working folder."""
+    grid = write_grid(tmp_path, inputs / "corpus")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "test").write_text("not a folder\n")
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["grid", str(grid)]) == EXIT_STATUS
+    assert last_line(capsys.readouterr().err) == (
+        f"fairseq-subnets grid: error: {tmp_path / 'runs' / 'test'}: is a file, where the grid's default output "
+        "folder runs/test goes; name a folder with --out")
     assert sorted(tmp_path.rglob("*")) == before
 
 
