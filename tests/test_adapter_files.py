@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from factory import write_run_checkpoint
 from fairseq_subnets.cli.main import main as cli
 
-METHOD_OPTIONS = {"lora": {}, "alpha_lora": {}, "adalora": {"total_updates": 10}, "s2lora": {}, "ia3": {},
+METHOD_OPTIONS = {"lora": {}, "alpha_lora": {}, "adalora": {"tuner_total_updates": 10}, "s2lora": {}, "ia3": {},
                   "bitfit": {}, "glora": {}}
 
 
@@ -147,3 +147,17 @@ def test_a_checkpoint_that_does_not_read_back_is_never_renamed_into_place(tuned,
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"fairseq-subnets adapters: error: {out}: the written checkpoint does not read back"), line
     assert list(tmp_path.iterdir()) == []
+
+
+def test_apply_never_reads_the_training_time_inputs_of_the_run(tmp_path):
+    """A run started from an upstream checkpoint (`model.init_from`) records it in its config; the
+    model apply builds to check the checkpoint, as fairseq-generate's, does not read it."""
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+
+    write_run_checkpoint(tmp_path / "run.pt", tuner="lora")
+    checkpoint = load_checkpoint(str(tmp_path / "run.pt"))
+    checkpoint["cfg"]["model"]["init_from"] = str(tmp_path / "upstream-elsewhere.pt")
+    torch.save(checkpoint, tmp_path / "run.pt")
+    assert cli(["adapters", "save", str(tmp_path / "run.pt"), "--out", str(tmp_path / "run.adapter")]) == 0
+    assert cli(["adapters", "apply", str(tmp_path / "run.adapter"), "--backbone", str(tmp_path / "run.pt"),
+                "--out", str(tmp_path / "rebuilt.pt")]) == 0

@@ -28,13 +28,17 @@ class CheckpointCheckError(PluginInputError):
 
 
 def model_of_config(cfg: Mapping, dictionary, label: str):
-    """The `subnets_wav2vec_ctc` model `cfg` describes, built as fairseq builds it from a checkpoint
-    (the wav2vec2 encoder from the recorded `w2v_args`, the transforms from `transform_plan`), with
-    `dictionary` as the task's target dictionary."""
+    """The `subnets_wav2vec_ctc` model `cfg` describes, built as our tasks build it from a checkpoint
+    for fairseq-generate and export (the wav2vec2 encoder from the recorded `w2v_args`, the
+    transforms from `transform_plan`, the training-time inputs such as `init_from` and `mask_path`
+    not read), with `dictionary` as the task's target dictionary."""
     from fairseq.models import build_model
 
+    from .models import TRAINING_ONLY_MODEL_KEYS
+
+    model_cfg = {key: None if key in TRAINING_ONLY_MODEL_KEYS else value for key, value in cfg["model"].items()}
     try:
-        return build_model(OmegaConf.create(dict(cfg["model"])), types.SimpleNamespace(target_dictionary=dictionary))
+        return build_model(OmegaConf.create(model_cfg), types.SimpleNamespace(target_dictionary=dictionary))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:
         raise CheckpointCheckError(f"{label}: its config does not build a model ({error})") from None
 
