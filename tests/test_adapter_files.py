@@ -161,3 +161,23 @@ def test_apply_never_reads_the_training_time_inputs_of_the_run(tmp_path):
     assert cli(["adapters", "save", str(tmp_path / "run.pt"), "--out", str(tmp_path / "run.adapter")]) == 0
     assert cli(["adapters", "apply", str(tmp_path / "run.adapter"), "--backbone", str(tmp_path / "run.pt"),
                 "--out", str(tmp_path / "rebuilt.pt")]) == 0
+
+
+def test_an_adapter_file_that_does_not_read_back_is_never_renamed_into_place(tuned, tmp_path, monkeypatch, capsys):
+    from fairseq_subnets.plugin import adapters
+
+    checkpoint, _, _ = tuned
+    real_read = adapters.read_adapter_file
+
+    def nudged(path):
+        adapter = real_read(path)
+        adapter.tensors[sorted(adapter.tensors)[0]] = adapter.tensors[sorted(adapter.tensors)[0]] + 1
+        return adapter
+
+    monkeypatch.setattr(adapters, "read_adapter_file", nudged)
+    out = tmp_path / "run.adapter"
+    assert cli(["adapters", "save", str(checkpoint), "--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"fairseq-subnets adapters: error: {out}: the written adapter file does not read back as written; nothing "
+        "was written")
+    assert list(tmp_path.iterdir()) == []

@@ -63,25 +63,13 @@ def _user_input(work):
         raise UserError(str(error)) from None
 
 
-def _written(out: str, make):
-    """Checks that `out` takes a file before any work, then writes the bytes of `make()` there
-    atomically; `make()` returns (result, bytes) and the result is returned."""
-    with writing(out):
-        check_writable(out)
-    result, data = _user_input(make)
-    with writing(out):
-        write_atomically(out, data)
-    return result
-
-
 def run_save(args) -> int:
     adapters = _adapters()
-
-    def make():
-        adapter = adapters.adapter_of_checkpoint(args.checkpoint)
-        return adapter, adapters.adapter_file_bytes(adapter)
-
-    adapter = _written(args.out, make)
+    with writing(args.out):
+        check_writable(args.out)
+    adapter = _user_input(lambda: adapters.adapter_of_checkpoint(args.checkpoint))
+    with writing(args.out):
+        _user_input(lambda: adapters.write_adapter_file(adapter, args.out))
     size, whole = os.path.getsize(args.out), os.path.getsize(args.checkpoint)
     print(f"{args.out}: {adapter.method} adapter, {adapter.trained_count():,} trained parameters, {size:,} bytes "
           f"({size / whole:.2%} of {args.checkpoint}, {whole:,} bytes)")

@@ -34,6 +34,7 @@ from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from ..atomic import write_atomically
 from ..core.transforms import TRANSFORM_KINDS, parse_plan
 from ..core.tuners import TRANSFORM_STATE, TUNER_KINDS, tuner_trained_count
 from .checkpoints import ZIP_MAGIC, load_fairseq_checkpoint, trainer_checkpoint
@@ -177,6 +178,19 @@ def adapter_file_bytes(adapter: Adapter) -> bytes:
     metadata.update(version=ADAPTER_VERSION, aliases=json.dumps(aliases))
     metadata[CHECKSUM_KEY] = adapter_checksum(metadata, stored)
     return safetensors_bytes(stored, metadata=metadata)
+
+
+def write_adapter_file(adapter: Adapter, path: str) -> None:
+    """Writes the adapter file atomically, renaming it into place only once it reads back (checksum
+    verified) to the same tensors and run config."""
+    def check_written(temporary):
+        written = read_adapter_file(temporary)
+        same = (written.tensors.keys() == adapter.tensors.keys() and written.metadata["cfg"] == adapter.metadata["cfg"]
+                and all(torch.equal(written.tensors[key], adapter.tensors[key]) for key in adapter.tensors))
+        if not same:
+            raise AdapterError(f"{path}: the written adapter file does not read back as written; nothing was written")
+
+    write_atomically(path, adapter_file_bytes(adapter), check_written)
 
 
 def adapter_checksum(metadata: Mapping[str, str], stored: Mapping[str, torch.Tensor]) -> str:

@@ -10,14 +10,13 @@ loader, compared tensor for tensor with what was meant, and loaded into that mod
 renamed into place. A refused checkpoint leaves nothing behind.
 """
 import io
-import os
 import types
 from typing import Mapping, Optional
 
 import torch
 from omegaconf import OmegaConf
 
-from ..atomic import atomic_path
+from ..atomic import write_atomically
 from .checkpoints import load_fairseq_checkpoint
 from .errors import PluginInputError
 
@@ -75,14 +74,7 @@ def write_checked_checkpoint(path: str, checkpoint: dict, model) -> None:
     """Writes `checkpoint` to `path` atomically, renaming it into place only once the written bytes
     read back (weights-only) to the same state, config and dictionary and load into `model`
     (strictly), the model its config describes."""
-    buffer = io.BytesIO()
-    torch.save(checkpoint, buffer)
-    with atomic_path(path) as temporary:
-        with open(temporary, "wb") as stream:
-            stream.write(buffer.getbuffer())
-            stream.flush()
-            os.fsync(stream.fileno())
-        del buffer
+    def check_written(temporary):
         written = load_fairseq_checkpoint(temporary)
         problem = _differences(written["model"], checkpoint["model"])
         if problem is None and written.get("cfg") != checkpoint.get("cfg"):
@@ -99,3 +91,7 @@ def write_checked_checkpoint(path: str, checkpoint: dict, model) -> None:
         if problem is not None:
             raise CheckpointCheckError(f"{path}: the written checkpoint does not read back as written ({problem}); "
                                        "nothing was written")
+
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    write_atomically(path, buffer.getbuffer(), check_written)
