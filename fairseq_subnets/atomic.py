@@ -47,13 +47,16 @@ def atomic_path(path):
         raise
 
 
-def write_atomically(path, data: bytes) -> None:
-    """Writes `data` to `path` atomically, fsynced before the rename."""
+def write_atomically(path, data: bytes, check_written=None) -> None:
+    """Writes `data` to `path` atomically, fsynced before the rename; `check_written(temporary)`,
+    when given, reads the written file back first and raises to keep it from being renamed."""
     with atomic_path(path) as temporary:
         with open(temporary, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        if check_written is not None:
+            check_written(temporary)
 
 
 def check_folder_writable(folder) -> None:

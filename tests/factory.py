@@ -75,3 +75,35 @@ def write_plugin_checkpoint(directory, sparsity=0.5, seed=0):
     torch.save(trainer_checkpoint(cfg, model.state_dict(), "SubnetsCtcCriterion",
                                   task_state={"target_dictionary": dictionary}), path)
     return path, model, masks
+
+
+def write_run_checkpoint(path, seed=0, **model_fields):
+    """A fine-tuning run's checkpoint as fairseq's trainer writes it (cfg with the recorded
+    transform plan and w2v_args, the task's Dictionary in task_state) for a TINY
+    `subnets_wav2vec_ctc` model built with `model_fields` (`tuner="lora"`, `score_sparsity=0.5`, ...),
+    its transforms freshly built. Returns the model, whose trainable parameters are what the run's
+    optimizer would hold."""
+    import types
+
+    from fairseq.data import Dictionary
+    from fairseq.dataclass.configs import FairseqConfig
+    from omegaconf import OmegaConf
+
+    from fairseq_subnets.plugin.checkpoints import trainer_checkpoint
+    from fairseq_subnets.plugin.models import SubnetsWav2VecCtc
+    from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+
+    dictionary = Dictionary()
+    for letter in LETTERS:
+        dictionary.add_symbol(letter)
+    cfg = OmegaConf.structured(FairseqConfig)
+    cfg.model = ctc_model_config(CtcModelSize(vocab=len(dictionary), **TINY))
+    cfg.model._name = "subnets_wav2vec_ctc"
+    for key, value in model_fields.items():
+        cfg.model[key] = value
+    torch.manual_seed(seed)
+    model = SubnetsWav2VecCtc.build_model(cfg.model, types.SimpleNamespace(target_dictionary=dictionary))
+    cfg.task = {"_name": "subnets_audio_finetuning", "data": "unused", "labels": "ltr", "normalize": False}
+    torch.save(trainer_checkpoint(cfg, model.state_dict(), "SubnetsCtcCriterion",
+                                  task_state={"target_dictionary": dictionary}), path)
+    return model

@@ -5,6 +5,7 @@ the documented exit status, a last stderr line that starts with the documented m
 the culprit, no traceback, and nothing new on disk but what the catalogue lists. The pytest ids
 are the catalogue ids; `<NAME>` in a command or message stands for a path the test substitutes.
 """
+import json
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import pytest
 
 from fairseq_subnets.cli.main import main
 from test_bad_input_catalogue import catalogue_rows
+from test_adapter_files import edited_cfg, rewritten
 from test_core_maskfile import tamper
 from test_data_convert import write_audio, write_lines
 from test_masks_cli import tiny_wav2vec2_state
@@ -57,6 +59,17 @@ def stats_of(case_id, mask, message):
 
 def prune_of(case_id, checkpoint, message):
     return Case(case_id, PRUNE, f"fairseq-subnets prune: error: <CKPT>{message}", "<CKPT>", {"<CKPT>": checkpoint})
+
+
+def apply_of(case_id, adapter, message):
+    return Case(case_id, ["adapters", "apply", "<ADAPTER>", "--backbone", "<CKPT>", "--out", "<OUT>"],
+                f"fairseq-subnets adapters: error: <ADAPTER>{message}", "<ADAPTER>",
+                {"<ADAPTER>": adapter, "<CKPT>": "tuned.pt"})
+
+
+def list_of(case_id, bundle, message):
+    return Case(case_id, ["bundles", "list", "<BUNDLE>"], f"fairseq-subnets bundles: error: <BUNDLE>{message}",
+                "<BUNDLE>", {"<BUNDLE>": bundle})
 
 
 PRUNE_ERROR = "fairseq-subnets prune: error: "
@@ -228,6 +241,38 @@ CASES = [
     Case("adapter-info-text-file", ["adapters", "info", "<ADAPTER>"],
          "fairseq-subnets adapters: error: <ADAPTER>: not an adapter file (not safetensors", "<ADAPTER>",
          {"<ADAPTER>": "notes.txt"}),
+    Case("report-method-unnamed", ["report", "<RESULTS>", "--out", "<OUT>"],
+         "fairseq-subnets report: error: <RESULTS>: nothing names the method that wrote these results (no "
+         "results.json or grid.yaml with method: beside them); name it with --method", "<RESULTS>",
+         {"<RESULTS>": "results-unnamed/results.csv"}),
+    Case("report-method-contradicts", ["report", "<RESULTS>", "--out", "<OUT>", "--method", "storey2025"],
+         "fairseq-subnets report: error: --method storey2025: <GRID>:1 says the results are fu2022's", "--method",
+         {"<RESULTS>": "results-fu2022", "<GRID>": "results-fu2022/grid.yaml"}),
+    list_of("bundle-changed-tensor", "bundle-damaged.pt", ": damaged bundle (checksum mismatch: its tensors, config "
+            "or record changed since it was written)"),
+    list_of("bundle-future-version", "bundle-future.pt", ": bundle version 3; this fairseq-subnets reads versions 1, 2"),
+    list_of("bundle-v1-output-rows", "bundle-v1-rows.pt", ": the record's dictionary of ca holds 32 symbols but its "
+            "output layer language_heads.ca.weight has 31 rows"),
+    list_of("bundle-v1-masks-missing", "bundle-v1-no-masks.pt", ": holds no bundle_masks.ca, the masks of language ca"),
+    apply_of("adapter-flipped-byte", "flipped.adapter",
+             ": damaged adapter file (checksum mismatch: its tensors or metadata changed since it was written)"),
+    apply_of("adapter-edited-option", "alpha80.adapter",
+             ": damaged adapter file (checksum mismatch: its tensors or metadata changed since it was written)"),
+    apply_of("adapter-future-version", "future.adapter",
+             ": adapter file version '3'; this fairseq-subnets reads versions 1, 2"),
+    apply_of("adapter-v1-method-edited", "v1-method.adapter",
+             ": metadata 'method' says 's2lora' but the run config it applies ('cfg') trained 'lora' (an edited file)"),
+    apply_of("adapter-v1-options-edited", "v1-options.adapter",
+             ": metadata 'tuner' disagrees with the run config it applies ('cfg') at tuner_alpha (an edited file)"),
+    apply_of("adapter-v1-short-dictionary", "v1-dictionary.adapter",
+             ": metadata 'dictionary' gives 31 symbols (fairseq's 4 special ones included) but the output layer "
+             "w2v_encoder.proj.weight has 32 rows"),
+    apply_of("adapter-v1-tensor-missing", "v1-missing.adapter",
+             ": holds no w2v_encoder.w2v_model.encoder.layers.1.self_attn.v_proj.parametrizations.weight.0.lora.tuner"
+             ".lora_B, which its model needs"),
+    apply_of("adapter-v1-tensor-reshaped", "v1-reshaped.adapter",
+             ": w2v_encoder.w2v_model.encoder.layers.1.self_attn.v_proj.parametrizations.weight.0.lora.tuner.lora_B "
+             "has shape (512,), its model needs (64, 8)"),
 ]
 CATALOGUE_IDS = tuple(case.id for case in CASES)
 
@@ -294,7 +339,61 @@ def write_checkpoint_inputs(folder: Path) -> None:
     torch.save({"model": {}, "payload": RunsCodeWhenUnpickled(folder / EXECUTED_MARKER)}, folder / "malicious.pt")
     torch.save({"weights": torch.ones(2)}, folder / "no-model.pt")
     (folder / "notes.txt").write_text("not a folder\n")
+    for results in ("results-unnamed", "results-fu2022"):
+        (folder / results).mkdir()
+        (folder / results / "results.csv").write_text("cell,cer\nen,10.0\n")
+    (folder / "results-fu2022" / "grid.yaml").write_text("method: fu2022\n")
     (folder / "matrix.csv").write_text(",es,en\nes,1,.5\nen,.5,1\n")
+
+
+def write_adapter_inputs(folder: Path) -> None:
+    """A LoRA run's checkpoint (tuned.pt, also the backbone its adapter applies to), its adapter
+    file, and adapter files damaged or edited in one place each; `v1-*` are written as 0.4.0 wrote
+    them, without a checksum, so only the structural checks can catch their edits."""
+    from factory import write_run_checkpoint
+
+    write_run_checkpoint(folder / "tuned.pt", tuner="lora")
+    good = folder / "good.adapter"
+    assert main(["adapters", "save", str(folder / "tuned.pt"), "--out", str(good)]) == 0
+    data = bytearray(good.read_bytes())
+    data[-3] ^= 0x01
+    (folder / "flipped.adapter").write_bytes(bytes(data))
+    rewritten(good, folder / "alpha80.adapter",
+              cfg=edited_cfg(good, lambda cfg: cfg["model"].update(tuner_alpha=80.0)))
+    rewritten(good, folder / "future.adapter", version="3")
+    rewritten(good, folder / "v1-method.adapter", version="1", method="s2lora")
+    rewritten(good, folder / "v1-options.adapter", version="1",
+              tuner=json.dumps({**json.loads(safe_metadata(good)["tuner"]), "tuner_alpha": 80.0}))
+    rewritten(good, folder / "v1-dictionary.adapter", version="1",
+              dictionary=json.dumps(json.loads(safe_metadata(good)["dictionary"])[:-1]))
+    lora_b = "w2v_encoder.w2v_model.encoder.layers.1.self_attn.v_proj.parametrizations.weight.0.lora.tuner.lora_B"
+    rewritten(good, folder / "v1-missing.adapter", version="1", drop=lora_b)
+    rewritten(good, folder / "v1-reshaped.adapter", version="1", reshape=lora_b)
+
+
+def write_bundle_inputs(folder: Path) -> None:
+    """A bundle of two learned-mask runs, and copies damaged or edited in one place each; `v1-*`
+    are written as 0.4.0 wrote them, without a checksum."""
+    from test_bundle_files import changed_bundle, drop_head_row, write_language_runs
+
+    good = folder / "bundle.pt"
+    assert main(["bundles", "build", *write_language_runs(folder), "--out", str(good)]) == 0
+
+    def nudge(checkpoint):
+        checkpoint["model"]["language_heads.es.bias"][0] += 1e-3
+
+    changed_bundle(good, folder / "bundle-damaged.pt", change=nudge)
+    changed_bundle(good, folder / "bundle-future.pt", version=3)
+    changed_bundle(good, folder / "bundle-v1-rows.pt", version=1, change=drop_head_row)
+    changed_bundle(good, folder / "bundle-v1-no-masks.pt", version=1,
+                   change=lambda checkpoint: checkpoint["model"].pop("bundle_masks.ca"))
+
+
+def safe_metadata(path):
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as reader:
+        return reader.metadata()
 
 
 def write_data_inputs(folder: Path) -> None:
@@ -318,6 +417,8 @@ def inputs(tmp_path_factory):
     write_mask_inputs(folder)
     write_checkpoint_inputs(folder)
     write_data_inputs(folder)
+    write_adapter_inputs(folder)
+    write_bundle_inputs(folder)
     return folder
 
 

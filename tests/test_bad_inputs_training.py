@@ -23,6 +23,7 @@ import pytest
 
 from fairseq_subnets import USER_DIR
 from fairseq_subnets.cli.main import main
+from fairseq_subnets.engine.grid_file import MANIFEST_FILES
 from fairseq_subnets.runner import CONFIG_DIR, fairseq_command
 from grid_files import write_grid, write_grid_inputs, write_pretrained
 
@@ -37,7 +38,11 @@ class GridCase:
     message: str
     """The stable prefix of the last stderr line; it names the grid file (and the key)."""
     grid: Dict[str, str] = field(default_factory=dict)
-    """write_grid arguments; `text` instead writes the file as it is."""
+    """write_grid arguments; `text` instead writes the file as it is (placeholders substituted)."""
+    out: str = "out"
+    """`--out`, relative to the case's folder (`<OUT>` in the message)."""
+    existing_file: str = ""
+    """A file made in the case's folder first (`<FILE>` in the message)."""
 
 
 GRID_CASES = [
@@ -71,6 +76,17 @@ GRID_CASES = [
     GridCase("grid-pretrained-fine-tuned", GRID_ERROR + ":3: pretrained: <FINETUNED> is a fine-tuned wav2vec2 CTC "
              "checkpoint, not a wav2vec2 pretraining checkpoint; a fine-tuned model goes in upstream.checkpoints",
              {"pretrained": "data/checkpoint_best.pt"}),
+    GridCase("grid-method-missing", GRID_ERROR + ": method: missing; name the experiment this grid is for (one of "
+             "storey2025, fu2022, liu2023, yang2023)", {"method": None}),
+    GridCase("grid-out-is-a-file", "fairseq-subnets grid: error: --out <OUT>: is a file; name a folder (it is "
+             "created if needed)", existing_file="out"),
+    GridCase("grid-out-under-a-file", "fairseq-subnets grid: error: <OUT>: cannot write (Not a directory: <FILE>)",
+             out="notes/run", existing_file="notes"),
+    GridCase("grid-out-of-domain-alphabet", GRID_ERROR + ":6: out_of_domain: language 'ru': 2 of 2 test transcripts "
+             "(<INPUTS>/corpus/ru/test.ltr line 1 first) hold no character of the training language's dictionary "
+             "<INPUTS>/corpus/es/dict.ltr.txt (another alphabet?)",
+             {"text": "method: liu2023\nname: test\ndata: <INPUTS>/corpus\npretrained: <PRETRAINED>\nlanguage: es\n"
+                      "out_of_domain: [ru]\n"}),
 ]
 
 
@@ -162,7 +178,8 @@ RUN_CASES = [
             ("<DATA>", "--path", "<PRETRAINED>", "--task", "subnets_audio_finetuning", "--user-dir", USER_DIR,
              "--labels", "ltr", "--gen-subset", "test", "--cpu"), generate=True),
 ]
-CATALOGUE_IDS = tuple(case.id for case in GRID_CASES + RUN_CASES)
+DEFAULT_OUT_CASE = "grid-default-out-is-a-file"
+CATALOGUE_IDS = tuple(case.id for case in GRID_CASES + RUN_CASES) + (DEFAULT_OUT_CASE,)
 TRAINING_CASES = [case for case in RUN_CASES if not case.generate]
 STARTED_CASES = ("train-mask-missing", "train-tuner-unknown", "generate-pretraining-checkpoint")
 """The cases also run as real commands: one per error path of the training cases (see
@@ -182,6 +199,9 @@ def inputs(tmp_path_factory):
     (folder / "data").mkdir()
     write_plugin_checkpoint(folder / "data")
     save_mask_file(str(folder / "deep.mask"), random_encoder_masks(0.5, **{**TINY, "layers": 3}))
+    for name in MANIFEST_FILES:  # Russian beside the corpus's es and ca: another alphabet
+        (folder / "corpus" / "ru" / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "corpus" / "ru" / name).write_text("б в |\nв |\n" if name == "test.ltr" else "")
     (folder / "notes.txt").write_text("epoch 3: loss 0.41\n")
     return folder
 
@@ -210,14 +230,32 @@ def test_bad_grid_file_stops_the_grid_before_anything_runs(case, inputs, tmp_pat
     if "text" in options:
         grid = tmp_path / "grid.yaml"
         if options["text"] is not None:
-            grid.write_text(options["text"])
+            grid.write_text(substituted(options["text"], placeholders(inputs)))
     else:
         grid = write_grid(tmp_path, inputs / "corpus", **options)
-    paths = {"<GRID>": str(grid), **placeholders(inputs)}
+    paths = {"<GRID>": str(grid), "<OUT>": str(tmp_path / case.out), "<FILE>": str(tmp_path / case.existing_file),
+             **placeholders(inputs)}
+    if case.existing_file:
+        (tmp_path / case.existing_file).write_text("not a folder\n")
     before = sorted(tmp_path.rglob("*"))
-    assert main(["grid", str(grid), "--out", str(tmp_path / "out")]) == EXIT_STATUS
+    assert main(["grid", str(grid), "--out", str(tmp_path / case.out)]) == EXIT_STATUS
     line = last_line(capsys.readouterr().err)
     assert line.startswith(substituted(case.message, paths)), line
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("case_id", [DEFAULT_OUT_CASE])
+def test_a_file_where_the_default_output_folder_goes_stops_the_grid(case_id, inputs, tmp_path, capsys, monkeypatch):
+    """Without --out, the output folder is runs/<name> under the working folder."""
+    grid = write_grid(tmp_path, inputs / "corpus")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "test").write_text("not a folder\n")
+    before = sorted(tmp_path.rglob("*"))
+    assert main(["grid", str(grid)]) == EXIT_STATUS
+    assert last_line(capsys.readouterr().err) == (
+        f"fairseq-subnets grid: error: {tmp_path / 'runs' / 'test'}: is a file, where the grid's default output "
+        "folder runs/test goes; name a folder with --out")
     assert sorted(tmp_path.rglob("*")) == before
 
 

@@ -3,6 +3,8 @@
 the real cells and real pruning into real mask files: change `prune.method` and only the masks and
 the cells built on them run again; change an upstream setting and its model and everything built
 on it does."""
+import csv
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -125,3 +127,57 @@ def test_a_changed_manifest_reruns_only_the_cells_reading_it(tmp_path, fake):
     run_grid(tmp_path, fake, write_grid(tmp_path))
     assert sorted(fake.trained) == ["es-ca-s0.00-own-seed1", "es-ca-s0.50-base-seed1", "es-ca-s0.50-own-seed1"]
     assert fake.pruned == []
+
+
+def listed_paths(out):
+    """Every output path results.csv and results.json point at (checkpoints, mask files)."""
+    import json
+
+    rows = read_rows(out) + json.loads((out / "results.json").read_text())["cells"]
+    return {row[column] for row in rows for column in ("checkpoint", "mask_path") if row.get(column)}
+
+
+def test_an_interrupted_rerun_never_lists_deleted_outputs_and_keeps_every_finished_cell(tmp_path, fake, monkeypatch):
+    """The upstream learning rate changed, then the rerun interrupted (KeyboardInterrupt, as Ctrl-C) as its
+    third training starts: whenever a changed cell's folder is deleted, the results files on disk already leave
+    it out; afterwards every listed output exists and every cell finished with its current key
+    (here the upstream model and one downstream cell, retrained before the interruption) is listed
+    with its result."""
+    import shutil
+
+    from fairseq_subnets.engine import scheduler
+
+    out = tmp_path / "out"
+    run_grid(tmp_path, fake, write_grid(tmp_path))
+    spec = write_grid(tmp_path, upstream_lr=0.001)
+    deleted = []
+    real_rmtree = shutil.rmtree
+
+    def checked_rmtree(path, *args, **kwargs):
+        assert not any(listed.startswith(str(path)) for listed in listed_paths(out)), f"{path} still listed"
+        deleted.append(str(path))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(scheduler.shutil, "rmtree", checked_rmtree)
+
+    def interrupt_at_third_training(message):
+        if message.endswith(": started") and len(fake.trained) == 2:
+            raise KeyboardInterrupt  # in the main thread, as Ctrl-C arrives
+
+    for log in (fake.trained, fake.decoded, fake.pruned):
+        log.clear()
+    run = GridRun(spec, out, LocalExecutor(1), say=interrupt_at_third_training, runner=fake)
+    with pytest.raises(KeyboardInterrupt):
+        run.run()
+    assert len(deleted) >= 3 and len(fake.trained) == 2  # the upstream model, its mask, downstream cells
+    assert all(Path(path).exists() for path in listed_paths(out))
+    finished = {name for name, result in scheduler.cached_results(run.cells).items()}
+    listed = {row["cell"] for row in read_rows(out) if row["cer"]}
+    reported = {cell.name for cell in run.cells if cell.row is not None}
+    assert listed == finished & reported
+    assert f"upstream-{UPSTREAM}" in listed and len(listed) == 2
+
+
+def read_rows(out):
+    with open(out / "results.csv", newline="") as handle:
+        return list(csv.DictReader(handle))

@@ -41,6 +41,10 @@ def write_inputs(folder: Path) -> None:
         (folder / "corpus" / language / "dict.ltr.txt").write_text("".join(f"{s} 1\n" for s in symbols.split()))
     (folder / "corpus" / "ast" / "test.ltr").write_text(AST_TEST)
     (folder / "corpus" / "es" / "test.ltr").write_text("a b |\n")
+    for name in MANIFEST_FILES:  # Russian, in another alphabet: never a valid out-of-domain language for es
+        (folder / "corpus" / "ru" / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "corpus" / "ru" / name).write_text("б 1\nв 1\n" if name == "dict.ltr.txt" else "ru\n")
+    (folder / "corpus" / "ru" / "test.ltr").write_text("б в |\nв |\n")
     torch.save({"model": {"encoder.layers.0.fc1.weight": torch.zeros(4, 4)}}, folder / "pretrained.pt")
 
 
@@ -77,6 +81,8 @@ BAD_GRIDS = {  # case: (line replacing its section's line of write_grid, what fo
     "training language evaluated as out of domain": ("out_of_domain: [ast, es]",
                                                      "out_of_domain: 'es' is the training language"),
     "language without manifests": ("out_of_domain: [pl]", "out_of_domain: language 'pl': missing manifest"),
+    "out-of-domain language in another alphabet": (
+        "out_of_domain: [ast, ru]", "out_of_domain: language 'ru': 2 of 2 test transcripts ("),
     "no language": ("language: ''", "language: name the language every run trains on"),
     "lr not a number": ("full: {lr: fast}", "full.lr: expected a number, got 'fast'"),
 }

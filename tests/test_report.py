@@ -1,6 +1,7 @@
 """`fairseq-subnets report` on a small hand-made grid: every view is written, values and means are
 right, missing cells stay missing (never 0), IOU matrices are symmetric, bad input is a user error."""
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,7 @@ def write_results(directory, rows, header=HEADER):
         writer = csv.DictWriter(stream, fieldnames=header, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
+    (directory / "results.json").write_text(json.dumps({"method": "storey2025"}))
     return directory / "results.csv"
 
 
@@ -268,3 +270,32 @@ def test_views_without_data_are_skipped_and_named(tmp_path, capsys):
     text = (tmp_path / "out" / "report.md").read_text()
     assert text.count("Skipped: ") == 7 and "iou.csv has no IOU values" in text
     assert "3 of 3 cells" in text
+
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+@pytest.mark.parametrize("example", sorted(path.name for path in EXAMPLES.iterdir() if path.is_dir()))
+def test_every_shipped_example_re_reports_as_it_is(example, tmp_path, capsys):
+    """From the folder and from its results.csv: the grid.yaml beside the table names the method."""
+    for source in (EXAMPLES / example, EXAMPLES / example / "results.csv"):
+        out = tmp_path / source.name
+        code, stdout, stderr = run_cli(capsys, "report", source, "--out", out)
+        assert code == 0, stderr
+        assert Path(stdout.splitlines()[-1]) == out / "report.md" and (out / "report.md").is_file()
+
+
+def test_results_that_name_no_method_ask_for_it_and_are_never_guessed(tmp_path, capsys):
+    seed2 = EXAMPLES / "yang2023" / "seed2"
+    code, _, stderr = run_cli(capsys, "report", seed2, "--out", tmp_path / "out")
+    assert code == 2 and not (tmp_path / "out").exists()
+    assert stderr.strip().splitlines()[-1] == (
+        f"fairseq-subnets report: error: {seed2}: nothing names the method that wrote these results (no results.json "
+        "or grid.yaml with method: beside them); name it with --method (one of storey2025, fu2022, liu2023, yang2023)")
+    code, _, stderr = run_cli(capsys, "report", seed2, "--out", tmp_path / "out", "--method", "yang2023")
+    assert code == 0, stderr
+    code, _, stderr = run_cli(capsys, "report", EXAMPLES / "fu2022", "--out", tmp_path / "fu", "--method", "storey2025")
+    assert code == 2 and not (tmp_path / "fu").exists()
+    assert stderr.strip().splitlines()[-1].startswith(
+        f"fairseq-subnets report: error: --method storey2025: {EXAMPLES / 'fu2022' / 'grid.yaml'}:5 says the results "
+        "are fu2022's")

@@ -182,3 +182,22 @@ def test_an_adapter_file_rebuilds_the_run_on_its_backbone_and_refuses_another(s2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.startswith(f"fairseq-subnets adapters: error: {adapter}: made for another backbone"), line
     assert not (tmp_path / "refused.pt").exists()
+
+
+@pytest.mark.parametrize("run", ["s2lora_run", "adalora_run"])
+def test_adapters_save_and_info_count_what_the_optimizer_trains(run, request, tmp_path, capsys):
+    """The count is the optimizer's (its Adam state: one exp_avg per trained tensor), not the
+    tuner state's, which also holds buffers (AdaLoRA's importance statistics, kept flags)."""
+    import json
+
+    from fairseq_subnets.cli.main import main as cli
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+
+    _, run_dir, _ = request.getfixturevalue(run)
+    checkpoint = run_dir / "checkpoint_last.pt"
+    adam = load_checkpoint(str(checkpoint))["last_optimizer_state"]["state"]
+    trained = sum(entry["exp_avg"].numel() for entry in adam.values())
+    assert cli(["adapters", "save", str(checkpoint), "--out", str(tmp_path / "run.adapter")]) == 0
+    assert f"{trained:,} trained parameters" in capsys.readouterr().out
+    assert cli(["adapters", "info", str(tmp_path / "run.adapter"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["trained_parameters"] == trained

@@ -7,6 +7,7 @@ backbone (the pretraining checkpoint, usually), refusing any other backbone.
 """
 import json
 import os
+import sys
 
 from ..atomic import check_writable, write_atomically
 from .main import UserError, writing
@@ -62,45 +63,32 @@ def _user_input(work):
         raise UserError(str(error)) from None
 
 
-def _written(out: str, make):
-    """Checks that `out` takes a file before any work, then writes the bytes of `make()` there
-    atomically; `make()` returns (result, bytes) and the result is returned."""
-    with writing(out):
-        check_writable(out)
-    result, data = _user_input(make)
-    with writing(out):
-        write_atomically(out, data)
-    return result
-
-
 def run_save(args) -> int:
     adapters = _adapters()
-
-    def make():
-        adapter = adapters.adapter_of_checkpoint(args.checkpoint)
-        return adapter, adapters.adapter_file_bytes(adapter)
-
-    adapter = _written(args.out, make)
+    with writing(args.out):
+        check_writable(args.out)
+    adapter = _user_input(lambda: adapters.adapter_of_checkpoint(args.checkpoint))
+    with writing(args.out):
+        _user_input(lambda: adapters.write_adapter_file(adapter, args.out))
     size, whole = os.path.getsize(args.out), os.path.getsize(args.checkpoint)
     print(f"{args.out}: {adapter.method} adapter, {adapter.trained_count():,} trained parameters, {size:,} bytes "
           f"({size / whole:.2%} of {args.checkpoint}, {whole:,} bytes)")
     return 0
 
 
+UNCHECKED_LINE = ("{path}: a version 1 adapter file, which has no checksum: damage to its tensors cannot be "
+                  "detected (`fairseq-subnets adapters save` of the run's checkpoint writes a version 2 file)")
+
+
 def run_apply(args) -> int:
-    import io
-
-    import torch
-
     adapters = _adapters()
-
-    def make():
-        adapter = adapters.read_adapter_file(args.adapter)
-        buffer = io.BytesIO()
-        torch.save(adapters.checkpoint_with_backbone(adapter, args.adapter, args.backbone), buffer)
-        return adapter, buffer.getvalue()
-
-    adapter = _written(args.out, make)
+    with writing(args.out):
+        check_writable(args.out)
+    adapter = _user_input(lambda: adapters.read_adapter_file(args.adapter))
+    if not adapter.checksummed:
+        print(UNCHECKED_LINE.format(path=args.adapter), file=sys.stderr)
+    with writing(args.out):
+        _user_input(lambda: adapters.apply_adapter(adapter, args.adapter, args.backbone, args.out))
     print(f"{args.out}: the {adapter.method} run on {args.backbone}; decode it with fairseq-generate "
           f"(--user-dir, as for training) or merge it with `fairseq-subnets export`")
     return 0
@@ -109,8 +97,11 @@ def run_apply(args) -> int:
 def run_info(args) -> int:
     adapter = _user_input(lambda: _adapters().read_adapter_file(args.adapter))
     summary = {"adapter": args.adapter, "method": adapter.method, "bytes": os.path.getsize(args.adapter),
-               "trained_parameters": adapter.trained_count(), "options": json.loads(adapter.metadata["tuner"]),
-               "backbone_sha256": adapter.metadata["backbone_sha256"]}
+               "trained_parameters": adapter.trained_count(), "transforms": adapter.tuner_plan(),
+               "options": {key: value for key, value in adapter.cfg["model"].items()
+                           if key.startswith("tuner_") and value is not None},
+               "backbone_sha256": adapter.metadata["backbone_sha256"],
+               "checksum": "sha256 verified" if adapter.checksummed else UNCHECKED_LINE.format(path=args.adapter)}
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

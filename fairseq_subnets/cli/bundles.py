@@ -10,6 +10,7 @@ entropy-coded mask file), the output layer and the dictionary of a single-langua
 with DATA holding one manifest folder per language, as for multilingual runs.
 """
 import json
+import sys
 
 from ..atomic import cannot_write_message, check_writable
 from .main import UserError, writing
@@ -70,10 +71,22 @@ def _saved(path, make):
     return bundle
 
 
+UNCHECKED_LINE = ("{path}: a version 1 bundle, which has no checksum: damage to its backbone or output layers "
+                  "cannot be detected (`bundles add` or `remove` rewrites it as version 2)")
+
+
+def _read(path):
+    """The bundle at `path`, with one line on stderr when it has no checksum to verify."""
+    bundle = _bundles().read_bundle(path)
+    if not bundle.checksummed:
+        print(UNCHECKED_LINE.format(path=path), file=sys.stderr)
+    return bundle
+
+
 def _changed(path, change):
     """Reads the bundle at `path`, applies `change(bundle)`, writes it back atomically."""
     def changed():
-        bundle = _bundles().read_bundle(path)
+        bundle = _read(path)
         change(bundle)
         return bundle
 
@@ -104,7 +117,7 @@ def run_remove(args) -> int:
 def run_list(args) -> int:
     bundles = _bundles()
     try:
-        bundle = bundles.read_bundle(args.bundle)
+        bundle = _read(args.bundle)
     except ValueError as error:
         raise UserError(str(error)) from None
     if args.json:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import yaml
 
+from ..atomic import cannot_write_message, check_folder_writable
 from .main import QUIET_HELP, UserError
 
 
@@ -71,12 +72,19 @@ def run(args):
         slurm = slurm_options(parse_pairs(args.slurm, "--slurm"), "--slurm", base=spec.slurm)
     except ValueError as error:  # the method's GridError, MethodError, bad --slurm values
         raise UserError(str(error)) from None
+    out = (args.out or Path("runs") / spec.name).resolve()
+    if args.out is None and out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file, where the grid's default output folder runs/{spec.name} goes; "
+                        "name a folder with --out")
+    try:
+        check_folder_writable(out)
+    except OSError as error:
+        raise UserError(cannot_write_message(out, error)) from None
     if args.dry_run:
         print("\n".join(method.dry_run_lines(spec)))
         return 0
     from tqdm import tqdm
 
-    out = (args.out or Path("runs") / spec.name).resolve()
     try:
         executor = make_executor(args.executor, args.jobs, out, slurm)
     except ImportError as error:

@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 METHODS = ("storey2025", "fu2022", "liu2023", "yang2023")
-RESULTS_DEFAULT_METHOD = "storey2025"
-"""The method of results without a results.json beside them (the first grids wrote none)."""
+RESULTS_JSON = "results.json"
+RESULTS_GRID = "grid.yaml"
+"""The grid file a results folder may hold beside its results.csv (each shipped example does)."""
 
 
 class MethodError(ValueError):
@@ -38,13 +39,45 @@ def method_of_grid_file(path):
     return load_method(str(raw["method"]), f"{path}:{lines['method']}: method")
 
 
-def method_of_results(results):
-    """The method package that wrote RESULTS (a run folder or its results.csv): the `method` of the
-    results.json beside it, else RESULTS_DEFAULT_METHOD."""
+def method_of_results(results, given: str = None):
+    """The method package that wrote RESULTS (a run folder or its results.csv): `given` (the
+    report's --method), else the `method` recorded beside the table, in the run's results.json or
+    in the grid file `grid.yaml` next to it (a shipped example's folder holds one). Nothing is
+    guessed: where nothing names the method, MethodError asks for --method, and a --method that
+    contradicts the recorded one is refused."""
     path = Path(results)
-    stored = (path if path.is_dir() else path.parent) / "results.json"
-    try:
-        name = json.loads(stored.read_text()).get("method", RESULTS_DEFAULT_METHOD)
-    except (OSError, ValueError, AttributeError):
-        name = RESULTS_DEFAULT_METHOD
-    return load_method(str(name), f"{stored}: method")
+    if not path.exists():
+        raise MethodError(f"{path}: no such file or folder")
+    folder = path if path.is_dir() else path.parent
+    recorded, source = recorded_method(folder)
+    if given is not None:
+        if recorded is not None and recorded != given:
+            raise MethodError(f"--method {given}: {source} says the results are {recorded}'s")
+        return load_method(given, "--method")
+    if recorded is None:
+        raise MethodError(f"{path}: nothing names the method that wrote these results (no results.json or grid.yaml "
+                          f"with method: beside them); name it with --method (one of {', '.join(METHODS)})")
+    return load_method(recorded, f"{source}: method")
+
+
+def recorded_method(folder: Path):
+    """(method, the file naming it) from results.json, else grid.yaml, in `folder`; (None, None)
+    when neither names one. A file that exists but cannot be read raises MethodError naming it."""
+    from ..engine.grid_file import GridError, read_yaml
+
+    stored, grid = folder / RESULTS_JSON, folder / RESULTS_GRID
+    if stored.is_file():
+        try:
+            recorded = json.loads(stored.read_text())
+        except (OSError, ValueError) as error:
+            raise MethodError(f"{stored}: unreadable ({error})") from None
+        if isinstance(recorded, dict) and "method" in recorded:
+            return str(recorded["method"]), stored
+    if grid.is_file():
+        try:
+            raw, lines = read_yaml(str(grid))
+        except GridError as error:
+            raise MethodError(str(error)) from None
+        if isinstance(raw, dict) and "method" in raw:
+            return str(raw["method"]), f"{grid}:{lines['method']}"
+    return None, None

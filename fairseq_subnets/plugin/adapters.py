@@ -8,6 +8,19 @@ fingerprint: a sha256 over the names, dtypes, shapes and bytes of every wav2vec2
 uses. Applying the file to a checkpoint holding that backbone (the pretraining checkpoint, or any
 checkpoint of a run on it) rebuilds the run's checkpoint, which fairseq-generate decodes and
 `export` merges; a backbone with another fingerprint is refused before anything is written.
+
+The file's `sha256` metadata (version 2, the one written) covers every other metadata entry, names
+and values, and every stored tensor's name, dtype, shape and bytes, so a flipped bit or an edited
+option is caught on reading. The method and options shown (`adapters info`) and applied are both
+read off the stored run config (`cfg`: `model.tuner` and the transform plan), never off a second
+copy. Version 1 files (0.4.0) have no checksum: they are still read, as every structural check
+below still holds for them, but `info` and `apply` say in one line that damage to their tensors
+cannot be detected, and `adapters save` of the run's checkpoint gives a version 2 file.
+
+Before `apply` writes, the rebuilt checkpoint must fit the model its config describes (every
+tensor present, every shape, the dictionary's size against the output layer's rows), and the
+written file must read back to the same state before it is renamed into place
+(plugin.checked_checkpoints).
 """
 import hashlib
 import io
@@ -21,14 +34,19 @@ from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
+from ..atomic import write_atomically
 from ..core.transforms import TRANSFORM_KINDS, parse_plan
-from ..techniques.tuners import TRANSFORM_STATE, TUNER_KINDS
+from ..techniques.tuners import TRANSFORM_STATE, TUNER_KINDS, tuner_trained_count
 from .checkpoints import ZIP_MAGIC, load_fairseq_checkpoint, trainer_checkpoint
 from .errors import PluginInputError
 from ..techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
 
 ADAPTER_FORMAT = "fairseq-subnets-adapter"
-ADAPTER_VERSION = "1"
+ADAPTER_VERSION = "2"
+"""The version written."""
+READABLE_VERSIONS = ("1", "2")
+CHECKSUM_KEY = "sha256"
+"""Absent from version 1 files, required in version 2 files."""
 METADATA_KEYS = ("format", "version", "method", "tuner", "backbone_sha256", "backbone_tensors", "cfg", "dictionary",
                  "aliases")
 _WEIGHT_ORIGINAL = ".parametrizations.weight.original"
@@ -46,11 +64,34 @@ class Adapter:
     metadata: Dict[str, str]
 
     @property
+    def cfg(self) -> dict:
+        """The run's config, the one source of the method and options that `apply` builds."""
+        return json.loads(self.metadata["cfg"])
+
+    @property
     def method(self) -> str:
-        return self.metadata["method"]
+        return self.cfg["model"]["tuner"]
+
+    @property
+    def checksummed(self) -> bool:
+        return CHECKSUM_KEY in self.metadata
+
+    def tuner_plan(self) -> List[dict]:
+        """The transform plan entries of the tuner, as the rebuilt model will hold them: kind, the
+        options it is built with (rank, alpha, ...) and how many matrices."""
+        return [{"kind": entry["kind"], "options": entry["options"], "matrices": len(entry["weights"])}
+                for entry in parse_plan(self.cfg["model"].get("transform_plan"), "cfg model.transform_plan")
+                if entry["kind"] in TUNER_KINDS]
 
     def trained_count(self) -> int:
-        return sum(t.numel() for t in {t.data_ptr(): t for t in self.tensors.values()}.values())
+        return trained_parameter_count(self.tensors)
+
+
+def trained_parameter_count(state: Mapping[str, torch.Tensor]) -> int:
+    """What the optimizer of a tuner run trains, read off its checkpoint's or adapter file's state:
+    the tuner's parameters (buffers left out, shared tensors once) and the CTC output layer."""
+    return tuner_trained_count(state) + sum(tensor.numel() for key, tensor in state.items()
+                                            if key.startswith(STOCK_OUTPUT_LAYER_PREFIX))
 
 
 def is_tuner_state_key(key: str) -> bool:
@@ -86,7 +127,7 @@ def fingerprint(tensors: Mapping[str, torch.Tensor], names: List[str]) -> str:
     for name in sorted(names):
         tensor = tensors[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -133,8 +174,30 @@ def adapter_file_bytes(adapter: Adapter) -> bytes:
         else:
             first_key[identity] = key
             stored[key] = tensor.detach().contiguous().clone()
-    metadata = {**adapter.metadata, "aliases": json.dumps(aliases)}
+    metadata = {key: value for key, value in adapter.metadata.items() if key != CHECKSUM_KEY}
+    metadata.update(version=ADAPTER_VERSION, aliases=json.dumps(aliases))
+    metadata[CHECKSUM_KEY] = adapter_checksum(metadata, stored)
     return safetensors_bytes(stored, metadata=metadata)
+
+
+def write_adapter_file(adapter: Adapter, path: str) -> None:
+    """Writes the adapter file atomically, renaming it into place only once it reads back (checksum
+    verified) to the same tensors and run config."""
+    def check_written(temporary):
+        written = read_adapter_file(temporary)
+        same = (written.tensors.keys() == adapter.tensors.keys() and written.metadata["cfg"] == adapter.metadata["cfg"]
+                and all(torch.equal(written.tensors[key], adapter.tensors[key]) for key in adapter.tensors))
+        if not same:
+            raise AdapterError(f"{path}: the written adapter file does not read back as written; nothing was written")
+
+    write_atomically(path, adapter_file_bytes(adapter), check_written)
+
+
+def adapter_checksum(metadata: Mapping[str, str], stored: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every metadata entry but the checksum itself (names and values, sorted) and
+    every stored tensor (`fingerprint`: name, dtype, shape, bytes)."""
+    entries = sorted((key, value) for key, value in metadata.items() if key != CHECKSUM_KEY)
+    return hashlib.sha256(json.dumps([entries, fingerprint(stored, list(stored))]).encode()).hexdigest()
 
 
 def read_adapter_file(path: str) -> Adapter:
@@ -150,22 +213,50 @@ def read_adapter_file(path: str) -> Adapter:
     if metadata.get("format") != ADAPTER_FORMAT:
         raise AdapterError(f"{path}: not an adapter file (metadata format is {metadata.get('format')!r}, "
                            f"expected {ADAPTER_FORMAT!r}; make one with `fairseq-subnets adapters save`)")
-    if metadata.get("version") != ADAPTER_VERSION:
+    if metadata.get("version") not in READABLE_VERSIONS:
         raise AdapterError(f"{path}: adapter file version {metadata.get('version')!r}; this fairseq-subnets reads "
-                           f"version {ADAPTER_VERSION}")
-    for key in METADATA_KEYS:
+                           f"versions {', '.join(READABLE_VERSIONS)}")
+    required = METADATA_KEYS + ((CHECKSUM_KEY,) if metadata["version"] != "1" else ())
+    for key in required:
         if key not in metadata:
             raise AdapterError(f"{path}: metadata has no {key!r}")
+    if CHECKSUM_KEY in required and adapter_checksum(metadata, tensors) != metadata[CHECKSUM_KEY]:
+        raise AdapterError(f"{path}: damaged adapter file (checksum mismatch: its tensors or metadata changed "
+                           "since it was written)")
+    parsed = {}
     for key in ("tuner", "backbone_tensors", "cfg", "dictionary", "aliases"):
         try:
-            json.loads(metadata[key])
+            parsed[key] = json.loads(metadata[key])
         except json.JSONDecodeError:
             raise AdapterError(f"{path}: metadata {key!r} is not JSON") from None
-    for alias, key in json.loads(metadata["aliases"]).items():
+    check_one_truth(path, metadata, parsed)
+    for alias, key in parsed["aliases"].items():
         if key not in tensors:
             raise AdapterError(f"{path}: alias {alias} names {key}, which the file does not hold")
         tensors[alias] = tensors[key]
     return Adapter(tensors=tensors, metadata=metadata)
+
+
+def check_one_truth(path: str, metadata: Mapping[str, str], parsed: Mapping[str, object]) -> None:
+    """The method and options are applied from the stored run config; the `method` and `tuner`
+    entries repeat them for other readers and must agree with it (a version 1 file, which has no
+    checksum, may have been edited in one place only)."""
+    model_cfg = parsed["cfg"].get("model") if isinstance(parsed["cfg"], dict) else None
+    if not isinstance(model_cfg, dict) or not model_cfg.get("tuner"):
+        raise AdapterError(f"{path}: metadata 'cfg' holds no model.tuner")
+    if metadata["method"] != model_cfg["tuner"]:
+        raise AdapterError(f"{path}: metadata 'method' says {metadata['method']!r} but the run config it applies "
+                           f"('cfg') trained {model_cfg['tuner']!r} (an edited file)")
+    options = {key: value for key, value in model_cfg.items() if key.startswith("tuner")}
+    if parsed["tuner"] != options:
+        changed = sorted(key for key in set(options) | set(parsed["tuner"] or {})
+                         if options.get(key) != (parsed["tuner"] or {}).get(key))
+        raise AdapterError(f"{path}: metadata 'tuner' disagrees with the run config it applies ('cfg') at "
+                           f"{changed[0] if changed else 'its layout'} (an edited file)")
+    for entry in parse_plan(model_cfg.get("transform_plan"), f"{path}: metadata 'cfg' model.transform_plan"):
+        if entry["kind"] in TUNER_KINDS and TUNER_KINDS[entry["kind"]] != model_cfg["tuner"]:
+            raise AdapterError(f"{path}: metadata 'cfg' builds a {TUNER_KINDS[entry['kind']]} transform for "
+                               f"model.tuner {model_cfg['tuner']!r} (an edited file)")
 
 
 def parametrized_modules(model_cfg: Mapping) -> Tuple[set, set]:
@@ -206,6 +297,26 @@ def checkpoint_with_backbone(adapter: Adapter, adapter_path: str, backbone_path:
     state.update(adapter.tensors)
     return trainer_checkpoint(OmegaConf.create(cfg), state, "SubnetsCtcCriterion",
                               task_state={"target_dictionary": dictionary_of(adapter, adapter_path)})
+
+
+def apply_adapter(adapter: Adapter, adapter_path: str, backbone_path: str, out_path: str) -> None:
+    """Writes the run's checkpoint rebuilt from the adapter and the backbone to `out_path`, once it
+    fits the model its config describes: the dictionary's size against the output layer's rows,
+    then every tensor and shape; the written file is read back before it is renamed into place."""
+    from .checked_checkpoints import check_state_fits, model_of_config, write_checked_checkpoint
+
+    checkpoint = checkpoint_with_backbone(adapter, adapter_path, backbone_path)
+    dictionary = checkpoint["task_state"]["target_dictionary"]
+    output_weight = adapter.tensors.get(STOCK_OUTPUT_LAYER_PREFIX + "weight")
+    if output_weight is None:
+        raise AdapterError(f"{adapter_path}: holds no output layer {STOCK_OUTPUT_LAYER_PREFIX}weight")
+    if output_weight.shape[0] != len(dictionary):
+        raise AdapterError(f"{adapter_path}: metadata 'dictionary' gives {len(dictionary)} symbols (fairseq's 4 "
+                           f"special ones included) but the output layer {STOCK_OUTPUT_LAYER_PREFIX}weight has "
+                           f"{output_weight.shape[0]} rows")
+    model = model_of_config(checkpoint["cfg"], dictionary, adapter_path)
+    check_state_fits(model, checkpoint["model"], adapter_path)
+    write_checked_checkpoint(out_path, checkpoint, model)
 
 
 def dictionary_of(adapter: Adapter, path: str) -> Dictionary:

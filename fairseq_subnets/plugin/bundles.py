@@ -12,8 +12,16 @@ into the per-language mask buffers of the model when a bundle is loaded.
 
 The bundle's record of its languages (`checkpoint["bundle"]`: sources, dictionaries, storage) is
 plain data, so bundles load with torch's weights-only loader like every other checkpoint.
+
+As adapter files, bundles are checked end to end (version 2, the one written): the record's
+`sha256` covers the config, the rest of the record and every tensor of the state (name, dtype,
+shape, bytes), and the bundle commands verify it and the layout (each language's masks, which
+carry their own checksum, its output layer, and its dictionary's size against that layer's rows)
+before they use a bundle. A bundle is written only once it fits the multilingual model its config
+describes, and read back before it is renamed into place (plugin.checked_checkpoints). Version 1
+bundles (0.4.0) have no checksum; they are still read, their layout still checked.
 """
-import io
+import hashlib
 import json
 import os
 from dataclasses import MISSING, dataclass, fields
@@ -22,7 +30,6 @@ from typing import Dict, List, Mapping
 import torch
 from omegaconf import OmegaConf
 
-from ..atomic import write_atomically
 from ..core.maskfile import MaskFileError, checkpoint_fingerprint, mask_file_bytes, read_mask_bytes
 from ..core.parametrize import masks_from_state_dict
 from ..core.transforms import LanguageMasks
@@ -34,7 +41,9 @@ from .errors import PluginInputError
 
 BUNDLE_MASKS_PREFIX = "bundle_masks."
 BUNDLE_FORMAT = "fairseq-subnets-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
+"""The version written; version 1 (no checksum) is still read."""
+READABLE_VERSIONS = (1, 2)
 MASKS_NAME = "bundle"
 """The transform name of the bundle's per-language masks (`...language_masks.bundle.<language>`)."""
 PARAMETRIZED = ".parametrizations.weight."
@@ -66,6 +75,8 @@ class Bundle:
     cfg: dict
     backbone: Dict[str, torch.Tensor]
     languages: Dict[str, LanguageEntry]
+    checksummed: bool = True
+    """False for a version 1 bundle as read: it had no checksum to verify."""
 
     def backbone_bytes(self) -> int:
         return sum(tensor.numel() * tensor.element_size() for tensor in self.backbone.values())
@@ -187,7 +198,18 @@ def bundle_checkpoint(bundle: Bundle) -> dict:
     record = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "languages": {
         language: {"source": entry.source, "source_fingerprint": entry.source_fingerprint,
                    "dictionary": entry.dictionary} for language, entry in bundle.languages.items()}}
-    return {**trainer_checkpoint(OmegaConf.create(cfg), state, "SubnetsCtcCriterion"), "bundle": record}
+    checkpoint = trainer_checkpoint(OmegaConf.create(cfg), state, "SubnetsCtcCriterion")
+    record["sha256"] = bundle_checksum(checkpoint["cfg"], record, state)
+    return {**checkpoint, "bundle": record}
+
+
+def bundle_checksum(cfg: Mapping, record: Mapping, state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the config, the record but its own checksum, and every tensor of the state."""
+    from .adapters import fingerprint
+
+    described = json.dumps([cfg, {key: value for key, value in record.items() if key != "sha256"}],
+                           sort_keys=True, default=str)
+    return hashlib.sha256(json.dumps([described, fingerprint(state, list(state))]).encode()).hexdigest()
 
 
 def multilingual_task_config(cfg: Mapping, languages: List[str]) -> dict:
@@ -211,9 +233,20 @@ def multilingual_task_config(cfg: Mapping, languages: List[str]) -> dict:
 
 
 def write_bundle(bundle: Bundle, path: str) -> None:
-    buffer = io.BytesIO()
-    torch.save(bundle_checkpoint(bundle), buffer)
-    write_atomically(path, buffer.getvalue())
+    """Writes the bundle's checkpoint once its state fits the multilingual model its config
+    describes; the written file is read back before it is renamed into place."""
+    from fairseq.data import Dictionary
+
+    from .checked_checkpoints import check_state_fits, model_of_config, write_checked_checkpoint
+
+    checkpoint = bundle_checkpoint(bundle)
+    first = next(iter(bundle.languages.values()))
+    dictionary = Dictionary()
+    for symbol in first.dictionary[len(dictionary.symbols):]:
+        dictionary.add_symbol(symbol)
+    model = model_of_config(checkpoint["cfg"], dictionary, path)
+    check_state_fits(model, checkpoint["model"], path)
+    write_checked_checkpoint(path, checkpoint, model)
 
 
 def is_bundle(checkpoint) -> bool:
@@ -225,23 +258,49 @@ def read_bundle(path: str) -> Bundle:
     if not is_bundle(checkpoint):
         raise BundleError(f"{path}: not a bundle (build one with `fairseq-subnets bundles build`)")
     record = checkpoint["bundle"]
-    if record.get("version") != BUNDLE_VERSION:
+    if record.get("version") not in READABLE_VERSIONS:
         raise BundleError(f"{path}: bundle version {record.get('version')!r}; this fairseq-subnets reads "
-                          f"version {BUNDLE_VERSION}")
+                          f"versions {', '.join(map(str, READABLE_VERSIONS))}")
     state = checkpoint["model"]
+    if record["version"] != 1 and bundle_checksum(checkpoint.get("cfg"), record, state) != record.get("sha256"):
+        raise BundleError(f"{path}: damaged bundle (checksum mismatch: its tensors, config or record changed since "
+                          "it was written)")
     languages = {}
     for language, info in record["languages"].items():
         head_prefix = f"{HEADS_PREFIX}{language}."
         languages[language] = LanguageEntry(
-            masks=bytes(state[BUNDLE_MASKS_PREFIX + language].numpy().tobytes()),
+            masks=bytes(state[BUNDLE_MASKS_PREFIX + language].numpy().tobytes())
+            if BUNDLE_MASKS_PREFIX + language in state else b"",
             head={key[len(head_prefix):]: value for key, value in state.items() if key.startswith(head_prefix)},
             dictionary=list(info["dictionary"]), source=info["source"], source_fingerprint=info["source_fingerprint"])
+        check_language_entry(path, language, languages[language])
+    strays = sorted(key for key in state if key.startswith(BUNDLE_MASKS_PREFIX)
+                    and key[len(BUNDLE_MASKS_PREFIX):] not in record["languages"])
+    if strays:
+        raise BundleError(f"{path}: holds {strays[0]}, a language its record does not list")
     backbone = {key: value for key, value in state.items()
                 if not key.startswith((BUNDLE_MASKS_PREFIX, HEADS_PREFIX))}
     cfg = dict(checkpoint["cfg"])
     cfg["model"] = {key: value for key, value in cfg["model"].items()
                     if key not in (*MULTILINGUAL_MODEL_KEYS, "transform_plan")}
-    return Bundle(cfg=cfg, backbone=backbone, languages=languages)
+    return Bundle(cfg=cfg, backbone=backbone, languages=languages, checksummed=record["version"] != 1)
+
+
+def check_language_entry(path: str, language: str, entry: LanguageEntry) -> None:
+    """One language of a bundle read back: its masks (a mask file, checksum and all), an output
+    layer, and a dictionary whose size is that layer's rows."""
+    if not entry.masks:
+        raise BundleError(f"{path}: holds no {BUNDLE_MASKS_PREFIX}{language}, the masks of language {language}")
+    try:
+        read_mask_bytes(entry.masks, f"{path}: masks of {language}")
+    except MaskFileError as error:
+        raise BundleError(str(error)) from None
+    weight = entry.head.get("weight")
+    if weight is None:
+        raise BundleError(f"{path}: holds no {HEADS_PREFIX}{language}.weight, the output layer of language {language}")
+    if weight.shape[0] != len(entry.dictionary):
+        raise BundleError(f"{path}: the record's dictionary of {language} holds {len(entry.dictionary)} symbols but "
+                          f"its output layer {HEADS_PREFIX}{language}.weight has {weight.shape[0]} rows")
 
 
 def expand_bundle_masks(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

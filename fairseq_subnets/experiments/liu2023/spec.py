@@ -10,6 +10,7 @@ and here also the tuner methods and AdaLoRA's options and schedule as the plugin
 Every error names the file, the line of the key and the dotted key.
 """
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import yaml
@@ -101,7 +102,32 @@ def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
         section, _, leaf = key.partition(".")
         check_overrides(getattr(getattr(spec, section), leaf), key, grid)
     check_languages(spec, grid, {"language": [spec.language], "out_of_domain": spec.out_of_domain})
+    if spec.corpus is None:
+        for language in spec.out_of_domain:
+            check_shared_alphabet(spec, grid, language)
     starting_depth(spec, grid, "the tuners and full fine-tuning start from a pretrained model")
+
+
+def check_shared_alphabet(spec: GridSpec, grid: GridFile, language: str) -> None:
+    """Out-of-domain decoding scores the test set of `language` against references stripped of the
+    characters the training language's dictionary lacks (liu2023.cells): a transcript with none of
+    its characters would be left empty, which fairseq cannot score, so a language written in
+    another alphabet is refused here, before anything trains, naming `out_of_domain`. Synthesized
+    corpora (`corpus:`) keep Latin letters only and are not read here: their manifests do not exist
+    before the grid runs."""
+    from ...data.check import WORD_BOUNDARY
+    from .cells import DICTIONARY, dictionary_symbols
+
+    data = Path(spec.data)
+    known = dictionary_symbols(data / spec.language / DICTIONARY) - {WORD_BOUNDARY}
+    references = data / language / "test.ltr"
+    lines = references.read_text(encoding="utf-8").splitlines()
+    empty = [number for number, line in enumerate(lines, start=1) if line.strip() and not set(line.split()) & known]
+    if empty:
+        raise grid.error("out_of_domain", f"language {language!r}: {len(empty)} of {len(lines)} test transcripts "
+                         f"({references} line {empty[0]} first) hold no character of the training language's "
+                         f"dictionary {data / spec.language / DICTIONARY} (another alphabet?); decoded with it, "
+                         "their references would be empty")
 
 
 def adalora_schedule() -> Dict[str, int]:
