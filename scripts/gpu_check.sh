@@ -16,15 +16,22 @@ shift
 if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
-# Without these the command itself would stop in an import traceback rather than one line.
+# Imported here (a few seconds) so that a missing or broken package costs one line, not a lease:
+# the command itself would stop in an import traceback. data_utils_fast is fairseq's compiled
+# batching code, imported only when the first batches are made.
 "$PY" -c '
-import importlib.util, sys
-needed = ("torch", "fairseq", "hydra", "omegaconf", "numpy", "scipy", "soundfile", "safetensors", "yaml",
-          "editdistance", "bitarray")
-missing = [name for name in needed if importlib.util.find_spec(name) is None]
-if missing:
-    listed = ", ".join(missing)
-    sys.exit(f"gpu_check.sh: {sys.executable} lacks {listed} (see docs/benchmarks.md, the GPU check)")
+import importlib, sys
+needed = ("torch", "numpy", "scipy", "soundfile", "safetensors", "yaml", "editdistance", "bitarray", "omegaconf",
+          "hydra", "fairseq", "fairseq.data.data_utils_fast", "fairseq_cli.hydra_train", "fairseq_cli.generate")
+failed = []
+for name in needed:
+    try:
+        importlib.import_module(name)
+    except Exception as error:
+        failed.append(f"{name} ({type(error).__name__}: {error})")
+if failed:
+    listed = "; ".join(failed)
+    sys.exit(f"gpu_check.sh: {sys.executable} cannot import {listed} (see docs/benchmarks.md, the GPU check)")
 ' || exit 3
 
 # Not `python -m fairseq_subnets.cli.main`: run as __main__, its error class would be a second copy

@@ -142,7 +142,8 @@ on CUDA only); an fp16 overflow step before update 2."""
 def test_speed_and_memory_come_from_the_train_inner_lines_after_the_warm_up():
     facts = training_facts(LOG, warmup_updates=2, total_memory_gib=79.1)
     assert (facts["updates"], facts["timed_updates"], facts["overflow_steps"]) == (5, 3, 1)
-    assert facts["seconds_per_update"] == 0.25 and facts["updates_per_second"] == 4.0  # median of 0.3, 0.25, 0.25
+    assert facts["seconds_per_update"] == 0.25 and facts["updates_per_second"] == 4.0  # median of 1 / 3.33, 0.25, 0.25
+    assert facts["mean_seconds_per_update"] == 0.2668  # (1 / 3.33 + 0.25 + 0.25) / 3
     assert facts["peak_gpu_memory_gib"] == 20.2  # 79.1 less the smallest gb_free, 58.9
     assert facts["final_loss_scale"] == 64.0 and facts["trained_values"] == 315_438_720
 

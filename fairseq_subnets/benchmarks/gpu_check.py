@@ -409,9 +409,10 @@ def train_inner_records(log_text: str) -> List[Dict[str, object]]:
 
 
 def training_facts(log_text: str, warmup_updates: int, total_memory_gib: Optional[float]) -> Dict[str, object]:
-    """Updates done, the median seconds per timed update (from `ups`, see the module docstring),
-    fp16 overflow steps, the trained values, and the peak allocated GPU memory (from `gb_free`;
-    None on the CPU)."""
+    """Updates done, the median seconds per timed update (from `ups`, see the module docstring) and
+    the mean (which holds what the median leaves out: pruning events, AdaLoRA's maskings, overflow
+    steps), fp16 overflow steps, the trained values, and the peak allocated GPU memory (from
+    `gb_free`; None on the CPU)."""
     records = train_inner_records(log_text)
     seconds = [1.0 / float(record["ups"]) for record in records
                if int(float(record["num_updates"])) > warmup_updates and float(record.get("ups", 0)) > 0]
@@ -423,6 +424,7 @@ def training_facts(log_text: str, warmup_updates: int, total_memory_gib: Optiona
         "timed_updates": len(seconds),
         "seconds_per_update": round(median, 4) if median else None,
         "updates_per_second": round(1.0 / median, 3) if median else None,
+        "mean_seconds_per_update": round(statistics.mean(seconds), 4) if seconds else None,
         "overflow_steps": log_text.count("gradient overflow detected"),
         "final_loss_scale": float(records[-1]["loss_scale"]) if records and "loss_scale" in records[-1] else None,
         "trained_values": int(trained.group(1).replace(",", "")) if trained else None,
