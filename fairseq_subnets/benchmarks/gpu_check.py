@@ -35,7 +35,8 @@ How each number is measured, and why:
 Each mode's `checkpoint.save_dir` keeps only its logs once its decode and export are done
 (checkpoints at this size would fill the disk): the run stores no optimizer state
 (`checkpoint.no_save_optimizer_state=true`), which none of the checks reads. Trainings run one
-after another with the GPU to themselves; decodes and exports run afterwards, several at a time.
+after another with the GPU to themselves (two at a time in the dry mode); decodes and exports run
+afterwards, several at a time.
 The report is rewritten (atomically) after every step, so a run cut short keeps what it measured.
 
 `--dry-run` runs the same code on the CPU at a tiny shape in fp32 with 2 updates per mode: what the
@@ -103,6 +104,9 @@ class GpuCheckSettings:
     (None: no budget)"""
     parallel: int = 4
     """decodes and exports at a time"""
+    trainings_at_a_time: int = 1
+    """1 on the GPU, whose speed and memory each training measures; 2 in the dry mode, whose
+    timings mean nothing, so that it fits a test suite on 2 cores"""
     seed: int = 0
 
     def __post_init__(self):
@@ -120,7 +124,7 @@ class GpuCheckSettings:
         mask_channel_prob must reach mask_channel_length), one layer, half-second utterances, and
         no budget unless one is given: the dry mode checks that every mode runs."""
         return cls(out_dir, dry_run=True, layers=1, width=256, ffn=512, heads=4, updates=2, utterance_seconds=0.5,
-                   utterances_per_batch=4, modes=tuple(modes), budget_s=budget_s, parallel=2)
+                   utterances_per_batch=4, modes=tuple(modes), budget_s=budget_s, parallel=2, trainings_at_a_time=2)
 
     @property
     def fp16(self) -> bool:
@@ -598,9 +602,43 @@ def _remove_checkpoints(folder: Path) -> None:
         path.unlink()
 
 
+def train_every_mode(settings: GpuCheckSettings, modes: Sequence[str], report: Report,
+                     total_memory_gib: Optional[float], deadline: float, say: Callable[[str], None]) -> List[str]:
+    """Trains the modes in order, `trainings_at_a_time` at once, and returns those that trained.
+    A mode is skipped once its training, at the mean time of those done, and the decodes and
+    exports still to come would end past `deadline`."""
+    lock = threading.Lock()
+    trained: List[str] = []
+    seconds: List[float] = []
+    started_count = [0]
+
+    def train(mode):
+        with lock:
+            expected = statistics.mean(seconds) if seconds else 0.0
+            reserve = math.ceil((started_count[0] + 1) / settings.parallel) * DECODE_AND_EXPORT_SECONDS
+            if seconds and time.monotonic() + expected + reserve > deadline:
+                report.update(mode, status="skipped", error=f"the {settings.budget_s:g} s budget would run out "
+                                                             f"(--budget-s)")
+                say(f"{mode}: skipped (budget)")
+                return
+            started_count[0] += 1
+        say(f"{mode}: training ...")
+        mode_started = time.monotonic()
+        succeeded = train_mode(settings, mode, report, total_memory_gib)
+        with lock:
+            seconds.append(time.monotonic() - mode_started)
+            if succeeded:
+                trained.append(mode)
+            say(f"{mode}: {report.result['modes'][mode]['status']} in {seconds[-1]:.1f} s")
+
+    with ThreadPoolExecutor(settings.trainings_at_a_time) as pool:
+        list(pool.map(train, modes))
+    return trained
+
+
 def run_gpu_check(settings: GpuCheckSettings, say: Callable[[str], None] = print) -> Dict[str, object]:
-    """Sets up, trains every selected mode in turn, then decodes, exports and checks them several
-    at a time; writes OUT/gpu_check.json after every step and returns it."""
+    """Sets up, trains every selected mode (in turn on the GPU), then decodes, exports and checks
+    them several at a time; writes OUT/gpu_check.json after every step and returns it."""
     settings.check()
     started = time.monotonic()
     deadline = started + settings.budget_s if settings.budget_s is not None else math.inf
@@ -626,21 +664,7 @@ def run_gpu_check(settings: GpuCheckSettings, say: Callable[[str], None] = print
             result["setup"][name] = {**facts, "wall_s": round(time.monotonic() - step_started, 1)}
         report.save()
 
-    trained, train_seconds = [], []
-    for mode in modes:
-        expected = statistics.mean(train_seconds) if train_seconds else 0.0
-        reserve = math.ceil((len(trained) + 1) / settings.parallel) * DECODE_AND_EXPORT_SECONDS
-        if train_seconds and time.monotonic() + expected + reserve > deadline:
-            report.update(mode, status="skipped", error=f"the {settings.budget_s:g} s budget would run out "
-                                                         f"(--budget-s)")
-            say(f"{mode}: skipped (budget)")
-            continue
-        say(f"{mode}: training ...")
-        mode_started = time.monotonic()
-        if train_mode(settings, mode, report, total_memory_gib):
-            trained.append(mode)
-        train_seconds.append(time.monotonic() - mode_started)
-        say(f"{mode}: {result['modes'][mode]['status']} in {train_seconds[-1]:.1f} s")
+    trained = train_every_mode(settings, modes, report, total_memory_gib, deadline, say)
 
     say(f"decoding and exporting {len(trained)} modes, {settings.parallel} at a time ...")
     with ThreadPoolExecutor(settings.parallel) as pool:
