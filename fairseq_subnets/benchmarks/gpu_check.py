@@ -28,9 +28,8 @@ How each number is measured, and why:
   and the CUDA context of every process on the device instead. Resolution: 0.1 GiB (fairseq rounds).
 - **Pruned weights.** The trained checkpoint is read weights-only; its masks (fixed, learned,
   iterative or per-language: all a weight's masks combined) come from the stored state, and its
-  effective weights from the same weight stacks the model runs, evaluated in the dtype fairseq
-  saved (fp16; see pruned_weights_check). Every pruned entry must be exactly 0 there and in the
-  export.
+  effective weights from the same weight stacks the model runs (see pruned_weights_check). Every
+  pruned entry must be exactly 0 there and in the export.
 
 Each mode's `checkpoint.save_dir` keeps only its logs once its decode and export are done
 (checkpoints at this size would fill the disk): the run stores no optimizer state
@@ -446,10 +445,11 @@ def pruned_weights_check(checkpoint: Path, exported: Path, languages: Sequence[O
     each language, and counts pruned entries that are not exactly 0 there and in the export (of
     `exported_language`), and non-finite effective weights of masked matrices.
 
-    The effective weights are the weight stacks of the stored state evaluated in the stored dtype
-    (fp16 after fp16 training), on the CPU: stacks rebuilt from a state dict hold their buffers on
-    the CPU, and an entry's product with its mask is the same on any device; what fp16 can break is
-    the stored values (an overflow to inf gives inf x 0 = NaN), which this reads."""
+    The effective weights are the weight stacks of the stored state evaluated on the CPU in the
+    stored dtype: stacks rebuilt from a state dict hold their buffers on the CPU, and an entry's
+    product with its mask is the same on any device. fairseq stores fp16 weights as fp32 (its
+    move_to_cpu casts them, exactly), so the values are those fp16 training left; what fp16 can
+    break is those values (an overflow to inf gives inf x 0 = NaN), which this reads."""
     import torch
 
     from ..core.parametrize import bake_state_dict, masks_from_state_dict
