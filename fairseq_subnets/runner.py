@@ -203,15 +203,16 @@ SINGLE_LANGUAGE_TASK = ("--task", "subnets_audio_finetuning")
 
 
 def generate(data_dir, checkpoint, subset, results_dir, char_level=True, extra_args=(), threads=None,
-             task_args=SINGLE_LANGUAGE_TASK):
+             task_args=SINGLE_LANGUAGE_TASK, cpu=True):
     """Decodes `subset` of `data_dir` with stock `fairseq-generate` and scores it (`task_args`: the
-    task and its options, e.g. the multilingual task with `--decode-language`)."""
+    task and its options, e.g. the multilingual task with `--decode-language`); on the GPU that
+    fairseq finds unless `cpu`."""
     results_dir = Path(results_dir)
     command = [
         fairseq_command("fairseq-generate"), os.path.abspath(data_dir),
         "--user-dir", USER_DIR, *task_args, "--labels", "ltr",
         "--path", os.path.abspath(checkpoint), "--gen-subset", subset,
-        "--cpu", "--max-tokens", str(DECODE_MAX_TOKENS), "--required-batch-size-multiple", "1",
+        *(["--cpu"] if cpu else []), "--max-tokens", str(DECODE_MAX_TOKENS), "--required-batch-size-multiple", "1",
         "--post-process", "letter", "--scoring", "wer", "--results-path", results_dir,
     ]
     if char_level:

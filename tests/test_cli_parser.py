@@ -19,7 +19,7 @@ heavy = sorted({{name.partition(".")[0] for name in sys.modules}} & set({HEAVY!r
 """
 
 COMMANDS = {"data", "prune", "masks", "export", "bundles", "adapters", "demo", "launch", "grid", "report", "bench"}
-BENCHMARKS = {"prune", "train", "tuners", "data", "data-wait", "rehearsal", "cli"}
+BENCHMARKS = {"prune", "train", "tuners", "data", "data-wait", "rehearsal", "gpu", "cli"}
 
 
 def python(script, *argv):

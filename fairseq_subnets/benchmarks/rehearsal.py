@@ -117,10 +117,16 @@ class RehearsalSettings:
                 f"{model['mask_channel_prob']}, mask_channel_length {model['mask_channel_length']}): stock fairseq's "
                 f"compute_mask_indices raises when it draws no span, so the width must be at least "
                 f"{math.ceil(model['mask_channel_length'] / model['mask_channel_prob'])}")
-        out = Path(self.out_dir)
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise ValueError(f"{out} is not an empty folder: a rehearsal starts from nothing (fairseq would "
-                             "resume training from a checkpoint left there)")
+        refuse_used_output_folder(self.out_dir, "a rehearsal")
+
+
+def refuse_used_output_folder(out_dir, what: str) -> None:
+    """ValueError unless `out_dir` is new or an empty folder: `what` starts from nothing, and
+    fairseq would resume training from a checkpoint left there."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"{out} is not an empty folder: {what} starts from nothing (fairseq would "
+                         "resume training from a checkpoint left there)")
 
 
 class RehearsalFiles:

@@ -1,4 +1,4 @@
-"""`fairseq-subnets bench prune | train | tuners | data | data-wait | rehearsal | cli`: the benchmarks of
+"""`fairseq-subnets bench prune | train | tuners | data | data-wait | rehearsal | gpu | cli`: the benchmarks of
 `fairseq_subnets.benchmarks`, one group.
 
 Each prints a table of measurements and their ratios against named references (`bench rehearsal`:
@@ -24,6 +24,7 @@ def register(subparsers):
     _register_data_check(benchmarks)
     _register_data_wait(benchmarks)
     _register_rehearsal(benchmarks)
+    _register_gpu_check(benchmarks)
     _register_cli_startup(benchmarks)
 
 
@@ -259,6 +260,56 @@ def run_rehearsal_bench(args) -> int:
                                  heads=args.heads, sparsity=args.sparsity, updates=args.updates,
                                  budget_gib=args.budget_gib)
     return _run_and_print(args, settings, run_rehearsal, format_rehearsal_report)
+
+
+# ------------------------------------------------------------------------------------- bench gpu
+
+
+def _register_gpu_check(subparsers):
+    parser = subparsers.add_parser(
+        "gpu", help="the prepared GPU check: every training mode at XLS-R 300M shape in fp16, one JSON report",
+        description="In OUT (empty or new): writes random-noise utterances and an XLS-R-300M-shaped pretraining "
+        "checkpoint with random weights, then trains every training mode (stock fine-tuning, the reference; plain; "
+        "fixed masks; learned masks; IMP; LTH; multilingual; pathways; each tuner) for 20 updates in fp16 through "
+        "stock fairseq-hydra-train on its shipped XLS-R config, one after another on the GPU, then decodes each "
+        "with stock fairseq-generate, exports it, and checks that its pruned effective weights are exactly 0. "
+        "Writes OUT/gpu_check.json after every step: per mode the updates per second and their ratio to the "
+        "reference, the peak GPU memory of the training process, the decode, the export and the zeros check. "
+        "Sized for 8 minutes on one 80 GB GPU (--budget-s: no training starts that would end past it). Refuses "
+        "to start without a CUDA device unless --dry-run (the same check on the CPU: a tiny model, 2 updates per "
+        "mode, fp32). Exits 1 if a mode failed or was skipped.",
+    )
+    parser.add_argument("--out", required=True, metavar="OUT", help="output folder (empty or new)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="on the CPU: a 1-layer model of width 256, 2 updates per mode, fp32")
+    parser.add_argument("--modes", metavar="M,M", help="comma-separated modes to run (default: all); the "
+                        "reference, stock, always runs")
+    parser.add_argument("--budget-s", type=float,
+                        help="time budget in seconds (default: 480; none with --dry-run)")
+    parser.add_argument("--json", action="store_true", help="print the JSON report")
+    parser.set_defaults(func=run_gpu_check_bench)
+
+
+def run_gpu_check_bench(args) -> int:
+    from ..benchmarks.gpu_check import GpuCheckSettings, format_gpu_check_report, run_gpu_check
+
+    if not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserError(f"no CUDA device (torch {torch.__version__} finds none): run it on a GPU machine, or "
+                            "pass --dry-run for the CPU dry mode")
+    modes = tuple(mode for mode in (args.modes or "").split(",") if mode)
+    preset = GpuCheckSettings.dry if args.dry_run else GpuCheckSettings.full
+    settings = preset(args.out, modes=modes, budget_s=args.budget_s)
+    try:
+        settings.check()
+    except (ValueError, RuntimeError) as error:
+        raise UserError(str(error)) from None
+    say = (lambda message: print(message, file=sys.stderr)) if args.json else print
+    result = run_gpu_check(settings, say)
+    print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_gpu_check_report(result))
+    return 0 if result["all_ok"] else 1
 
 
 # ------------------------------------------------------------------------------------- bench cli
