@@ -98,7 +98,7 @@ def remove_partial_copies(save_dir: Path) -> None:
     nothing complete, and at XLS-R size each takes a gigabyte."""
     for partial in sorted(save_dir.glob(f".checkpoint*.pt.*{PARTIAL_SUFFIX}")):
         logger.info("removing %s, left by a save that was killed part-way", partial)
-        partial.unlink()
+        partial.unlink(missing_ok=True)  # another rank of the run may have removed it
 
 
 def newest_complete_checkpoint(save_dir: Path, damaged: Path):
