@@ -128,9 +128,10 @@ TINY_RUN = ("optimization.max_update=8", "checkpoint.save_interval_updates=2", "
 
 def kill_when_save_begins(process, save_dir, timeout=300):
     """SIGKILLs the run the instant its second interval save appears on disk (fairseq's temporary
-    file or the checkpoint itself), i.e. inside that save."""
+    file or the checkpoint itself), i.e. inside that save: the first has written
+    checkpoint_last.pt."""
     deadline = time.monotonic() + timeout
-    while not (list(save_dir.glob("checkpoint_1_4.pt*")) or list(save_dir.glob(".checkpoint*.partial"))):
+    while not list(save_dir.glob("checkpoint_1_4.pt*")):
         if process.poll() is not None or time.monotonic() > deadline:
             raise AssertionError(f"the run ended or stalled before its second save (exit {process.poll()})")
         time.sleep(POLL_SECONDS)

@@ -41,8 +41,8 @@ from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator
 from .lr_schedules import check_tri_stage_phases
 from .models import RECORDED_MODEL_KEYS, TRAINING_ONLY_MODEL_KEYS, SubnetsWav2VecCtc
-from .resume import check_resumed_run
 from .multilingual_data import MonolingualBatchDataset, all_batches_in_language_order, language_block_sampler
+from .resume import check_resumed_run
 from .time_masking import SeededMaskingTrainStep
 from .upstream import LANGUAGE_DICTIONARIES_KEY
 
@@ -105,14 +105,14 @@ class SubnetsAudioFinetuningTask(SeededMaskingTrainStep, AudioFinetuningTask):
 
     @one_line_errors
     def build_model(self, model_cfg, from_checkpoint=False):
-        if not from_checkpoint:
-            check_training_start(self.cfg, model_cfg)
         if from_checkpoint:
             refuse_pretraining_checkpoint(self.cfg, model_cfg)
             with open_dict(model_cfg):
                 for key in TRAINING_ONLY_MODEL_KEYS:
                     if model_cfg.get(key) is not None:
                         model_cfg[key] = None
+        else:
+            check_training_start(self.cfg, model_cfg)
         model = super().build_model(model_cfg, from_checkpoint)
         with open_dict(model_cfg):
             for key in RECORDED_MODEL_KEYS:
@@ -358,8 +358,6 @@ class SubnetsMultilingualFinetuningTask(SubnetsAudioFinetuningTask):
 
     @one_line_errors
     def build_model(self, model_cfg, from_checkpoint=False):
-        if not from_checkpoint:
-            check_training_start(self.cfg, model_cfg)
         if from_checkpoint:
             self.check_checkpoint_layout(model_cfg)
         return super().build_model(model_cfg, from_checkpoint)
