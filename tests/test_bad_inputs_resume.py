@@ -32,6 +32,7 @@ class ResumeCase:
     """fairseq-hydra-train overrides of the run that wrote checkpoint_last.pt."""
     resumed_with: Sequence[str]
     """What the rerun adds to them."""
+    config_name: str = "tiny"
 
 
 def changed(key, new, old):
@@ -42,6 +43,8 @@ LEARNED = ("+model.score_sparsity=0.1",)
 PRUNING = ("+model.pruning_interval=4", "+model.pruning_target_sparsity=0.5")
 LORA = ("+model.tuner=lora", "+model.tuner_r=4")
 FIXED = ("+model.mask_path=<INPUTS>/tiny.mask",)
+PATHWAYS = ("task.data=<INPUTS>/corpus", "task.languages=[es,ca]",
+            "+model.language_mask_files=[es:<INPUTS>/es.mask,ca:<INPUTS>/ca.mask]")
 RESUME_CASES = [
     ResumeCase("resume-score-sparsity-changed", changed("model.score_sparsity", 0.3, 0.1), LEARNED,
                ("model.score_sparsity=0.3", "optimization.max_update=700")),
@@ -52,6 +55,9 @@ RESUME_CASES = [
     ResumeCase("resume-pruning-target-changed", changed("model.pruning_target_sparsity", 0.3, 0.5), PRUNING,
                ("model.pruning_target_sparsity=0.3",)),
     ResumeCase("resume-tuner-rank-changed", changed("model.tuner_r", 8, 4), LORA, ("model.tuner_r=8",)),
+    ResumeCase("resume-language-masks-changed", changed("model.language_mask_files", "['es:<INPUTS>/ca.mask', "
+               "'ca:<INPUTS>/es.mask']", "['es:<INPUTS>/es.mask', 'ca:<INPUTS>/ca.mask']"), PATHWAYS,
+               ("model.language_mask_files=[es:<INPUTS>/ca.mask,ca:<INPUTS>/es.mask]",), "multilingual_tiny"),
     ResumeCase("resume-weight-decay-changed", changed("optimizer.weight_decay", 0.01, 0.0), (),
                ("+optimizer.weight_decay=0.01",)),
     ResumeCase("resume-criterion-changed", changed("criterion.zero_infinity", False, True), (),
@@ -66,22 +72,26 @@ TAKING_EFFECT = ("optimization.max_update=700", "optimization.lr=[0.0005]", "lr_
 
 @pytest.fixture(scope="module")
 def mask_files(inputs):
-    """<INPUTS>/tiny.mask and <INPUTS>/other.mask: two masks of the TINY encoder."""
+    """<INPUTS>/tiny.mask and <INPUTS>/other.mask: two masks of the TINY encoder; es.mask and
+    ca.mask: two of its FFN matrices, for per-language masks."""
     from factory import TINY, random_encoder_masks
     from fairseq_subnets.core.maskfile import save_mask_file
 
     for name, seed in (("tiny", 0), ("other", 1)):
         save_mask_file(str(inputs / f"{name}.mask"), random_encoder_masks(0.5, seed=seed, **TINY))
+    for seed, language in enumerate(("es", "ca")):
+        masks = random_encoder_masks(0.5, seed=seed, **TINY)
+        save_mask_file(str(inputs / f"{language}.mask"), {name: mask for name, mask in masks.items() if ".fc" in name})
     return inputs
 
 
-def write_last_checkpoint(overrides, save_dir):
+def write_last_checkpoint(overrides, save_dir, config_name="tiny"):
     """Builds the run of `overrides` (with checkpoint.save_dir=save_dir) in this process and saves
     what it built as the trainer saves it, as save_dir/checkpoint_last.pt."""
     from fairseq_subnets.plugin.checkpoints import trainer_checkpoint
 
     built = {}
-    stage, error = built_as_fairseq_hydra_train_builds(overrides, built=built)
+    stage, error = built_as_fairseq_hydra_train_builds(overrides, config_name, built=built)
     assert stage is None, f"the starting run was refused at its {stage}: {error}"
     save_dir.mkdir(parents=True)
     torch.save(trainer_checkpoint(built["cfg"], built["model"].state_dict(), "SubnetsCtcCriterion"),
@@ -105,9 +115,9 @@ def resumed(mask_files, tmp_path_factory):
             save_dir.mkdir(parents=True)
             (save_dir / "checkpoint_last.pt").write_bytes(b"")
         else:
-            write_last_checkpoint(run_arguments(paths, save_dir, *case.started_with), save_dir)
+            write_last_checkpoint(run_arguments(paths, save_dir, *case.started_with), save_dir, case.config_name)
         stage, error = built_as_fairseq_hydra_train_builds(
-            run_arguments(paths, save_dir, *case.started_with, *case.resumed_with))
+            run_arguments(paths, save_dir, *case.started_with, *case.resumed_with), case.config_name)
         outcomes[case.id] = stage, error, paths
     return outcomes
 
