@@ -40,9 +40,9 @@ def kill_at_random_update(process, save_dir, rng, delay_range=(0.0, 2.0), timeou
     update past it, but at the latest when its second one appears: the interval after it leaves the
     run updates to do, where a fixed delay could outlast a fast run (a run killed while it exits
     after its last update would be resumed past max_update: stock fairseq trains one more update
-    then). Waits until checkpoint_last.pt is a complete copy of the newest interval checkpoint
-    first: stock fairseq writes checkpoint_last.pt by a plain, non-atomic copy, and a kill inside
-    that copy would test fairseq's copy, not resumption. Returns the delay used."""
+    then). Waits until checkpoint_last.pt is a copy of the newest interval checkpoint first, so
+    that the kill falls at an update, not inside a save (kills inside saves are
+    tests/test_interrupted_saves.py's). Returns the delay used."""
     deadline = time.monotonic() + timeout
     while not interval_checkpoints(save_dir):
         if process.poll() is not None or time.monotonic() > deadline:

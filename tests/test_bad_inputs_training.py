@@ -173,6 +173,11 @@ RUN_CASES = [
             "common.memory_efficient_fp16=true", train("<PRETRAINED>", "+model.pruning_interval=4",
                                                        "+model.pruning_target_sparsity=0.5",
                                                        "+model.pruning_rewind_update=0", "common.fp16=true")),
+    RunCase("train-lr-decay-phase-empty", TRAIN_ERROR + "lr_scheduler.phase_ratio=[0.1, 0.6, 0.3] with "
+            "optimization.max_update=3 gives the decay phase 0 updates (int(3 x 0.3)), which the tri-stage schedule "
+            "cannot divide by: raise optimization.max_update to at least 4", train("<PRETRAINED>", "optimization.max_update=3")),
+    RunCase("train-lr-decay-steps-zero", TRAIN_ERROR + "lr_scheduler.decay_steps=0: the tri-stage schedule needs a decay "
+            "phase of at least 1 update", train("<PRETRAINED>", "lr_scheduler.phase_ratio=null", "+lr_scheduler.warmup_steps=5")),
     RunCase("generate-pretraining-checkpoint", "fairseq-generate: error: <PRETRAINED> is a wav2vec2 pretraining "
             "checkpoint (model wav2vec2), not a fine-tuned wav2vec2 CTC checkpoint",
             ("<DATA>", "--path", "<PRETRAINED>", "--task", "subnets_audio_finetuning", "--user-dir", USER_DIR,
@@ -264,12 +269,13 @@ STAGES = ("task", "model", "criterion")
 tasks.setup_task, then task.build_model, then task.build_criterion."""
 
 
-def built_as_fairseq_hydra_train_builds(overrides):
-    """The config that `fairseq-hydra-train --config-dir config/finetune --config-name tiny
+def built_as_fairseq_hydra_train_builds(overrides, config_name=CONFIG_NAME, built=None):
+    """The config that `fairseq-hydra-train --config-dir config/finetune --config-name NAME
     overrides...` composes (hydra_init registers fairseq's schema under the config name, as the
     command does; compose's defaults are hydra.main's), converted as fairseq's hydra_main converts
     it, then the user dir imported and the defaults added as fairseq_cli.train does; then that
-    command's builds in its order. Returns (the stage that raised, the error), or (None, None)."""
+    command's builds in its order. Returns (the stage that raised, the error), or (None, None);
+    `built`, a dict, receives the config ("cfg") and what each stage built."""
     from fairseq import tasks, utils
     from fairseq.dataclass.initialize import add_defaults, hydra_init
     from fairseq.dataclass.utils import omegaconf_no_object_check
@@ -279,13 +285,13 @@ def built_as_fairseq_hydra_train_builds(overrides):
 
     store = ConfigStore.instance()
     entries_before = set(store.repo)
-    hydra_init(CONFIG_NAME)
+    hydra_init(config_name)
     stored_by_hydra_init = set(store.repo) - entries_before
     try:
         with warnings.catch_warnings():  # Hydra's notes on hydra.main's defaults, which the command logs too
             warnings.simplefilter("ignore", UserWarning)
             with initialize_config_dir(config_dir=str(CONFIG_DIR / "finetune")):
-                cfg = compose(CONFIG_NAME, overrides=list(overrides))
+                cfg = compose(config_name, overrides=list(overrides))
     finally:  # the schema stored under the config's name would validate every later `tiny` this process composes
         for entry in stored_by_hydra_init:
             del store.repo[entry]
@@ -295,7 +301,8 @@ def built_as_fairseq_hydra_train_builds(overrides):
     OmegaConf.set_struct(cfg, True)
     utils.import_user_module(cfg.common)
     add_defaults(cfg)
-    built = {}
+    built = {} if built is None else built
+    built["cfg"] = cfg
     builds = {"task": lambda: tasks.setup_task(cfg.task), "model": lambda: built["task"].build_model(cfg.model),
               "criterion": lambda: built["task"].build_criterion(cfg.criterion)}
     for stage in STAGES:

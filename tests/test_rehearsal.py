@@ -1,5 +1,6 @@
 """`fairseq-subnets bench rehearsal` at a small shape: the XLS-R workflow end to end through the
-real commands (data synth, prune, stock fairseq-hydra-train on the shipped xlsr_300m config, stock
+real commands (data synth, prune, a damaged mask refused by stock fairseq-hydra-train, stock
+fairseq-hydra-train on the shipped xlsr_300m config, stock
 fairseq-generate, export, a stock fairseq load without the plugin, then learned-mask and S2-LoRA
 training on their shipped XLS-R configs), with a wall time and a peak
 RSS for every step. The 300M run itself is not a test (minutes and gigabytes); see the README."""
@@ -13,7 +14,7 @@ from fairseq_subnets.cli.main import main
 
 SMALL = ["--layers", "2", "--width", "256", "--ffn", "512", "--heads", "4"]
 """The narrowest encoder the shipped config's channel masking accepts (see RehearsalSettings.check)."""
-STEPS = ["synthesize speech", "build pretrained model", "prune (global L1)", "fixed-mask training",
+STEPS = ["synthesize speech", "build pretrained model", "prune (global L1)", "bad mask_path refused", "fixed-mask training",
          "decode (fairseq-generate)", "export", "load export, stock fairseq", "learned-mask training",
          "tuner training (S2-LoRA)"]
 
@@ -39,6 +40,8 @@ def test_every_step_runs_and_reports_its_wall_time_and_peak_memory(tmp_path, cap
     assert facts["synthesize speech"] == {"train": 4, "valid": 2, "test": 2}
     pruned = facts["prune (global L1)"]
     assert pruned["weights"] - pruned["kept"] == round(0.9 * pruned["weights"])
+    refused = facts["bad mask_path refused"]
+    assert 0 < refused["refused_in_s"] < refused["command_s"]
     assert facts["fixed-mask training"]["updates"] == 2
     assert facts["learned-mask training"]["updates"] == facts["tuner training (S2-LoRA)"]["updates"] == 2
     assert facts["tuner training (S2-LoRA)"]["trained_values"] < facts["learned-mask training"]["trained_values"]

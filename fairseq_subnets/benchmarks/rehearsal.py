@@ -8,14 +8,17 @@ work together. Each step is one child process running what a user would run:
   1. synthesize speech          `fairseq-subnets data synth` (espeak-ng; 4 train, 2 valid, 2 test)
   2. build pretrained model     a wav2vec2 pretraining checkpoint (XLS-R's architecture, random weights)
   3. prune                      `fairseq-subnets prune --method global-l1` on it
-  4. fixed-mask training        stock `fairseq-hydra-train` with the shipped `xlsr_300m` config
-  5. decode                     stock `fairseq-generate` on the test utterances
-  6. export                     `fairseq-subnets export`
-  7. load export, stock fairseq a Python process that never imports fairseq_subnets and has no
+  4. bad mask_path refused      the training command of step 5 with the mask cut in half: how soon
+                                stock `fairseq-hydra-train` stops with our one line (the mask is
+                                checked before model.w2v_path is loaded)
+  5. fixed-mask training        stock `fairseq-hydra-train` with the shipped `xlsr_300m` config
+  6. decode                     stock `fairseq-generate` on the test utterances
+  7. export                     `fairseq-subnets export`
+  8. load export, stock fairseq a Python process that never imports fairseq_subnets and has no
                                 user dir loads the export and runs it on one test utterance
-  8. learned-mask training      stock `fairseq-hydra-train` with the shipped `learned_masks_xlsr_300m`
+  9. learned-mask training      stock `fairseq-hydra-train` with the shipped `learned_masks_xlsr_300m`
                                 config (S3-Router: frozen weights, FFN scores)
-  9. tuner training (S2-LoRA)   stock `fairseq-hydra-train` with the shipped `s2lora_xlsr_300m` config
+ 10. tuner training (S2-LoRA)   stock `fairseq-hydra-train` with the shipped `s2lora_xlsr_300m` config
 
 Training rehearses the shipped config, so it overrides only what it must (`training_overrides`):
 the required paths, the update count and the mask; what a CPU needs (no fp16, one process instead
@@ -35,6 +38,7 @@ import json
 import math
 import os
 import re
+import resource
 import subprocess
 import sys
 import time
@@ -179,8 +183,47 @@ def build_pretrained(settings: RehearsalSettings) -> Dict[str, object]:
     return {"parameters": parameters, "file_gb": round(path.stat().st_size / 1e9, 3)}
 
 
+LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[fairseq_cli\.train\]", re.MULTILINE)
+"""The time stamp of fairseq-hydra-train's first log line, written once its imports are done."""
+REFUSED_STATUS = 2
+
+
+def refuse_bad_mask(settings: RehearsalSettings) -> Dict[str, object]:
+    """Step 4: the fixed-mask training command with the pruned mask file cut in half. Reports how
+    long stock fairseq-hydra-train takes to stop from its first log line (after its imports), the
+    refusal itself, and from its start, and the command's CPU time; fails unless it ends with our
+    one line naming the key."""
+    files = RehearsalFiles(settings.out_dir)
+    damaged = files.out / "damaged-mask.safetensors"
+    damaged.write_bytes(files.mask.read_bytes()[:files.mask.stat().st_size // 2])
+    overrides = [override for override in training_overrides(settings)
+                 if not override.startswith(("+model.mask_path=", "checkpoint.save_dir="))]
+    command = [fairseq_command("fairseq-hydra-train"), "--config-dir", str(CONFIG_DIR / "finetune"), "--config-name",
+               SHIPPED_CONFIG, *overrides, f"+model.mask_path={damaged}", f"checkpoint.save_dir={files.out / 'refused'}"]
+    cpu_before = _children_cpu_seconds()
+    started = time.time()
+    run = subprocess.run(command, capture_output=True, text=True)
+    ended = time.time()
+    command_cpu = _children_cpu_seconds() - cpu_before
+    last_line = (run.stderr.strip().splitlines() or [""])[-1]
+    if run.returncode != REFUSED_STATUS or "model.mask_path" not in last_line:
+        raise RuntimeError(f"the damaged mask was not refused with one line (exit {run.returncode}): {last_line}")
+    first_log = LOG_TIME.search(run.stdout + run.stderr)
+    after_start_up = ended - datetime.datetime.strptime(first_log.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() \
+        if first_log else None
+    return {"refused_in_s": round(after_start_up, 2) if after_start_up is not None else None,
+            "command_s": round(ended - started, 2), "command_cpu_s": round(command_cpu, 2)}
+
+
+def _children_cpu_seconds() -> float:
+    """User and system time of this process's finished children (on a shared machine the wall
+    time also holds the waits for a core)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def train(settings: RehearsalSettings, run: str = "train") -> Dict[str, object]:
-    """Steps 4, 8 and 9: stock fairseq-hydra-train on a shipped config; fails unless training finished."""
+    """Steps 5, 9 and 10: stock fairseq-hydra-train on a shipped config; fails unless training finished."""
     from ..runner import hydra_train
 
     files = RehearsalFiles(settings.out_dir)
@@ -193,7 +236,7 @@ def train(settings: RehearsalSettings, run: str = "train") -> Dict[str, object]:
 
 
 def decode(settings: RehearsalSettings) -> Dict[str, object]:
-    """Step 5: stock fairseq-generate on the trained checkpoint (random weights: the CER is noise)."""
+    """Step 6: stock fairseq-generate on the trained checkpoint (random weights: the CER is noise)."""
     from ..runner import generate
 
     files = RehearsalFiles(settings.out_dir)
@@ -202,7 +245,7 @@ def decode(settings: RehearsalSettings) -> Dict[str, object]:
 
 
 PYTHON_STEPS: Dict[str, Callable[[RehearsalSettings], Dict[str, object]]] = {
-    "build": build_pretrained, "decode": decode,
+    "build": build_pretrained, "refuse": refuse_bad_mask, "decode": decode,
     **{run: (lambda settings, run=run: train(settings, run)) for run in TRAINING_RUNS}}
 
 STOCK_LOAD_SCRIPT = """\
@@ -221,7 +264,7 @@ with torch.no_grad():
 print(json.dumps({"model": type(model).__name__, "task": cfg.task._name, "logits": list(logits.shape),
                   "finite": bool(torch.isfinite(logits).all())}))
 """
-"""Step 7, run by `python -c` outside the repository, so stock fairseq alone loads the export."""
+"""Step 8, run by `python -c` outside the repository, so stock fairseq alone loads the export."""
 
 
 # ----------------------------------------------------------------------------------- the steps
@@ -273,6 +316,7 @@ def steps(settings: RehearsalSettings) -> List[Step]:
         Step("prune (global L1)", [subnets, "prune", str(files.pretrained), "--method", "global-l1",
                                    "--sparsity", str(settings.sparsity), "--out", str(files.mask), "--json"],
              mask_summary),
+        Step("bad mask_path refused", _python_step("refuse", settings), _last_json_line),
         Step("fixed-mask training", _python_step("train", settings), _last_json_line),
         Step("decode (fairseq-generate)", _python_step("decode", settings), _last_json_line),
         Step("export", [subnets, "export", str(files.trained), "--out", str(files.exported)], file_size),

@@ -7,3 +7,6 @@ fairseq is already imported and otherwise right after fairseq's import (see
 """
 from . import checkpoints  # noqa: F401  (allow-lists fairseq's checkpoint types for torch.load)
 from . import criterions, lr_schedules, models, pretraining, tasks  # noqa: F401
+from .resume import install_atomic_checkpoint_copies
+
+install_atomic_checkpoint_copies()

@@ -22,6 +22,7 @@ and a fresh one otherwise. The upstream may be multilingual, and so may the run 
 `freeze_encoder_epochs` trains only the output layer for the first epochs; the stock
 `freeze_finetune_updates` counts updates instead.
 """
+import argparse
 import json
 import logging
 from dataclasses import dataclass, field, make_dataclass
@@ -30,11 +31,12 @@ from typing import Optional
 import torch
 from fairseq.dataclass import ChoiceEnum
 from fairseq.models import register_model
+from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from ..core.parametrize import mask_state_digest, prepare_for_state
-from ..core.targets import parse_weight_name
+from ..core.targets import encoder_weight_shapes, parse_weight_name
 from ..core.transforms import build_from_plan, parse_plan, transform_plan
 from ..techniques import registered_techniques
 from ..techniques.extension import (
@@ -64,6 +66,9 @@ RECORDED_MODEL_KEYS = HOST_RECORDED_KEYS + declared_keys(TECHNIQUES, "recorded_k
 copy of `model_cfg`, so the task copies these back into `model_cfg`, the node checkpoints save:
 a rebuilt model then has the same structure and needs no `w2v_path`."""
 TRAINING_STATE_PREFIXES = declared_keys(TECHNIQUES, "training_state_prefixes")
+WAV2VEC2_DEFAULTS = {key: getattr(Wav2Vec2Config, key)
+                     for key in ("encoder_layers", "encoder_embed_dim", "encoder_ffn_embed_dim")}
+"""The encoder sizes of a wav2vec2 config that leaves them unset."""
 
 
 @dataclass
@@ -128,8 +133,10 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
         if upstream is not None:
             with open_dict(cfg):
                 cfg.w2v_args = upstream_encoder_config(upstream, cfg.init_from)
-        elif cfg.w2v_args is None:
-            check_pretraining_checkpoint(cfg)
+        encoder_cfg = check_pretraining_checkpoint(cfg) if cfg.w2v_args is None else cfg.w2v_args.get("model")
+        encoder_shapes = encoder_weight_shapes_of(encoder_cfg or {})
+        for technique, _ in enabled:
+            technique.check_files(cfg, encoder_shapes, task)
         model = super().build_model(cfg, task)
         model.techniques = [technique(cfg) for technique, _ in enabled]
         for technique in model.techniques:
@@ -261,10 +268,21 @@ def upstream_encoder_config(upstream, path):
         ) from None
 
 
+def encoder_weight_shapes_of(encoder_cfg):
+    """Model-relative prunable weight name -> shape for a wav2vec2 model config (a mapping; unset
+    sizes are wav2vec2's defaults), as the built host's `encoder_weight_shapes` gives them."""
+    def size(key):
+        value = encoder_cfg.get(key)
+        return WAV2VEC2_DEFAULTS[key] if value is None else int(value)
+
+    return encoder_weight_shapes(size("encoder_layers"), size("encoder_embed_dim"), size("encoder_ffn_embed_dim"))
+
+
 def check_pretraining_checkpoint(cfg):
     """Checks model.w2v_path before fairseq loads it, reading it without its weights: fairseq's
     own failures on the wrong file are an AttributeError (a fine-tuned checkpoint) and a bare
-    assertion (a different normalization), neither naming the file."""
+    assertion (a different normalization), neither naming the file. Returns the checkpoint's
+    wav2vec2 model config (a mapping)."""
     start_from_upstream = "a fine-tuned model to start from goes in +model.init_from (model.w2v_path is then not read)"
     if not cfg.w2v_path:
         raise PluginInputError(
@@ -273,12 +291,14 @@ def check_pretraining_checkpoint(cfg):
                                          weights=False)
     pretraining_cfg = checkpoint.get("cfg")
     if pretraining_cfg:  # fairseq's rule: the task's setting, else the model's
-        normalized = (pretraining_cfg.get("task") or {}).get(
-            "normalize", (pretraining_cfg.get("model") or {}).get("normalize", False))
+        encoder_cfg = pretraining_cfg.get("model") or {}
+        normalized = (pretraining_cfg.get("task") or {}).get("normalize", encoder_cfg.get("normalize", False))
     else:  # a checkpoint from before fairseq's hydra configs
-        normalized = getattr(checkpoint.get("args"), "normalize", False)
+        encoder_cfg = vars(checkpoint.get("args") or argparse.Namespace())
+        normalized = encoder_cfg.get("normalize", False)
     if bool(normalized) != bool(cfg.normalize):
         raise PluginInputError(
             f"model.w2v_path: {cfg.w2v_path} was pretrained with normalize={normalized}; fine-tune with "
             f"task.normalize={str(bool(normalized)).lower()} too (fairseq requires the same normalization)"
         )
+    return encoder_cfg

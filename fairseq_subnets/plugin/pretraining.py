@@ -7,6 +7,8 @@ checkpoint keeps. This task changes only those two draws:
   * the model's masks come from the run's seed, the update and the utterance (time_masking);
   * each batch's crops come from the run's seed, the epoch and the batch's first utterance.
 Everything else, the model and its checkpoint included, is stock: the model stays `wav2vec2`.
+Like the fine-tuning task, it checks a run's start (its schedule, the checkpoint it resumes from:
+plugin.tasks.check_training_start) before the model is built.
 
 The dataset is built by the stock task, so the seeded crops are installed on the built dataset
 instance rather than through a subclass (which would mean copying the stock `load_dataset`).
@@ -17,6 +19,8 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 
+from .errors import one_line_errors
+from .tasks import check_training_start
 from .time_masking import SeededMaskingTrainStep, install_seeded_masking
 
 
@@ -57,7 +61,10 @@ class SubnetsAudioPretrainingTask(SeededMaskingTrainStep, AudioPretrainingTask):
         super().load_dataset(split, task_cfg, **kwargs)
         install_seeded_crops(self.datasets[split], self.seed)
 
+    @one_line_errors
     def build_model(self, model_cfg, from_checkpoint=False):
+        if not from_checkpoint:
+            check_training_start(self.cfg, model_cfg)
         model = super().build_model(model_cfg, from_checkpoint)
         if isinstance(model, Wav2Vec2Model):
             model.seeded_masking = install_seeded_masking(model)

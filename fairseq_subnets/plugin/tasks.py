@@ -39,8 +39,10 @@ from ..techniques.language_heads import LANGUAGE_KEY
 from .checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
 from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator
+from .lr_schedules import check_tri_stage_phases
 from .models import RECORDED_MODEL_KEYS, TRAINING_ONLY_MODEL_KEYS, SubnetsWav2VecCtc
 from .multilingual_data import MonolingualBatchDataset, all_batches_in_language_order, language_block_sampler
+from .resume import check_resumed_run
 from .time_masking import SeededMaskingTrainStep
 from .upstream import LANGUAGE_DICTIONARIES_KEY
 
@@ -109,6 +111,8 @@ class SubnetsAudioFinetuningTask(SeededMaskingTrainStep, AudioFinetuningTask):
                 for key in TRAINING_ONLY_MODEL_KEYS:
                     if model_cfg.get(key) is not None:
                         model_cfg[key] = None
+        else:
+            check_training_start(self.cfg, model_cfg)
         model = super().build_model(model_cfg, from_checkpoint)
         with open_dict(model_cfg):
             for key in RECORDED_MODEL_KEYS:
@@ -165,6 +169,16 @@ def run_setting(task_cfg, key):
         return OmegaConf.select(task_cfg, f"..{key}")
     except OmegaConfBaseException:
         return None
+
+
+def check_training_start(task_cfg, model_cfg):
+    """What a training run checks before it builds its model (which reads model.w2v_path, seconds
+    at XLS-R size): its learning-rate schedule, and, when it resumes, the checkpoint it resumes
+    from (plugin.resume)."""
+    check_tri_stage_phases(run_setting(task_cfg, "lr_scheduler"), run_setting(task_cfg, "optimization.max_update"))
+    sections = {"model": model_cfg, "task": task_cfg, "criterion": run_setting(task_cfg, "criterion"),
+                "optimizer": run_setting(task_cfg, "optimizer")}
+    check_resumed_run(run_setting(task_cfg, "checkpoint"), sections, RECORDED_MODEL_KEYS)
 
 
 def refuse_fp32_weight_copies(task_cfg):

@@ -89,6 +89,13 @@ class Technique:
         before any checkpoint is read, also when the technique is off, so that a key set without
         the one that switches the technique on is refused rather than ignored."""
 
+    @classmethod
+    def check_files(cls, cfg, encoder_shapes: Mapping[str, Tuple[int, ...]], task=None) -> None:
+        """Reads and checks the files the technique's keys name (mask files) against the encoder
+        (`encoder_shapes`: model-relative weight name -> shape), called on a technique that is on
+        before the model is built and before the upstream model is read, so a bad file is refused
+        in a second, not after the upstream model (minutes at XLS-R size) has loaded."""
+
     def __init__(self, cfg):
         self.cfg = cfg
 

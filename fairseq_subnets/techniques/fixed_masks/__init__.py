@@ -7,6 +7,7 @@ the pruned weights are not even stored: gradients, optimizer state and checkpoin
 weights alone. A model rebuilt from a checkpoint gets the masks from the checkpoint (its transform
 plan), so the file is read by training alone and may move afterwards.
 """
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -43,8 +44,17 @@ class FixedMaskConfig:
 def apply_mask_file(model, path: str, targets="all", layers="all", storage="kept") -> None:
     """Fixes the selected masks of a mask file on the host model's encoder (kept-only storage drops
     the pruned weights; dense storage keeps them under a mask that may change later)."""
-    apply_masks(model, fitting_masks(model, path, targets, layers, MASK_SELECTION_KEYS), prefix=W2V_PREFIX,
-                storage=storage)
+    apply_masks(model, fitting_masks(model.encoder_weight_shapes(), path, targets, layers, MASK_SELECTION_KEYS),
+                prefix=W2V_PREFIX, storage=storage)
+
+
+@contextmanager
+def mask_path_named():
+    """A bad mask file's error names the key that gave it."""
+    try:
+        yield
+    except MaskFileError as error:
+        raise MaskFileError(f"model.mask_path: {error}") from None
 
 
 class FixedMasks(Technique):
@@ -61,12 +71,16 @@ class FixedMasks(Technique):
         if cfg.mask_storage not in MASK_STORAGES:  # checked here, not by an enum, so that the error is one line
             raise PluginInputError(f"model.mask_storage={cfg.mask_storage}: choose one of {', '.join(MASK_STORAGES)}")
 
+    @classmethod
+    def check_files(cls, cfg, encoder_shapes, task=None):
+        with mask_path_named():
+            fitting_masks(encoder_shapes, cfg.mask_path, cfg.mask_targets or "all", cfg.mask_layers or "all",
+                          MASK_SELECTION_KEYS)
+
     def add_to_model(self, model, cfg):
-        try:
+        with mask_path_named():
             apply_mask_file(model, cfg.mask_path, cfg.mask_targets or "all", cfg.mask_layers or "all",
                             storage=cfg.mask_storage)
-        except MaskFileError as error:
-            raise MaskFileError(f"model.mask_path: {error}") from None
 
 
 TECHNIQUE = FixedMasks

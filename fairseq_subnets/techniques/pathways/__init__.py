@@ -29,6 +29,26 @@ class PathwaysConfig:
     )
 
 
+def language_masks(cfg, encoder_shapes, languages):
+    """{language: masks} of `model.language_mask_files`, each fitted to the encoder: every one of
+    the task's `languages` needs one, since each batch selects its language's mask, and all mask
+    the same weights."""
+    files = parse_language_entries(cfg.language_mask_files, ":", "model.language_mask_files", "LANGUAGE:PATH")
+    if not languages:
+        raise PluginInputError("model.language_mask_files needs task._name=subnets_multilingual_finetuning, "
+                               "which tells the model each batch's language")
+    if sorted(files) != sorted(languages):
+        raise PluginInputError(f"model.language_mask_files has masks for {', '.join(files)}; the task trains "
+                               f"{', '.join(languages)}: give exactly one mask file per language")
+    masks = {language: fitting_masks(encoder_shapes, path, targets=None) for language, path in files.items()}
+    first_language, first_path = next(iter(files.items()))
+    for language, path in files.items():
+        if masks[language].keys() != masks[first_language].keys():
+            raise PluginInputError(f"model.language_mask_files: {path} ({language}) masks other weights than "
+                                   f"{first_path} ({first_language}); every language must mask the same weights")
+    return masks
+
+
 class Pathways(Technique):
     name = "pathways"
     config = PathwaysConfig
@@ -38,23 +58,13 @@ class Pathways(Technique):
     def enabling_key(cls, cfg, task=None):
         return "language_mask_files" if cfg.get("language_mask_files") else None
 
+    @classmethod
+    def check_files(cls, cfg, encoder_shapes, task=None):
+        language_masks(cfg, encoder_shapes, cfg.get("languages") or getattr(task, "languages", None))
+
     def add_to_model(self, model, cfg):
-        """One mask per language on the same shared weights: every model language needs one,
-        since each batch selects its language's mask."""
-        files = parse_language_entries(cfg.language_mask_files, ":", "model.language_mask_files", "LANGUAGE:PATH")
-        if not model.languages:
-            raise PluginInputError("model.language_mask_files needs task._name=subnets_multilingual_finetuning, "
-                                   "which tells the model each batch's language")
-        if sorted(files) != sorted(model.languages):
-            raise PluginInputError(f"model.language_mask_files has masks for {', '.join(files)}; the task trains "
-                                   f"{', '.join(model.languages)}: give exactly one mask file per language")
-        masks = {language: fitting_masks(model, path, targets=None) for language, path in files.items()}
-        first_language, first_path = next(iter(files.items()))
-        for language, path in files.items():
-            if masks[language].keys() != masks[first_language].keys():
-                raise PluginInputError(f"model.language_mask_files: {path} ({language}) masks other weights than "
-                                       f"{first_path} ({first_language}); every language must mask the same weights")
-        apply_language_masks(model, masks, prefix=W2V_PREFIX)
+        apply_language_masks(model, language_masks(cfg, model.encoder_weight_shapes(), model.languages),
+                             prefix=W2V_PREFIX)
 
     def held_through_step(self, model):
         return outside_active_language_masks(model)
