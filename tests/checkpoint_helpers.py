@@ -11,6 +11,20 @@ def two_at_a_time(*calls):
     return [future.result() for future in futures]
 
 
+def new_run_config(run_checkpoint, save_dir):
+    """The run config `run_checkpoint` recorded, as a new run in `save_dir` would start it: in a
+    save_dir of its own, building its model does not resume (and check settings against) the old
+    run."""
+    from omegaconf import OmegaConf, open_dict
+
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+
+    cfg = OmegaConf.create(load_checkpoint(run_checkpoint)["cfg"])
+    with open_dict(cfg):
+        cfg.checkpoint.save_dir = str(save_dir)
+    return cfg
+
+
 def stored_masks_and_baked_weights(checkpoint):
     """The masks a checkpoint stores and its effective (baked) weights, by state-dict key."""
     from fairseq_subnets.core.parametrize import bake_state_dict, masks_from_state_dict

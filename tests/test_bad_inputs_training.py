@@ -141,12 +141,15 @@ RUN_CASES = [
             "masks and trainable biases or layer norms: fairseq's freeze runs the encoder without gradients, which "
             "would also stop the scores", train("<PRETRAINED>", "+model.score_sparsity=0.1",
                                                 "+model.score_train_biases=true", "model.freeze_finetune_updates=100")),
-    RunCase("train-tuner-unknown", TRAIN_ERROR + "model.tuner: unknown method 'dora'",
-            train("<PRETRAINED>", "+model.tuner=dora")),
+    RunCase("train-tuner-unknown", TRAIN_ERROR + "model.tuner: unknown method 'prefix_tuning'",
+            train("<PRETRAINED>", "+model.tuner=prefix_tuning")),
     RunCase("train-tuner-rank-below-one", TRAIN_ERROR + "model.tuner_r: a rank is an integer >= 1 (got 0)",
             train("<PRETRAINED>", "+model.tuner=lora", "+model.tuner_r=0")),
     RunCase("train-tuner-option-of-another-method", TRAIN_ERROR + "model.tuner_init_r is an option of adalora; "
             "model.tuner=lora does not take it", train("<PRETRAINED>", "+model.tuner=lora", "+model.tuner_init_r=4")),
+    RunCase("train-tuner-vera-d-initial-zero", TRAIN_ERROR + "model.tuner_d_initial: a finite number other than 0 "
+            "(got 0.0); with d and b both starting at 0 neither would get a gradient",
+            train("<PRETRAINED>", "+model.tuner=vera", "+model.tuner_d_initial=0")),
     RunCase("train-tuner-layers-beyond-model", TRAIN_ERROR + "model.tuner_layers: layer 2 is selected but the model "
             "has 2 encoder layers", train("<PRETRAINED>", "+model.tuner=s2lora", "+model.tuner_layers=0-5")),
     RunCase("train-tuner-rank-above-matrix", TRAIN_ERROR + "model.tuner_r: 1000 is above the rank 64 of "

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_helpers import assert_pruned_weights_zero, stored_masks_and_baked_weights
+from checkpoint_helpers import assert_pruned_weights_zero, new_run_config, stored_masks_and_baked_weights
 from fairseq_subnets import USER_DIR
 
 pytestmark = pytest.mark.slow
@@ -87,15 +87,15 @@ def test_new_language_gets_a_new_output_layer_and_pruned_weights_stay_zero(froze
         assert_pruned_weights_zero(checkpoint, expected)
 
 
-def build_downstream_model(result, language, mask_path=None, output_layer="auto"):
-    """The model fairseq-hydra-train would build, built in this process through the task."""
+def build_downstream_model(result, language, save_dir, mask_path=None, output_layer="auto"):
+    """The model fairseq-hydra-train would build for a new run in `save_dir`, built in this process
+    through the task."""
     from fairseq import tasks
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
     import fairseq_subnets.plugin  # noqa: F401
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
 
-    cfg = OmegaConf.create(load_checkpoint(result.finetuned_checkpoint)["cfg"])
+    cfg = new_run_config(result.finetuned_checkpoint, save_dir)
     with open_dict(cfg):
         cfg.task.data = str(Path(result.corpus_dir) / language)
         cfg.model.w2v_args = None
@@ -107,23 +107,23 @@ def build_downstream_model(result, language, mask_path=None, output_layer="auto"
     return task.build_model(cfg.model)
 
 
-def test_same_language_keeps_the_upstream_output_layer_and_encoder(skeleton_run):
+def test_same_language_keeps_the_upstream_output_layer_and_encoder(skeleton_run, tmp_path):
     settings, result = skeleton_run
-    model = build_downstream_model(result, settings.language)
+    model = build_downstream_model(result, settings.language, tmp_path)
     _, upstream = stored_masks_and_baked_weights(result.finetuned_checkpoint)
     state = model.state_dict()
     assert all(torch.equal(state[key], upstream[key]) for key in upstream if key.startswith("w2v_encoder."))
 
 
-def test_output_layer_choice_is_explicit_when_it_cannot_be_inferred(skeleton_run):
+def test_output_layer_choice_is_explicit_when_it_cannot_be_inferred(skeleton_run, tmp_path):
     from fairseq_subnets.plugin.models import UpstreamCheckpointError
 
     settings, result = skeleton_run
-    new_head = build_downstream_model(result, settings.language, output_layer="new")
+    new_head = build_downstream_model(result, settings.language, tmp_path, output_layer="new")
     _, upstream = stored_masks_and_baked_weights(result.finetuned_checkpoint)
     assert not torch.equal(new_head.state_dict()["w2v_encoder.proj.weight"], upstream["w2v_encoder.proj.weight"])
     with pytest.raises(UpstreamCheckpointError, match="w2v_encoder.proj.weight has shape"):
-        build_downstream_model(result, DOWNSTREAM, output_layer="keep")
+        build_downstream_model(result, DOWNSTREAM, tmp_path, output_layer="keep")
 
 
 def test_two_cpu_ranks_train_downstream_with_the_identical_mask(skeleton_run, upstream_mask, tmp_path):

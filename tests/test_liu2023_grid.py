@@ -73,7 +73,7 @@ BAD_GRIDS = {  # case: (line replacing its section's line of write_grid, what fo
     "unknown key": ("full: {lr: 0.001, overides: []}", "full.overides: unknown key (did you mean full.overrides?)"),
     "unknown method": ("tuners: {methods: [lora, prefix_tuning]}",
                        "tuners.methods: unknown method 'prefix_tuning' (known: lora, alpha_lora, adalora, glora, "
-                       "bitfit, ia3, s2lora)"),
+                       "bitfit, ia3, s2lora, dora, vera)"),
     "target rank above the initial": ("rank_map: {init_r: 4, target_r: 8}",
                                       "rank_map.target_r: 8 is above init_r 4"),
     "rank map on an unknown matrix": ("rank_map: {targets: 'q,gate'}", "rank_map.targets: unknown module kind 'gate'"),
@@ -102,7 +102,7 @@ def test_the_shipped_example_grid_is_valid_and_dry_runs(inputs, capsys):
     assert cli(["grid", str(example), "--dry-run"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert {"full-es", "s2lora-es-on-ast", "alpha-lora-es", "adalora-rankmap-es"} <= set(out)
-    assert out[-1] == "18 cells: 9 in-domain, 9 out-of-domain, 0 other"
+    assert out[-1] == "22 cells: 11 in-domain, 11 out-of-domain, 0 other"
 
 
 # ------------------------------------------------------------------------------- running the grid

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from checkpoint_helpers import (
-    assert_decodes_and_exports_to_stock_fairseq, stored_masks_and_baked_weights,
+    assert_decodes_and_exports_to_stock_fairseq, new_run_config, stored_masks_and_baked_weights,
 )
 from fairseq_subnets import USER_DIR
 
@@ -82,15 +82,14 @@ def test_mask_of_another_architecture_fails_naming_the_first_mismatch(masked_run
     """Building the model for training (not rebuilding it from a checkpoint, which ignores
     model.mask_path and takes the stored masks) checks the mask file against the model."""
     from fairseq import tasks
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
     from fairseq_subnets.core.maskfile import MaskFileError, save_mask_file
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
 
     settings, result, _, run_dir = masked_run
     wrong = tmp_path / "wrong.safetensors"
     save_mask_file(str(wrong), {"encoder.layers.0.fc1.weight": torch.ones(7, 5, dtype=torch.bool)})
-    cfg = OmegaConf.create(load_checkpoint(run_dir / "checkpoint_last.pt")["cfg"])
+    cfg = new_run_config(run_dir / "checkpoint_last.pt", tmp_path / "run")
     with open_dict(cfg):
         cfg.task.data = str(Path(result.corpus_dir) / settings.language)
         cfg.model.mask_path = str(wrong)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_helpers import two_at_a_time
+from checkpoint_helpers import new_run_config, two_at_a_time
 from fairseq_subnets import USER_DIR
 
 pytestmark = pytest.mark.slow
@@ -119,18 +119,17 @@ def test_the_checkpoint_records_its_languages_and_holds_one_head_per_language(pe
                                (Path(result.corpus_dir) / language / "dict.ltr.txt").read_text().splitlines()]
 
 
-def model_built_as(run_checkpoint, data, **model_keys):
+def model_built_as(run_checkpoint, data, save_dir, **model_keys):
     """The model fairseq-hydra-train builds for the run config of `run_checkpoint` with `data` and
-    `model_keys` changed, as a new run (no recorded encoder config, transforms or languages), built
-    here through the task."""
+    `model_keys` changed, as a new run in `save_dir` (no recorded encoder config, transforms or
+    languages), built here through the task."""
     from fairseq import tasks
-    from omegaconf import OmegaConf, open_dict
+    from omegaconf import open_dict
 
     import fairseq_subnets.plugin  # noqa: F401
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
     from fairseq_subnets.techniques.language_heads import MULTILINGUAL_MODEL_KEYS
 
-    cfg = OmegaConf.create(load_checkpoint(run_checkpoint)["cfg"])
+    cfg = new_run_config(run_checkpoint, save_dir)
     with open_dict(cfg):
         cfg.task.data = str(data)
         for key in ("w2v_args", "transform_plan", *MULTILINGUAL_MODEL_KEYS):
@@ -139,7 +138,8 @@ def model_built_as(run_checkpoint, data, **model_keys):
     return tasks.setup_task(cfg.task).build_model(cfg.model)
 
 
-def test_runs_start_from_a_multilingual_checkpoint_with_the_heads_of_their_languages(per_language_run, skeleton_run):
+def test_runs_start_from_a_multilingual_checkpoint_with_the_heads_of_their_languages(per_language_run, skeleton_run,
+                                                                                    tmp_path):
     """The LSP runs and pathways of Yang et al. start from the dense multilingual model: a
     single-language run continues one language (its head under the stock output layer), a
     multilingual run every language's head; the encoder comes along in both."""
@@ -150,11 +150,11 @@ def test_runs_start_from_a_multilingual_checkpoint_with_the_heads_of_their_langu
     upstream = load_checkpoint(checkpoint)["model"]
     encoder = [key for key in upstream if key.startswith("w2v_encoder.w2v_model.")]
 
-    multilingual = model_built_as(checkpoint, result.corpus_dir, init_from=str(checkpoint)).state_dict()
+    multilingual = model_built_as(checkpoint, result.corpus_dir, tmp_path / "multilingual", init_from=str(checkpoint)).state_dict()
     assert all(torch.equal(multilingual[key], upstream[key]) for key in encoder)
     assert all(torch.equal(multilingual[key], upstream[key]) for key in upstream if key.startswith("language_heads."))
 
-    single = model_built_as(skeleton_run[1].finetuned_checkpoint, Path(result.corpus_dir) / "ca",
+    single = model_built_as(skeleton_run[1].finetuned_checkpoint, Path(result.corpus_dir) / "ca", tmp_path / "ca",
                             init_from=str(checkpoint), init_from_language="ca").state_dict()
     assert all(torch.equal(single[key], upstream[key]) for key in encoder)
     assert torch.equal(single["w2v_encoder.proj.weight"], upstream["language_heads.ca.weight"])

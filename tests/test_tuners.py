@@ -2,7 +2,8 @@
 weights that fairseq's fused attention reads, bakes to exactly what it computes unbaked, trains
 exactly its closed-form count of parameters and leaves the backbone bit-identical; S2-LoRA shares
 one tensor per group and shape, and its regulariser is the paper's formula; AdaLoRA's budget
-follows its schedule; bad configs fail before anything is built."""
+follows its schedule; VeRA's random bases are one tensor drawn at the largest target shape; a DoRA
+merge refuses to be undone; bad configs fail before anything is built."""
 import copy
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from fairseq_subnets.core.parametrize import bake_module, bake_state_dict
 from fairseq_subnets.core.transforms import (
-    TransformError, build_from_plan, regularisation_terms, stack_of, transform_plan,
+    TransformError, build_from_plan, regularisation_terms, stack_of, stacks, transform_plan,
 )
 from fairseq_subnets.techniques.tuners import (
     TUNERS,
@@ -26,7 +27,9 @@ from fairseq_subnets.techniques.tuners import (
     unmerge_state_dict,
 )
 from fairseq_subnets.techniques.tuners.adalora import ORTHOGONALITY_TERM, budget_at, svd_deltas
+from fairseq_subnets.techniques.tuners.dora import DoraChange
 from fairseq_subnets.techniques.tuners.s2lora import FACTORS_TERM, SPARSITY_TERM, rank_distribution
+from fairseq_subnets.techniques.tuners.vera import random_bases
 from fairseq_subnets.plugin.models import W2V_PREFIX
 from factory import ctc_model
 
@@ -74,13 +77,19 @@ def test_every_tuner_changes_the_logits_and_bakes_to_exactly_them(method):
     merged = copy.deepcopy(model)
     bake_module(merged)
     assert not any(stack_of(m) for m in merged.modules())
-    torch.testing.assert_close(logits(merged, source), unmerged, rtol=0, atol=1e-6)
+    # To float32 rounding: the products of a plain weight may round otherwise (a few ulps of the
+    # logits, which are about 4 in size).
+    torch.testing.assert_close(logits(merged, source), unmerged, rtol=1e-6, atol=1e-6)
     stock = ctc_model(0)
     stock.load_state_dict(bake_state_dict(model.state_dict()))
-    torch.testing.assert_close(logits(stock, source), unmerged, rtol=0, atol=1e-6)
+    torch.testing.assert_close(logits(stock, source), unmerged, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("method", list(TUNERS))
+UNMERGEABLE = ("dora",)
+"""Tuners whose merge cannot be undone from the merged weight and their state."""
+
+
+@pytest.mark.parametrize("method", [method for method in TUNERS if method not in UNMERGEABLE])
 def test_unmerging_a_merged_state_gives_back_the_backbone(method):
     backbone = ctc_model(0).state_dict()
     model, _ = tuned_model(method, **EVERY_MATRIX)
@@ -100,6 +109,56 @@ def test_unmerging_refuses_a_scale_of_zero():
         scale.ia3_l[3] = 0.0
     with pytest.raises(ValueError, match="ia3_out: a scale of 0 cannot be undone"):
         unmerge_state_dict(bake_state_dict(model.state_dict()), model.state_dict())
+
+
+def test_unmerging_dora_is_refused_naming_it():
+    model, _ = tuned_model("dora")
+    with pytest.raises(TransformError, match=r"^dora: a merged weight cannot be taken back to the backbone: the "
+                                             r"merge divided each row by \|\|W \+ s B A\|\|"):
+        unmerge_state_dict(bake_state_dict(model.state_dict()), model.state_dict())
+
+
+def test_dora_keeps_each_rows_length_at_its_magnitude_and_a_zero_row_at_zero():
+    """m * V / ||V|| has row norms m whatever V is; a row that is 0 throughout (pruned entirely
+    under a fixed mask) has no direction and stays 0, with finite gradients."""
+    torch.manual_seed(0)
+    weight = torch.randn(6, 10)
+    weight[2] = 0
+    change = DoraChange.create(weight, 3, 6.0)
+    torch.testing.assert_close(change.magnitude[2], torch.tensor(0.0))
+    torch.testing.assert_close(change(weight), weight)  # B = 0: the backbone exactly
+    with torch.no_grad():
+        change.lora_B.normal_()
+        change.magnitude.mul_(torch.linspace(0.5, 2, 6))
+    adapted = change(weight)
+    torch.testing.assert_close(adapted.norm(dim=1), change.magnitude.detach())
+    change(torch.zeros(6, 10)).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in change.parameters())
+
+
+def test_dora_on_a_fixed_mask_starts_from_the_subnetwork_and_keeps_its_pruned_weights_zero():
+    """Fixed masks come first (`+model.mask_path` is applied before the tuner), so the magnitudes
+    are the rows' norms of the kept weights and the model starts as the subnetwork; trained, every
+    pruned weight stays exactly 0 and the merge is what the model computes."""
+    from factory import masked_ctc_model
+
+    model, masks = masked_ctc_model(0.5)
+    source = audio()
+    subnetwork = logits(model, source)
+    inject_tuner(model, tuner_config("dora", **EVERY_MATRIX), W2V_PREFIX)
+    torch.testing.assert_close(logits(model, source), subnetwork, rtol=1e-6, atol=1e-6)
+    generator = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for parameter in tuner_parameters(model).values():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    tuned = logits(model, source)
+    assert not torch.allclose(tuned, subnetwork, atol=1e-4)
+    effective = {name[len(W2V_PREFIX):]: module.weight.detach() for name, module, _ in stacks(model)}
+    assert effective.keys() == masks.keys()
+    assert all(not effective[name][~mask].any() for name, mask in masks.items())
+    stock = ctc_model(0)
+    stock.load_state_dict(bake_state_dict(model.state_dict()))
+    torch.testing.assert_close(logits(stock, source), tuned, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", list(TUNERS))
@@ -138,6 +197,8 @@ def test_the_closed_form_counts_at_the_paper_defaults():
     assert tuner_config("s2lora").trainable_count(one_layer) == 8 * 128 + 2 * 8 * 192 + 6 * 8
     assert tuner_config("glora", targets="q").trainable_count(
         {"encoder.layers.0.self_attn.q_proj.weight": attention}) == 2 * 8 * 128 + 8 * 65 + 2
+    assert tuner_config("dora").trainable_count(qv) == 2 * (8 * 128 + 64)  # LoRA's and a magnitude per row
+    assert tuner_config("vera").trainable_count(qv) == 2 * (64 + 256)  # b per row, d per rank
 
 
 @pytest.mark.parametrize("method", list(TUNERS))
@@ -184,6 +245,27 @@ def test_s2lora_shares_one_tensor_per_group_and_shape_also_after_a_rebuild():
         pointers = {state[k].data_ptr() for k in state if k.endswith(".shared_A")}
         assert len(pointers) == 3
         assert len(tuner_parameters(candidate)) == 3 * 2 + len(members)
+
+
+def test_vera_bases_are_one_tensor_drawn_at_the_largest_shape_also_after_a_rebuild(tmp_path):
+    """The bases are drawn once at (largest d_out, largest d_in) = (128, 128) over q, fc1 and fc2
+    and every matrix uses their leading rows and columns; a state holds them once (one storage),
+    and a rebuilt model ties them into one tensor again."""
+    model, config = tuned_model("vera", targets="q,fc1,fc2", r=16, projection_seed=3)
+    bases_A, bases_B = random_bases(16, 128, 128, 3)
+    rebuilt = ctc_model(3)
+    build_from_plan(rebuilt, transform_plan(model))
+    rebuilt.load_state_dict(model.state_dict())
+    for candidate in (model, rebuilt):
+        members = [t for _, t in tuner_transforms(candidate)]
+        assert len(members) == 6 and len({id(t.vera_A) for t in members}) == len({id(t.vera_B) for t in members}) == 1
+        assert torch.equal(members[0].vera_A, bases_A) and torch.equal(members[0].vera_B, bases_B)
+        state = candidate.state_dict()
+        assert len({state[k].data_ptr() for k in state if k.endswith((".vera_A", ".vera_B"))}) == 2
+    (_, fc1), = [(n, t) for n, t in tuner_transforms(model) if n.endswith("0.fc1.weight")]
+    expected = (fc1.lambda_b[:, None] * bases_B[:128]) @ (fc1.lambda_d[:, None] * bases_A[:, :64])
+    torch.testing.assert_close(fc1.delta(), expected)
+    assert set(tuner_parameters(model)) == {n for n, _ in model.named_parameters() if ".lambda_" in n}
 
 
 def test_the_s2lora_regulariser_is_the_papers_formula_and_its_gradient():
@@ -237,7 +319,7 @@ def test_the_trained_count_read_off_a_saved_state_is_the_live_models(method, tmp
 
 
 def test_the_ranks_in_use_read_off_a_bare_state_dict_as_the_live_transforms_count_them():
-    for method in ("lora", "alpha_lora", "adalora", "s2lora"):
+    for method in ("lora", "alpha_lora", "adalora", "s2lora", "dora"):
         model, _ = tuned_model(method)
         live = {name: (method, t.rank()) for name, t in tuner_transforms(model, W2V_PREFIX)}
         assert tuner_ranks(model.state_dict()) == live and live
@@ -245,7 +327,7 @@ def test_the_ranks_in_use_read_off_a_bare_state_dict_as_the_live_transforms_coun
     (name, delta), = tuner_transforms(adalora, W2V_PREFIX)
     delta.keep(torch.tensor([True, False] * 6))
     assert tuner_ranks(adalora.state_dict()) == {name: ("adalora", 6)}
-    assert tuner_ranks(tuned_model("ia3")[0].state_dict()) == {}
+    assert tuner_ranks(tuned_model("ia3")[0].state_dict()) == tuner_ranks(tuned_model("vera")[0].state_dict()) == {}
 
 
 def test_the_mask_digest_that_ranks_compare_covers_adaloras_kept_triplets():
@@ -286,7 +368,7 @@ def test_the_adalora_budget_follows_its_cubic_schedule():
 
 
 BAD_CONFIGS = [
-    (("dora", {}), "tuner: unknown method 'dora'"),
+    (("prefix_tuning", {}), "tuner: unknown method 'prefix_tuning'"),
     (("lora", {"r": 0}), r"lora.r: a rank is an integer >= 1 \(got 0\)"),
     (("s2lora", {"rank": 4}), "s2lora.rank: not an option of s2lora"),
     (("adalora", {"init_r": 4, "target_r": 8}), "adalora.target_r: 8 is above init_r 4"),
@@ -294,6 +376,9 @@ BAD_CONFIGS = [
      "adalora.total_updates: 30 leaves no update"),
     (("ia3", {"targets": "fc3"}), "ia3.targets"),
     (("s2lora", {"sparsity_weight": -1.0}), "s2lora.sparsity_weight: must be >= 0"),
+    (("dora", {"alpha": 0.0}), "dora.alpha: must be > 0"),
+    (("vera", {"d_initial": 0.0}), "vera.d_initial: a finite number other than 0 .got 0.0.; with d and b both"),
+    (("vera", {"projection_seed": -1}), r"vera.projection_seed: an integer from 0 to 2\*\*63 - 1 \(got -1\)"),
 ]
 
 

@@ -1,6 +1,7 @@
 """Our tuners against HuggingFace PEFT, the library the S2-LoRA paper implemented every method
 with: on the same nn.Linear and the same parameter values, LoRA, IA3 (output and input side),
-AdaLoRA and GLoRA compute what PEFT's layers compute, and AdaLoRA's allocator keeps the triplets
+AdaLoRA, GLoRA, DoRA and VeRA compute what PEFT's layers compute (DoRA and VeRA also the same
+gradients of what they train, from the same start), and AdaLoRA's allocator keeps the triplets
 PEFT's RankAllocator keeps given the same importance averages.
 
 PEFT is a test dependency only (`scripts/setup_venv.sh` installs it); checked against 0.21.0."""
@@ -13,13 +14,18 @@ from peft.tuners.adalora.layer import RankAllocator, SVDLinear
 from peft.tuners.glora.layer import GloraLinear
 from peft.tuners.ia3.layer import Linear as PeftIa3Linear
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
+from peft.tuners.vera.layer import Linear as PeftVeraLinear
 from torch import nn
 
 from fairseq_subnets.core.transforms import add_transform
+from fairseq_subnets.techniques.tuners import tuner_config
 from fairseq_subnets.techniques.tuners.adalora import AdaLoraConfig, SvdDelta, mask_to_budget
+from fairseq_subnets.techniques.tuners.dora import DoraChange
 from fairseq_subnets.techniques.tuners.glora import GloraChange
 from fairseq_subnets.techniques.tuners.ia3 import Ia3InputScale, Ia3OutputScale
 from fairseq_subnets.techniques.tuners.lora import LoraDelta
+from fairseq_subnets.techniques.tuners.vera import VeraDelta, random_bases
+from fairseq_subnets.techniques.tuners.vera.config import bases_shape
 
 PEFT_VERSION = "0.21.0"
 D_OUT, D_IN, R = 24, 40, 4
@@ -71,6 +77,78 @@ def test_ia3_matches_peft_on_either_side(feedforward):
         theirs.ia3_l["default"].copy_(scale.ia3_l.view_as(theirs.ia3_l["default"]))
     add_transform(base, "default", scale)
     assert_same_outputs(base, theirs)
+
+
+def assert_same_gradients(ours: nn.Module, theirs: nn.Module, pairs):
+    """The same loss on both outputs; `pairs` of (our parameter, PEFT's) get the same gradient."""
+    x = inputs()
+    weights = torch.randn(5, 7, D_OUT, generator=torch.Generator().manual_seed(4))
+    for module in (ours, theirs):
+        (module(x) * weights).sum().backward()
+    for mine, peft_one in pairs:
+        torch.testing.assert_close(mine.grad, peft_one.grad.view_as(mine.grad), rtol=1e-4, atol=1e-5)
+
+
+def test_dora_starts_as_peft_does_and_matches_it_in_outputs_and_gradients():
+    base = linear()
+    theirs = PeftLoraLinear(copy.deepcopy(base), "default", peft.LoraConfig(use_dora=True), r=R, lora_alpha=16)
+    change = DoraChange.create(base.weight, R, 16.0)
+    magnitude = theirs.lora_magnitude_vector["default"].weight
+    torch.testing.assert_close(change.magnitude, magnitude)  # the rows' norms of W
+    assert not change.lora_B.any() and not theirs.lora_B["default"].weight.any()
+    with torch.no_grad():
+        change.lora_A.copy_(random_like(change.lora_A, 1))
+        change.lora_B.copy_(random_like(change.lora_B, 2))
+        change.magnitude.mul_(1 + 0.3 * random_like(change.magnitude, 3))
+        theirs.lora_A["default"].weight.copy_(change.lora_A)
+        theirs.lora_B["default"].weight.copy_(change.lora_B)
+        magnitude.copy_(change.magnitude)
+    add_transform(base, "default", change)
+    base.parametrizations.weight.original.requires_grad_(False)
+    assert_same_outputs(base, theirs)
+    assert_same_gradients(base, theirs, [(change.lora_A, theirs.lora_A["default"].weight),
+                                         (change.lora_B, theirs.lora_B["default"].weight),
+                                         (change.magnitude, magnitude)])
+
+
+class TwoShapes(nn.Module):
+    """Two matrices of different shapes, so that VeRA's bases span the larger of each dimension."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.wide = nn.Linear(D_IN, D_OUT)
+        self.tall = nn.Linear(D_OUT, D_IN + 8)
+
+    def forward(self, x):
+        return self.wide(x)
+
+
+def test_vera_draws_peft_bases_and_matches_it_in_outputs_and_gradients():
+    options = dict(r=R, projection_prng_key=11, d_initial=0.3)
+    theirs = peft.get_peft_model(TwoShapes(), peft.VeraConfig(target_modules=["wide", "tall"], **options))
+    ours = TwoShapes()
+    shapes = {name: tuple(getattr(ours, name).weight.shape) for name in ("wide", "tall")}
+    config = tuner_config("vera", r=R, projection_seed=11, d_initial=0.3)
+    bases = random_bases(config.r, *bases_shape(shapes), config.projection_seed)
+    assert torch.equal(bases[0], theirs.base_model.vera_A["default"])
+    assert torch.equal(bases[1], theirs.base_model.vera_B["default"])
+    for name in ("wide", "tall"):
+        layer = getattr(theirs.base_model.model, name)
+        assert isinstance(layer, PeftVeraLinear)
+        delta = VeraDelta(shapes[name], bases, config.d_initial)
+        assert torch.equal(delta.lambda_d, layer.vera_lambda_d["default"])
+        assert torch.equal(delta.lambda_b, layer.vera_lambda_b["default"])
+        with torch.no_grad():
+            delta.lambda_b.copy_(random_like(delta.lambda_b, 1))
+            layer.vera_lambda_b["default"].copy_(delta.lambda_b)
+        add_transform(getattr(ours, name), "default", delta)
+        getattr(ours, name).parametrizations.weight.original.requires_grad_(False)
+    wide = theirs.base_model.model.wide
+    assert_same_outputs(ours.wide, wide)
+    ours_delta = ours.wide.parametrizations.weight[0].vera["default"]
+    assert_same_gradients(ours.wide, wide, [(ours_delta.lambda_b, wide.vera_lambda_b["default"]),
+                                            (ours_delta.lambda_d, wide.vera_lambda_d["default"])])
 
 
 def peft_adalora_config(**overrides):

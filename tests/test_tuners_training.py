@@ -4,7 +4,8 @@ pretrained model. The backbone stays bit-identical, the optimizer holds only the
 output layer, S2-LoRA's shared factors stay one tensor in checkpoints and its regularisation terms
 are logged, AdaLoRA's allocator ends at its target budget with the same triplets on both ranks;
 stock fairseq-generate decodes the checkpoint, and its export loads in stock fairseq without the
-plugin and gives the same logits.
+plugin and gives the same logits. DoRA and VeRA train with their shipped tiny configs, resume,
+decode, export and travel as adapter files (VeRA's frozen bases with them, once).
 Resuming after a kill, bit for bit, is in test_reproducible_training (mode tuner_adalora)."""
 import re
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from checkpoint_helpers import assert_decodes_and_exports_to_stock_fairseq
+from checkpoint_helpers import assert_decodes_and_exports_to_stock_fairseq, two_at_a_time
 from fairseq_subnets import USER_DIR
 
 pytestmark = pytest.mark.slow
@@ -201,3 +202,68 @@ def test_adapters_save_and_info_count_what_the_optimizer_trains(run, request, tm
     assert f"{trained:,} trained parameters" in capsys.readouterr().out
     assert cli(["adapters", "info", str(tmp_path / "run.adapter"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["trained_parameters"] == trained
+
+
+NEW_TUNERS = ("dora", "vera")
+
+
+@pytest.fixture(scope="module")
+def new_tuner_runs(skeleton_run, tmp_path_factory):
+    """DoRA and VeRA side by side, each with its shipped tiny config on one process: 10 updates (the
+    fewest that give the tri-stage schedule a warm-up update), then resumed to 12 from its
+    checkpoint_last.pt (fairseq's own resume)."""
+    from fairseq_subnets.runner import hydra_train
+
+    _, result = skeleton_run
+    out = tmp_path_factory.mktemp("new_tuners")
+
+    def train_and_resume(method):
+        settings = overrides(result, out / method, "dataset.disable_validation=true")
+        hydra_train(f"{method}_tiny", [*settings, "optimization.max_update=10"], out / f"{method}.log")
+        return out / method, hydra_train(f"{method}_tiny", [*settings, "optimization.max_update=12"],
+                                         out / f"{method}_resumed.log")
+
+    return result, dict(zip(NEW_TUNERS, two_at_a_time(*((train_and_resume, method) for method in NEW_TUNERS))))
+
+
+@pytest.mark.parametrize("method", NEW_TUNERS)
+def test_dora_and_vera_train_resume_decode_export_and_travel_as_adapter_files(method, new_tuner_runs, tmp_path,
+                                                                                capsys):
+    import json
+
+    from fairseq_subnets.cli.main import main as cli
+    from fairseq_subnets.techniques.tuners import tuner_trained_count
+    from fairseq_subnets.techniques.tuners.vera import random_bases
+    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+
+    result, runs = new_tuner_runs
+    run_dir, resumed_log = runs[method]
+    checkpoint = run_dir / "checkpoint_last.pt"
+    loaded = load_checkpoint(checkpoint)
+    assert re.search(r"Loaded checkpoint \S+checkpoint_last\.pt \(epoch \d+ @ 10 updates\)", resumed_log), resumed_log[-3000:]
+    assert loaded["optimizer_history"][-1]["num_updates"] == 12
+    state = loaded["model"]
+    different, _ = backbone_differences(state, load_checkpoint(result.pretrained_checkpoint)["model"])
+    assert not different
+    trained = [key for key in state if f".{method}.tuner." in key and key.endswith((".lora_B", ".lambda_b"))]
+    assert len(trained) == 2 * 3 and all(state[key].abs().sum() > 0 for key in trained)  # q and v of 3 layers
+    if method == "vera":
+        bases = {key: state[key] for key in state if key.endswith((".vera_A", ".vera_B"))}
+        assert len(bases) == 2 * 6 and len({value.data_ptr() for value in bases.values()}) == 2
+        width = state[next(iter(bases)).rsplit(".parametrizations.", 1)[0] + ".parametrizations.weight.original"].shape[0]
+        drawn = dict(zip(("vera_A", "vera_B"), random_bases(256, width, width, 0)))
+        assert all(torch.equal(value, drawn[key.rsplit(".", 1)[1]]) for key, value in bases.items())
+    data = Path(result.corpus_dir) / LANGUAGE
+    assert_decodes_and_exports_to_stock_fairseq(checkpoint, data, tmp_path)
+
+    adapter = tmp_path / f"{method}.adapter"
+    assert cli(["adapters", "save", str(checkpoint), "--out", str(adapter)]) == 0
+    capsys.readouterr()
+    assert cli(["adapters", "info", str(adapter), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    head = sum(state[key].numel() for key in ("w2v_encoder.proj.weight", "w2v_encoder.proj.bias"))
+    assert info["method"] == method and info["trained_parameters"] == tuner_trained_count(state) + head
+    rebuilt = tmp_path / "rebuilt.pt"
+    assert cli(["adapters", "apply", str(adapter), "--backbone", str(result.pretrained_checkpoint),
+                "--out", str(rebuilt)]) == 0
+    assert torch.equal(logits_of(rebuilt, data), logits_of(checkpoint, data))

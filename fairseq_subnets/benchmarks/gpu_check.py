@@ -57,6 +57,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from .. import USER_DIR
 from ..atomic import write_atomically
 from ..runner import CONFIG_DIR
+from ..techniques.tuners.registry import METHODS as TUNER_METHODS
 from .rehearsal import refuse_used_output_folder
 from .timing import machine_description, text_table
 
@@ -258,7 +259,10 @@ class Mode:
     """its checkpoint holds masks whose pruned weights must be exactly 0"""
 
 
-TUNERS = ("lora", "s2lora", "adalora", "alpha_lora", "glora", "ia3", "bitfit")
+FIRST_TUNERS = ("lora", "s2lora", "adalora")
+"""The tuners that run first, should the budget run out: the S2-LoRA paper's main comparison."""
+TUNERS = FIRST_TUNERS + tuple(method for method in TUNER_METHODS if method not in FIRST_TUNERS)
+"""Every registered tuner, each a mode with its shipped <method>_xlsr_300m config."""
 MODES: Dict[str, Mode] = {
     REFERENCE: Mode("xlsr_300m", "stock fine-tuning: the stock wav2vec_ctc model, audio_finetuning task and ctc "
                     "criterion on the shipped config (the reference)",

@@ -32,10 +32,11 @@ def register(subparsers):
     apply.add_argument("--out", required=True, metavar="CKPT", help="checkpoint to write")
     apply.set_defaults(func=run_apply)
 
-    ranks = commands.add_parser("ranks", help="the rank each adapted matrix uses (LoRA, alpha-LoRA, AdaLoRA, S2-LoRA)",
+    ranks = commands.add_parser("ranks", help="the rank each adapted matrix uses (the low-rank tuners)",
                                 description="The rank in use of every adapted matrix, as a table of encoder layers "
-                                "x q, k, v, out, fc1, fc2: AdaLoRA's kept triplets, S2-LoRA's coefficients with "
-                                "|s| >= 1e-4, LoRA's r, alpha-LoRA's r (0 while its scalar is 0).")
+                                "x q, k, v, out, fc1, fc2, for the tuners with a rank: AdaLoRA's kept triplets, "
+                                "S2-LoRA's coefficients with |s| >= 1e-4, alpha-LoRA's r (0 while its scalar is 0), "
+                                "the r of the others.")
     ranks.add_argument("source", metavar="FILE", help="an adapter file or a tuner run's checkpoint")
     ranks.add_argument("--csv-out", metavar="CSV",
                        help="also write the table as CSV to this file (layer, then one column per kind)")

@@ -13,7 +13,7 @@ from torch import nn
 
 from .base import Tuner, TunerConfig, TunerError, target_modules
 
-METHODS = ("lora", "alpha_lora", "adalora", "glora", "bitfit", "ia3", "s2lora")
+METHODS = ("lora", "alpha_lora", "adalora", "glora", "bitfit", "ia3", "s2lora", "dora", "vera")
 """The method folders, in the reports' order."""
 
 

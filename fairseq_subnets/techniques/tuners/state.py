@@ -33,9 +33,8 @@ def rank_based_methods() -> Tuple[str, ...]:
 
 
 def tuner_ranks(state: Mapping[str, torch.Tensor]) -> Dict[str, Tuple[str, int]]:
-    """Model-relative weight name -> (method, rank in use) of every rank-based tuner matrix (LoRA,
-    alpha-LoRA, AdaLoRA, S2-LoRA) in a state dict. Methods without ranks (IA3, BitFit, GLoRA's
-    fixed factors) are left out."""
+    """Model-relative weight name -> (method, rank in use) of every rank-based tuner matrix
+    (`rank_based_methods`) in a state dict; methods without a rank in use are left out."""
     by_transform: Dict[Tuple[str, str, str], Dict[str, torch.Tensor]] = {}
     for key, value in state.items():
         module, found, rest = key.partition(TRANSFORM_STATE)
