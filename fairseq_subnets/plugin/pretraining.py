@@ -17,7 +17,8 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 
-from .time_masking import SeededMaskingTrainStep, install_seeded_masking
+from .reproducible_steps import ReproducibleSteps
+from .time_masking import install_seeded_masking
 
 
 class SeededCrops:
@@ -48,7 +49,7 @@ def install_seeded_crops(dataset, seed):
 
 
 @register_task("subnets_audio_pretraining", dataclass=AudioPretrainingConfig)
-class SubnetsAudioPretrainingTask(SeededMaskingTrainStep, AudioPretrainingTask):
+class SubnetsAudioPretrainingTask(ReproducibleSteps, AudioPretrainingTask):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.seed = torch.initial_seed()  # common.seed: fairseq's train.py seeds torch just before
