@@ -46,8 +46,8 @@ def use_deterministic_cpu_kernels(model):
 @contextmanager
 def validation_draws(model, sample, fixed_seed=None):
     """Context for one validation step of a model with seeded masking: its masks and torch's draws
-    come from the run's seed and the model's update count (which fairseq sets at every training
-    step and on resume), or from `fixed_seed` alone (`dataset.fixed_validation_seed`: every
+    come from the run's seed and the update count of the last training step (validation follows
+    one in fairseq, on resume too), or from `fixed_seed` alone (`dataset.fixed_validation_seed`: every
     validation draws alike); torch's state is restored afterwards. A model without seeded masking
     (a stock model) keeps stock behaviour."""
     masking = getattr(model, "seeded_masking", None)
@@ -55,7 +55,7 @@ def validation_draws(model, sample, fixed_seed=None):
         yield
         return
     if fixed_seed is None:
-        seed, update = masking.seed, getattr(masking.w2v_model, "num_updates", 0)
+        seed, update = masking.seed, masking.updates_done
     else:
         seed, update = fixed_seed, 0
     with set_torch_seed(validation_seed(seed, update)), \

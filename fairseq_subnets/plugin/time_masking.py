@@ -41,14 +41,19 @@ class SeededMasking:
         self.update = None
         self.utterance_ids = None
         self.draw_seed = seed
+        self.updates_done = 0
         self.warned_unseeded = False
 
     @contextmanager
     def drawn_for(self, update, utterance_ids, seed=None):
         """Masks drawn for this update and these utterances, from `seed` (None: the run's seed,
-        as in training; validation passes one of its own)."""
+        as in training; validation passes one of its own). A training draw also records the
+        update count its step reaches, which validation keys its draws on (wav2vec2 keeps no
+        update count)."""
         self.update, self.utterance_ids = int(update), utterance_ids.detach().cpu()
         self.draw_seed = self.seed if seed is None else seed
+        if seed is None:
+            self.updates_done = self.update + 1
         try:
             yield
         finally:
