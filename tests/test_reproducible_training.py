@@ -54,8 +54,9 @@ def small_corpus(skeleton_run, tmp_path_factory):
     for folder in ["pretrain", "es", LANGUAGE]:
         (out / folder).mkdir()
         for path in (Path(result.corpus_dir) / folder).iterdir():
-            kept = SMALL_SPLITS.get(path.stem)
-            if kept is None and path.stem != "dict":
+            kind = path.name.split(".")[0]  # a split (train.tsv, train.ltr, ...) or the dictionary
+            kept = SMALL_SPLITS.get(kind)
+            if kept is None and kind != "dict":
                 continue
             lines = path.read_text().splitlines(keepends=True)
             header = 1 if path.suffix == ".tsv" else 0
