@@ -4,7 +4,10 @@ For each training mode one command runs twice from scratch: once uninterrupted, 
 SIGKILL at a random update and then simply run again (fairseq resumes from checkpoint_last.pt).
 Both runs' first interval checkpoints (written before the kill) must be bit-identical, which is
 "the same command twice gives the same checkpoint"; so must their final checkpoints: weights,
-masks, Adam's state, the scheduler and the data position. The modes: wav2vec2 pretraining, plain
+masks, Adam's state, the scheduler and the data position; and so must every validation's results.
+The runs read a small corpus, so that their updates span several epochs, each ending with a
+validation (as does each checkpoint). Every mode runs at 1 thread; TWO_THREAD_MODES also at 2,
+where floating-point sums are split between threads. The modes: wav2vec2 pretraining, plain
 fine-tuning, fixed-mask fine-tuning, downstream fine-tuning with a frozen first epoch,
 multilingual pathway training with per-language masks on shared weights (Adam with weight decay),
 learned masks (S3-Router) with one top-k over all encoder matrices, AdaLoRA (its importance
@@ -12,7 +15,9 @@ averages and rank budget), and lottery-ticket pruning with group lasso killed be
 events (its masks, rewind point, block norms and restarted learning-rate schedule).
 
 Without seeded time masking (plugin.time_masking) every mode fails from the first masked update,
-and pretraining also without seeded crops (plugin.pretraining).
+and pretraining also without seeded crops (plugin.pretraining), without seeded validation draws
+(its validation masks and negatives, plugin.reproducible_steps) and, at 2 threads, without
+deterministic CPU kernels (the same module).
 """
 import random
 import secrets
@@ -29,9 +34,34 @@ from interrupted_runs import (
 pytestmark = pytest.mark.slow
 
 LANGUAGE = "ca"
-"""The skeleton's smallest set: 20 updates per epoch with the tiny config."""
+SMALL_SPLITS = {"train": 32, "valid": 4}
+"""Utterances kept per split of each corpus folder: about 3 updates per epoch with the tiny configs,
+so 12 updates span several epochs, and a validation of one batch."""
 SAVE_EVERY = 4
 FFN_TARGETS = "ffn"
+TWO_THREAD_MODES = ["pretraining", "learned_masks_global_top_k"]
+"""The modes also run at 2 threads: pretraining, whose negatives' backward summed in thread order
+before the plugin turned on deterministic kernels, and one fine-tuning mode with a global top-k.
+Every mode at 2 threads would double the module's time."""
+
+
+@pytest.fixture(scope="module")
+def small_corpus(skeleton_run, tmp_path_factory):
+    """The skeleton corpus's pretraining, Spanish and Catalan folders cut to SMALL_SPLITS (the
+    audio stays where it is: a manifest's first line names its folder)."""
+    _, result = skeleton_run
+    out = tmp_path_factory.mktemp("small_corpus")
+    for folder in ["pretrain", "es", LANGUAGE]:
+        (out / folder).mkdir()
+        for path in (Path(result.corpus_dir) / folder).iterdir():
+            kind = path.name.split(".")[0]  # a split (train.tsv, train.ltr, ...) or the dictionary
+            kept = SMALL_SPLITS.get(kind)
+            if kept is None and kind != "dict":
+                continue
+            lines = path.read_text().splitlines(keepends=True)
+            header = 1 if path.suffix == ".tsv" else 0
+            (out / folder / path.name).write_text("".join(lines if kept is None else lines[:header + kept]))
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -53,28 +83,28 @@ def masks(skeleton_run, tmp_path_factory):
     return {name: out / f"{name}.mask" for name in wanted}
 
 
-def mode_arguments(mode, result, masks):
-    """(config folder, config name, overrides) of one training mode, without the save dir."""
+def mode_arguments(mode, result, masks, corpus):
+    """(config folder, config name, overrides) of one training mode, without the save dir;
+    `corpus`: the small corpus."""
     from fairseq_subnets.runner import CONFIG_DIR
 
     finetune = CONFIG_DIR / "finetune"
     pretrained = [f"model.w2v_path={result.pretrained_checkpoint}"]
-    one_language = [f"task.data={Path(result.corpus_dir) / LANGUAGE}", "optimization.max_update=12"]
+    one_language = [f"task.data={corpus / LANGUAGE}", "optimization.max_update=12"]
     if mode == "pretraining":
-        return CONFIG_DIR / "pretrain", "tiny", [f"task.data={Path(result.corpus_dir) / 'pretrain'}",
-                                                 "optimization.max_update=12"]
+        return CONFIG_DIR / "pretrain", "tiny", [f"task.data={corpus / 'pretrain'}", "optimization.max_update=12"]
     if mode == "finetuning":
         return finetune, "tiny", pretrained + one_language
     if mode == "fixed_mask":
         return finetune, "tiny", pretrained + one_language + [f"+model.mask_path={masks['pretrained']}"]
     if mode == "downstream_frozen_first_epoch":
         return finetune, "tiny", pretrained + [
-            f"task.data={Path(result.corpus_dir) / LANGUAGE}", f"+model.init_from={result.finetuned_checkpoint}",
-            f"+model.mask_path={masks['finetuned']}", "+model.freeze_encoder_epochs=1", "optimization.max_epoch=2",
+            f"task.data={corpus / LANGUAGE}", f"+model.init_from={result.finetuned_checkpoint}",
+            f"+model.mask_path={masks['finetuned']}", "+model.freeze_encoder_epochs=1", "optimization.max_epoch=4",
             "optimization.max_update=1000"]
     if mode == "multilingual_language_masks":
         return finetune, "multilingual_tiny", pretrained + [
-            f"task.data={result.corpus_dir}", "task.languages=[es,ca]", "optimization.max_update=12",
+            f"task.data={corpus}", "task.languages=[es,ca]", "optimization.max_update=12",
             f"+model.language_mask_files=[es:{masks['es']},ca:{masks['ca']}]", "+optimizer.weight_decay=0.01"]
     if mode == "learned_masks_global_top_k":
         return finetune, "learned_masks_tiny", pretrained + one_language + ["model.score_scope=global",
@@ -94,24 +124,31 @@ MODES = ["pretraining", "finetuning", "fixed_mask", "downstream_frozen_first_epo
          "learned_masks_global_top_k", "tuner_adalora", "iterative_pruning_lth"]
 
 
-def killed_and_rerun(mode, result, masks, work):
+RUNS = [(mode, 1) for mode in MODES] + [(mode, 2) for mode in TWO_THREAD_MODES]
+"""(mode, threads) of every pair of runs."""
+MIN_EPOCHS = 3
+TIMING_KEYS = {"wps", "wall", "train_wall"}
+
+
+def killed_and_rerun(mode, threads, result, masks, corpus, work):
     """One mode's command run uninterrupted and, side by side, killed at a random update and run
-    again, each with one thread: bit-identity holds for the same command with the same thread
-    count (float sums depend on the split). The kill point's seed is drawn afresh (not from the
-    global `random`, which other code may seed), and named when the rerun does not resume where
-    the kill left it. Returns the two save dirs."""
-    config_dir, config_name, arguments = mode_arguments(mode, result, masks)
+    again, each with `threads` threads: bit-identity holds for the same command with the same
+    thread count (float sums depend on the split). Validation runs at each epoch's end and before
+    each save. The kill point's seed is drawn afresh (not from the global `random`, which other
+    code may seed), and named when the rerun does not resume where the kill left it. Returns the
+    two save dirs."""
+    config_dir, config_name, arguments = mode_arguments(mode, result, masks, corpus)
     arguments = [f"common.user_dir={USER_DIR}", *arguments, f"checkpoint.save_interval_updates={SAVE_EVERY}",
-                 "checkpoint.keep_interval_updates=-1", "dataset.disable_validation=true"]
+                 "checkpoint.keep_interval_updates=-1", "checkpoint.save_interval=1000", "dataset.validate_interval=1"]
     uninterrupted, interrupted = work / "uninterrupted", work / "interrupted"
     reference = start_training(config_dir, config_name, arguments + [f"checkpoint.save_dir={uninterrupted}"],
-                               work / "uninterrupted.log", threads=1)
+                               work / "uninterrupted.log", threads=threads)
     seed = secrets.randbits(30)
     rerun_arguments = arguments + [f"checkpoint.save_dir={interrupted}"]
-    killed = start_training(config_dir, config_name, rerun_arguments, work / "killed.log", threads=1)
+    killed = start_training(config_dir, config_name, rerun_arguments, work / "killed.log", threads=threads)
     kill_at_random_update(killed, interrupted, random.Random(seed))
     resumed_from = training_state(interrupted / "checkpoint_last.pt")["num_updates"]
-    wait_finished(start_training(config_dir, config_name, rerun_arguments, work / "rerun.log", threads=1),
+    wait_finished(start_training(config_dir, config_name, rerun_arguments, work / "rerun.log", threads=threads),
                   work / "rerun.log")
     log = (work / "rerun.log").read_text()
     assert f"@ {resumed_from} updates" in log, f"kill seed {seed}: the rerun did not resume from update {resumed_from}"
@@ -119,23 +156,49 @@ def killed_and_rerun(mode, result, masks, work):
     return uninterrupted, interrupted
 
 
+def validations(*log_paths):
+    """{num_updates: the validation's logged results but timings} over fairseq logs in the order
+    they were written; a validation logged twice (before a kill and again after the resume) must
+    log the same results both times."""
+    found = {}
+    for path in log_paths:
+        for line in Path(path).read_text(errors="replace").splitlines():
+            if "| valid on '" not in line:
+                continue
+            fields = [part.strip().split(" ", 1) for part in line.split(" | ")[2:]]
+            results = {key: value for key, value in fields if key not in TIMING_KEYS}
+            results["epoch"] = line.split(" | ")[0].rsplit("epoch ", 1)[1]
+            updates = int(results["num_updates"])
+            assert found.setdefault(updates, results) == results, f"{path}: validation at update {updates} " \
+                                                                   f"logged {results}, before {found[updates]}"
+    return found
+
+
 @pytest.fixture(scope="module")
-def mode_runs(skeleton_run, masks, tmp_path_factory):
+def mode_runs(skeleton_run, masks, small_corpus, tmp_path_factory):
     """Every mode's runs, two modes at a time (forked from the session's fork server, so fairseq's
     import, once most of each run, is paid once): a mode leaves a core idle while its rerun goes
-    alone. Mode -> its future."""
+    alone. (mode, threads) -> its future."""
     _, result = skeleton_run
     with ThreadPoolExecutor(2) as pool:
-        running = {mode: pool.submit(killed_and_rerun, mode, result, masks, tmp_path_factory.mktemp(mode))
-                   for mode in MODES}
+        running = {(mode, threads): pool.submit(killed_and_rerun, mode, threads, result, masks, small_corpus,
+                                                tmp_path_factory.mktemp(f"{mode}_{threads}threads"))
+                   for mode, threads in RUNS}
         for future in running.values():
             future.exception()
     return running
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_a_run_killed_at_a_random_update_and_rerun_ends_bit_identical_to_an_uninterrupted_run(mode, mode_runs):
-    uninterrupted, interrupted = mode_runs[mode].result()
+@pytest.mark.parametrize("mode, threads", [pytest.param(mode, threads, id=f"{mode}-{threads}threads")
+                                           for mode, threads in RUNS])
+def test_a_run_killed_at_a_random_update_and_rerun_ends_bit_identical_to_an_uninterrupted_run(mode, threads,
+                                                                                              mode_runs):
+    uninterrupted, interrupted = mode_runs[mode, threads].result()
     first = min(interval_checkpoints(uninterrupted))
     assert_bit_identical(interval_checkpoints(uninterrupted)[first], interval_checkpoints(interrupted)[first])
     assert_bit_identical(uninterrupted / "checkpoint_last.pt", interrupted / "checkpoint_last.pt")
+    work = uninterrupted.parent
+    reference = validations(work / "uninterrupted.log")
+    assert len({results["epoch"] for results in reference.values()}) >= MIN_EPOCHS, \
+        f"the run validated in fewer than {MIN_EPOCHS} epochs: {sorted(reference)}"
+    assert validations(work / "killed.log", work / "rerun.log") == reference

@@ -20,8 +20,9 @@ from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 
 from .errors import one_line_errors
+from .reproducible_steps import ReproducibleSteps
 from .tasks import check_training_start
-from .time_masking import SeededMaskingTrainStep, install_seeded_masking
+from .time_masking import install_seeded_masking
 
 
 class SeededCrops:
@@ -52,7 +53,7 @@ def install_seeded_crops(dataset, seed):
 
 
 @register_task("subnets_audio_pretraining", dataclass=AudioPretrainingConfig)
-class SubnetsAudioPretrainingTask(SeededMaskingTrainStep, AudioPretrainingTask):
+class SubnetsAudioPretrainingTask(ReproducibleSteps, AudioPretrainingTask):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.seed = torch.initial_seed()  # common.seed: fairseq's train.py seeds torch just before

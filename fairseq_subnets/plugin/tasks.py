@@ -28,8 +28,7 @@ from fairseq.logging import metrics
 from fairseq.logging.meters import safe_round
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
-from omegaconf import II, OmegaConf, open_dict
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import II, open_dict
 
 from ..core.pathways import unchanged_through
 from ..data.check import check_manifest_dir
@@ -42,8 +41,9 @@ from .generator import CtcGreedyGenerator
 from .lr_schedules import check_tri_stage_phases
 from .models import RECORDED_MODEL_KEYS, TRAINING_ONLY_MODEL_KEYS, SubnetsWav2VecCtc
 from .multilingual_data import MonolingualBatchDataset, all_batches_in_language_order, language_block_sampler
+from .reproducible_steps import ReproducibleSteps
 from .resume import check_resumed_run
-from .time_masking import SeededMaskingTrainStep
+from .run_config import run_setting
 from .upstream import LANGUAGE_DICTIONARIES_KEY
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class SubnetsAudioFinetuningConfig(AudioFinetuningConfig):
 
 
 @register_task("subnets_audio_finetuning", dataclass=SubnetsAudioFinetuningConfig)
-class SubnetsAudioFinetuningTask(SeededMaskingTrainStep, AudioFinetuningTask):
+class SubnetsAudioFinetuningTask(ReproducibleSteps, AudioFinetuningTask):
     cfg: SubnetsAudioFinetuningConfig
 
     @one_line_errors
@@ -160,15 +160,6 @@ class SubnetsAudioFinetuningTask(SeededMaskingTrainStep, AudioFinetuningTask):
         return super().get_batch_iterator(
             dataset, max_tokens=max_tokens, ignore_invalid_inputs=ignore_invalid_inputs, **kwargs
         )
-
-
-def run_setting(task_cfg, key):
-    """A setting of the whole run (e.g. 'checkpoint.save_dir'), read from the full config above
-    the task's (fairseq keeps the task config's parent); None for a task config on its own."""
-    try:
-        return OmegaConf.select(task_cfg, f"..{key}")
-    except OmegaConfBaseException:
-        return None
 
 
 def check_training_start(task_cfg, model_cfg):

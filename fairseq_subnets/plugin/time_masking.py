@@ -18,8 +18,8 @@ The seed is torch's initial seed when the model is built: fairseq's train.py see
 `common.seed` just before it builds the model, on every rank and on resume alike.
 
 The utterance indices reach the model through `masks_drawn_for`, which the plugin's tasks wrap
-around every training step. A model trained through a task that does not (a stock task) keeps
-stock behaviour, and says so once.
+around every training step (reproducible_steps, which also seeds validation's masks). A model
+trained through a task that does not (a stock task) keeps stock behaviour, and says so once.
 """
 import logging
 from contextlib import contextmanager, nullcontext
@@ -40,11 +40,20 @@ class SeededMasking:
         self.stock_apply_mask = w2v_model.apply_mask
         self.update = None
         self.utterance_ids = None
+        self.draw_seed = seed
+        self.updates_done = 0
         self.warned_unseeded = False
 
     @contextmanager
-    def drawn_for(self, update, utterance_ids):
+    def drawn_for(self, update, utterance_ids, seed=None):
+        """Masks drawn for this update and these utterances, from `seed` (None: the run's seed,
+        as in training; validation passes one of its own). A training draw also records the
+        update count its step reaches, which validation keys its draws on (wav2vec2 keeps no
+        update count)."""
         self.update, self.utterance_ids = int(update), utterance_ids.detach().cpu()
+        self.draw_seed = self.seed if seed is None else seed
+        if seed is None:
+            self.updates_done = self.update + 1
         try:
             yield
         finally:
@@ -79,7 +88,7 @@ class SeededMasking:
             (batch, steps), padding_mask, model.mask_prob, model.mask_length, model.mask_selection,
             model.mask_other, min_masks=2, no_overlap=model.no_mask_overlap, min_space=model.mask_min_space,
             require_same_masks=model.cfg.require_same_masks, mask_dropout=model.cfg.mask_dropout,
-            seed=self.seed, epoch=self.update, indices=self.utterance_ids,
+            seed=self.draw_seed, epoch=self.update, indices=self.utterance_ids,
         )
 
     def channel_mask(self, batch, channels):
@@ -88,7 +97,7 @@ class SeededMasking:
             (batch, channels), None, model.mask_channel_prob, model.mask_channel_length,
             model.mask_channel_selection, model.mask_channel_other, no_overlap=model.no_mask_channel_overlap,
             min_space=model.mask_channel_min_space,
-            seed=self.seed, epoch=-1 - self.update, indices=self.utterance_ids,
+            seed=self.draw_seed, epoch=-1 - self.update, indices=self.utterance_ids,
         ))
 
 
@@ -108,11 +117,3 @@ def masks_drawn_for(model, update, sample):
         return nullcontext()
     return masking.drawn_for(update, sample["id"])
 
-
-class SeededMaskingTrainStep:
-    """Mixed into a task before its fairseq base: every training step draws the model's masks for
-    its update and its utterances (masks_drawn_for)."""
-
-    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
-        with masks_drawn_for(model, update_num, sample):
-            return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
