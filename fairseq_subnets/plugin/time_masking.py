@@ -116,4 +116,3 @@ def masks_drawn_for(model, update, sample):
     if masking is None or sample is None or "id" not in sample:
         return nullcontext()
     return masking.drawn_for(update, sample["id"])
-
