@@ -297,8 +297,12 @@ def test_importing_the_package_and_registering_the_plugin_never_imports_transfor
 
 @pytest.mark.slow
 def test_the_trained_model_transcribes_its_test_set_alike_in_hf(skeleton_run, tmp_path):
+    """HF's logits and greedy transcripts equal fairseq's on every test utterance; imported back,
+    fairseq builds the model from the checkpoint's own config (as fairseq-generate does) and it
+    computes the same logits."""
     from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
+    from fairseq_subnets.cli.main import main
     from fairseq_subnets.plugin.generator import CtcGreedyGenerator
     from test_skeleton_pipeline import build_from_checkpoint
 
@@ -324,6 +328,12 @@ def test_the_trained_model_transcribes_its_test_set_alike_in_hf(skeleton_run, tm
             transcripts.append((fairseq_text.replace(" ", "").replace("|", " ").strip(), hf_text))
     assert len(transcripts) == result.test_utterances
     assert worst <= TOLERANCE
+    (tmp_path / "back").mkdir()
+    assert main(["import", str(tmp_path / "hf"), str(tmp_path / "back" / "imported.pt"), "--format", "hf"]) == 0
+    _, imported = build_from_checkpoint(tmp_path / "back" / "imported.pt", "wav2vec_ctc")
+    with torch.no_grad():
+        imported_logits = imported.get_logits(imported(**sample["net_input"]))
+    assert torch.equal(imported_logits.transpose(0, 1), fairseq_logits)
     assert [hf for _, hf in transcripts] == [fairseq for fairseq, _ in transcripts]
     assert sum(bool(fairseq) for fairseq, _ in transcripts) > len(transcripts) // 2  # it says something
 

@@ -26,36 +26,36 @@ def register(subparsers):
 
 
 def run_import(args) -> int:
-    from ..interop.hf import HfInteropError, import_hf_folder
+    from ..interop.hf import import_hf_folder
 
-    try:
-        notes = import_hf_folder(args.folder, args.out)
-    except HfInteropError as error:
-        raise UserError(str(error)) from None
-    except OSError as error:
-        raise UserError(cannot_write_message(args.out, error)) from None
-    for note in notes:
-        print(note)
-    print(f"wrote {args.out}")
-    return 0
+    return _converted(lambda: import_hf_folder(args.folder, args.out), args.out, what=args.folder)
 
 
 def run_hf_export(args) -> int:
     """`export --format hf`: the folder --out of the checkpoint, as the stock export would bake it."""
+    from ..interop.hf import export_hf_folder
+
+    return _converted(lambda: export_hf_folder(args.checkpoint, args.out, mask_path=args.mask, language=args.language,
+                                               dictionary_path=args.dictionary), args.out, what=args.checkpoint)
+
+
+def _converted(convert, out, what) -> int:
+    """Runs `convert` (which returns notes on what it left out or filled in), prints the notes and
+    what it wrote; every input error becomes one line (the errors' messages name their file, but
+    a stray ValueError gets `what` in front)."""
     from ..core.maskfile import MaskFileError
-    from ..interop.hf import HfInteropError, export_hf_folder
+    from ..errors import PluginInputError
     from ..plugin.checkpoints import CheckpointLoadError
 
     try:
-        notes = export_hf_folder(args.checkpoint, args.out, mask_path=args.mask, language=args.language,
-                                 dictionary_path=args.dictionary)
-    except (HfInteropError, CheckpointLoadError, MaskFileError) as error:
+        notes = convert()
+    except (PluginInputError, CheckpointLoadError, MaskFileError) as error:
         raise UserError(str(error)) from None
     except ValueError as error:
-        raise UserError(f"{args.checkpoint}: {error}") from None
+        raise UserError(f"{what}: {error}") from None
     except OSError as error:
-        raise UserError(cannot_write_message(args.out, error)) from None
+        raise UserError(cannot_write_message(out, error)) from None
     for note in notes:
         print(note)
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0

@@ -13,7 +13,7 @@ and writes a checkpoint in the layout fairseq's trainer writes: a pretraining on
 `dict.ltr.txt` beside it, for `model.init_from` and fairseq-generate.
 
 The weights keep their values bit for bit both ways (interop.hf_layout names them); the folder and
-the checkpoint are written whole or not at all. transformers is an optional dependency
+each file are written whole or not at all. transformers is an optional dependency
 (`pip install fairseq_subnets[hf]`), imported by these functions only.
 """
 import io
@@ -33,9 +33,9 @@ from omegaconf import OmegaConf
 
 from ..atomic import check_folder_writable, check_writable, write_atomically
 from ..core.maskfile import load_mask_file
+from ..errors import PluginInputError
 from ..plugin.checkpoint_kinds import FINE_TUNED, checkpoint_kind
 from ..plugin.checkpoints import load_fairseq_checkpoint, trainer_checkpoint
-from ..plugin.errors import PluginInputError
 from ..plugin.export import plain_checkpoint
 from ..plugin.upstream import LANGUAGE_DICTIONARIES_KEY
 from .hf_layout import (
@@ -94,6 +94,7 @@ def export_hf_folder(checkpoint_path, out_dir, mask_path=None, language=None, di
     symbols = output_symbols(state, checkpoint_path, language, dictionary_path) if ctc else None
     try:
         fields, weights, notes = hf_form(stock, ctc, symbols)
+        vocabulary = hf_vocabulary(symbols) if ctc else None
     except LayoutError as error:
         raise HfInteropError(f"{checkpoint_path}: {error}") from None
     architecture = CTC if ctc else PRETRAINING if has_quantizer(stock["model"]) else ENCODER
@@ -112,7 +113,7 @@ def export_hf_folder(checkpoint_path, out_dir, mask_path=None, language=None, di
         if ctc:
             vocab_path = os.path.join(folder, "vocab.json")
             with open(vocab_path, "w", encoding="utf-8") as stream:
-                json.dump(hf_vocabulary(symbols), stream, ensure_ascii=False, indent=1)
+                json.dump(vocabulary, stream, ensure_ascii=False, indent=1)
             tokenizer = transformers.Wav2Vec2CTCTokenizer(vocab_path, word_delimiter_token="|")
             transformers.Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
         else:
@@ -253,6 +254,10 @@ def import_hf_folder(folder, out_path) -> List[str]:
                              f"or {ENCODER}")
     architecture = known[0]
     ctc = architecture == CTC
+    try:
+        model_fields = fairseq_model_fields(config, pretraining_heads=architecture == PRETRAINING)
+    except LayoutError as error:
+        raise HfInteropError(f"{folder}: {error}") from None
     normalize, sample_rate = preprocessing(transformers, folder)
     weights = read_safetensors(folder)
     with torch.device("meta"):
@@ -266,7 +271,6 @@ def import_hf_folder(folder, out_path) -> List[str]:
         notes.append("filled in: mask_emb as zeros (the folder has none: its masking was off)")
     compare_weights(weights, expected, f"{folder}/{WEIGHTS_FILE} as {architecture}")
     try:
-        model_fields = fairseq_model_fields(config, pretraining_heads=architecture == PRETRAINING)
         dictionary = None
         if ctc:
             symbols, rows = hf_symbols(transformers, folder, config)
@@ -298,9 +302,9 @@ def import_hf_folder(folder, out_path) -> List[str]:
         checkpoint = trainer_checkpoint(cfg, model_state, "Wav2vecCriterion")
     buffer = io.BytesIO()
     torch.save(checkpoint, buffer)
-    write_atomically(out_path, buffer.getvalue())
-    if ctc:
+    if ctc:  # first: a checkpoint on disk always has its dictionary beside it
         write_atomically(dictionary_path, dictionary_text(dictionary).encode())
+    write_atomically(out_path, buffer.getvalue())
     return notes
 
 
