@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from factory import LETTERS
+from fairseq_subnets.core.tuners import TUNERS
 
 SHAPES = {
     "tiny": (dict(layers=2, width=64, ffn=128), False, False),
@@ -28,6 +29,8 @@ SHAPES = {
 }
 """name -> (encoder size, XLS-R's architecture, normalized input)."""
 TOLERANCE = 1e-4
+TUNER_SETTINGS = {"adalora": {"tuner_total_updates": 100}}
+"""What a tuner needs set beyond its name."""
 
 
 def dictionary_of(letters=LETTERS):
@@ -254,6 +257,49 @@ def test_a_folder_with_another_vocabulary_order_is_imported_with_the_rows_reorde
     assert list(back["task_state"]["target_dictionary"].symbols) == list(dictionary_of().symbols)
 
 
+def test_a_fixed_mask_model_exports_with_its_masks_baked_and_computes_alike(tmp_path):
+    from transformers import Wav2Vec2ForCTC
+
+    from factory import write_plugin_checkpoint
+
+    path, model, masks = write_plugin_checkpoint(tmp_path)
+    export(path, tmp_path / "hf")
+    hf = Wav2Vec2ForCTC.from_pretrained(tmp_path / "hf").eval()
+    weights = dict(hf.wav2vec2.named_parameters())
+    assert all(torch.equal(weights[name.replace("self_attn.", "attention.").replace("fc1", "feed_forward.intermediate_dense")
+                                   .replace("fc2", "feed_forward.output_dense")] != 0, mask)
+               for name, mask in masks.items())
+    source = audio(False)
+    with torch.no_grad():
+        fairseq_logits = model.eval().get_logits(model(source=source, padding_mask=None)).transpose(0, 1)
+        assert (hf(source).logits - fairseq_logits).abs().max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("method", list(TUNERS))
+def test_a_tuned_model_exports_merged_and_computes_alike(method, tmp_path):
+    from fairseq.dataclass.configs import FairseqConfig
+    from omegaconf import OmegaConf
+    from transformers import Wav2Vec2ForCTC
+
+    from fairseq_subnets.plugin.checkpoints import trainer_checkpoint
+    from fairseq_subnets.plugin.models import SubnetsWav2VecCtc
+
+    cfg = OmegaConf.structured(FairseqConfig)
+    cfg.model = OmegaConf.merge(model_config(*SHAPES["tiny"]), {"tuner": method, **TUNER_SETTINGS.get(method, {})})
+    cfg.task = {"_name": "subnets_audio_finetuning", "data": str(tmp_path), "labels": "ltr", "normalize": False}
+    dictionary = dictionary_of()
+    torch.manual_seed(0)
+    model = perturbed(SubnetsWav2VecCtc.build_model(cfg.model, types.SimpleNamespace(target_dictionary=dictionary)))
+    torch.save(trainer_checkpoint(cfg, model.state_dict(), "SubnetsCtcCriterion",
+                                  task_state={"target_dictionary": dictionary}), tmp_path / "tuned.pt")
+    export(tmp_path / "tuned.pt", tmp_path / "hf")
+    hf = Wav2Vec2ForCTC.from_pretrained(tmp_path / "hf").eval()
+    source = audio(False)
+    with torch.no_grad():
+        fairseq_logits = model.get_logits(model(source=source, padding_mask=None)).transpose(0, 1)
+        assert (hf(source).logits - fairseq_logits).abs().max() <= TOLERANCE
+
+
 def test_one_language_of_a_pathways_model_exports_with_its_masks_and_head(tmp_path):
     from omegaconf import OmegaConf
     from transformers import Wav2Vec2ForCTC
@@ -354,3 +400,17 @@ def test_a_pretrained_model_through_hf_and_back_starts_fine_tuning_as_w2v_path(s
         "dataset.disable_validation=true",
     ], tmp_path / "train.log")
     assert "num_updates 4" in log or "done training" in log
+
+
+def test_the_folder_and_the_imported_files_follow_the_umask(tiny_exported, tmp_path):
+    from fairseq_subnets.cli.main import main
+    from test_output_permissions import mode, process_umask
+
+    _, checkpoint, _, _ = tiny_exported
+    with process_umask(0o027):
+        export(checkpoint, tmp_path / "hf")
+        assert main(["import", str(tmp_path / "hf"), str(tmp_path / "back.pt"), "--format", "hf"]) == 0
+    assert oct(mode(tmp_path / "hf")) == oct(0o750)
+    written = [*(tmp_path / "hf").iterdir(), tmp_path / "back.pt", tmp_path / "dict.ltr.txt"]
+    assert {path.name: oct(mode(path)) for path in written} == {path.name: oct(0o640) for path in written}
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["back.pt", "dict.ltr.txt", "hf"]  # no leftovers

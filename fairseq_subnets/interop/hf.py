@@ -105,10 +105,11 @@ def export_hf_folder(checkpoint_path, out_dir, mask_path=None, language=None, di
         feature_size=1, sampling_rate=int(task.get("sample_rate", 16000)), padding_value=0.0,
         do_normalize=bool(task.get("normalize", False)), return_attention_mask=fields["feat_extract_norm"] == "layer")
     with folder_written_whole(out_dir) as folder:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        save_file({name: tensor.contiguous() for name, tensor in weights.items()}, os.path.join(folder, WEIGHTS_FILE),
-                  metadata={"format": "pt"})
+        # serialized here and written with open(): safetensors' own save_file creates the file 0600
+        with open(os.path.join(folder, WEIGHTS_FILE), "wb") as stream:
+            stream.write(save({name: tensor.contiguous() for name, tensor in weights.items()}, metadata={"format": "pt"}))
         config.save_pretrained(folder)
         if ctc:
             vocab_path = os.path.join(folder, "vocab.json")
