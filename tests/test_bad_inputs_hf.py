@@ -44,6 +44,19 @@ CASES = [
          {"<CKPT>": "tiny.pt"}),
     export_of("export-hf-no-feature-projection", "width512.pt", "<CKPT>: model.encoder_embed_dim: equals the "
               "feature extractor's width (512), so fairseq has no post_extract_proj, which HF's Wav2Vec2 always has"),
+    export_of("export-hf-conformer-layers", "conformer.pt",
+              "<CKPT>: model.layer_type=conformer: HF's Wav2Vec2 holds transformer layers only"),
+    export_of("export-hf-other-activation", "tanh.pt",
+              "<CKPT>: model.activation_fn=tanh: only gelu, relu are computed alike by both"),
+    export_of("export-hf-two-positional-convolutions", "two-pos-convs.pt",
+              "<CKPT>: model.pos_conv_depth=2: HF's Wav2Vec2 has one positional convolution"),
+    export_of("export-hf-fairseq-adapters", "fairseq-adapters.pt",
+              "<CKPT>: model.adp_num: HF's Wav2Vec2 has no per-layer adapters of fairseq's kind"),
+    export_of("export-hf-quantized-inputs", "quantized-inputs.pt",
+              "<CKPT>: model.quantize_input/same_quantizer/target_glu/quantizer_depth: HF's Wav2Vec2ForPreTraining "
+              "has one single-layer quantizer of the targets only"),
+    export_of("export-hf-dictionary-unreadable", "tiny.pt", "--dictionary <GARBAGE>: not a fairseq dictionary",
+              "--dictionary", "<GARBAGE>", culprit="<GARBAGE>"),
     Case("export-hf-out-not-empty", [*EXPORT[:-1], "<FULL>"], EXPORT_ERROR + "<FULL>: exists and is not an empty "
          "folder; name a new folder", "<FULL>", {"<CKPT>": "tiny.pt", "<FULL>": "full"}),
     Case("export-hf-without-transformers", EXPORT, EXPORT_ERROR + "HF export and import need transformers, which "
@@ -61,6 +74,20 @@ CASES = [
               "fairseq's dictionary needs all four specials"),
     import_of("import-hf-attention-adapters", "adapters", "<DIR>: adapter_attn_dim=16: fairseq's wav2vec2 has no "
               "attention adapters (MMS); load the adapter of one language and save it merged"),
+    import_of("import-hf-output-adapter", "output-adapter",
+              "<DIR>: add_adapter=true: fairseq's wav2vec2 has no output adapter"),
+    import_of("import-hf-extractor-activation", "relu-extractor",
+              "<DIR>: feat_extract_activation=relu: fairseq's extractor uses gelu"),
+    import_of("import-hf-layer-norm-eps", "other-eps", "<DIR>: layer_norm_eps=1e-06: fairseq's layer norms use 1e-5"),
+    import_of("import-hf-weights-of-other-shapes", "wider-ffn", "<DIR>/model.safetensors as Wav2Vec2ForCTC has other "
+              "shapes for wav2vec2.encoder.layers.0.feed_forward.intermediate_dense.bias"),
+    import_of("import-hf-truncated-weights", "truncated", "<DIR>/model.safetensors: not readable safetensors"),
+    import_of("import-hf-blank-not-the-pad-token", "blank-elsewhere",
+              "<DIR>: the CTC blank: config.json pad_token_id=5, vocab.json <pad>=0"),
+    import_of("import-hf-vocabulary-longer-than-output", "vocab-longer",
+              "<DIR>: vocab.json has 33 tokens, config.json vocab_size 32"),
+    import_of("import-hf-token-with-space", "vocab-space",
+              "<DIR>: vocab.json: tokens ['a b'] hold white space, which dict.ltr.txt cannot"),
     Case("import-hf-other-dictionary-beside", [*IMPORT[:2], "<BESIDE>", *IMPORT[3:]], IMPORT_ERROR +
          "<TAKEN>: exists and holds another dictionary; write the checkpoint into another folder", "<TAKEN>",
          {"<DIR>": "hf", "<BESIDE>": "taken/out.pt", "<TAKEN>": "taken/dict.ltr.txt"}),
@@ -116,7 +143,42 @@ def inputs(tmp_path_factory):
     edited_copy(folder / "hf", folder / "adapters", config={"adapter_attn_dim": 16})
     (folder / "taken").mkdir()
     (folder / "taken" / "dict.ltr.txt").write_text("x 1\n")
+    (folder / "garbage.txt").write_bytes(b"\x00\x01 not a dictionary\n")
+    for name, w2v_settings in W2V_EDITS.items():
+        edited_checkpoint(folder / "tiny.pt", folder / f"{name}.pt", w2v_settings)
+    edited_checkpoint(folder / "pretraining.pt", folder / "quantized-inputs.pt", {"quantize_input": True})
+    for name, settings in CONFIG_EDITS.items():
+        edited_copy(folder / "hf", folder / name, config=settings)
+    vocabulary = json.loads((folder / "hf" / "vocab.json").read_text())
+    edited_copy(folder / "hf", folder / "vocab-longer", vocabulary={**vocabulary, "ñ": len(vocabulary)})
+    vocabulary["a b"] = vocabulary.pop("a")
+    edited_copy(folder / "hf", folder / "vocab-space", vocabulary=vocabulary)
+    edited_copy(folder / "hf", folder / "truncated", remove=["model.safetensors"])
+    (folder / "truncated" / "model.safetensors").write_bytes((folder / "hf" / "model.safetensors").read_bytes()[:5000])
     return folder
+
+
+W2V_EDITS = {"conformer": {"layer_type": "conformer"}, "tanh": {"activation_fn": "tanh"},
+             "two-pos-convs": {"pos_conv_depth": 2}, "fairseq-adapters": {"adp_num": 2}}
+"""Checkpoint name -> wav2vec2 config settings HF's wav2vec2 cannot hold (set in a copy of a tiny
+CTC checkpoint's config; the refusal comes before the weights are read)."""
+CONFIG_EDITS = {"output-adapter": {"add_adapter": True}, "relu-extractor": {"feat_extract_activation": "relu"},
+                "other-eps": {"layer_norm_eps": 1e-6}, "wider-ffn": {"intermediate_size": 256},
+                "blank-elsewhere": {"pad_token_id": 5}}
+"""HF folder name -> config.json settings fairseq's wav2vec2 cannot hold, or that contradict the folder."""
+
+
+def edited_checkpoint(source: Path, target: Path, w2v_settings):
+    """A copy of a fairseq checkpoint with its wav2vec2 config updated; of a CTC model, both its
+    w2v_args and the keys of its own config that fairseq copies over them (layer_type, adp_num)."""
+    checkpoint = torch.load(source, weights_only=False)
+    model_cfg = checkpoint["cfg"]["model"]
+    if "w2v_args" in model_cfg:
+        model_cfg["w2v_args"]["model"].update(w2v_settings)
+        model_cfg.update({key: value for key, value in w2v_settings.items() if key in model_cfg})
+    else:
+        model_cfg.update(w2v_settings)
+    torch.save(checkpoint, target)
 
 
 def write_width_512_model(path):
@@ -128,7 +190,7 @@ def write_width_512_model(path):
 
 @pytest.mark.parametrize("case", CASES, ids=CATALOGUE_IDS)
 def test_bad_hf_input_gets_one_line_naming_the_culprit(case, inputs, tmp_path, capsys, monkeypatch):
-    paths = {"<OUT>": str(tmp_path / "out"), "<DICT>": str(inputs / "dict.txt"),
+    paths = {"<OUT>": str(tmp_path / "out"), "<DICT>": str(inputs / "dict.txt"), "<GARBAGE>": str(inputs / "garbage.txt"),
              **{name: str(inputs / file) for name, file in case.paths.items()}}
     if case.id == "export-hf-without-transformers":
         monkeypatch.setitem(sys.modules, "transformers", None)  # what `import transformers` meets uninstalled
