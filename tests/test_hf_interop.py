@@ -365,10 +365,11 @@ def test_the_trained_model_transcribes_its_test_set_alike_in_hf(skeleton_run, tm
     with torch.no_grad():
         for index in range(len(dataset)):
             sample = dataset.collater([dataset[index]])
-            fairseq_logits = model.get_logits(model(**sample["net_input"])).transpose(0, 1)
+            net_output = model(**sample["net_input"])
+            fairseq_logits = model.get_logits(net_output).transpose(0, 1)
             hf_logits = hf(sample["net_input"]["source"]).logits
             worst = max(worst, float((hf_logits - fairseq_logits).abs().max()))
-            tokens = generator.generate([model], sample)[0][0]["tokens"]
+            tokens = generator.best_path(model.get_normalized_probs(net_output, log_probs=True)[:, 0])["tokens"]
             fairseq_text = dictionary.string(tokens, extra_symbols_to_ignore=generator.symbols_to_strip_from_output)
             hf_text = processor.batch_decode(hf_logits.argmax(-1))[0]
             transcripts.append((fairseq_text.replace(" ", "").replace("|", " ").strip(), hf_text))

@@ -39,9 +39,9 @@ from ..plugin.checkpoints import load_fairseq_checkpoint, trainer_checkpoint
 from ..plugin.export import plain_checkpoint
 from ..plugin.upstream import LANGUAGE_DICTIONARIES_KEY
 from .hf_layout import (
-    CTC_DROPOUT_FIELDS, CTC_ENCODER_PREFIX, CTC_OUTPUT_PREFIX, HF_BODY_PREFIX, LayoutError, dropped_heads,
-    fairseq_model_fields, fairseq_state, fairseq_symbols, has_quantizer, hf_config_fields, hf_state,
-    hf_vocabulary,
+    CTC_DROPOUT_FIELDS, CTC_ENCODER_PREFIX, CTC_OUTPUT_PREFIX, HF_BODY_PREFIX, WORD_DELIMITER, LayoutError,
+    dropped_heads, fairseq_model_fields, fairseq_state, fairseq_symbols, has_quantizer, hf_config_fields,
+    hf_state, hf_vocabulary,
 )
 
 INSTALL_HINT = "pip install 'fairseq_subnets[hf]'"
@@ -115,7 +115,7 @@ def export_hf_folder(checkpoint_path, out_dir, mask_path=None, language=None, di
             vocab_path = os.path.join(folder, "vocab.json")
             with open(vocab_path, "w", encoding="utf-8") as stream:
                 json.dump(vocabulary, stream, ensure_ascii=False, indent=1)
-            tokenizer = transformers.Wav2Vec2CTCTokenizer(vocab_path, word_delimiter_token="|")
+            tokenizer = transformers.Wav2Vec2CTCTokenizer(vocab_path, word_delimiter_token=WORD_DELIMITER)
             transformers.Wav2Vec2Processor(feature_extractor=feature_extractor, tokenizer=tokenizer).save_pretrained(folder)
         else:
             feature_extractor.save_pretrained(folder)
