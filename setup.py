@@ -27,5 +27,8 @@ setup(
         "matplotlib",
         "submitit",
     ],
+    # `export --format hf` and `import --format hf` (fairseq_subnets.interop.hf) need transformers;
+    # nothing else imports it.
+    extras_require={"hf": ["transformers>=5,<6"]},
     entry_points={"console_scripts": ["fairseq-subnets=fairseq_subnets.cli.main:main"]},
 )

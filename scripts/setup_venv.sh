@@ -36,8 +36,9 @@ echo "[setup] installing pinned dependencies"
   safetensors matplotlib submitit pytest Django
 
 # Test-only: HF PEFT, the library the S2-LoRA paper used, which tests/test_tuners_peft.py checks
-# our tuners against (the package never imports it).
-"${PIP[@]}" install "${PIP_QUIET[@]}" peft
+# our tuners against (the package never imports it); and transformers, the package's optional `hf`
+# extra (HF export and import), which tests/test_hf_interop.py needs.
+"${PIP[@]}" install "${PIP_QUIET[@]}" peft transformers
 
 if ! "$VENV/bin/python" -c "import fairseq" 2>/dev/null; then
   WHEEL=$(ls "$CACHE"/fairseq_fixed-0.12.3.1-cp311-*.whl 2>/dev/null | head -n 1 || true)

@@ -439,7 +439,14 @@ def run_cli(argv):
 @pytest.mark.parametrize("case", CASES, ids=CATALOGUE_IDS)
 def test_bad_input_gets_one_line_naming_the_culprit(case, inputs, tmp_path, capsys):
     paths = {"<OUT>": str(tmp_path / "out"), **{name: str(inputs / file) for name, file in case.paths.items()}}
+    assert_refused_with_one_line(case, paths, inputs, tmp_path, capsys)
 
+
+def assert_refused_with_one_line(case, paths, inputs, tmp_path, capsys):
+    """Runs the case's command with `paths` (placeholder -> path) substituted and checks the
+    promise of docs/bad-inputs.md: its exit status, a last line starting with its message and
+    naming its culprit, no traceback, nothing changed in `inputs`, nothing new in `tmp_path` but
+    what the case leaves."""
     def substituted(text):
         for placeholder, path in paths.items():
             text = text.replace(placeholder, path)
@@ -458,7 +465,12 @@ def test_bad_input_gets_one_line_naming_the_culprit(case, inputs, tmp_path, caps
 
 
 def test_the_catalogue_documents_exactly_these_messages_and_exit_statuses():
+    assert_documented(CASES)
+
+
+def assert_documented(cases):
+    """Each case has its catalogue row, with the same message and exit status."""
     documented = {row.id: row for row in catalogue_rows()}
-    for case in CASES:
+    for case in cases:
         assert documented[case.id].message == case.message, case.id
         assert documented[case.id].exit_status == str(case.exit_status), case.id

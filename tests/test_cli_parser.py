@@ -10,7 +10,7 @@ import pytest
 
 from fairseq_subnets.cli import main as cli_main
 
-HEAVY = ("torch", "numpy", "scipy", "safetensors", "soundfile", "fairseq", "matplotlib")
+HEAVY = ("torch", "numpy", "scipy", "safetensors", "soundfile", "fairseq", "matplotlib", "transformers")
 """Packages that cost seconds to import: none of them may load before a command function runs."""
 
 REPORT_HEAVY = f"""
@@ -18,7 +18,8 @@ import sys
 heavy = sorted({{name.partition(".")[0] for name in sys.modules}} & set({HEAVY!r}))
 """
 
-COMMANDS = {"data", "prune", "masks", "export", "bundles", "adapters", "demo", "launch", "grid", "report", "bench"}
+COMMANDS = {"data", "prune", "masks", "export", "import", "bundles", "adapters", "demo", "launch", "grid", "report",
+            "bench"}
 BENCHMARKS = {"prune", "train", "tuners", "data", "data-wait", "rehearsal", "gpu", "cli"}
 
 

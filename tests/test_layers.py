@@ -22,6 +22,7 @@ LAYERS = (
     ("core", "data"),
     ("techniques",),
     ("plugin",),
+    ("interop",),
     ("runner",),
     ("demo",),
     ("engine",),

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 from ..atomic import cannot_write_message
 
-COMMAND_MODULES = ("data", "masks", "bundles", "adapters", "demo", "launch", "grid", "report", "benchmarks")
+COMMAND_MODULES = ("data", "masks", "interop", "bundles", "adapters", "demo", "launch", "grid", "report", "benchmarks")
 QUIET_HELP = "no progress bar (none either when stderr is not a terminal)"
 
 RENAMED_COMMANDS = {

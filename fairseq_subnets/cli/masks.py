@@ -383,20 +383,33 @@ def run_correlate(args) -> int:
 
 def _register_export(subparsers):
     parser = subparsers.add_parser(
-        "export", help="write a plain checkpoint (masks baked into the weights) that stock fairseq loads",
+        "export", help="write a plain checkpoint (masks baked into the weights) that stock fairseq loads, "
+        "or an HF transformers folder",
         description="Bakes every mask a checkpoint holds (and optionally the masks of --mask) into plain "
         "weights, maps plugin components to the stock ones and drops training-only state; the result "
-        "loads in stock fairseq without the plugin and has the stock model's inference cost.",
+        "loads in stock fairseq without the plugin and has the stock model's inference cost. With "
+        "--format hf the same model becomes an HF transformers folder (Wav2Vec2ForCTC and its processor, "
+        "or the pretraining model) instead.",
     )
     parser.add_argument("checkpoint", metavar="CKPT", help="fairseq checkpoint (.pt)")
     parser.add_argument("--mask", metavar="MASK", help="also apply this mask file before exporting")
     parser.add_argument("--language", metavar="LANG", help="of a multilingual checkpoint: export this language "
                         "(its output layer and per-language masks) as a single-language model")
-    parser.add_argument("--out", required=True, metavar="PLAIN_CKPT", help="checkpoint to write")
+    parser.add_argument("--format", choices=("fairseq", "hf"), default="fairseq",
+                        help="fairseq: a stock checkpoint (default); hf: an HF transformers folder")
+    parser.add_argument("--dictionary", metavar="DICT", help="with --format hf, for a CTC checkpoint that holds no "
+                        "dictionary (a stock export): the dict.ltr.txt it was trained with")
+    parser.add_argument("--out", required=True, metavar="OUT", help="checkpoint (fairseq) or new folder (hf) to write")
     parser.set_defaults(func=run_export)
 
 
 def run_export(args) -> int:
+    if args.format == "hf":
+        from .interop import run_hf_export
+
+        return run_hf_export(args)
+    if args.dictionary is not None:
+        raise UserError("--dictionary names the vocabulary of an HF folder: it needs --format hf")
     from ..core.maskfile import MaskFileError
     from ..plugin.checkpoints import CheckpointLoadError
     from ..plugin.export import export_plain_checkpoint

@@ -81,6 +81,14 @@ def export_plain_checkpoint(checkpoint_path, out_path, mask_path=None, language=
     check_writable(out_path)
     state = load_fairseq_checkpoint(checkpoint_path)
     mask_file = load_mask_file(mask_path) if mask_path else None
+    buffer = io.BytesIO()
+    torch.save(plain_checkpoint(state, checkpoint_path, mask_file, language), buffer)
+    write_atomically(out_path, buffer.getvalue())
+
+
+def plain_checkpoint(state, checkpoint_path, mask_file=None, language=None):
+    """The stock checkpoint of the loaded checkpoint `state` (read from `checkpoint_path`), as
+    export_plain_checkpoint writes it; also the source of the HF export (interop.hf)."""
     cfg = dict(state.get("cfg") or {})
     model_state = expand_bundle_masks(state["model"])
     if language is not None:
@@ -98,6 +106,4 @@ def export_plain_checkpoint(checkpoint_path, out_path, mask_path=None, language=
     if isinstance(cfg.get("common"), dict):
         cfg["common"] = {**cfg["common"], "user_dir": None}
     exported["cfg"] = cfg
-    buffer = io.BytesIO()
-    torch.save(exported, buffer)
-    write_atomically(out_path, buffer.getvalue())
+    return exported
