@@ -76,7 +76,8 @@ def test_unknown_language_and_missing_selection_are_refused(model):
 
 
 def test_selecting_a_language_switches_the_per_language_encoder_masks():
-    from fairseq_subnets.core.transforms import LanguageMasks, add_transform
+    from fairseq_subnets.core.transforms import add_transform
+    from fairseq_subnets.techniques.pathways.layer import LanguageMasks
 
     multilingual = build(multilingual_task()).eval()
     fc1 = multilingual.get_submodule("w2v_encoder.w2v_model.encoder.layers.0.fc1")

@@ -77,7 +77,7 @@ def test_learned_mask_models_optimize_only_scores_and_head_and_decode_close_to_t
 
 
 def test_full_sort_binarisation_keeps_the_same_weights_as_the_threshold_search(bench):
-    from fairseq_subnets.core.transforms import binarise_scores
+    from fairseq_subnets.techniques.learned_masks.layer import binarise_scores
 
     scores = torch.randn(48, 40, generator=torch.Generator().manual_seed(0))
     for n_pruned in (0, 1, 192, 1919, 1920):

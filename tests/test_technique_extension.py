@@ -28,6 +28,37 @@ def test_a_technique_named_by_file_joins_the_registry_last(toy_registered):
     assert registered_techniques()[-1] is techniques[-1]  # the file is imported once per process
 
 
+def test_importing_a_technique_registers_every_transform_kind_its_folder_defines():
+    """A state dict rebuilds and bakes only with its kinds registered, and the core cannot import
+    the techniques: so a technique's package, imported alone in a fresh interpreter (no fairseq),
+    must register every kind its folder's modules define. pkgutil then imports every module of the
+    folder and must find no kind left to register."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import importlib, json, pkgutil, sys\n"
+        "from fairseq_subnets.core.transforms import TRANSFORM_KINDS\n"
+        "from fairseq_subnets.techniques import BUILT_IN\n"
+        "registered, late = {}, {}\n"
+        "for name in BUILT_IN:\n"
+        "    before = set(TRANSFORM_KINDS)\n"
+        "    package = importlib.import_module('fairseq_subnets.techniques.' + name)\n"
+        "    on_import = set(TRANSFORM_KINDS)\n"
+        "    for info in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
+        "        importlib.import_module(info.name)\n"
+        "    registered[name] = sorted(on_import - before)\n"
+        "    late[name] = sorted(set(TRANSFORM_KINDS) - on_import)\n"
+        "print(json.dumps([registered, late, 'fairseq' in sys.modules]))\n")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    registered, late, imported_fairseq = json.loads(completed.stdout)
+    assert late == {name: [] for name in registered}
+    assert registered["learned_masks"] == ["score_mask"] and registered["pathways"] == ["language_masks"]
+    assert not imported_fairseq
+
+
 def test_a_listed_module_without_a_technique_and_a_missing_file_are_refused_by_name(monkeypatch, tmp_path):
     from fairseq_subnets.techniques import EXTRA_TECHNIQUES_VARIABLE, registered_techniques
 

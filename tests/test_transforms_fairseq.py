@@ -19,7 +19,7 @@ def score_checkpoint(skeleton_run, tmp_path_factory):
     sparsity, the scores then moved at random (as training would), saved as a checkpoint."""
     from fairseq import checkpoint_utils
 
-    from fairseq_subnets.core.parametrize import apply_score_masks
+    from fairseq_subnets.techniques.learned_masks.layer import apply_score_masks
     from fairseq_subnets.plugin.checkpoints import load_checkpoint
     from fairseq_subnets.plugin.models import W2V_PREFIX
 

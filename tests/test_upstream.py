@@ -9,7 +9,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fairseq_subnets.core.transforms import LanguageMasks, add_transform
+from fairseq_subnets.core.transforms import add_transform
+from fairseq_subnets.techniques.pathways.layer import LanguageMasks
 from fairseq_subnets.plugin.upstream import (
     LANGUAGE_DICTIONARIES_KEY, SINGLE, OutputLayer, UpstreamCheckpointError, continued_state, read_upstream,
 )

@@ -25,11 +25,11 @@ from omegaconf import OmegaConf
 from ..atomic import write_atomically
 from ..core.maskfile import MaskFileError, checkpoint_fingerprint, mask_file_bytes, read_mask_bytes
 from ..core.parametrize import masks_from_state_dict
-from ..core.transforms import LanguageMasks
 from .checkpoints import load_fairseq_checkpoint, trainer_checkpoint
 from ..techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
 from ..techniques.language_entries import parse_language_entries
 from ..techniques.language_heads import HEADS_PREFIX, MULTILINGUAL_MODEL_KEYS
+from ..techniques.pathways.layer import LanguageMasks
 from .errors import PluginInputError
 
 BUNDLE_MASKS_PREFIX = "bundle_masks."

@@ -31,7 +31,7 @@ from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetunin
 from omegaconf import II, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from ..core.pathways import unchanged_through
+from ..core.holding import unchanged_through
 from ..data.check import check_manifest_dir
 from ..data.language_sampling import check_sampling_alpha, language_probabilities
 from ..techniques.extension import RunSettings, check_masks_identical_across_ranks
