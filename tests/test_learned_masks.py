@@ -11,11 +11,11 @@ from torch import nn
 from factory import TINY
 from fairseq_subnets.core.parametrize import masks_from_module
 from fairseq_subnets.core.pruning import global_l1_masks, layer_l1_masks, pruned_count
-from fairseq_subnets.plugin.errors import PluginInputError
-from fairseq_subnets.plugin.models import W2V_PREFIX, SubnetsWav2VecCtc
+from fairseq_subnets.plugin.components.errors import PluginInputError
+from fairseq_subnets.plugin.components.models import W2V_PREFIX, SubnetsWav2VecCtc
 from fairseq_subnets.techniques.learned_masks.layer import GlobalTopK, ScoreMask, apply_score_masks, score_masks
 from fairseq_subnets.techniques.learned_masks.scores import ordered_random_scores, random_scores
-from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
 
 SIZE = CtcModelSize(vocab=32, **TINY)
 FFN = [f"encoder.layers.{layer}.{kind}.weight" for layer in range(TINY["layers"]) for kind in ("fc1", "fc2")]

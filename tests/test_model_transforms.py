@@ -16,9 +16,11 @@ from fairseq_subnets.core.parametrize import mask_state_digest
 from fairseq_subnets.core.transforms import select_language
 from fairseq_subnets.techniques.learned_masks.layer import apply_score_masks
 from fairseq_subnets.techniques.pathways.layer import apply_language_masks
-from fairseq_subnets.plugin.criterions import RegulariserConfigError, SubnetsCtcCriterion, SubnetsCtcCriterionConfig
-from fairseq_subnets.plugin.models import W2V_PREFIX, SubnetsWav2VecCtc
-from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+from fairseq_subnets.plugin.components.criterions import (
+    RegulariserConfigError, SubnetsCtcCriterion, SubnetsCtcCriterionConfig,
+)
+from fairseq_subnets.plugin.components.models import W2V_PREFIX, SubnetsWav2VecCtc
+from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
 
 SIZE = CtcModelSize(vocab=32, **TINY)
 FFN = [f"encoder.layers.{layer}.{kind}.weight" for layer in range(TINY["layers"]) for kind in ("fc1", "fc2")]

@@ -1,6 +1,6 @@
-"""Pathway updates (techniques/pathways/updates.py, core.holding): with Adam and weight decay, a step on one language's batch
-changes only the shared weights inside that language's mask, bit for bit, step after step; without
-the hold, the same training moves the weights outside the mask."""
+"""Pathway updates (techniques/pathways/updates.py, core.holding): with Adam and weight decay, a
+step on one language's batch changes only the shared weights inside that language's mask, bit for
+bit, step after step; without the hold, the same training moves the weights outside the mask."""
 import pytest
 import torch
 from torch import nn

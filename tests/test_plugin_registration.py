@@ -135,7 +135,7 @@ def test_plugin_classes_extend_stock_ones_and_keep_every_stock_key():
     from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
     from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
 
-    from fairseq_subnets.plugin import criterions, models, tasks
+    from fairseq_subnets.plugin.components import criterions, models, tasks
 
     pairs = [
         (tasks.SubnetsAudioFinetuningTask, AudioFinetuningTask, tasks.SubnetsAudioFinetuningConfig, AudioFinetuningConfig),

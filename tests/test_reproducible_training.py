@@ -11,8 +11,8 @@ learned masks (S3-Router) with one top-k over all encoder matrices, AdaLoRA (its
 averages and rank budget), and lottery-ticket pruning with group lasso killed between two pruning
 events (its masks, rewind point, block norms and restarted learning-rate schedule).
 
-Without seeded time masking (plugin.time_masking) every mode fails from the first masked update,
-and pretraining also without seeded crops (plugin.pretraining).
+Without seeded time masking (plugin.components.time_masking) every mode fails from the first masked update,
+and pretraining also without seeded crops (plugin.components.pretraining).
 """
 import random
 import secrets

@@ -106,8 +106,8 @@ def test_the_run_fails_when_baked_and_stock_outputs_differ(bench, monkeypatch):
 
 def test_masked_training_steps_move_kept_weights_only(bench):
     from fairseq_subnets.core.parametrize import bake_module
-    from fairseq_subnets.plugin.models import W2V_PREFIX
-    from fairseq_subnets.plugin.untrained import fix_masks_as_mask_path_does
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
+    from fairseq_subnets.benchmarks.untrained import fix_masks_as_mask_path_does
 
     settings = bench.StepBenchSettings(**SMALL)
     model = ctc_model(seed=0)

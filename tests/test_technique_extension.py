@@ -97,7 +97,9 @@ def test_the_declared_conflict_and_the_technique_checks_run_in_the_one_config_ch
 
 
 def test_the_collected_key_lists_are_the_union_of_the_declarations():
-    from fairseq_subnets.plugin.models import RECORDED_MODEL_KEYS, TRAINING_ONLY_MODEL_KEYS, TRAINING_STATE_PREFIXES
+    from fairseq_subnets.plugin.components.models import (
+        RECORDED_MODEL_KEYS, TRAINING_ONLY_MODEL_KEYS, TRAINING_STATE_PREFIXES,
+    )
 
     assert set(TRAINING_ONLY_MODEL_KEYS) == {"init_from", "init_from_language", "mask_path", "language_mask_files",
                                              "pruning_interval", "pruning_target_sparsity", "pruning_rewind_update",
@@ -110,7 +112,7 @@ def test_the_collected_key_lists_are_the_union_of_the_declarations():
 @pytest.mark.slow
 def test_stock_fairseq_hydra_train_trains_the_toy_technique_and_refuses_its_key_without_it(skeleton_run, tmp_path):
     from fairseq_subnets import USER_DIR
-    from fairseq_subnets.plugin.checkpoints import load_fairseq_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_fairseq_checkpoint
     from fairseq_subnets.runner import CONFIG_DIR, RunError, fairseq_command, run_logged
     from fairseq_subnets.techniques import EXTRA_TECHNIQUES_VARIABLE
 

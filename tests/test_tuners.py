@@ -25,7 +25,7 @@ from fairseq_subnets.core.tuners import (
 )
 from fairseq_subnets.core.tuners.adalora import ORTHOGONALITY_TERM, budget_at, svd_deltas
 from fairseq_subnets.core.tuners.s2lora import FACTORS_TERM, SPARSITY_TERM, rank_distribution
-from fairseq_subnets.plugin.models import W2V_PREFIX
+from fairseq_subnets.plugin.components.models import W2V_PREFIX
 from factory import ctc_model
 
 EVERY_MATRIX = {"targets": "all"}

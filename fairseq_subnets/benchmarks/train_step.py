@@ -69,16 +69,16 @@ from ..core.pruning import global_l1_masks, prune_within, random_masks
 from ..core.stats import union
 from ..core.targets import select_weights
 from ..core.transforms import DenseMask, add_transform, module_of, regularisation_terms, select_language, stack_of
-from ..plugin.models import SubnetsWav2VecCtc
+from ..plugin.components.models import SubnetsWav2VecCtc
 from ..techniques.extension import W2V_PREFIX, technique_of
 from ..techniques.iterative_pruning import IterativePruning
 from ..techniques.learned_masks import LEARNED_MASK_NAME, LearnedMasks
 from ..techniques.learned_masks.layer import ScoreMask, score_masks
 from ..techniques.pathways.layer import apply_language_masks
 from ..techniques.pathways.updates import outside_active_language_masks
-from ..plugin.untrained import (CtcModelSize, build_untrained_ctc_model, ctc_model_config, fix_masks_as_mask_path_does,
-                                rebuild_with_state)
 from .timing import compare, interleaved, machine_description, ratio_cell, text_table
+from .untrained import (CtcModelSize, build_untrained_ctc_model, ctc_model_config, fix_masks_as_mask_path_does,
+                        rebuild_with_state)
 
 SAMPLE_RATE = 16000
 TRAIN_TARGET = 1.10

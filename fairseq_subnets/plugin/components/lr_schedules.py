@@ -17,7 +17,7 @@ from fairseq.optim.lr_scheduler import register_lr_scheduler
 from fairseq.optim.lr_scheduler.tri_stage_lr_scheduler import TriStageLRSchedule, TriStageLRScheduleConfig
 from omegaconf import II
 
-from ..techniques.iterative_pruning.schedule import PruningSchedule
+from ...techniques.iterative_pruning.schedule import PruningSchedule
 
 
 @dataclass

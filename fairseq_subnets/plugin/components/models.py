@@ -33,18 +33,18 @@ from fairseq.models import register_model
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..core.parametrize import mask_state_digest, prepare_for_state
-from ..core.targets import parse_weight_name
-from ..core.transforms import build_from_plan, parse_plan, transform_plan
-from ..techniques import registered_techniques
-from ..techniques.extension import (
+from ...core.parametrize import mask_state_digest, prepare_for_state
+from ...core.targets import parse_weight_name
+from ...core.transforms import build_from_plan, parse_plan, transform_plan
+from ...techniques import registered_techniques
+from ...techniques.extension import (
     W2V_PREFIX, RunSettings, check_model_config, declared_keys, without_training_state,
 )
-from .bundles import expand_bundle_masks
-from .checkpoint_kinds import FINE_TUNED, PRETRAINING, read_checkpoint_of_kind
+from ..formats.bundles import expand_bundle_masks
+from ..formats.checkpoint_kinds import FINE_TUNED, PRETRAINING, read_checkpoint_of_kind
 from .errors import PluginInputError
 from .time_masking import install_seeded_masking
-from .upstream import UpstreamCheckpointError, continued_state, output_layers, read_upstream
+from ..formats.upstream import UpstreamCheckpointError, continued_state, output_layers, read_upstream
 
 logger = logging.getLogger(__name__)
 

@@ -31,18 +31,18 @@ from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetunin
 from omegaconf import II, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from ..core.holding import unchanged_through
-from ..data.check import check_manifest_dir
-from ..data.language_sampling import check_sampling_alpha, language_probabilities
-from ..techniques.extension import RunSettings, check_masks_identical_across_ranks
-from ..techniques.language_heads import LANGUAGE_KEY
-from .checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
+from ...core.holding import unchanged_through
+from ...data.check import check_manifest_dir
+from ...data.language_sampling import check_sampling_alpha, language_probabilities
+from ...techniques.extension import RunSettings, check_masks_identical_across_ranks
+from ...techniques.language_heads import LANGUAGE_KEY
+from ..formats.checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
 from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator
 from .models import RECORDED_MODEL_KEYS, TRAINING_ONLY_MODEL_KEYS, SubnetsWav2VecCtc
 from .multilingual_data import MonolingualBatchDataset, all_batches_in_language_order, language_block_sampler
 from .time_masking import SeededMaskingTrainStep
-from .upstream import LANGUAGE_DICTIONARIES_KEY
+from ..formats.upstream import LANGUAGE_DICTIONARIES_KEY
 
 logger = logging.getLogger(__name__)
 

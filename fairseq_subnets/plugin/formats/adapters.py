@@ -21,11 +21,11 @@ from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from ..core.transforms import TRANSFORM_KINDS, parse_plan
-from ..core.tuners import TRANSFORM_STATE, TUNER_KINDS
+from ...core.transforms import TRANSFORM_KINDS, parse_plan
+from ...core.tuners import TRANSFORM_STATE, TUNER_KINDS
 from .checkpoints import ZIP_MAGIC, load_fairseq_checkpoint, trainer_checkpoint
-from .errors import PluginInputError
-from ..techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
+from ...errors import PluginInputError
+from ...techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
 
 ADAPTER_FORMAT = "fairseq-subnets-adapter"
 ADAPTER_VERSION = "1"

@@ -22,15 +22,15 @@ from typing import Dict, List, Mapping
 import torch
 from omegaconf import OmegaConf
 
-from ..atomic import write_atomically
-from ..core.maskfile import MaskFileError, checkpoint_fingerprint, mask_file_bytes, read_mask_bytes
-from ..core.parametrize import masks_from_state_dict
+from ...atomic import write_atomically
+from ...core.maskfile import MaskFileError, checkpoint_fingerprint, mask_file_bytes, read_mask_bytes
+from ...core.parametrize import masks_from_state_dict
 from .checkpoints import load_fairseq_checkpoint, trainer_checkpoint
-from ..techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
-from ..techniques.language_entries import parse_language_entries
-from ..techniques.language_heads import HEADS_PREFIX, MULTILINGUAL_MODEL_KEYS
-from ..techniques.pathways.layer import LanguageMasks
-from .errors import PluginInputError
+from ...techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
+from ...techniques.language_entries import parse_language_entries
+from ...techniques.language_heads import HEADS_PREFIX, MULTILINGUAL_MODEL_KEYS
+from ...techniques.pathways.layer import LanguageMasks
+from ...errors import PluginInputError
 
 BUNDLE_MASKS_PREFIX = "bundle_masks."
 BUNDLE_FORMAT = "fairseq-subnets-bundle"
@@ -194,7 +194,7 @@ def multilingual_task_config(cfg: Mapping, languages: List[str]) -> dict:
     """The run's single-language task config as the multilingual task's: every key that task has
     (fairseq applies command-line overrides such as --decode-language only to keys a checkpoint's
     config holds), its interpolations (`${dataset.train_subset}`) resolved against the run's cfg."""
-    from .tasks import SubnetsMultilingualFinetuningConfig
+    from ..components.tasks import SubnetsMultilingualFinetuningConfig
 
     task = dict(cfg.get("task") or {})
     for option in fields(SubnetsMultilingualFinetuningConfig):

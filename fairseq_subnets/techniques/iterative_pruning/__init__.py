@@ -14,7 +14,7 @@ current weights.
 copied at update K (0: the start of the run; K > 0: "late rewinding") into the model's rewind
 point, and after every pruning event all of them go back to those values and Adam's state is
 emptied. The learning-rate schedule restarts at each rewind under `lr_scheduler._name=
-subnets_tri_stage` (see plugin.lr_schedules); a stock scheduler goes on and a warning says so.
+subnets_tri_stage` (see plugin.components.lr_schedules); a stock scheduler goes on and a warning says so.
 
 `group_lasso_strength=G` adds the term `group_lasso` (criterion `subnets_ctc`, logged as
 `regulariser_group_lasso`) over the blocks of the selected matrices; by default lambda_i = G / m_i
