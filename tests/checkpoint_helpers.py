@@ -17,7 +17,7 @@ def new_run_config(run_checkpoint, save_dir):
     run."""
     from omegaconf import OmegaConf, open_dict
 
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     cfg = OmegaConf.create(load_checkpoint(run_checkpoint)["cfg"])
     with open_dict(cfg):
@@ -28,8 +28,8 @@ def new_run_config(run_checkpoint, save_dir):
 def stored_masks_and_baked_weights(checkpoint):
     """The masks a checkpoint stores and its effective (baked) weights, by state-dict key."""
     from fairseq_subnets.core.parametrize import bake_state_dict, masks_from_state_dict
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
-    from fairseq_subnets.plugin.models import W2V_PREFIX
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
     state = load_checkpoint(checkpoint)["model"]
     return masks_from_state_dict(state, prefix=W2V_PREFIX), bake_state_dict(state)
@@ -39,7 +39,7 @@ def assert_pruned_weights_zero(checkpoint, expected_masks):
     """The checkpoint holds exactly `expected_masks` and every pruned effective weight is 0."""
     import torch
 
-    from fairseq_subnets.plugin.models import W2V_PREFIX
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
     masks, baked = stored_masks_and_baked_weights(checkpoint)
     assert masks.keys() == expected_masks.keys(), checkpoint

@@ -1,5 +1,5 @@
 """Models, mask sets and checkpoints for tests, built through the package's public builders
-(`plugin.untrained`, `core.targets.encoder_weight_shapes`), the very ones the benchmarks use.
+(`benchmarks.untrained`, `core.targets.encoder_weight_shapes`), the very ones the benchmarks use.
 
 fairseq is imported inside the functions that need it, so tests of the pure-torch core can use the
 shape and mask helpers without importing fairseq.
@@ -32,7 +32,7 @@ def random_encoder_masks(sparsity, seed=0, **size):
 
 def ctc_model(seed=0, vocab=32, **size):
     """A `subnets_wav2vec_ctc` model with random weights (TINY unless a size is given)."""
-    from fairseq_subnets.plugin.untrained import CtcModelSize, build_untrained_ctc_model
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize, build_untrained_ctc_model
 
     torch.manual_seed(seed)
     return build_untrained_ctc_model(CtcModelSize(vocab=vocab, **(size or TINY)))
@@ -42,7 +42,7 @@ def masked_ctc_model(sparsity, seed=0, vocab=32, **size):
     """`ctc_model` with random masks fixed as `+model.mask_path` fixes them; returns (model, masks)."""
     from fairseq_subnets.core.pruning import random_masks
     from fairseq_subnets.core.targets import select_weights
-    from fairseq_subnets.plugin.untrained import fix_masks_as_mask_path_does
+    from fairseq_subnets.benchmarks.untrained import fix_masks_as_mask_path_does
 
     model = ctc_model(seed, vocab, **size)
     shapes = {name: weight.shape for name, weight in select_weights(model.state_dict()).items()}
@@ -59,8 +59,8 @@ def write_plugin_checkpoint(directory, sparsity=0.5, seed=0):
     from fairseq.dataclass.configs import FairseqConfig
     from omegaconf import OmegaConf
 
-    from fairseq_subnets.plugin.checkpoints import trainer_checkpoint
-    from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+    from fairseq_subnets.plugin.formats.checkpoints import trainer_checkpoint
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
 
     dictionary = Dictionary()
     for letter in LETTERS:
@@ -89,9 +89,9 @@ def write_run_checkpoint(path, seed=0, **model_fields):
     from fairseq.dataclass.configs import FairseqConfig
     from omegaconf import OmegaConf
 
-    from fairseq_subnets.plugin.checkpoints import trainer_checkpoint
-    from fairseq_subnets.plugin.models import SubnetsWav2VecCtc
-    from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+    from fairseq_subnets.plugin.formats.checkpoints import trainer_checkpoint
+    from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
 
     dictionary = Dictionary()
     for letter in LETTERS:

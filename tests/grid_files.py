@@ -9,7 +9,7 @@ from fairseq_subnets.engine.grid_file import MANIFEST_FILES
 def write_pretrained(path):
     """An untrained TINY wav2vec2 pretraining checkpoint (2 encoder layers)."""
     from factory import TINY
-    from fairseq_subnets.plugin.untrained import CtcModelSize, save_untrained_pretraining_checkpoint
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize, save_untrained_pretraining_checkpoint
 
     save_untrained_pretraining_checkpoint(path, CtcModelSize(**TINY), normalize=False)
     return Path(path)

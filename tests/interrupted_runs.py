@@ -69,7 +69,7 @@ def kill_at_random_update(process, save_dir, rng, delay_range=(0.0, 2.0), timeou
 def training_state(path):
     """Everything a resumed run must reproduce: weights and masks, optimizer and scheduler state,
     the update count and the data iterator's position."""
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(path)
     history = checkpoint["optimizer_history"][-1]

@@ -60,7 +60,7 @@ def optimizer_count(model):
 
 @pytest.mark.parametrize("method", METHOD_OPTIONS)
 def test_the_trained_count_is_the_optimizers_for_every_method(method, tmp_path, capsys):
-    from fairseq_subnets.plugin.adapters import adapter_of_checkpoint
+    from fairseq_subnets.plugin.formats.adapters import adapter_of_checkpoint
 
     model = write_run_checkpoint(tmp_path / "run.pt", tuner=method, **METHOD_OPTIONS[method])
     expected = optimizer_count(model)
@@ -72,7 +72,7 @@ def test_the_trained_count_is_the_optimizers_for_every_method(method, tmp_path, 
 
 
 def test_apply_rebuilds_the_run_and_its_output_loads(tuned, tmp_path):
-    from fairseq_subnets.plugin.checkpoints import load_fairseq_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_fairseq_checkpoint
 
     checkpoint, adapter, _ = tuned
     out = tmp_path / "rebuilt.pt"
@@ -111,7 +111,7 @@ def test_info_shows_the_options_apply_builds(tuned, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["transforms"] == [{"kind": "lora", "options": {"r": 8, "alpha": 80.0}, "matrices": 4}]
     assert cli(["adapters", "apply", str(edited), "--backbone", str(checkpoint), "--out", str(tmp_path / "a.pt")]) == 0
-    from fairseq_subnets.plugin.checkpoints import load_fairseq_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_fairseq_checkpoint
 
     plan = json.loads(load_fairseq_checkpoint(str(tmp_path / "a.pt"))["cfg"]["model"]["transform_plan"])
     assert plan[0]["options"]["alpha"] == 80.0
@@ -131,7 +131,7 @@ def test_a_version_1_file_is_read_with_one_line_saying_it_has_no_checksum(tuned,
 def test_a_checkpoint_that_does_not_read_back_is_never_renamed_into_place(tuned, tmp_path, monkeypatch, capsys):
     """What the written file reads back as is compared with what was meant; here the read-back is
     made to lose one tensor, as a disk that dropped bytes would."""
-    from fairseq_subnets.plugin import checked_checkpoints
+    from fairseq_subnets.plugin.formats import checked_checkpoints
 
     checkpoint, adapter, _ = tuned
     real_load = checked_checkpoints.load_fairseq_checkpoint
@@ -152,7 +152,7 @@ def test_a_checkpoint_that_does_not_read_back_is_never_renamed_into_place(tuned,
 def test_apply_never_reads_the_training_time_inputs_of_the_run(tmp_path):
     """A run started from an upstream checkpoint (`model.init_from`) records it in its config; the
     model apply builds to check the checkpoint, as fairseq-generate's, does not read it."""
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     write_run_checkpoint(tmp_path / "run.pt", tuner="lora")
     checkpoint = load_checkpoint(str(tmp_path / "run.pt"))
@@ -164,7 +164,7 @@ def test_apply_never_reads_the_training_time_inputs_of_the_run(tmp_path):
 
 
 def test_an_adapter_file_that_does_not_read_back_is_never_renamed_into_place(tuned, tmp_path, monkeypatch, capsys):
-    from fairseq_subnets.plugin import adapters
+    from fairseq_subnets.plugin.formats import adapters
 
     checkpoint, _, _ = tuned
     real_read = adapters.read_adapter_file

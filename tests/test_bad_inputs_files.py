@@ -294,7 +294,7 @@ def write_mask_inputs(folder: Path) -> None:
     from safetensors.numpy import save_file
 
     from fairseq_subnets.core.maskfile import load_mask_file, save_mask_file
-    from fairseq_subnets.plugin.prune import prune_checkpoint
+    from fairseq_subnets.plugin.tools.prune import prune_checkpoint
 
     checkpoint = str(folder / "model.pt")
     torch.save({"model": tiny_wav2vec2_state(), "cfg": {"model": {"_name": "wav2vec2"}}}, checkpoint)

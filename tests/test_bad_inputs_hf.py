@@ -118,7 +118,7 @@ def edited_copy(source: Path, target: Path, config=None, remove=(), vocabulary=N
 
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
-    from fairseq_subnets.plugin.export import export_plain_checkpoint
+    from fairseq_subnets.plugin.tools.export import export_plain_checkpoint
 
     folder = tmp_path_factory.mktemp("hf-inputs")
     write_checkpoint(folder, "tiny", pretraining=True)
@@ -183,7 +183,7 @@ def edited_checkpoint(source: Path, target: Path, w2v_settings):
 
 def write_width_512_model(path):
     """A pretraining checkpoint whose encoder is as wide as its feature extractor (no projection)."""
-    from fairseq_subnets.plugin.untrained import CtcModelSize, save_untrained_pretraining_checkpoint
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize, save_untrained_pretraining_checkpoint
 
     save_untrained_pretraining_checkpoint(path, CtcModelSize(layers=1, width=512, ffn=128), normalize=False)
 

@@ -2,7 +2,7 @@
 may change.
 
 fairseq-hydra-train resumes from `checkpoint.save_dir/checkpoint_last.pt` when it exists
-(plugin.resume). Each case first builds its starting run in this process as the command builds it
+(plugin.components.resume). Each case first builds its starting run in this process as the command builds it
 (test_bad_inputs_training.built_as_fairseq_hydra_train_builds) and saves what it built as the
 trainer would, as checkpoint_last.pt; then the same command with one key changed must be refused
 with one line naming the key and both values, before the model is built (the upstream model is not
@@ -88,7 +88,7 @@ def mask_files(inputs):
 def write_last_checkpoint(overrides, save_dir, config_name="tiny"):
     """Builds the run of `overrides` (with checkpoint.save_dir=save_dir) in this process and saves
     what it built as the trainer saves it, as save_dir/checkpoint_last.pt."""
-    from fairseq_subnets.plugin.checkpoints import trainer_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import trainer_checkpoint
 
     built = {}
     stage, error = built_as_fairseq_hydra_train_builds(overrides, config_name, built=built)

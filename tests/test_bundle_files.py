@@ -20,7 +20,7 @@ def write_language_runs(folder):
 def changed_bundle(source, out, version=None, change=None):
     """A copy of bundle `source` at `out`, its record's version set (1: written as 0.4.0 wrote it,
     without a checksum) and `change(checkpoint)` applied; the checksum is left as it was."""
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     checkpoint = load_checkpoint(str(source))
     if version is not None:
@@ -51,8 +51,8 @@ def last_error(capsys):
 
 
 def test_a_built_bundle_holds_a_checksum_and_loads_into_its_model(bundle):
-    from fairseq_subnets.plugin.bundles import read_bundle
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.bundles import read_bundle
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     assert len(load_checkpoint(str(bundle))["bundle"]["sha256"]) == 64
     assert read_bundle(str(bundle)).checksummed
@@ -69,7 +69,7 @@ def test_a_changed_tensor_is_caught_by_the_checksum(bundle, tmp_path, capsys):
 
 
 def test_a_version_1_bundle_is_read_with_one_line_and_rewritten_as_version_2(bundle, tmp_path, capsys):
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     old = changed_bundle(bundle, tmp_path / "old.pt", version=1)
     assert cli(["bundles", "list", str(old)]) == 0
@@ -87,7 +87,7 @@ def test_a_version_1_bundle_whose_output_layer_lost_a_row_is_refused(bundle, tmp
 
 
 def test_a_bundle_that_does_not_read_back_is_never_renamed_into_place(bundle, tmp_path, monkeypatch, capsys):
-    from fairseq_subnets.plugin import checked_checkpoints
+    from fairseq_subnets.plugin.formats import checked_checkpoints
 
     real_load = checked_checkpoints.load_fairseq_checkpoint
 

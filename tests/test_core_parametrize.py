@@ -9,15 +9,15 @@ from fairseq.modules.multihead_attention import MultiheadAttention
 
 from fairseq_subnets.core.parametrize import (
     apply_masks,
-    apply_score_masks,
     bake_module,
     bake_state_dict,
     masks_from_module,
     masks_from_state_dict,
     prepare_for_state,
 )
-from fairseq_subnets.core.transforms import FixedMask, ScoreMask, binarise_scores
 from fairseq_subnets.core.pruning import random_masks
+from fairseq_subnets.core.transforms import FixedMask
+from fairseq_subnets.techniques.learned_masks.layer import ScoreMask, apply_score_masks, binarise_scores
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
@@ -259,6 +259,14 @@ def test_bake_state_dict_refuses_foreign_parametrizations():
     state = {"encoder.layers.0.fc1.parametrizations.weight.original": torch.ones(2, 2),
              "encoder.layers.0.fc1.parametrizations.weight.0.lora_A": torch.ones(1, 2)}
     with pytest.raises(ValueError, match="0.lora_A: not a fairseq-subnets weight transform"):
+        bake_state_dict(state)
+
+
+def test_bake_state_dict_names_the_key_of_an_unregistered_kind_and_the_import_that_registers_kinds():
+    state = {"encoder.layers.0.fc1.parametrizations.weight.original": torch.ones(2, 2),
+             "encoder.layers.0.fc1.parametrizations.weight.0.lora9.a.delta": torch.ones(2, 2)}
+    with pytest.raises(ValueError, match=r"^encoder.layers.0.fc1.parametrizations.weight.0.lora9.a: unknown kind "
+                                         r"'lora9' .* its package fairseq_subnets.techniques.<name> is imported"):
         bake_state_dict(state)
 
 

@@ -9,9 +9,7 @@ from fairseq.modules.multihead_attention import MultiheadAttention
 from torch import nn
 
 from fairseq_subnets.core.parametrize import (
-    apply_language_masks,
     apply_masks,
-    apply_score_masks,
     bake_module,
     bake_state_dict,
     mask_state_digest,
@@ -36,6 +34,8 @@ from fairseq_subnets.core.transforms import (
     stack_of,
     transform_plan,
 )
+from fairseq_subnets.techniques.learned_masks.layer import apply_score_masks
+from fairseq_subnets.techniques.pathways.layer import apply_language_masks
 
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 DIM = 16
@@ -287,7 +287,8 @@ def test_clear_errors():
         add_transform(module.q_proj, "pathways", DenseMask(torch.ones(DIM, DIM, dtype=torch.bool)))
     with pytest.raises(TransformError, match="mask storage 'sparse'"):
         apply_masks(module, masks_for(1), storage="sparse")
-    with pytest.raises(TransformError, match="plan entry 0: unknown kind 'lora9'"):
+    with pytest.raises(TransformError, match="plan entry 0: unknown kind 'lora9' .*importing fairseq_subnets.plugin "
+                                             "imports them all"):
         build_from_plan(attention(), [{"kind": "lora9", "name": "a", "options": {}, "weights": ["q_proj.weight"]}])
     with pytest.raises(TransformError, match="model.transform_plan: not a transform plan"):
         parse_plan("{oops", "model.transform_plan")

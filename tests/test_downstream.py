@@ -48,14 +48,14 @@ def frozen_then_trained(skeleton_run, upstream_mask, tmp_path_factory):
 
 
 def encoder_weights(baked):
-    from fairseq_subnets.plugin.models import W2V_PREFIX
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
     return {key: value for key, value in baked.items() if key.startswith(W2V_PREFIX)}
 
 
 def test_encoder_is_bit_identical_after_the_frozen_epoch_and_trained_after(frozen_then_trained, upstream_mask):
     from fairseq_subnets.core.maskfile import load_mask_file
-    from fairseq_subnets.plugin.models import W2V_PREFIX
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
     result, save_dir, log = frozen_then_trained
     _, upstream = stored_masks_and_baked_weights(result.finetuned_checkpoint)
@@ -116,7 +116,7 @@ def test_same_language_keeps_the_upstream_output_layer_and_encoder(skeleton_run,
 
 
 def test_output_layer_choice_is_explicit_when_it_cannot_be_inferred(skeleton_run, tmp_path):
-    from fairseq_subnets.plugin.models import UpstreamCheckpointError
+    from fairseq_subnets.plugin.components.models import UpstreamCheckpointError
 
     settings, result = skeleton_run
     new_head = build_downstream_model(result, settings.language, tmp_path, output_layer="new")

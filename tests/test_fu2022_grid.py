@@ -18,8 +18,8 @@ from fairseq_subnets.engine.grid_file import MANIFEST_FILES
 from fairseq_subnets.engine.report import ResultsError
 from fairseq_subnets.experiments import fu2022
 from fairseq_subnets.experiments.fu2022.spec import GridError, load_grid
-from fairseq_subnets.plugin import bundles as plugin_bundles
-from fairseq_subnets.plugin import prune as plugin_prune
+from fairseq_subnets.plugin.formats import bundles as plugin_bundles
+from fairseq_subnets.plugin.tools import prune as plugin_prune
 from fairseq_subnets.runner import SINGLE_LANGUAGE_TASK
 from grid_files import assert_refused_with_line_replaced, run_method_grid
 

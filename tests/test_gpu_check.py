@@ -82,7 +82,7 @@ def test_every_modes_overrides_compose_and_fit_the_run(mode, tmp_path):
     """The GPU run is never run here (the dry mode's overrides are, by the test above): its exact
     overrides must compose, take effect (fp16, one process, the update count) and fit every
     schedule into the run before it is lent a GPU."""
-    from fairseq_subnets.core.iterative_pruning import PruningSchedule
+    from fairseq_subnets.techniques.iterative_pruning.schedule import PruningSchedule
     from fairseq_subnets.techniques.tuners import tuner_config
     from fairseq_subnets.techniques import registered_techniques
     from fairseq_subnets.techniques.extension import check_model_config

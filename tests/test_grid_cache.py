@@ -15,7 +15,7 @@ from fairseq_subnets.core.targets import KINDS, weight_name
 from fairseq_subnets.engine.executors import LocalExecutor
 from fairseq_subnets.engine.grid_file import MANIFEST_FILES
 from fairseq_subnets.experiments.storey2025 import GridRun, load_grid
-from fairseq_subnets.plugin import prune as plugin_prune
+from fairseq_subnets.plugin.tools import prune as plugin_prune
 
 LAYERS = 2
 WIDTH = 8

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from factory import LETTERS
-from fairseq_subnets.core.tuners import TUNERS
+from fairseq_subnets.techniques.tuners import TUNERS
 
 SHAPES = {
     "tiny": (dict(layers=2, width=64, ffn=128), False, False),
@@ -53,7 +53,7 @@ def perturbed(model, seed=0):
 
 
 def model_config(size, xlsr, normalize, pretraining=False):
-    from fairseq_subnets.plugin.untrained import XLSR_ARCHITECTURE, CtcModelSize, ctc_model_config, wav2vec2_model_config
+    from fairseq_subnets.benchmarks.untrained import XLSR_ARCHITECTURE, CtcModelSize, ctc_model_config, wav2vec2_model_config
 
     size = CtcModelSize(**size)
     architecture = XLSR_ARCHITECTURE if xlsr else {}
@@ -73,8 +73,8 @@ def write_checkpoint(directory: Path, shape: str, pretraining=False):
     from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
     from omegaconf import OmegaConf
 
-    from fairseq_subnets.plugin.checkpoints import trainer_checkpoint
-    from fairseq_subnets.plugin.models import SubnetsWav2VecCtc
+    from fairseq_subnets.plugin.formats.checkpoints import trainer_checkpoint
+    from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
 
     size, xlsr, normalize = SHAPES[shape]
     cfg = OmegaConf.structured(FairseqConfig)
@@ -115,8 +115,8 @@ def export(checkpoint, out, *options):
 
 
 def stock_state(checkpoint):
-    from fairseq_subnets.plugin.checkpoints import load_fairseq_checkpoint
-    from fairseq_subnets.plugin.export import plain_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_fairseq_checkpoint
+    from fairseq_subnets.plugin.tools.export import plain_checkpoint
 
     return plain_checkpoint(load_fairseq_checkpoint(checkpoint), checkpoint)["model"]
 
@@ -176,7 +176,7 @@ def test_the_vocabulary_names_the_ctc_blank_hfs_pad_token_at_fairseqs_blank_inde
 
 def test_the_round_trip_gives_the_stock_exports_weights_bit_for_bit(exported, tmp_path):
     from fairseq_subnets.cli.main import main
-    from fairseq_subnets.plugin.checkpoints import load_fairseq_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_fairseq_checkpoint
 
     _, checkpoint, _, folder = exported
     assert main(["import", str(folder), str(tmp_path / "back.pt"), "--format", "hf"]) == 0
@@ -192,7 +192,7 @@ def test_a_pretraining_model_goes_to_wav2vec2_for_pretraining_and_back(tmp_path)
     from transformers import Wav2Vec2ForPreTraining
 
     from fairseq_subnets.interop.hf import import_hf_folder
-    from fairseq_subnets.plugin.checkpoints import load_fairseq_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_fairseq_checkpoint
 
     checkpoint, model = write_checkpoint(tmp_path, "tiny", pretraining=True)
     export(checkpoint, tmp_path / "hf")
@@ -215,7 +215,7 @@ def test_an_imported_ctc_model_starts_a_run_as_model_init_from_with_its_output_l
     from omegaconf import OmegaConf
 
     from fairseq_subnets.cli.main import main
-    from fairseq_subnets.plugin.models import SubnetsWav2VecCtc
+    from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
 
     _, checkpoint, _, folder = tiny_exported
     assert main(["import", str(folder), str(tmp_path / "imported.pt"), "--format", "hf"]) == 0
@@ -235,7 +235,7 @@ def test_a_folder_with_another_vocabulary_order_is_imported_with_the_rows_reorde
     from safetensors.torch import load_file, save_file
 
     from fairseq_subnets.interop.hf import import_hf_folder
-    from fairseq_subnets.plugin.checkpoints import load_fairseq_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_fairseq_checkpoint
 
     _, checkpoint, _, folder = tiny_exported
     reordered = tmp_path / "hf"
@@ -281,8 +281,8 @@ def test_a_tuned_model_exports_merged_and_computes_alike(method, tmp_path):
     from omegaconf import OmegaConf
     from transformers import Wav2Vec2ForCTC
 
-    from fairseq_subnets.plugin.checkpoints import trainer_checkpoint
-    from fairseq_subnets.plugin.models import SubnetsWav2VecCtc
+    from fairseq_subnets.plugin.formats.checkpoints import trainer_checkpoint
+    from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
 
     cfg = OmegaConf.structured(FairseqConfig)
     cfg.model = OmegaConf.merge(model_config(*SHAPES["tiny"]), {"tuner": method, **TUNER_SETTINGS.get(method, {})})
@@ -305,7 +305,7 @@ def test_one_language_of_a_pathways_model_exports_with_its_masks_and_head(tmp_pa
     from transformers import Wav2Vec2ForCTC
 
     from fairseq_subnets.core.transforms import LanguageMasks, add_transform
-    from fairseq_subnets.plugin.upstream import LANGUAGE_DICTIONARIES_KEY
+    from fairseq_subnets.plugin.formats.upstream import LANGUAGE_DICTIONARIES_KEY
     from test_multilingual_heads import build, multilingual_task
 
     model = build(multilingual_task())
@@ -332,7 +332,7 @@ def test_importing_the_package_and_registering_the_plugin_never_imports_transfor
               "from fairseq import utils\n"
               "from argparse import Namespace\n"
               "utils.import_user_module(Namespace(user_dir=fairseq_subnets.USER_DIR))\n"
-              "import fairseq_subnets.plugin.export\n"
+              "import fairseq_subnets.plugin.tools.export\n"
               "print(sorted(name for name in sys.modules if name.split('.')[0] in ('transformers', 'peft')))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -349,7 +349,7 @@ def test_the_trained_model_transcribes_its_test_set_alike_in_hf(skeleton_run, tm
     from transformers import Wav2Vec2ForCTC, Wav2Vec2Processor
 
     from fairseq_subnets.cli.main import main
-    from fairseq_subnets.plugin.generator import CtcGreedyGenerator
+    from fairseq_subnets.plugin.components.generator import CtcGreedyGenerator
     from test_skeleton_pipeline import build_from_checkpoint
 
     _, result = skeleton_run

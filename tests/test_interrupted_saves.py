@@ -1,4 +1,4 @@
-"""A kill at any instant of a save is survivable (plugin.resume).
+"""A kill at any instant of a save is survivable (plugin.components.resume).
 
 Stock fairseq writes each checkpoint to a temporary file renamed into place, then makes
 checkpoint_last.pt by a plain copy; the plugin makes that copy atomic, and a training run that
@@ -69,7 +69,7 @@ def test_a_kill_inside_the_atomic_copy_leaves_checkpoint_last_complete(save_dir,
     import shutil
 
     from fairseq.file_io import PathManager
-    from fairseq_subnets.plugin.resume import resume_checkpoint
+    from fairseq_subnets.plugin.components.resume import resume_checkpoint
 
     last = save_dir / "checkpoint_last.pt"
     shutil.copyfile(save_dir / "checkpoint_1_2.pt", last)
@@ -108,7 +108,7 @@ def test_a_damaged_checkpoint_last_falls_back_to_the_newest_complete_checkpoint(
     """checkpoint_last.pt cut at the start of one of CUT_POINTS equal parts of the file (the first:
     emptied): the run resumes from checkpoint_1_4.pt, the newest complete one, and one line names
     both files; checkpoint.restore_file then names the fallback, which fairseq loads."""
-    from fairseq_subnets.plugin.resume import resume_checkpoint
+    from fairseq_subnets.plugin.components.resume import resume_checkpoint
 
     complete = (save_dir / "checkpoint_1_4.pt").read_bytes()
     length = len(complete) * cut // CUT_POINTS

@@ -12,7 +12,7 @@ from factory import TINY
 
 
 def model_config(**overrides):
-    from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
 
     cfg = ctc_model_config(CtcModelSize(vocab=32, **TINY))
     with open_dict(cfg):
@@ -22,7 +22,7 @@ def model_config(**overrides):
 
 
 def build(**overrides):
-    from fairseq_subnets.plugin.models import SubnetsWav2VecCtc
+    from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
 
     torch.manual_seed(0)
     return SubnetsWav2VecCtc.build_model(model_config(**overrides), types.SimpleNamespace(target_dictionary=range(32)))
@@ -55,7 +55,7 @@ SCHEDULE = dict(pruning_interval=2, pruning_fraction=0.5, pruning_target_sparsit
      r".weight of shape \(64, 64\)"),
 ])
 def test_a_bad_pruning_setting_is_refused_naming_its_key(overrides, message):
-    from fairseq_subnets.plugin.errors import PluginInputError
+    from fairseq_subnets.plugin.components.errors import PluginInputError
 
     with pytest.raises(PluginInputError, match=f"^{message}"):
         build(**overrides)
@@ -118,7 +118,7 @@ def test_group_lasso_shrinks_the_block_norms_against_the_same_training_without_i
     (the reference rule): after them the 8x1 block norms of the prunable matrices are smaller."""
     from fairseq_subnets.core.pruning import group_norms
     from fairseq_subnets.core.transforms import module_of
-    from fairseq_subnets.plugin.models import W2V_PREFIX
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
     def mean_block_norm_after_training(**overrides):
         model = build(**overrides)
@@ -154,7 +154,7 @@ def test_the_lambda_rules_give_the_documented_terms_after_the_weights_moved():
 
 
 def test_a_checkpoint_pruned_beyond_the_target_is_refused_when_it_is_loaded():
-    from fairseq_subnets.plugin.errors import PluginInputError
+    from fairseq_subnets.plugin.components.errors import PluginInputError
 
     pruned = build(**SCHEDULE)
     optimizer = FairseqOptimizerStandIn(pruned)
@@ -169,8 +169,8 @@ def test_a_checkpoint_pruned_beyond_the_target_is_refused_when_it_is_loaded():
 def test_a_model_rebuilt_for_decoding_has_the_masks_but_no_schedule_and_drops_its_training_state():
     """What fairseq-generate gets: the task nulls the schedule keys, the transform plan brings the
     masks back, and the rewind point in the checkpoint is not loaded."""
-    from fairseq_subnets.plugin.models import SubnetsWav2VecCtc
-    from fairseq_subnets.plugin.models import TRAINING_ONLY_MODEL_KEYS
+    from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
+    from fairseq_subnets.plugin.components.models import TRAINING_ONLY_MODEL_KEYS
 
     trained = build(**SCHEDULE, pruning_rewind_update=0)
     optimizer = FairseqOptimizerStandIn(trained)
@@ -235,7 +235,7 @@ def test_the_shipped_pathways_configs_are_multilingual_with_one_mask_file_per_la
 
 
 def test_the_restarting_schedule_continues_from_the_rewind_update_after_each_event():
-    from fairseq_subnets.plugin.lr_schedules import RestartingTriStageSchedule
+    from fairseq_subnets.plugin.components.lr_schedules import RestartingTriStageSchedule
 
     cfg = types.SimpleNamespace(lr=[1.0], init_lr_scale=0.01, final_lr_scale=0.05, phase_ratio=None, warmup_steps=2,
                                 hold_steps=2, decay_steps=4, max_update=100, pruning_interval=10,

@@ -55,14 +55,14 @@ def runs(skeleton_run, tmp_path_factory):
 
 
 def checkpoint(save_dir, update):
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     return load_checkpoint(next(Path(save_dir).glob(f"checkpoint_*_{update}.pt")))
 
 
 def pruning_masks(state):
     from fairseq_subnets.core.parametrize import masks_from_state_dict
-    from fairseq_subnets.plugin.models import W2V_PREFIX
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
     return masks_from_state_dict(state, prefix=W2V_PREFIX)
 
@@ -79,9 +79,9 @@ def logged(log, key):
 
 def test_lth_prunes_the_scheduled_blocks_and_rewinds_to_theta_0_with_empty_adam_and_a_restarted_schedule(
         runs, skeleton_run):
-    from fairseq_subnets.core.iterative_pruning import PruningSchedule
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
-    from fairseq_subnets.plugin.models import W2V_PREFIX
+    from fairseq_subnets.techniques.iterative_pruning.schedule import PruningSchedule
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
     _, result = skeleton_run
     save_dir, log = runs["lth"]
@@ -132,8 +132,8 @@ def test_the_final_masks_are_written_as_a_mask_file_the_mask_tools_read(runs, ca
 
 
 def test_imp_prunes_the_global_count_at_the_scheduled_updates_and_keeps_training_the_weights(runs, skeleton_run):
-    from fairseq_subnets.core.iterative_pruning import PruningSchedule
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.techniques.iterative_pruning.schedule import PruningSchedule
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     _, result = skeleton_run
     save_dir, log = runs["imp"]

@@ -9,13 +9,13 @@ import torch
 from torch import nn
 
 from factory import TINY
-from fairseq_subnets.core.parametrize import apply_score_masks, masks_from_module, score_masks
+from fairseq_subnets.core.parametrize import masks_from_module
 from fairseq_subnets.core.pruning import global_l1_masks, layer_l1_masks, pruned_count
-from fairseq_subnets.core.scores import ordered_random_scores, random_scores
-from fairseq_subnets.core.transforms import GlobalTopK, ScoreMask
-from fairseq_subnets.plugin.errors import PluginInputError
-from fairseq_subnets.plugin.models import W2V_PREFIX, SubnetsWav2VecCtc
-from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+from fairseq_subnets.plugin.components.errors import PluginInputError
+from fairseq_subnets.plugin.components.models import W2V_PREFIX, SubnetsWav2VecCtc
+from fairseq_subnets.techniques.learned_masks.layer import GlobalTopK, ScoreMask, apply_score_masks, score_masks
+from fairseq_subnets.techniques.learned_masks.scores import ordered_random_scores, random_scores
+from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
 
 SIZE = CtcModelSize(vocab=32, **TINY)
 FFN = [f"encoder.layers.{layer}.{kind}.weight" for layer in range(TINY["layers"]) for kind in ("fc1", "fc2")]
@@ -123,12 +123,12 @@ def test_the_kept_count_is_exact_at_every_training_forward_pass(scope):
 
 
 def test_outside_training_the_mask_is_computed_once_and_reused(monkeypatch):
-    import fairseq_subnets.core.transforms as transforms
+    import fairseq_subnets.techniques.learned_masks.layer as layer
 
     model = build(score_sparsity=0.1).eval()
     calls = []
-    real = transforms.prune_smallest
-    monkeypatch.setattr(transforms, "prune_smallest", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = layer.prune_smallest
+    monkeypatch.setattr(layer, "prune_smallest", lambda *a, **k: calls.append(1) or real(*a, **k))
     source = torch.randn(1, 4000)
     with torch.no_grad():
         first = model(source=source, padding_mask=None)["encoder_out"]

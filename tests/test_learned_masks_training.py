@@ -83,8 +83,8 @@ def test_pretrained_weights_stay_bit_identical_while_identical_masks_learn_on_bo
     two epochs differ)."""
     from fairseq_subnets.core.parametrize import masks_from_state_dict
     from fairseq_subnets.core.pruning import pruned_count
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
-    from fairseq_subnets.plugin.models import W2V_PREFIX
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
     from interrupted_runs import interval_checkpoints
 
     result, run_dir, log = learned_run
@@ -122,7 +122,7 @@ def test_masks_extract_writes_the_learned_masks_for_the_mask_tools(learned_run, 
     from fairseq_subnets.cli.main import main as cli
     from fairseq_subnets.core.maskfile import load_mask_file
     from fairseq_subnets.core.parametrize import masks_from_state_dict
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     _, run_dir, _ = learned_run
     path = tmp_path / "learned.mask"
@@ -184,7 +184,7 @@ def test_a_bundle_lists_its_storage_removes_languages_and_refuses_another_backbo
     import shutil
 
     from fairseq_subnets.cli.main import main as cli
-    from fairseq_subnets.plugin.bundles import read_bundle
+    from fairseq_subnets.plugin.formats.bundles import read_bundle
 
     result, path, checkpoints = bundle
     capsys.readouterr()
@@ -201,7 +201,7 @@ def test_a_bundle_lists_its_storage_removes_languages_and_refuses_another_backbo
     shutil.copy(path, copy)
     assert cli(["bundles", "remove", str(copy), "es"]) == 0
     assert list(read_bundle(str(copy)).languages) == ["ca", "ast"]
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     other_backbone = load_checkpoint(checkpoints["es"])
     bias = "w2v_encoder.w2v_model.encoder.layers.0.fc1.bias"
@@ -218,7 +218,7 @@ def test_exporting_a_bundle_language_gives_the_weights_of_that_languages_own_exp
     """Its own export loads in stock fairseq
     (test_fairseq_generate_decodes_the_learned_mask_checkpoint_and_export_bakes_it_for_stock_fairseq)."""
     from fairseq_subnets.cli.main import main as cli
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     _, path, checkpoints = bundle
     assert cli(["export", str(path), "--language", "ast", "--out", str(tmp_path / "from_bundle.pt")]) == 0

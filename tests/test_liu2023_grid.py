@@ -21,7 +21,7 @@ from fairseq_subnets.engine.report import ResultsError
 from fairseq_subnets.engine.scheduler import CellFailed
 from fairseq_subnets.experiments import liu2023
 from fairseq_subnets.experiments.liu2023.spec import load_grid
-from fairseq_subnets.plugin.models import W2V_PREFIX
+from fairseq_subnets.plugin.components.models import W2V_PREFIX
 from fairseq_subnets.runner import CONFIG_DIR
 from grid_files import assert_refused_with_line_replaced, example_grid_on, run_method_grid
 from factory import TINY, ctc_model, encoder_shapes

@@ -39,7 +39,7 @@ def masked_run(skeleton_run, tmp_path_factory):
 
 def test_every_checkpoint_holds_the_mask_with_pruned_weights_exactly_zero(masked_run):
     from fairseq_subnets.core.maskfile import load_mask_file
-    from fairseq_subnets.plugin.models import W2V_PREFIX
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
     _, _, mask_path, run_dir = masked_run
     expected = load_mask_file(str(mask_path)).masks
@@ -66,7 +66,7 @@ def test_model_built_without_the_mask_file_takes_the_masks_from_the_checkpoint(m
 
     from fairseq_subnets.core.maskfile import load_mask_file
     from fairseq_subnets.core.parametrize import masks_from_module
-    from fairseq_subnets.plugin.models import W2V_PREFIX
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
     settings, result, mask_path, run_dir = masked_run
     models, _, _ = checkpoint_utils.load_model_ensemble_and_task(

@@ -5,7 +5,7 @@ import torch
 
 from factory import ctc_model, masked_ctc_model
 from fairseq_subnets.core.parametrize import masks_from_module
-from fairseq_subnets.plugin.models import W2V_PREFIX
+from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
 
 def effective_encoder_weights(model, names):

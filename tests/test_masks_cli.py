@@ -152,7 +152,7 @@ def test_similarity_and_correlation(checkpoints, tmp_path, capsys):
 
 def test_export_bakes_a_mask_into_plain_weights(checkpoints, tmp_path, capsys):
     from fairseq_subnets.core.maskfile import load_mask_file
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     mask_path, exported = tmp_path / "m.st", tmp_path / "plain.pt"
     run_json(capsys, "prune", checkpoints[1], "--method", "global-l1", "--sparsity", 0.8, "--out", mask_path)

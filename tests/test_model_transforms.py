@@ -12,11 +12,15 @@ from omegaconf import OmegaConf
 
 from factory import TINY, random_encoder_masks, write_plugin_checkpoint
 from fairseq_subnets.core.maskfile import save_mask_file
-from fairseq_subnets.core.parametrize import apply_language_masks, apply_score_masks, mask_state_digest
+from fairseq_subnets.core.parametrize import mask_state_digest
 from fairseq_subnets.core.transforms import select_language
-from fairseq_subnets.plugin.criterions import RegulariserConfigError, SubnetsCtcCriterion, SubnetsCtcCriterionConfig
-from fairseq_subnets.plugin.models import W2V_PREFIX, SubnetsWav2VecCtc
-from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+from fairseq_subnets.techniques.learned_masks.layer import apply_score_masks
+from fairseq_subnets.techniques.pathways.layer import apply_language_masks
+from fairseq_subnets.plugin.components.criterions import (
+    RegulariserConfigError, SubnetsCtcCriterion, SubnetsCtcCriterionConfig,
+)
+from fairseq_subnets.plugin.components.models import W2V_PREFIX, SubnetsWav2VecCtc
+from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
 
 SIZE = CtcModelSize(vocab=32, **TINY)
 FFN = [f"encoder.layers.{layer}.{kind}.weight" for layer in range(TINY["layers"]) for kind in ("fc1", "fc2")]

@@ -20,8 +20,8 @@ def build(task, cfg=None, seed=0):
     """A TINY model built as fairseq builds it for `task` (from a fresh config, or from `cfg`)."""
     from omegaconf import OmegaConf
 
-    from fairseq_subnets.plugin.models import SubnetsWav2VecCtc
-    from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+    from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
 
     torch.manual_seed(seed)
     return SubnetsWav2VecCtc.build_model(cfg or OmegaConf.structured(ctc_model_config(CtcModelSize(**TINY))), task)
@@ -76,7 +76,8 @@ def test_unknown_language_and_missing_selection_are_refused(model):
 
 
 def test_selecting_a_language_switches_the_per_language_encoder_masks():
-    from fairseq_subnets.core.transforms import LanguageMasks, add_transform
+    from fairseq_subnets.core.transforms import add_transform
+    from fairseq_subnets.techniques.pathways.layer import LanguageMasks
 
     multilingual = build(multilingual_task()).eval()
     fc1 = multilingual.get_submodule("w2v_encoder.w2v_model.encoder.layers.0.fc1")
@@ -117,7 +118,7 @@ def test_one_language_converts_to_a_stock_wav2vec_ctc_with_identical_outputs(mod
     from omegaconf import OmegaConf
 
     from fairseq_subnets.techniques.language_heads import MULTILINGUAL_MODEL_KEYS, single_language_state
-    from fairseq_subnets.plugin.untrained import CtcModelSize, build_untrained_ctc_model
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize, build_untrained_ctc_model
 
     state, cfg = single_language_state(model.state_dict(), OmegaConf.to_container(model.cfg), "ca")
     assert torch.equal(state["w2v_encoder.proj.weight"], model.state_dict()["language_heads.ca.weight"])

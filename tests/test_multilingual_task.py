@@ -91,7 +91,7 @@ class ListDataset(torch.utils.data.Dataset):
 
 
 def test_batches_name_their_language_in_net_input_and_mixed_batches_are_refused():
-    from fairseq_subnets.plugin.multilingual_data import MixedLanguageBatchError, MonolingualBatchDataset
+    from fairseq_subnets.plugin.components.multilingual_data import MixedLanguageBatchError, MonolingualBatchDataset
 
     dataset = MonolingualBatchDataset({"es": ListDataset(3), "ca": ListDataset(2)})
     assert len(dataset) == 5 and dataset.language_sizes() == {"es": 3, "ca": 2}
@@ -105,7 +105,7 @@ def test_batches_name_their_language_in_net_input_and_mixed_batches_are_refused(
 def reduced(logging_outputs, languages=("es", "ca")):
     from fairseq.logging import metrics
 
-    from fairseq_subnets.plugin.tasks import log_language_shares, log_per_language_metrics
+    from fairseq_subnets.plugin.components.tasks import log_language_shares, log_per_language_metrics
 
     with metrics.aggregate() as aggregator:
         log_language_shares(logging_outputs, list(languages))
@@ -122,7 +122,7 @@ def test_language_shares_and_the_mixed_update_counter():
 
 
 def test_validation_metrics_per_language_and_their_unweighted_mean():
-    from fairseq_subnets.plugin.tasks import add_per_language_counts
+    from fairseq_subnets.plugin.components.tasks import add_per_language_counts
 
     outputs = []
     for language, loss, size, errors, length in (("es", 20.0, 4, 10, 100), ("ca", 30.0, 2, 30, 50)):

@@ -143,7 +143,7 @@ def test_runs_start_from_a_multilingual_checkpoint_with_the_heads_of_their_langu
     """The LSP runs and pathways of Yang et al. start from the dense multilingual model: a
     single-language run continues one language (its head under the stock output layer), a
     multilingual run every language's head; the encoder comes along in both."""
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     result, save_dir, _ = per_language_run
     checkpoint = save_dir / "checkpoint_last.pt"
@@ -220,7 +220,7 @@ def test_two_cpu_ranks_train_the_same_language_in_every_update_under_identical_m
     from fairseq_subnets.core.maskfile import load_mask_file
     from fairseq_subnets.core.parametrize import masks_from_state_dict
     from fairseq_subnets.core.stats import union
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     _, result = skeleton_run
     masks = {}

@@ -135,7 +135,7 @@ def test_plugin_classes_extend_stock_ones_and_keep_every_stock_key():
     from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
     from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
 
-    from fairseq_subnets.plugin import criterions, models, tasks
+    from fairseq_subnets.plugin.components import criterions, models, tasks
 
     pairs = [
         (tasks.SubnetsAudioFinetuningTask, AudioFinetuningTask, tasks.SubnetsAudioFinetuningConfig, AudioFinetuningConfig),
@@ -147,6 +147,27 @@ def test_plugin_classes_extend_stock_ones_and_keep_every_stock_key():
         stock_fields = {f.name: f.type for f in dataclasses.fields(stock_config)}
         our_fields = {f.name: f.type for f in dataclasses.fields(our_config)}
         assert stock_fields.items() <= our_fields.items()
+
+
+@pytest.mark.slow
+def test_importing_the_plugin_registers_the_transform_kinds_of_every_technique_folder():
+    """Every tool that rebuilds or bakes a state dict (export, prune, bundles, adapters, init_from)
+    imports the plugin, so the plugin alone must register every kind any technique module
+    defines; pkgutil then imports all of them and must find none left."""
+    result = run_python("""
+        import importlib, pkgutil
+        import fairseq_subnets.plugin
+        import fairseq_subnets.techniques as techniques
+        from fairseq_subnets.core.transforms import TRANSFORM_KINDS
+        by_plugin = set(TRANSFORM_KINDS)
+        for info in pkgutil.walk_packages(techniques.__path__, techniques.__name__ + "."):
+            importlib.import_module(info.name)
+        print(" ".join(sorted(by_plugin)), "|", " ".join(sorted(set(TRANSFORM_KINDS) - by_plugin)))
+    """)
+    assert result.returncode == 0, result.stderr[-2000:]
+    by_plugin, late = result.stdout.split("|")
+    assert {"fixed_mask", "dense_mask", "score_mask", "language_masks"} <= set(by_plugin.split())
+    assert late.split() == []
 
 
 def test_package_import_does_not_import_fairseq():

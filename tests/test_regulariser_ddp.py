@@ -21,8 +21,8 @@ def train_one_step(rank, world_size, directory):
     from omegaconf import OmegaConf
 
     from factory import TINY
-    from fairseq_subnets.plugin.models import SubnetsWav2VecCtc
-    from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+    from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
 
     torch.set_num_threads(1)
     if world_size > 1:

@@ -14,9 +14,9 @@ learned masks (S3-Router) with one top-k over all encoder matrices, AdaLoRA (its
 averages and rank budget), and lottery-ticket pruning with group lasso killed between two pruning
 events (its masks, rewind point, block norms and restarted learning-rate schedule).
 
-Without seeded time masking (plugin.time_masking) every mode fails from the first masked update,
-and pretraining also without seeded crops (plugin.pretraining), without seeded validation draws
-(its validation masks and negatives, plugin.reproducible_steps) and, at 2 threads, without
+Without seeded time masking (plugin.components.time_masking) every mode fails from the first masked update,
+and pretraining also without seeded crops (plugin.components.pretraining), without seeded validation draws
+(its validation masks and negatives, plugin.components.reproducible_steps) and, at 2 threads, without
 deterministic CPU kernels (the same module).
 """
 import random

@@ -60,7 +60,7 @@ def test_fine_tuned_checkpoint_loads_weights_only_with_the_plugin_and_not_withou
 
 
 def test_load_checkpoint_still_refuses_classes_outside_the_allow_list(tmp_path):
-    from fairseq_subnets.plugin.checkpoints import CheckpointLoadError, load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import CheckpointLoadError, load_checkpoint
 
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "payload": pickle.PickleError("not allowed")}, path)
@@ -77,7 +77,7 @@ def build_from_checkpoint(checkpoint, model_name):
     from fairseq.models import MODEL_REGISTRY
     from omegaconf import OmegaConf
 
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     state = load_checkpoint(checkpoint)
     cfg = OmegaConf.create(state["cfg"])
@@ -126,7 +126,7 @@ def test_generator_returns_what_fairseq_generate_reads(skeleton_run):
 def test_generator_collapses_repeats_and_drops_blanks():
     from fairseq.data import Dictionary
 
-    from fairseq_subnets.plugin.generator import CtcGreedyGenerator
+    from fairseq_subnets.plugin.components.generator import CtcGreedyGenerator
 
     dictionary = Dictionary()
     a, b = dictionary.add_symbol("a"), dictionary.add_symbol("b")

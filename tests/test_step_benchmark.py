@@ -77,7 +77,7 @@ def test_learned_mask_models_optimize_only_scores_and_head_and_decode_close_to_t
 
 
 def test_full_sort_binarisation_keeps_the_same_weights_as_the_threshold_search(bench):
-    from fairseq_subnets.core.transforms import binarise_scores
+    from fairseq_subnets.techniques.learned_masks.layer import binarise_scores
 
     scores = torch.randn(48, 40, generator=torch.Generator().manual_seed(0))
     for n_pruned in (0, 1, 192, 1919, 1920):
@@ -106,8 +106,8 @@ def test_the_run_fails_when_baked_and_stock_outputs_differ(bench, monkeypatch):
 
 def test_masked_training_steps_move_kept_weights_only(bench):
     from fairseq_subnets.core.parametrize import bake_module
-    from fairseq_subnets.plugin.models import W2V_PREFIX
-    from fairseq_subnets.plugin.untrained import fix_masks_as_mask_path_does
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
+    from fairseq_subnets.benchmarks.untrained import fix_masks_as_mask_path_does
 
     settings = bench.StepBenchSettings(**SMALL)
     model = ctc_model(seed=0)

@@ -28,6 +28,37 @@ def test_a_technique_named_by_file_joins_the_registry_last(toy_registered):
     assert registered_techniques()[-1] is techniques[-1]  # the file is imported once per process
 
 
+def test_importing_a_technique_registers_every_transform_kind_its_folder_defines():
+    """A state dict rebuilds and bakes only with its kinds registered, and the core cannot import
+    the techniques: so a technique's package, imported alone in a fresh interpreter (no fairseq),
+    must register every kind its folder's modules define. pkgutil then imports every module of the
+    folder and must find no kind left to register."""
+    import json
+    import subprocess
+    import sys
+
+    script = (
+        "import importlib, json, pkgutil, sys\n"
+        "from fairseq_subnets.core.transforms import TRANSFORM_KINDS\n"
+        "from fairseq_subnets.techniques import BUILT_IN\n"
+        "registered, late = {}, {}\n"
+        "for name in BUILT_IN:\n"
+        "    before = set(TRANSFORM_KINDS)\n"
+        "    package = importlib.import_module('fairseq_subnets.techniques.' + name)\n"
+        "    on_import = set(TRANSFORM_KINDS)\n"
+        "    for info in pkgutil.walk_packages(package.__path__, package.__name__ + '.'):\n"
+        "        importlib.import_module(info.name)\n"
+        "    registered[name] = sorted(on_import - before)\n"
+        "    late[name] = sorted(set(TRANSFORM_KINDS) - on_import)\n"
+        "print(json.dumps([registered, late, 'fairseq' in sys.modules]))\n")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    registered, late, imported_fairseq = json.loads(completed.stdout)
+    assert late == {name: [] for name in registered}
+    assert registered["learned_masks"] == ["score_mask"] and registered["pathways"] == ["language_masks"]
+    assert not imported_fairseq
+
+
 def test_a_listed_module_without_a_technique_and_a_missing_file_are_refused_by_name(monkeypatch, tmp_path):
     from fairseq_subnets.techniques import EXTRA_TECHNIQUES_VARIABLE, registered_techniques
 
@@ -66,7 +97,9 @@ def test_the_declared_conflict_and_the_technique_checks_run_in_the_one_config_ch
 
 
 def test_the_collected_key_lists_are_the_union_of_the_declarations():
-    from fairseq_subnets.plugin.models import RECORDED_MODEL_KEYS, TRAINING_ONLY_MODEL_KEYS, TRAINING_STATE_PREFIXES
+    from fairseq_subnets.plugin.components.models import (
+        RECORDED_MODEL_KEYS, TRAINING_ONLY_MODEL_KEYS, TRAINING_STATE_PREFIXES,
+    )
 
     assert set(TRAINING_ONLY_MODEL_KEYS) == {"init_from", "init_from_language", "mask_path", "language_mask_files",
                                              "pruning_interval", "pruning_target_sparsity", "pruning_rewind_update",
@@ -79,7 +112,7 @@ def test_the_collected_key_lists_are_the_union_of_the_declarations():
 @pytest.mark.slow
 def test_stock_fairseq_hydra_train_trains_the_toy_technique_and_refuses_its_key_without_it(skeleton_run, tmp_path):
     from fairseq_subnets import USER_DIR
-    from fairseq_subnets.plugin.checkpoints import load_fairseq_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_fairseq_checkpoint
     from fairseq_subnets.runner import CONFIG_DIR, RunError, fairseq_command, run_logged
     from fairseq_subnets.techniques import EXTRA_TECHNIQUES_VARIABLE
 

@@ -19,9 +19,9 @@ def score_checkpoint(skeleton_run, tmp_path_factory):
     sparsity, the scores then moved at random (as training would), saved as a checkpoint."""
     from fairseq import checkpoint_utils
 
-    from fairseq_subnets.core.parametrize import apply_score_masks
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
-    from fairseq_subnets.plugin.models import W2V_PREFIX
+    from fairseq_subnets.techniques.learned_masks.layer import apply_score_masks
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
     settings, result = skeleton_run
     out = tmp_path_factory.mktemp("scores")
@@ -63,7 +63,7 @@ def test_prune_and_the_mask_tools_read_a_checkpoints_learned_masks(score_checkpo
     from fairseq_subnets.core.parametrize import masks_from_state_dict
     from fairseq_subnets.core.stats import sparsity
     from fairseq_subnets.cli.main import main as cli
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     _, _, path, names = score_checkpoint
     learned = masks_from_state_dict(load_checkpoint(path)["model"])
@@ -91,7 +91,7 @@ def test_learned_scores_and_a_dense_mask_train_resume_and_decode_through_the_sto
 
     from fairseq_subnets.core.parametrize import masks_from_state_dict
     from fairseq_subnets.core.stats import sparsity
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
     from fairseq_subnets.runner import generate, hydra_train
     from fairseq_subnets import USER_DIR
 

@@ -41,7 +41,7 @@ def test_every_tuner_is_timed_against_full_fine_tuning_and_its_stock_export(resu
 
 def test_tuned_models_optimize_only_their_tuner_and_the_head(result):
     from fairseq_subnets.techniques.tuners import tuner_config
-    from fairseq_subnets.plugin.untrained import CtcModelSize
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize
 
     head = (TINY["width"] + 1) * 32  # the CTC output layer of vocabulary 32
     optimized = result["optimized_values"]

@@ -14,10 +14,10 @@ import torch
 from factory import TINY
 from fairseq_subnets.techniques.tuners import TUNERS, tuner_parameters
 from fairseq_subnets.techniques.tuners.adalora import svd_deltas
-from fairseq_subnets.plugin.errors import PluginInputError
-from fairseq_subnets.plugin.models import W2V_PREFIX, SubnetsWav2VecCtc
-from fairseq_subnets.plugin.tasks import SubnetsAudioFinetuningTask
-from fairseq_subnets.plugin.untrained import CtcModelSize, ctc_model_config
+from fairseq_subnets.plugin.components.errors import PluginInputError
+from fairseq_subnets.plugin.components.models import W2V_PREFIX, SubnetsWav2VecCtc
+from fairseq_subnets.plugin.components.tasks import SubnetsAudioFinetuningTask
+from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
 
 SIZE = CtcModelSize(vocab=32, **TINY)
 OUTPUT_LAYER = {"w2v_encoder.proj.weight", "w2v_encoder.proj.bias"}

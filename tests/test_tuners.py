@@ -30,7 +30,7 @@ from fairseq_subnets.techniques.tuners.adalora import ORTHOGONALITY_TERM, budget
 from fairseq_subnets.techniques.tuners.dora import DoraChange
 from fairseq_subnets.techniques.tuners.s2lora import FACTORS_TERM, SPARSITY_TERM, rank_distribution
 from fairseq_subnets.techniques.tuners.vera import random_bases
-from fairseq_subnets.plugin.models import W2V_PREFIX
+from fairseq_subnets.plugin.components.models import W2V_PREFIX
 from factory import ctc_model
 
 EVERY_MATRIX = {"targets": "all"}

@@ -60,7 +60,7 @@ def adalora_run(skeleton_run, tmp_path_factory):
 def backbone_differences(state, pretrained):
     """wav2vec2 tensors of a tuned checkpoint that differ from the pretrained model's, and how
     many were compared (stored weights and biases under their plain names)."""
-    from fairseq_subnets.plugin.models import W2V_PREFIX
+    from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
     different, compared = [], 0
     for key, value in state.items():
@@ -75,7 +75,7 @@ def backbone_differences(state, pretrained):
 
 
 def test_s2lora_trains_on_two_ranks_leaving_the_backbone_bit_identical(s2lora_run):
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     result, run_dir, log = s2lora_run
     assert "regulariser_s2lora_sparsity" in log and "regulariser_s2lora_factors" in log, log[-3000:]
@@ -115,7 +115,7 @@ def test_adalora_ranks_print_as_a_layer_by_matrix_table_csv_and_heatmap(adalora_
 
 
 def test_adalora_ends_at_its_target_budget_with_the_backbone_untouched(adalora_run):
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     result, run_dir, log = adalora_run
     assert "adalora_budget" in log, log[-3000:]
@@ -156,7 +156,7 @@ def test_an_adapter_file_rebuilds_the_run_on_its_backbone_and_refuses_another(s2
     import json
 
     from fairseq_subnets.cli.main import main as cli
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     result, run_dir, _ = s2lora_run
     checkpoint = run_dir / "checkpoint_last.pt"
@@ -192,7 +192,7 @@ def test_adapters_save_and_info_count_what_the_optimizer_trains(run, request, tm
     import json
 
     from fairseq_subnets.cli.main import main as cli
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     _, run_dir, _ = request.getfixturevalue(run)
     checkpoint = run_dir / "checkpoint_last.pt"
@@ -234,7 +234,7 @@ def test_dora_and_vera_train_resume_decode_export_and_travel_as_adapter_files(me
     from fairseq_subnets.cli.main import main as cli
     from fairseq_subnets.techniques.tuners import tuner_trained_count
     from fairseq_subnets.techniques.tuners.vera import random_bases
-    from fairseq_subnets.plugin.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
 
     result, runs = new_tuner_runs
     run_dir, resumed_log = runs[method]

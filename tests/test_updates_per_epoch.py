@@ -1,4 +1,4 @@
-"""`plugin.epochs.updates_per_epoch`: the update count of an epoch from fairseq's own batching, and
+"""`plugin.tools.epochs.updates_per_epoch`: the update count of an epoch from fairseq's own batching, and
 the caller's logging left as it was."""
 import logging
 
@@ -21,7 +21,7 @@ def write_manifest_folder(folder, lengths):
 
 
 def test_an_epoch_of_batches_under_max_tokens_and_the_fairseq_logger_keeps_its_level(tmp_path):
-    from fairseq_subnets.plugin.epochs import updates_per_epoch
+    from fairseq_subnets.plugin.tools.epochs import updates_per_epoch
 
     write_manifest_folder(tmp_path, [1600] * 6)
     fairseq_logger = logging.getLogger("fairseq")

@@ -1,4 +1,4 @@
-"""Starting from a fine-tuned checkpoint (`model.init_from`, plugin.upstream) when either side is
+"""Starting from a fine-tuned checkpoint (`model.init_from`, plugin.formats.upstream) when either side is
 multilingual: a single-language run continues one language of a multilingual (pathways) model,
 with that language's head and masks; a multilingual run takes each language's head; output layers
 are kept exactly when the dictionaries match; and the combinations that cannot work are refused
@@ -9,8 +9,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from fairseq_subnets.core.transforms import LanguageMasks, add_transform
-from fairseq_subnets.plugin.upstream import (
+from fairseq_subnets.core.transforms import add_transform
+from fairseq_subnets.techniques.pathways.layer import LanguageMasks
+from fairseq_subnets.plugin.formats.upstream import (
     LANGUAGE_DICTIONARIES_KEY, SINGLE, OutputLayer, UpstreamCheckpointError, continued_state, read_upstream,
 )
 from test_multilingual_heads import build, multilingual_task
@@ -87,7 +88,7 @@ def layers_state():
 
 
 def upstream_of(symbols_es, symbols_ca=None):
-    from fairseq_subnets.plugin.upstream import Upstream
+    from fairseq_subnets.plugin.formats.upstream import Upstream
 
     state = {key: torch.ones_like(value) for key, value in layers_state().items()}
     layers = {"es": OutputLayer("language_heads.es.", symbols_es)}

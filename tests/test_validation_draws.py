@@ -4,8 +4,8 @@ as they found it, so the training stream never sees validation."""
 import pytest
 import torch
 
-from fairseq_subnets.plugin.reproducible_steps import validation_draws
-from fairseq_subnets.plugin.time_masking import install_seeded_masking, masks_drawn_for
+from fairseq_subnets.plugin.components.reproducible_steps import validation_draws
+from fairseq_subnets.plugin.components.time_masking import install_seeded_masking, masks_drawn_for
 
 UTTERANCES = torch.tensor([3, 7])
 

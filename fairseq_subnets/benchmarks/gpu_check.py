@@ -198,7 +198,7 @@ def _pruning_overrides(settings: GpuCheckSettings) -> List[str]:
     """The shipped iterative-pruning schedule (fraction, target) squeezed into the run: the
     interval that ends its last event within the updates, or, where even one update per event
     is too few, one event per update to the sparsity that many events reach."""
-    from ..core.iterative_pruning import PruningSchedule
+    from ..techniques.iterative_pruning.schedule import PruningSchedule
 
     model = _shipped_yaml("iterative_pruning/xlsr_300m")["model"]
     fraction, target = model["pruning_fraction"], model["pruning_target_sparsity"]
@@ -367,7 +367,7 @@ def build_pretrained(settings: GpuCheckSettings) -> Dict[str, object]:
     shipped config's task does (stock fine-tuning refuses a mismatch)."""
     import torch
 
-    from ..plugin.untrained import XLSR_ARCHITECTURE, CtcModelSize, save_untrained_pretraining_checkpoint
+    from ..benchmarks.untrained import XLSR_ARCHITECTURE, CtcModelSize, save_untrained_pretraining_checkpoint
 
     torch.manual_seed(settings.seed)
     files = CheckFiles(settings.out_dir)
@@ -380,7 +380,7 @@ def build_pretrained(settings: GpuCheckSettings) -> Dict[str, object]:
 def write_masks(settings: GpuCheckSettings, modes: Sequence[str]) -> Dict[str, object]:
     """The fixed-mask mode's global-L1 mask and the pathway mode's random per-language masks, by
     the back end of `fairseq-subnets prune`."""
-    from ..plugin.prune import prune_checkpoint
+    from ..plugin.tools.prune import prune_checkpoint
 
     files = CheckFiles(settings.out_dir)
     written = {}
@@ -457,7 +457,7 @@ def pruned_weights_check(checkpoint: Path, exported: Path, languages: Sequence[O
     import torch
 
     from ..core.parametrize import bake_state_dict, masks_from_state_dict
-    from ..plugin.checkpoints import load_fairseq_checkpoint
+    from ..plugin.formats.checkpoints import load_fairseq_checkpoint
     from ..techniques.extension import W2V_PREFIX
 
     state = load_fairseq_checkpoint(checkpoint)["model"]
@@ -562,7 +562,7 @@ def decode_and_export(settings: GpuCheckSettings, mode: str, report: Report) -> 
     """Decodes the test utterances with stock fairseq-generate (on the GPU, at the model's fp32:
     stock fairseq-generate does not cast its input to fp16), exports, checks pruned weights, then
     removes the checkpoints and the export."""
-    from ..plugin.export import export_plain_checkpoint
+    from ..plugin.tools.export import export_plain_checkpoint
     from ..runner import generate
 
     files = CheckFiles(settings.out_dir)

@@ -18,11 +18,11 @@ import torch
 from fairseq.dataclass.configs import FairseqConfig
 from omegaconf import OmegaConf
 
-from ..plugin.criterions import SubnetsCtcCriterion, SubnetsCtcCriterionConfig
-from ..plugin.tasks import SubnetsMultilingualFinetuningConfig, SubnetsMultilingualFinetuningTask
-from ..plugin.untrained import CtcModelSize, ctc_model_config
+from ..plugin.components.criterions import SubnetsCtcCriterion, SubnetsCtcCriterionConfig
+from ..plugin.components.tasks import SubnetsMultilingualFinetuningConfig, SubnetsMultilingualFinetuningTask
 from .timing import compare, ratio_cell, text_table
 from .train_step import make_optimizer
+from .untrained import CtcModelSize, ctc_model_config
 
 WAIT_SHARE_TARGET = 0.10
 """Most of the loop's time that waiting for data may take: beyond it, loading would be a bottleneck."""

@@ -96,7 +96,7 @@ class RehearsalSettings:
 
     @property
     def model_size(self):
-        from ..plugin.untrained import CtcModelSize
+        from .untrained import CtcModelSize
 
         return CtcModelSize(self.layers, self.width, self.ffn, self.heads)
 
@@ -174,7 +174,7 @@ def build_pretrained(settings: RehearsalSettings) -> Dict[str, object]:
     does (stock fine-tuning refuses a mismatch)."""
     import torch
 
-    from ..plugin.untrained import XLSR_ARCHITECTURE, save_untrained_pretraining_checkpoint
+    from .untrained import XLSR_ARCHITECTURE, save_untrained_pretraining_checkpoint
 
     torch.manual_seed(settings.seed)
     path = RehearsalFiles(settings.out_dir).pretrained

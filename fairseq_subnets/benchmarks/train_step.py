@@ -14,7 +14,7 @@ Everything runs in one process on one batch of random audio, with the real plugi
   language throughout, measured = one whose active language changes at every step, as monolingual
   batches of a multilingual run do.
 * pathways (ASR Pathways): the language-switching model whose optimizer step leaves the weights
-  outside the active language's mask bit-identical (`core.pathways.unchanged_through`, as the
+  outside the active language's mask bit-identical (`core.holding.unchanged_through`, as the
   task's optimizer step does); reference = the model without masks, the dense multilingual step.
 * group lasso: the model without masks plus the group-lasso term over the 8x1 blocks of every
   prunable matrix (`+model.group_lasso_strength`, the plugin's term); reference = the same model
@@ -63,21 +63,22 @@ import torch
 import torch.nn.functional as F
 from fairseq.optim.adam import Adam as FairseqAdamImpl
 
-from ..core.parametrize import apply_language_masks, bake_module, bake_state_dict, score_masks
-from ..core.pathways import outside_active_language_masks, unchanged_through
+from ..core.holding import unchanged_through
+from ..core.parametrize import bake_module, bake_state_dict
 from ..core.pruning import global_l1_masks, prune_within, random_masks
 from ..core.stats import union
 from ..core.targets import select_weights
-from ..core.transforms import (
-    DenseMask, ScoreMask, add_transform, module_of, regularisation_terms, select_language, stack_of,
-)
-from ..plugin.models import SubnetsWav2VecCtc
+from ..core.transforms import DenseMask, add_transform, module_of, regularisation_terms, select_language, stack_of
+from ..plugin.components.models import SubnetsWav2VecCtc
 from ..techniques.extension import W2V_PREFIX, technique_of
 from ..techniques.iterative_pruning import IterativePruning
 from ..techniques.learned_masks import LEARNED_MASK_NAME, LearnedMasks
-from ..plugin.untrained import (CtcModelSize, build_untrained_ctc_model, ctc_model_config, fix_masks_as_mask_path_does,
-                                rebuild_with_state)
+from ..techniques.learned_masks.layer import ScoreMask, score_masks
+from ..techniques.pathways.layer import apply_language_masks
+from ..techniques.pathways.updates import outside_active_language_masks
 from .timing import compare, interleaved, machine_description, ratio_cell, text_table
+from .untrained import (CtcModelSize, build_untrained_ctc_model, ctc_model_config, fix_masks_as_mask_path_does,
+                        rebuild_with_state)
 
 SAMPLE_RATE = 16000
 TRAIN_TARGET = 1.10

@@ -26,7 +26,7 @@ from ..techniques.tuners import TUNERS, tuner_parameters
 from ..techniques.tuners.adalora import allocate, svd_deltas
 from ..techniques.extension import W2V_PREFIX, technique_of
 from ..techniques.tuners import Tuners
-from ..plugin.untrained import build_untrained_ctc_model, ctc_model_config, rebuild_with_state
+from .untrained import build_untrained_ctc_model, ctc_model_config, rebuild_with_state
 from .timing import compare, interleaved, ratio_cell, text_table
 from .train_step import Batch, StepBenchSettings, _require, decode_forward, make_optimizer, run_seeded, train_step
 

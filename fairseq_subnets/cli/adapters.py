@@ -1,6 +1,6 @@
 """`fairseq-subnets adapters save | apply | ranks | info`: what a tuner run trained, as a small file.
 
-An adapter file (plugin.adapters) holds a `+model.tuner=...` run's tuner parameters and output
+An adapter file (plugin.formats.adapters) holds a `+model.tuner=...` run's tuner parameters and output
 layer, with the method, the run's config, its dictionary and the fingerprint of the backbone it
 was trained on. `apply` rebuilds the run's checkpoint from the file and a checkpoint holding that
 backbone (the pretraining checkpoint, usually), refusing any other backbone.
@@ -50,8 +50,8 @@ def register(subparsers):
 
 
 def _adapters():
-    """plugin.adapters, imported when an adapter command runs (it imports fairseq)."""
-    from ..plugin import adapters
+    """plugin.formats.adapters, imported when an adapter command runs (it imports fairseq)."""
+    from ..plugin.formats import adapters
 
     return adapters
 

@@ -1,6 +1,6 @@
 """`fairseq-subnets bundles build | add | remove | list`: one frozen backbone, many languages.
 
-A bundle (plugin.bundles) holds the backbone once and, per language, the learned masks (an
+A bundle (plugin.formats.bundles) holds the backbone once and, per language, the learned masks (an
 entropy-coded mask file), the output layer and the dictionary of a single-language learned-mask run
 (`+model.score_sparsity`). Stock fairseq-generate decodes any of its languages by name:
 
@@ -50,8 +50,8 @@ def register(subparsers):
 
 
 def _bundles():
-    """plugin.bundles, imported when a bundle command runs (it imports fairseq)."""
-    from ..plugin import bundles
+    """plugin.formats.bundles, imported when a bundle command runs (it imports fairseq)."""
+    from ..plugin.formats import bundles
 
     return bundles
 

@@ -45,7 +45,7 @@ def _converted(convert, out, what) -> int:
     a stray ValueError gets `what` in front)."""
     from ..core.maskfile import MaskFileError
     from ..errors import PluginInputError
-    from ..plugin.checkpoints import CheckpointLoadError
+    from ..plugin.formats.checkpoints import CheckpointLoadError
 
     try:
         notes = convert()

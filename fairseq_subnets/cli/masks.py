@@ -164,7 +164,7 @@ def _register_prune(subparsers):
 
 
 def run_prune(args) -> int:
-    from ..plugin.prune import PruneError, prune_checkpoint
+    from ..plugin.tools.prune import PruneError, prune_checkpoint
 
     try:
         masks = prune_checkpoint(args.checkpoint, args.out, args.method, args.sparsity, args.targets,
@@ -318,7 +318,7 @@ def run_combine(args) -> int:
 
 
 def run_extract(args) -> int:
-    from ..plugin.prune import PruneError, extract_checkpoint_masks
+    from ..plugin.tools.prune import PruneError, extract_checkpoint_masks
 
     try:
         masks = extract_checkpoint_masks(args.checkpoint, args.out, args.language)
@@ -411,8 +411,8 @@ def run_export(args) -> int:
     if args.dictionary is not None:
         raise UserError("--dictionary names the vocabulary of an HF folder: it needs --format hf")
     from ..core.maskfile import MaskFileError
-    from ..plugin.checkpoints import CheckpointLoadError
-    from ..plugin.export import export_plain_checkpoint
+    from ..plugin.formats.checkpoints import CheckpointLoadError
+    from ..plugin.tools.export import export_plain_checkpoint
 
     try:
         export_plain_checkpoint(args.checkpoint, args.out, mask_path=args.mask, language=args.language)

@@ -18,12 +18,9 @@ from torch.nn.utils import parametrize
 
 from .targets import MaskSet, model_prefix
 from .transforms import (
-    TRANSFORM_KINDS,
     DenseMask,
     FixedMask,
-    LanguageMasks,
     MaskTransform,
-    ScoreMask,
     TransformError,
     WeightStack,
     adapt_bias,
@@ -32,6 +29,7 @@ from .transforms import (
     replace_fixed_mask,
     stack_of,
     stacks,
+    transform_kind,
 )
 
 DEFAULT_NAME = "default"
@@ -43,10 +41,13 @@ never changes) or full storage with a mask that may change in place (`dense_mask
 
 _PARAMETRIZATION_KEY = re.compile(r"(?P<module>.+)\.parametrizations\.weight\.(?P<rest>.+)")
 _FOLLOWED_BIAS = ".parametrizations.bias.original"
+_LEGACY_SCORE_MASK_KIND = "score_mask"
+"""The kind 0.2's learned masks upgrade to; a name here, since the class is the learned-masks
+technique's (fairseq_subnets.techniques.learned_masks registers it)."""
 _LEGACY_ENTRIES = {
     "0.mask": f"0.{FixedMask.kind}.{DEFAULT_NAME}.mask",
-    "0.scores": f"0.{ScoreMask.kind}.{DEFAULT_NAME}.scores",
-    "0.n_pruned": f"0.{ScoreMask.kind}.{DEFAULT_NAME}.n_pruned",
+    "0.scores": f"0.{_LEGACY_SCORE_MASK_KIND}.{DEFAULT_NAME}.scores",
+    "0.n_pruned": f"0.{_LEGACY_SCORE_MASK_KIND}.{DEFAULT_NAME}.n_pruned",
 }
 
 
@@ -78,39 +79,6 @@ def apply_masks(root: nn.Module, masks: Mapping[str, torch.Tensor], prefix: str 
             stack.get(DenseMask.kind, name).set_mask(mask)
         else:
             add_transform(module, name, DenseMask(mask))
-
-
-def apply_score_masks(root: nn.Module, scores: Mapping[str, torch.Tensor], sparsity: float, prefix: str = "",
-                      name: str = DEFAULT_NAME, scope: str = "matrix") -> Dict[str, ScoreMask]:
-    """Adds a learnable score mask on each named weight; returns them by weight name (their
-    `scores` are the Parameters to train; freeze the weights yourself). With scope 'global', run
-    `GlobalTopK(returned).decide()` before each forward pass."""
-    added = {}
-    for weight_name, initial in scores.items():
-        module = module_of(root, weight_name, prefix)
-        added[weight_name] = ScoreMask(initial.to(module.weight.device), sparsity, scope)
-        add_transform(module, name, added[weight_name])
-    return added
-
-
-def score_masks(root: nn.Module, prefix: str = "") -> Dict[str, ScoreMask]:
-    """Every score mask under prefix, by weight name relative to it (in module order)."""
-    return {weight_name: transform for weight_name, _, stack in stacks(root, prefix)
-            for _, _, transform in stack.transforms() if isinstance(transform, ScoreMask)}
-
-
-def apply_language_masks(root: nn.Module, masks: Mapping[str, Mapping[str, torch.Tensor]], prefix: str = "",
-                         name: str = DEFAULT_NAME) -> None:
-    """Adds per-language masks: `masks[language][weight name]`; every language must mask the same
-    weights. Choose the active language with `transforms.select_language`."""
-    languages = list(masks)
-    weight_names = set(next(iter(masks.values()), {}))
-    for language in languages:
-        if set(masks[language]) != weight_names:
-            raise TransformError(f"language {language!r} masks other weights than {languages[0]!r}")
-    for weight_name in sorted(weight_names):
-        module = module_of(root, weight_name, prefix)
-        add_transform(module, name, LanguageMasks({language: masks[language][weight_name] for language in languages}))
 
 
 def _effective_kept(stack: WeightStack) -> Optional[torch.Tensor]:
@@ -218,13 +186,15 @@ def _stack_from_state(path: str, entries: Dict[str, str], state_dict) -> Tuple[W
         if rest == "original":
             continue
         parts = rest.split(".")
-        if len(parts) != 4 or parts[0] != "0" or parts[1] not in TRANSFORM_KINDS:
+        if len(parts) != 4 or parts[0] != "0":
             raise TransformError(f"{key}: not a fairseq-subnets weight transform; cannot bake it")
         by_transform.setdefault((parts[1], parts[2]), {})[parts[3]] = state_dict[key]
+    kinds = {kind: transform_kind(kind, f"{path}.parametrizations.weight.0.{kind}.{name}")
+             for kind, name in by_transform}
     shape = _weight_shape(original, by_transform)
     stack = WeightStack()
     for (kind, name), tensors in by_transform.items():
-        stack.add(name, TRANSFORM_KINDS[kind].from_state(tensors, shape))
+        stack.add(name, kinds[kind].from_state(tensors, shape))
     return stack, original
 
 
@@ -248,7 +218,7 @@ def _check_original(path: str, stack: WeightStack, original: torch.Tensor) -> No
 
 def _select(stack: WeightStack, path: str, language: Optional[str]) -> None:
     for _, _, transform in stack.transforms():
-        if isinstance(transform, LanguageMasks):
+        if transform.languages:
             if language is None:
                 raise TransformError(f"{path}: holds per-language masks ({', '.join(transform.languages)}); "
                                      "name the language")

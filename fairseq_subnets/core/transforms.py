@@ -24,10 +24,14 @@ buffers and parameters), how it is rebuilt (`placeholder` from the weight's shap
 JSON-able `options()`, or `from_state` from a state dict) and how it bakes: the stack's forward
 pass is the baking rule, so a baked weight equals the forward pass by construction.
 
-Kinds provided here: `fixed_mask` (kept-only storage), `dense_mask` (a mask that changes in place
-during training: no new parameter, no optimizer rebuild), `score_mask` (learned scores, top-k with
-a straight-through gradient) and `language_masks` (named masks on one weight; the active one is
-chosen per batch with `select_language`); the tuners (`techniques.tuners`) add their own. An
+Kinds provided here, the framework's own: `fixed_mask` (kept-only storage) and `dense_mask` (a
+mask that changes in place during training: no new parameter, no optimizer rebuild; a mask file's
+dense storage and the iterative pruning schedule use it). Each technique registers its own kinds
+when its package `fairseq_subnets.techniques.<name>` is imported: `score_mask` (learned masks),
+`language_masks` (pathways), the tuners' adapters. The core imports no technique, so code that
+rebuilds or bakes a state dict holding them imports those packages first (the plugin imports them
+all). A transform with one variant per language declares `languages` and `select`, so
+`select_language` and per-language baking need no technique's class. An
 adaptation that also changes the bias (IA3, GLoRA, BitFit) puts a stateless `BiasFollower` on the module's
 bias (`<module>.parametrizations.bias.original` stores it), so fused attention sees that change
 too; one transform may serve several weights with one tensor (`tie_shared_parameters`, S2-LoRA's
@@ -42,8 +46,6 @@ from typing import Callable, ClassVar, Dict, Iterator, List, Mapping, Optional, 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
-
-from .pruning import prune_smallest, pruned_count
 
 ADAPT, MASK = "adapt", "mask"
 """The two stages of a stack: adaptations apply first (in registration order), masks last."""
@@ -64,6 +66,16 @@ def register_transform_kind(cls):
         raise ValueError(f"transform kind {cls.kind!r}: stage must be {ADAPT!r} or {MASK!r}")
     TRANSFORM_KINDS[cls.kind] = cls
     return cls
+
+
+def transform_kind(kind: str, where: str) -> type:
+    """The registered class of `kind`; an unknown kind is refused naming `where` and the import
+    that registers the techniques' kinds (the core cannot import them itself)."""
+    if kind not in TRANSFORM_KINDS:
+        raise TransformError(f"{where}: unknown kind {kind!r} (registered: {', '.join(sorted(TRANSFORM_KINDS))}); "
+                             "a technique registers its kinds when its package fairseq_subnets.techniques.<name> "
+                             "is imported, and importing fairseq_subnets.plugin imports them all")
+    return TRANSFORM_KINDS[kind]
 
 
 class WeightTransform(nn.Module):
@@ -137,6 +149,15 @@ class WeightTransform(nn.Module):
             raise TransformError(f"{self.kind}: a merged bias cannot be taken back to the backbone")
         return bias
 
+    languages: Tuple[str, ...] = ()
+    """The languages a per-language transform holds one variant for, one of them active at a time
+    (`select_language`); empty for a transform that acts alike for every language. The core bakes
+    and reads masks per language through this alone, whichever technique defines the kind."""
+
+    def select(self, language: str) -> None:
+        """Makes `language`'s variant the active one (called only where `languages` is not empty)."""
+        raise NotImplementedError
+
     shared_tensor_names: ClassVar[Tuple[str, ...]] = ()
     """Parameters that one tensor serves for several transforms (S2-LoRA's shared factors)."""
 
@@ -162,7 +183,7 @@ class MaskTransform(WeightTransform):
         return self.named_kept()
 
 
-def _cached_multiplier(owner: nn.Module, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def cached_multiplier(owner: nn.Module, mask: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`mask` in the weight's dtype and device, cached on `owner._multiplier` (reset it to None
     whenever the mask changes)."""
     multiplier = owner._multiplier
@@ -190,7 +211,7 @@ class _CachedFloatMask(MaskTransform):
         self._refresh()
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * _cached_multiplier(self, self.mask, weight)
+        return weight * cached_multiplier(self, self.mask, weight)
 
     def kept(self) -> torch.Tensor:
         return self.mask.clone()
@@ -269,212 +290,6 @@ class DenseMask(_CachedFloatMask):
             raise TransformError(f"new mask shape {tuple(mask.shape)} != {tuple(self.mask.shape)}")
         self.mask.copy_(mask)
         self._refresh()
-
-
-class _StraightThrough(torch.autograd.Function):
-    """The 0/1 mask in the scores' dtype; backward passes the gradient of the mask to the scores
-    unchanged (the straight-through estimator: dL/dscores = dL/dmask)."""
-
-    @staticmethod
-    def forward(ctx, scores: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
-        return kept.to(scores.dtype)
-
-    @staticmethod
-    def backward(ctx, grad_mask: torch.Tensor):
-        return grad_mask, None
-
-
-def binarise_scores(scores: torch.Tensor, n_pruned: int) -> torch.Tensor:
-    """Bool mask keeping all but the n_pruned smallest scores (ties broken by position, as in
-    pruning)."""
-    return prune_smallest({"scores": scores.detach()}, n_pruned)["scores"]
-
-
-SCORE_SCOPES = ("matrix", "global")
-"""Over what a score mask's top-k runs: each matrix alone (the S3-Router code) or all matrices of
-the model together (`GlobalTopK`)."""
-
-
-@register_transform_kind
-class ScoreMask(MaskTransform):
-    """Learnable mask (S3-Router): a real-valued `scores` Parameter of the weight's shape,
-    binarised by keeping all but the `n_pruned` smallest scores, trained through the
-    straight-through estimator.
-
-    In training mode the binary mask is recomputed at every forward pass, so the kept count is
-    exact whatever changed the scores: fairseq's optimizers update `p.data` in place, which bumps
-    no version counter, so no cache could tell. Outside training the mask is computed once and
-    reused until the module changes mode or loads state, so validation and decoding pay no top-k
-    per forward pass (call `refresh()` after editing scores by hand in eval mode).
-
-    With scope 'global' the model's `GlobalTopK` decides `n_pruned` of every member from all
-    scores together and hands each member its mask before the forward pass; `n_pruned` is then
-    that matrix's share, and `kept()` from it alone gives the same mask (same tie rule)."""
-
-    kind = "score_mask"
-
-    def __init__(self, scores: torch.Tensor, sparsity: float, scope: str = "matrix"):
-        super().__init__()
-        if scope not in SCORE_SCOPES:
-            raise TransformError(f"score mask scope {scope!r}: choose one of {', '.join(SCORE_SCOPES)}")
-        self.scores = nn.Parameter(scores.detach().float().clone())
-        self.sparsity = float(sparsity)
-        self.scope = scope
-        self.register_buffer("n_pruned", torch.tensor(pruned_count(sparsity, scores.numel())))
-        self._pruned = int(self.n_pruned)
-        self._kept: Optional[torch.Tensor] = None
-        self._given: Optional[torch.Tensor] = None
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.training:
-            kept = self._given if self._given is not None else self.kept()
-            self._given = None
-        else:
-            if self._kept is None or self._kept.device != weight.device:
-                self._kept = self.kept().to(weight.device)
-            kept = self._kept
-        if torch.is_grad_enabled() and self.scores.requires_grad:
-            return weight * _StraightThrough.apply(self.scores, kept).to(weight.dtype)
-        return weight * kept.to(weight.dtype)
-
-    def kept(self) -> torch.Tensor:
-        return binarise_scores(self.scores, self._pruned)
-
-    def give(self, kept: torch.Tensor, n_pruned: int) -> None:
-        """Sets this matrix's pruned count and the mask of its next forward pass (in training) or
-        of every forward pass until the next refresh (outside it), decided by a global top-k over
-        several matrices."""
-        self.set_pruned_count(n_pruned)
-        if self.training:
-            self._given = kept
-        else:
-            self._kept = kept
-
-    def set_pruned_count(self, n_pruned: int) -> None:
-        if n_pruned != self._pruned:
-            self.n_pruned.fill_(n_pruned)
-            self._pruned = n_pruned
-        self.refresh()
-
-    def refresh(self) -> None:
-        self._kept = None
-
-    def train(self, mode: bool = True):
-        self.refresh()
-        return super().train(mode)
-
-    def weight_shape(self):
-        return tuple(self.scores.shape)
-
-    def options(self):
-        return {"sparsity": self.sparsity, "scope": self.scope}
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._pruned = int(self.n_pruned)
-        self._given = None
-        self.refresh()
-
-    @classmethod
-    def placeholder(cls, shape, options):
-        return cls(torch.zeros(shape), float(options.get("sparsity", 0.0)), str(options.get("scope", "matrix")))
-
-
-class GlobalTopK:
-    """Exact top-k over the scores of several score masks together (scope 'global'). `decide()`,
-    called before each forward pass of the model that owns the members, chooses every member's mask
-    from all scores at once (`prune_smallest`: exactly the members' total pruned count; ties by
-    member order, then position). It holds no state: the members' `n_pruned` buffers carry the
-    allocation into checkpoints. Outside training it decides only while some member has no cached
-    mask (after a mode change or a state load)."""
-
-    def __init__(self, members: Mapping[str, ScoreMask]):
-        if not members:
-            raise TransformError("a global top-k needs at least one score mask")
-        self.members = dict(members)
-
-    def decide(self, total: Optional[int] = None) -> None:
-        """`total`: prune this many in all (once, when the masks are new: round(sparsity x all
-        weights), which the members' own rounded counts need not sum to); default: as many as the
-        members prune now."""
-        members = self.members.values()
-        if total is None and not any(m.training for m in members) and all(m._kept is not None for m in members):
-            return
-        total = sum(member._pruned for member in members) if total is None else total
-        kept = prune_smallest({name: member.scores.detach() for name, member in self.members.items()}, total)
-        for name, member in self.members.items():
-            member.give(kept[name], member.scores.numel() - int(kept[name].sum()))
-
-
-@register_transform_kind
-class LanguageMasks(MaskTransform):
-    """Several named masks on one shared weight (per-language pathways, per-language S3-Router
-    masks); the active one is chosen per batch with `select_language`. Each language's mask is a
-    bool buffer named by the language, so checkpoints hold every language; switching converts one
-    bool mask to the weight's dtype and costs nothing when the language does not change."""
-
-    kind = "language_masks"
-
-    def __init__(self, masks: Mapping[str, torch.Tensor]):
-        super().__init__()
-        if not masks:
-            raise TransformError("language_masks needs at least one language")
-        for language, mask in masks.items():
-            _check_language_name(language)
-            try:
-                self.register_buffer(language, mask.detach().to(torch.bool).clone())
-            except KeyError:
-                raise TransformError(f"language name {language!r} clashes with a module attribute") from None
-        self.languages = tuple(masks)
-        self.shape = tuple(next(iter(masks.values())).shape)
-        self.active: Optional[str] = None
-        self._multiplier: Optional[torch.Tensor] = None
-
-    def select(self, language: str) -> None:
-        if language not in self.languages:
-            raise TransformError(f"no mask for language {language!r} (masks: {', '.join(self.languages)})")
-        if language != self.active:
-            self.active = language
-            self._multiplier = None
-
-    def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.active is None:
-            raise TransformError(f"per-language masks ({', '.join(self.languages)}) but no language selected")
-        return weight * _cached_multiplier(self, getattr(self, self.active), weight)
-
-    def kept(self) -> torch.Tensor:
-        if self.active is None:
-            raise TransformError(f"per-language masks ({', '.join(self.languages)}) but no language selected")
-        return getattr(self, self.active).clone()
-
-    def weight_shape(self):
-        return self.shape
-
-    def named_kept(self):
-        return {language: getattr(self, language).clone() for language in self.languages}
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._multiplier = None
-
-    def eval_token(self):
-        return super().eval_token() + (self.active,)
-
-    def options(self):
-        return {"languages": list(self.languages)}
-
-    @classmethod
-    def placeholder(cls, shape, options):
-        return cls({language: torch.ones(shape, dtype=torch.bool) for language in options["languages"]})
-
-    @classmethod
-    def from_state(cls, tensors, shape):
-        return cls(dict(tensors))
-
-
-def _check_language_name(language: str) -> None:
-    if not language or "." in language or not language.replace("-", "").replace("_", "").isalnum():
-        raise TransformError(f"language name {language!r}: use letters, digits, '-' and '_' only")
 
 
 def _flat_kept_index(mask: torch.Tensor) -> torch.Tensor:
@@ -740,9 +555,11 @@ def tie_shared_parameters(root: nn.Module) -> int:
 
 
 def select_language(root: nn.Module, language: str) -> None:
-    """Activates `language` on every per-language mask under root (no-op when there are none)."""
+    """Activates `language` on every per-language transform under root (no-op when there are
+    none). It lives here, not with a technique, because one technique holds the per-language
+    masks and another picks each batch's language, and techniques do not import each other."""
     for module in root.modules():
-        if isinstance(module, LanguageMasks):
+        if isinstance(module, WeightTransform) and module.languages:
             module.select(language)
 
 
@@ -784,17 +601,13 @@ def transform_plan(root: nn.Module, prefix: str = "") -> List[Dict[str, object]]
 def build_from_plan(root: nn.Module, plan: List[Mapping[str, object]], prefix: str = "") -> None:
     """Adds placeholder transforms as the plan says (their state comes from a checkpoint next)."""
     for index, entry in enumerate(plan):
-        kind = entry.get("kind")
-        if kind not in TRANSFORM_KINDS:
-            raise TransformError(f"transform plan entry {index}: unknown kind {kind!r} "
-                                 f"(known: {', '.join(sorted(TRANSFORM_KINDS))})")
-        cls = TRANSFORM_KINDS[kind]
+        cls = transform_kind(entry.get("kind"), f"transform plan entry {index}")
         for weight in entry["weights"]:
             module = module_of(root, weight, prefix)
             try:
                 placeholder = cls.placeholder(tuple(module.weight.shape), entry["options"])
             except TransformError as error:  # an option the plan lacks
-                raise TransformError(f"transform plan entry {index} ({kind} on {weight}): {error}") from None
+                raise TransformError(f"transform plan entry {index} ({entry['kind']} on {weight}): {error}") from None
             add_transform(module, entry["name"], placeholder)
     tie_shared_parameters(root)
 

@@ -319,7 +319,7 @@ def check_languages(spec, grid: GridFile, languages: Dict[str, Sequence[str]]) -
 
 def checkpoint_depth(grid: GridFile, key: str, path: str, kind: str, advice: str) -> int:
     """The encoder layers of the checkpoint `key` names, if it is of `kind` (read without its weights)."""
-    from ..plugin.checkpoint_kinds import CheckpointKindError, encoder_layer_count, read_checkpoint_of_kind
+    from ..plugin.formats.checkpoint_kinds import CheckpointKindError, encoder_layer_count, read_checkpoint_of_kind
 
     try:
         return encoder_layer_count(read_checkpoint_of_kind(path, kind, key, advice, weights=False))
@@ -333,7 +333,7 @@ def starting_depth(spec, grid: GridFile, advice: str) -> Tuple[int, str]:
     """(encoder layers of the model the grid starts from, how errors name that model): the
     `pretrained` checkpoint (refused with `advice` unless it is a pretraining checkpoint), or the
     model the pretraining config builds."""
-    from ..plugin.checkpoint_kinds import PRETRAINING
+    from ..plugin.formats.checkpoint_kinds import PRETRAINING
     from ..runner import CONFIG_DIR
 
     if spec.pretrained is not None:

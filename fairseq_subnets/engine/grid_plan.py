@@ -58,7 +58,7 @@ def mask_result(path: Path) -> dict:
 def prune_work(source_cell: Optional[str], pretrained: Path, file_name: str, method: str, sparsity: float,
                targets: str, layers: str, seed: int, context: CellContext) -> dict:
     """Prunes the checkpoint of `source_cell` (or the pretrained model when None) into a mask file."""
-    from ..plugin.prune import prune_checkpoint
+    from ..plugin.tools.prune import prune_checkpoint
 
     checkpoint = context.results[source_cell]["checkpoint"] if source_cell else pretrained
     path = context.directory / file_name

@@ -32,6 +32,6 @@ class FairseqRunner:
 
     def epoch_updates(self, data_dir, max_tokens: int, world_size: int) -> int:
         """fairseq's batch count of one epoch of `data_dir` (builds a fairseq task: about a second)."""
-        from ..plugin.epochs import updates_per_epoch
+        from ..plugin.tools.epochs import updates_per_epoch
 
         return updates_per_epoch(data_dir, max_tokens, world_size=world_size)

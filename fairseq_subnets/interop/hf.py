@@ -1,6 +1,6 @@
 """HF transformers folders from fairseq checkpoints, and fairseq checkpoints from HF folders.
 
-Export starts from the stock checkpoint `fairseq-subnets export` writes (plugin.export: masks and
+Export starts from the stock checkpoint `fairseq-subnets export` writes (plugin.tools.export: masks and
 merged tuners baked, one language picked), so every kind of subnetwork that has a stock form has an
 HF form too. Its folder holds what `Wav2Vec2ForCTC.from_pretrained` (or Wav2Vec2ForPreTraining /
 Wav2Vec2Model for a pretraining checkpoint) and `Wav2Vec2Processor.from_pretrained` read offline:
@@ -34,10 +34,10 @@ from omegaconf import OmegaConf
 from ..atomic import check_folder_writable, check_writable, write_atomically
 from ..core.maskfile import load_mask_file
 from ..errors import PluginInputError
-from ..plugin.checkpoint_kinds import FINE_TUNED, checkpoint_kind
-from ..plugin.checkpoints import load_fairseq_checkpoint, trainer_checkpoint
-from ..plugin.export import plain_checkpoint
-from ..plugin.upstream import LANGUAGE_DICTIONARIES_KEY
+from ..plugin.formats.checkpoint_kinds import FINE_TUNED, checkpoint_kind
+from ..plugin.formats.checkpoints import load_fairseq_checkpoint, trainer_checkpoint
+from ..plugin.tools.export import plain_checkpoint
+from ..plugin.formats.upstream import LANGUAGE_DICTIONARIES_KEY
 from .hf_layout import (
     CTC_DROPOUT_FIELDS, CTC_ENCODER_PREFIX, CTC_OUTPUT_PREFIX, HF_BODY_PREFIX, WORD_DELIMITER, LayoutError,
     dropped_heads, fairseq_model_fields, fairseq_state, fairseq_symbols, has_quantizer, hf_config_fields,
@@ -75,7 +75,7 @@ def transformers_module():
 
 def export_hf_folder(checkpoint_path, out_dir, mask_path=None, language=None, dictionary_path=None) -> List[str]:
     """Writes the HF folder `out_dir` (which must not exist, or be empty) of a checkpoint, as
-    plugin.export's stock checkpoint with the same `mask_path` and `language`. A CTC model's
+    plugin.tools.export's stock checkpoint with the same `mask_path` and `language`. A CTC model's
     vocabulary comes from the checkpoint's task state, or from `dictionary_path` (a fairseq
     dictionary file) when the checkpoint has none. Returns notes on what was left out."""
     transformers = transformers_module()

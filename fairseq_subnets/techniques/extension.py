@@ -124,7 +124,7 @@ class Technique:
 
     def held_through_step(self, model: nn.Module) -> List[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
         """(parameter, mask or None) pairs an optimizer step must leave bit-identical: the whole
-        parameter (None) or where the mask is True (core.pathways.unchanged_through)."""
+        parameter (None) or where the mask is True (core.holding.unchanged_through)."""
         return []
 
     def after_optimizer_step(self, model: nn.Module, updates_done: int, optimizer) -> None:

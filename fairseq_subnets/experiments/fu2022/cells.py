@@ -83,7 +83,7 @@ def finetune_work(config: HydraConfig, row: dict, data_dir: Path, overrides: Lis
 def learned_work(config: HydraConfig, row: dict, data_dir: Path, overrides: List[str], context: CellContext) -> dict:
     """Learns masks, decodes, and writes the learned masks as a mask file (their actual sparsity is
     in the row: each selected matrix loses exactly its share)."""
-    from ...plugin.prune import extract_checkpoint_masks
+    from ...plugin.tools.prune import extract_checkpoint_masks
 
     result = train_and_decode(config, row, data_dir, overrides, context)
     path = context.directory / LEARNED_MASK_FILE
@@ -93,7 +93,7 @@ def learned_work(config: HydraConfig, row: dict, data_dir: Path, overrides: List
 
 def bundle_work(sources: Dict[str, str], context: CellContext) -> dict:
     """The bundle of the runs of `sources` (language -> cell) and what each language costs in it."""
-    from ...plugin.bundles import build_bundle, storage, write_bundle
+    from ...plugin.formats.bundles import build_bundle, storage, write_bundle
 
     bundle = build_bundle({language: context.results[cell]["checkpoint"] for language, cell in sources.items()})
     path = context.directory / "bundle.pt"

@@ -153,9 +153,9 @@ def check_fractions(spec: GridSpec, grid: GridFile) -> None:
 
 def check_learned_mask_settings(spec: GridSpec, grid: GridFile) -> None:
     """Initialisations, scope, targets and layer groups, as the learned-mask model will read them."""
-    from ...core.scores import SCORE_INITS
     from ...core.targets import parse_kinds, parse_layers
-    from ...core.transforms import SCORE_SCOPES
+    from ...techniques.learned_masks.layer import SCORE_SCOPES
+    from ...techniques.learned_masks.scores import SCORE_INITS
 
     choices = [("s3router.init", [spec.s3router.init], SCORE_INITS), ("pruning.init", [spec.pruning.init], SCORE_INITS),
                ("ablation.inits", spec.ablation.inits, SCORE_INITS),

@@ -60,8 +60,8 @@ def parameter_counts(state: Mapping[str, torch.Tensor], full: bool) -> dict:
     """What a run trained, from its checkpoint: the tuner's parameters (a tensor shared by several
     matrices, S2-LoRA's factors, once), or every backbone weight for full fine-tuning; the output
     layer, which every run trains, apart; and the share of the pretrained model's parameters."""
+    from ...plugin.formats.adapters import backbone_tensors
     from ...techniques.tuners import tuner_trained_count
-    from ...plugin.adapters import backbone_tensors
     from ...techniques.extension import STOCK_OUTPUT_LAYER_PREFIX
 
     backbone = sum(tensor.numel() for tensor in backbone_tensors(state).values())
@@ -95,7 +95,7 @@ def train_work(config: HydraConfig, full: bool, row: dict, data_dir: Path, overr
                                context.directory / "train.log", threads=context.threads, gpus=context.gpus)
     checkpoint = context.directory / DECODED_CHECKPOINT
     train_seconds = round(time.monotonic() - started, 1)
-    from ...plugin.checkpoints import load_fairseq_checkpoint
+    from ...plugin.formats.checkpoints import load_fairseq_checkpoint
 
     state = load_fairseq_checkpoint(str(checkpoint))["model"]  # read once for the counts and the ranks
     ranks = rank_rows(state)

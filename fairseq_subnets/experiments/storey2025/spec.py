@@ -132,7 +132,7 @@ def check_pruning(spec: GridSpec, grid: GridFile) -> None:
 def check_encoders(spec: GridSpec, grid: GridFile) -> None:
     """The checkpoints are of their kind, the given upstream models are as deep as the pretrained
     model (their masks are compared and merged with its), and prune.layers lies within it."""
-    from ...plugin.checkpoint_kinds import FINE_TUNED
+    from ...plugin.formats.checkpoint_kinds import FINE_TUNED
 
     depth, described = starting_depth(spec, grid, "a fine-tuned model goes in upstream.checkpoints.LANGUAGE")
     for language, path in spec.upstream.checkpoints.items():

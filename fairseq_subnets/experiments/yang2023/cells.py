@@ -112,7 +112,7 @@ def pathways_work(config: HydraConfig, overrides: List[str], start: str, mask_ce
 
 def random_masks_work(pretrained: Path, languages: List[str], sparsity: float, context: CellContext) -> dict:
     """One random mask per language over every prunable matrix, at the target sparsity."""
-    from ...plugin.prune import prune_checkpoint
+    from ...plugin.tools.prune import prune_checkpoint
 
     masks = {}
     for seed, language in enumerate(languages):

@@ -103,7 +103,7 @@ def validate(spec: GridSpec, lines: Optional[Dict[str, int]] = None) -> None:
 
 def check_schedule(spec: GridSpec, grid: GridFile):
     """The pruning section as the plugin reads it (model.pruning_* keys); returns the schedule."""
-    from ...core.iterative_pruning import PRUNING_CRITERIA, PRUNING_SCOPES, PruningSchedule
+    from ...techniques.iterative_pruning.schedule import PRUNING_CRITERIA, PRUNING_SCOPES, PruningSchedule
 
     pruning = spec.pruning
     for key, choices in (("criterion", PRUNING_CRITERIA), ("scope", PRUNING_SCOPES)):

@@ -7,19 +7,19 @@ the optimizer's parameters stay) on every selected matrix (`pruning_targets` x `
 After every T-th optimizer step, `pruning_fraction` (p) of the weights still kept are pruned by
 `pruning_criterion` (magnitude, or blocks of `pruning_block` by L2 norm) over `pruning_scope`
 (layer: the same sparsity in every matrix; global: all matrices ranked together), until S; then the
-mask stays and training goes on (the schedule: core.iterative_pruning). IMP continues from the
+mask stays and training goes on (the schedule: schedule.py). IMP continues from the
 current weights.
 
 `pruning_rewind_update=K` makes it lottery-ticket rewinding (LTH): every parameter that trains is
 copied at update K (0: the start of the run; K > 0: "late rewinding") into the model's rewind
 point, and after every pruning event all of them go back to those values and Adam's state is
 emptied. The learning-rate schedule restarts at each rewind under `lr_scheduler._name=
-subnets_tri_stage` (see plugin.lr_schedules); a stock scheduler goes on and a warning says so.
+subnets_tri_stage` (see plugin.components.lr_schedules); a stock scheduler goes on and a warning says so.
 
 `group_lasso_strength=G` adds the term `group_lasso` (criterion `subnets_ctc`, logged as
 `regulariser_group_lasso`) over the blocks of the selected matrices; by default lambda_i = G / m_i
 with m_i the mean kept-block norm at the start and after each event (`group_lasso_lambda`: the
-rules of core.iterative_pruning). It is on
+rules of schedule.py). It is on
 during dense training and the pruning events and off (0) once the target is reached; without a
 pruning schedule it is on throughout.
 
@@ -38,10 +38,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from ...core.iterative_pruning import (
-    LAMBDA_RULES, PRUNING_CRITERIA, PRUNING_SCOPES, PruningSchedule, RewindPoint, group_lasso, group_lasso_strength,
-    mean_kept_group_norm, pruning_method,
-)
 from ...core.maskfile import save_mask_file
 from ...core.pruning import BLOCK_METHODS, SCOPES, blocks_tile, parse_block, prune_within
 from ...core.stats import sparsity_by
@@ -49,6 +45,10 @@ from ...core.targets import TargetSelection, num_encoder_layers
 from ...core.transforms import DenseMask, add_transform, module_of, stack_of
 from ...errors import PluginInputError
 from ..extension import W2V_PREFIX, Conflict, Technique, check_masks_identical_across_ranks
+from .schedule import (
+    LAMBDA_RULES, PRUNING_CRITERIA, PRUNING_SCOPES, PruningSchedule, RewindPoint, group_lasso, group_lasso_strength,
+    mean_kept_group_norm, pruning_method,
+)
 
 logger = logging.getLogger(__name__)
 

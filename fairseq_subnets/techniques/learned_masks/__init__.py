@@ -1,8 +1,8 @@
 """Learned masks on frozen weights (S3-Router, Fu et al. 2022).
 
 `+model.score_sparsity=S` gives every selected encoder matrix (`score_targets` x `score_layers`,
-FFN of every layer by default) a trainable score tensor (core `ScoreMask`), initialised by
-`score_init` (core.scores) from the weights the model starts from, and freezes the whole wav2vec2
+FFN of every layer by default) a trainable score tensor (`ScoreMask`, layer.py), initialised by
+`score_init` (scores.py) from the weights the model starts from, and freezes the whole wav2vec2
 model except the scores: the pretrained weights stay bit-identical and what trains is the scores
 and the CTC head (plus biases and layer norms when asked). The top-k runs per matrix, as in the
 paper's code, or over all selected matrices together (`score_scope=global`).
@@ -24,13 +24,13 @@ from typing import Optional
 
 import torch
 
-from ...core.parametrize import apply_score_masks, score_masks
 from ...core.pruning import pruned_count
-from ...core.scores import SCORE_INITS, initial_scores
 from ...core.targets import TargetSelection, num_encoder_layers
-from ...core.transforms import SCORE_SCOPES, GlobalTopK, base_weight, module_of
+from ...core.transforms import base_weight, module_of
 from ...errors import PluginInputError
 from ..extension import W2V_PREFIX, Conflict, Technique, check_freezing
+from .layer import SCORE_SCOPES, GlobalTopK, apply_score_masks, score_masks
+from .scores import SCORE_INITS, initial_scores
 
 logger = logging.getLogger(__name__)
 

@@ -2,21 +2,21 @@
 weights, one mask file per language of the multilingual task.
 
 `model.language_mask_files=[LANGUAGE:PATH, ...]` puts every language's mask on the same weights
-(core `LanguageMasks`); each batch trains and decodes under its language's mask (the batch's
+(`LanguageMasks`, layer.py); each batch trains and decodes under its language's mask (the batch's
 language is selected by the language_heads technique). An optimizer step on a language's batch
 must leave the shared weights outside that language's mask bit-identical, which the task
-guarantees through this technique's `held_through_step` (core.pathways).
+guarantees through this technique's `held_through_step` (updates.py).
 """
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from ...core.parametrize import apply_language_masks
-from ...core.pathways import outside_active_language_masks
-from ...core.transforms import LanguageMasks, stacks
+from ...core.transforms import stacks
 from ...errors import PluginInputError
 from ..extension import W2V_PREFIX, Technique
 from ..language_entries import parse_language_entries
 from ..mask_files import fitting_masks
+from .layer import LanguageMasks, apply_language_masks
+from .updates import outside_active_language_masks
 
 
 @dataclass

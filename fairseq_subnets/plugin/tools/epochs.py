@@ -11,7 +11,7 @@ from contextlib import contextmanager
 
 from omegaconf import OmegaConf
 
-from .tasks import SubnetsAudioFinetuningConfig, SubnetsAudioFinetuningTask
+from ..components.tasks import SubnetsAudioFinetuningConfig, SubnetsAudioFinetuningTask
 
 
 def updates_per_epoch(data_dir, max_tokens, split="train", world_size=1, update_freq=1, max_sample_size=None):

@@ -8,7 +8,7 @@ checkpoint keeps. This task changes only those two draws:
   * each batch's crops come from the run's seed, the epoch and the batch's first utterance.
 Everything else, the model and its checkpoint included, is stock: the model stays `wav2vec2`.
 Like the fine-tuning task, it checks a run's start (its schedule, the checkpoint it resumes from:
-plugin.tasks.check_training_start) before the model is built.
+plugin.components.tasks.check_training_start) before the model is built.
 
 The dataset is built by the stock task, so the seeded crops are installed on the built dataset
 instance rather than through a subclass (which would mean copying the stock `load_dataset`).

@@ -5,8 +5,8 @@ import bisect
 import numpy as np
 from fairseq.data import FairseqDataset
 
-from ..data.language_sampling import plan_epoch
-from ..techniques.language_heads import LANGUAGE_KEY
+from ...data.language_sampling import plan_epoch
+from ...techniques.language_heads import LANGUAGE_KEY
 
 
 class MixedLanguageBatchError(RuntimeError):

@@ -18,7 +18,7 @@ dict, so nothing else is needed, even if a mask file has moved since.
 Downstream fine-tuning (Storey et al. 2025) starts from a fine-tuned *upstream* CTC checkpoint
 (`init_from`), which the stock model cannot do (its `w2v_path` must be a pretraining checkpoint):
 the encoder comes from the upstream model, the output layer too when the character sets match,
-and a fresh one otherwise. The upstream may be multilingual, and so may the run (plugin.upstream).
+and a fresh one otherwise. The upstream may be multilingual, and so may the run (plugin.formats.upstream).
 `freeze_encoder_epochs` trains only the output layer for the first epochs; the stock
 `freeze_finetune_updates` counts updates instead.
 """
@@ -35,18 +35,18 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from ..core.parametrize import mask_state_digest, prepare_for_state
-from ..core.targets import encoder_weight_shapes, parse_weight_name
-from ..core.transforms import build_from_plan, parse_plan, transform_plan
-from ..techniques import registered_techniques
-from ..techniques.extension import (
+from ...core.parametrize import mask_state_digest, prepare_for_state
+from ...core.targets import encoder_weight_shapes, parse_weight_name
+from ...core.transforms import build_from_plan, parse_plan, transform_plan
+from ...techniques import registered_techniques
+from ...techniques.extension import (
     W2V_PREFIX, RunSettings, check_model_config, declared_keys, without_training_state,
 )
-from .bundles import expand_bundle_masks
-from .checkpoint_kinds import FINE_TUNED, PRETRAINING, read_checkpoint_of_kind
+from ..formats.bundles import expand_bundle_masks
+from ..formats.checkpoint_kinds import FINE_TUNED, PRETRAINING, read_checkpoint_of_kind
+from ..formats.upstream import UpstreamCheckpointError, continued_state, output_layers, read_upstream
 from .errors import PluginInputError
 from .time_masking import install_seeded_masking
-from .upstream import UpstreamCheckpointError, continued_state, output_layers, read_upstream
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
                 if parse_weight_name(f"{path}.weight") is not None}
 
     def load_upstream(self, checkpoint, cfg, task):
-        """Starts from the upstream checkpoint cfg.init_from (plugin.upstream): its encoder, masks
+        """Starts from the upstream checkpoint cfg.init_from (plugin.formats.upstream): its encoder, masks
         baked in, and the output layers cfg.init_output_layer keeps."""
         upstream = read_upstream(checkpoint, cfg.init_from, cfg.init_from_language, bool(self.languages))
         state, kept = continued_state(self.state_dict(), output_layers(self, task), upstream, cfg.init_output_layer)
@@ -184,7 +184,7 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
             logger.info("started from %s: encoder; output layers kept: %s; new: %s", cfg.init_from,
                         ", ".join(kept) or "none", ", ".join(new) or "none")
 
-    # ---- the hooks the task calls (plugin.tasks) ----------------------------------------------
+    # ---- the hooks the task calls (plugin.components.tasks) ----------------------------------------------
 
     def prepare_run(self, settings: RunSettings):
         for technique in self.techniques:
@@ -208,7 +208,7 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
 
     def writes_parameters_after_steps(self):
         """Whether a technique writes parameters besides the optimizer: fairseq's fp16 optimizer
-        would overwrite that from its fp32 copies (plugin.tasks refuses it)."""
+        would overwrite that from its fp32 copies (plugin.components.tasks refuses it)."""
         return any(technique.writes_parameters_after_steps(self) for technique in self.techniques)
 
     def mask_digest(self):
@@ -245,7 +245,7 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
         """Takes the fixed masks a checkpoint holds, also when this model was built with other ones
         or, for checkpoints older than transform plans, with none (kept-only storage is sized by
         its mask, so the mask must match first); 0.2 key names are upgraded; a bundle's embedded
-        mask files are decoded (plugin.bundles); the training state of techniques that are off
+        mask files are decoded (plugin.formats.bundles); the training state of techniques that are off
         here (a pruning run's checkpoint decoded) is left out."""
         state_dict = prepare_for_state(self, expand_bundle_masks(state_dict), prefix=W2V_PREFIX)
         enabled = {type(technique) for technique in self.techniques}

@@ -1,4 +1,4 @@
-"""The iterative pruning schedule, group lasso and the rewind point (core.iterative_pruning),
+"""The iterative pruning schedule, group lasso and the rewind point (techniques/iterative_pruning/schedule.py),
 without fairseq: exact sparsities event by event, the group-lasso gradient against autograd of the
 formula written out block by block, and rewinding bit for bit."""
 import math
@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from fairseq_subnets.core.iterative_pruning import (
+from fairseq_subnets.core.pruning import prune_within
+from fairseq_subnets.techniques.iterative_pruning.schedule import (
     PruningSchedule, RewindPoint, group_lasso, group_lasso_strength, mean_kept_group_norm, pruning_method,
 )
-from fairseq_subnets.core.pruning import prune_within
 
 
 @pytest.mark.parametrize("fraction, target, events", [(0.2, 0.6, 5), (0.5, 0.75, 2), (0.2, 0.36, 2), (0.5, 0.8, 3),

@@ -2,14 +2,14 @@
 experiment grid both run."""
 import os
 
-from ..atomic import cannot_write_message, check_writable
-from ..core.maskfile import checkpoint_fingerprint, load_mask_file, save_mask_file
-from ..core.parametrize import bake_state_dict, masks_from_state_dict
-from ..core.pruning import BLOCK_METHODS, SCOPES, compute_masks, parse_block, prune_within, pruned_count
-from ..core.stats import sparsity_by
-from ..core.targets import TargetSelection, select_weights
-from .bundles import expand_bundle_masks
-from .checkpoints import CheckpointLoadError, load_fairseq_checkpoint
+from ...atomic import cannot_write_message, check_writable
+from ...core.maskfile import checkpoint_fingerprint, load_mask_file, save_mask_file
+from ...core.parametrize import bake_state_dict, masks_from_state_dict
+from ...core.pruning import BLOCK_METHODS, SCOPES, compute_masks, parse_block, prune_within, pruned_count
+from ...core.stats import sparsity_by
+from ...core.targets import TargetSelection, select_weights
+from ..formats.bundles import expand_bundle_masks
+from ..formats.checkpoints import CheckpointLoadError, load_fairseq_checkpoint
 
 
 

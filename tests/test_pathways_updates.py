@@ -1,14 +1,16 @@
-"""Pathway updates (core.pathways): with Adam and weight decay, a step on one language's batch
-changes only the shared weights inside that language's mask, bit for bit, step after step; without
-the hold, the same training moves the weights outside the mask."""
+"""Pathway updates (techniques/pathways/updates.py, core.holding): with Adam and weight decay, a
+step on one language's batch changes only the shared weights inside that language's mask, bit for
+bit, step after step; without the hold, the same training moves the weights outside the mask."""
 import pytest
 import torch
 from torch import nn
 
-from fairseq_subnets.core.parametrize import apply_language_masks, apply_masks
-from fairseq_subnets.core.pathways import outside_active_language_masks, unchanged_through
+from fairseq_subnets.core.holding import unchanged_through
+from fairseq_subnets.core.parametrize import apply_masks
 from fairseq_subnets.core.pruning import random_masks
 from fairseq_subnets.core.transforms import select_language
+from fairseq_subnets.techniques.pathways.layer import apply_language_masks
+from fairseq_subnets.techniques.pathways.updates import outside_active_language_masks
 
 LANGUAGES = ("es", "ca", "ast")
 

@@ -11,9 +11,9 @@ every checkpoint format has, old ones with `args` instead of `cfg` included.
 """
 import torch
 
-from ..core.targets import model_prefix, num_encoder_layers, relative_weight_names
+from ...core.targets import model_prefix, num_encoder_layers, relative_weight_names
 from .checkpoints import CheckpointLoadError, load_fairseq_checkpoint
-from .errors import PluginInputError
+from ...errors import PluginInputError
 
 PRETRAINING = "pretraining"
 FINE_TUNED = "fine-tuned"

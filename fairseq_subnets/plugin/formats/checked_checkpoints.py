@@ -16,9 +16,9 @@ from typing import Mapping, Optional
 import torch
 from omegaconf import OmegaConf
 
-from ..atomic import write_atomically
+from ...atomic import write_atomically
+from ...errors import PluginInputError
 from .checkpoints import load_fairseq_checkpoint
-from .errors import PluginInputError
 
 
 class CheckpointCheckError(PluginInputError):
@@ -33,7 +33,7 @@ def model_of_config(cfg: Mapping, dictionary, label: str):
     not read), with `dictionary` as the task's target dictionary."""
     from fairseq.models import build_model
 
-    from .models import TRAINING_ONLY_MODEL_KEYS
+    from ..components.models import TRAINING_ONLY_MODEL_KEYS
 
     model_cfg = {key: None if key in TRAINING_ONLY_MODEL_KEYS else value for key, value in cfg["model"].items()}
     try:

@@ -30,12 +30,13 @@ from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
 from omegaconf import II, open_dict
 
-from ..core.pathways import unchanged_through
-from ..data.check import check_manifest_dir
-from ..data.language_sampling import check_sampling_alpha, language_probabilities
-from ..techniques.extension import RunSettings, check_masks_identical_across_ranks
-from ..techniques.language_heads import LANGUAGE_KEY
-from .checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
+from ...core.holding import unchanged_through
+from ...data.check import check_manifest_dir
+from ...data.language_sampling import check_sampling_alpha, language_probabilities
+from ...techniques.extension import RunSettings, check_masks_identical_across_ranks
+from ...techniques.language_heads import LANGUAGE_KEY
+from ..formats.checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
+from ..formats.upstream import LANGUAGE_DICTIONARIES_KEY
 from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator
 from .lr_schedules import check_tri_stage_phases
@@ -44,7 +45,6 @@ from .multilingual_data import MonolingualBatchDataset, all_batches_in_language_
 from .reproducible_steps import ReproducibleSteps
 from .resume import check_resumed_run
 from .run_config import run_setting
-from .upstream import LANGUAGE_DICTIONARIES_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ class SubnetsAudioFinetuningTask(ReproducibleSteps, AudioFinetuningTask):
 
     def optimizer_step(self, optimizer, model, update_num):
         """fairseq's step, leaving what the model holds still in this update bit-identical
-        (pathway updates: the weights outside the batch language's masks, core.pathways); then,
+        (pathway updates: the weights outside the batch language's masks, core.holding); then,
         with that step's gradients still present, the model's own per-update work (AdaLoRA's
         rank allocator, pruning events), told how many updates are done."""
         host = subnets_model(model)
@@ -165,7 +165,7 @@ class SubnetsAudioFinetuningTask(ReproducibleSteps, AudioFinetuningTask):
 def check_training_start(task_cfg, model_cfg):
     """What a training run checks before it builds its model (which reads model.w2v_path, seconds
     at XLS-R size): its learning-rate schedule, and, when it resumes, the checkpoint it resumes
-    from (plugin.resume)."""
+    from (plugin.components.resume)."""
     check_tri_stage_phases(run_setting(task_cfg, "lr_scheduler"), run_setting(task_cfg, "optimization.max_update"))
     sections = {"model": model_cfg, "task": task_cfg, "criterion": run_setting(task_cfg, "criterion"),
                 "optimizer": run_setting(task_cfg, "optimizer")}
@@ -307,7 +307,7 @@ class SubnetsMultilingualFinetuningTask(SubnetsAudioFinetuningTask):
     def state_dict(self):
         """fairseq's task state, saved in every checkpoint, with each language's dictionary symbols:
         a run that starts from this checkpoint (model.init_from) keeps a language's output layer
-        exactly when its dictionary is the same (plugin.upstream)."""
+        exactly when its dictionary is the same (plugin.formats.upstream)."""
         return {**super().state_dict(), LANGUAGE_DICTIONARIES_KEY: {
             language: list(dictionary.symbols) for language, dictionary in self.language_dictionaries.items()}}
 

@@ -22,8 +22,8 @@ from omegaconf import OmegaConf
 
 from ..core.maskfile import save_mask_file
 from ..techniques.fixed_masks import apply_mask_file
-from .checkpoints import trainer_checkpoint
-from .models import SubnetsWav2Vec2CtcConfig, SubnetsWav2VecCtc
+from ..plugin.components.models import SubnetsWav2Vec2CtcConfig, SubnetsWav2VecCtc
+from ..plugin.formats.checkpoints import trainer_checkpoint
 
 
 @dataclass(frozen=True)

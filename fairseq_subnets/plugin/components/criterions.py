@@ -15,7 +15,7 @@ from fairseq import metrics
 from fairseq.criterions import register_criterion
 from fairseq.criterions.ctc import CtcCriterion, CtcCriterionConfig
 
-from ..core.transforms import regularisation_terms
+from ...core.transforms import regularisation_terms
 from .errors import PluginInputError
 
 LOG_PREFIX = "regulariser_"

@@ -20,7 +20,7 @@ cannot be detected, and `adapters save` of the run's checkpoint gives a version 
 Before `apply` writes, the rebuilt checkpoint must fit the model its config describes (every
 tensor present, every shape, the dictionary's size against the output layer's rows), and the
 written file must read back to the same state before it is renamed into place
-(plugin.checked_checkpoints).
+(plugin.formats.checked_checkpoints).
 """
 import hashlib
 import io
@@ -34,12 +34,12 @@ from omegaconf import OmegaConf
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save as safetensors_bytes
 
-from ..atomic import write_atomically
-from ..core.transforms import TRANSFORM_KINDS, parse_plan
-from ..techniques.tuners import TRANSFORM_STATE, TUNER_KINDS, tuner_trained_count
+from ...atomic import write_atomically
+from ...core.transforms import TRANSFORM_KINDS, parse_plan
+from ...techniques.tuners import TRANSFORM_STATE, TUNER_KINDS, tuner_trained_count
+from ...errors import PluginInputError
+from ...techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
 from .checkpoints import ZIP_MAGIC, load_fairseq_checkpoint, trainer_checkpoint
-from .errors import PluginInputError
-from ..techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
 
 ADAPTER_FORMAT = "fairseq-subnets-adapter"
 ADAPTER_VERSION = "2"

@@ -17,8 +17,8 @@ from fairseq.optim.lr_scheduler import register_lr_scheduler
 from fairseq.optim.lr_scheduler.tri_stage_lr_scheduler import TriStageLRSchedule, TriStageLRScheduleConfig
 from omegaconf import II
 
-from ..core.iterative_pruning import PruningSchedule
-from ..errors import PluginInputError
+from ...errors import PluginInputError
+from ...techniques.iterative_pruning.schedule import PruningSchedule
 
 
 @dataclass

@@ -15,7 +15,7 @@ import torch
 from fairseq.data.dictionary import Dictionary
 from omegaconf import OmegaConf
 
-from ..core.maskfile import is_mask_file
+from ...core.maskfile import is_mask_file
 
 FAIRSEQ_CHECKPOINT_CLASSES = (Dictionary, argparse.Namespace)
 ZIP_MAGIC = b"PK\x03\x04"

@@ -18,7 +18,7 @@ As adapter files, bundles are checked end to end (version 2, the one written): t
 shape, bytes), and the bundle commands verify it and the layout (each language's masks, which
 carry their own checksum, its output layer, and its dictionary's size against that layer's rows)
 before they use a bundle. A bundle is written only once it fits the multilingual model its config
-describes, and read back before it is renamed into place (plugin.checked_checkpoints). Version 1
+describes, and read back before it is renamed into place (plugin.formats.checked_checkpoints). Version 1
 bundles (0.4.0) have no checksum; they are still read, their layout still checked.
 """
 import hashlib
@@ -30,14 +30,14 @@ from typing import Dict, List, Mapping
 import torch
 from omegaconf import OmegaConf
 
-from ..core.maskfile import MaskFileError, checkpoint_fingerprint, mask_file_bytes, read_mask_bytes
-from ..core.parametrize import masks_from_state_dict
-from ..core.transforms import LanguageMasks
+from ...core.maskfile import MaskFileError, checkpoint_fingerprint, mask_file_bytes, read_mask_bytes
+from ...core.parametrize import masks_from_state_dict
+from ...errors import PluginInputError
+from ...techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
+from ...techniques.language_entries import parse_language_entries
+from ...techniques.language_heads import HEADS_PREFIX, MULTILINGUAL_MODEL_KEYS
+from ...techniques.pathways.layer import LanguageMasks
 from .checkpoints import load_fairseq_checkpoint, trainer_checkpoint
-from ..techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
-from ..techniques.language_entries import parse_language_entries
-from ..techniques.language_heads import HEADS_PREFIX, MULTILINGUAL_MODEL_KEYS
-from .errors import PluginInputError
 
 BUNDLE_MASKS_PREFIX = "bundle_masks."
 BUNDLE_FORMAT = "fairseq-subnets-bundle"
@@ -216,7 +216,7 @@ def multilingual_task_config(cfg: Mapping, languages: List[str]) -> dict:
     """The run's single-language task config as the multilingual task's: every key that task has
     (fairseq applies command-line overrides such as --decode-language only to keys a checkpoint's
     config holds), its interpolations (`${dataset.train_subset}`) resolved against the run's cfg."""
-    from .tasks import SubnetsMultilingualFinetuningConfig
+    from ..components.tasks import SubnetsMultilingualFinetuningConfig
 
     task = dict(cfg.get("task") or {})
     for option in fields(SubnetsMultilingualFinetuningConfig):

@@ -18,11 +18,11 @@ import inspect
 import os
 import sys
 
-from ..core.maskfile import MaskFileError
-from ..core.transforms import TransformError
-from ..data.language_sampling import LanguageSamplingError
-from ..errors import PluginInputError
-from .checkpoints import CheckpointLoadError
+from ...core.maskfile import MaskFileError
+from ...core.transforms import TransformError
+from ...data.language_sampling import LanguageSamplingError
+from ...errors import PluginInputError
+from ..formats.checkpoints import CheckpointLoadError
 
 EXIT_STATUS = 2
 """What `fairseq-subnets` commands exit with on bad input."""

@@ -26,7 +26,7 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from .pruning import group_norms, pruned_count
+from ...core.pruning import group_norms, pruned_count
 
 LAMBDA_RULES = ("reference", "current", "constant")
 """How group lasso sets lambda_i (see the module docstring)."""

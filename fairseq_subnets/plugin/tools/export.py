@@ -18,14 +18,14 @@ from fairseq.criterions import CRITERION_DATACLASS_REGISTRY
 from fairseq.models import MODEL_DATACLASS_REGISTRY
 from fairseq.tasks import TASK_DATACLASS_REGISTRY
 
-from ..atomic import check_writable, write_atomically
-from ..core.maskfile import MaskFile, MaskFileError, load_mask_file
-from ..core.parametrize import bake_state_dict
-from .bundles import expand_bundle_masks
-from .checkpoints import load_fairseq_checkpoint
-from ..techniques.extension import without_training_state
-from ..techniques.language_heads import single_language_state
-from .models import TRAINING_STATE_PREFIXES
+from ...atomic import check_writable, write_atomically
+from ...core.maskfile import MaskFile, MaskFileError, load_mask_file
+from ...core.parametrize import bake_state_dict
+from ..formats.bundles import expand_bundle_masks
+from ..formats.checkpoints import load_fairseq_checkpoint
+from ...techniques.extension import without_training_state
+from ...techniques.language_heads import single_language_state
+from ..components.models import TRAINING_STATE_PREFIXES
 
 PLUGIN_PREFIX = "subnets_"
 STOCK_REGISTRIES = {"model": MODEL_DATACLASS_REGISTRY, "task": TASK_DATACLASS_REGISTRY, "criterion": CRITERION_DATACLASS_REGISTRY}

@@ -24,11 +24,11 @@ from typing import Dict, Optional, Sequence, Tuple
 
 from omegaconf import OmegaConf
 
-from ..core.parametrize import bake_state_dict
-from ..core.transforms import TransformError
-from .errors import PluginInputError
-from ..techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
-from ..techniques.language_heads import HEADS_PREFIX, UnknownLanguageError, single_language_state
+from ...core.parametrize import bake_state_dict
+from ...core.transforms import TransformError
+from ...errors import PluginInputError
+from ...techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
+from ...techniques.language_heads import HEADS_PREFIX, UnknownLanguageError, single_language_state
 
 LANGUAGE_DICTIONARIES_KEY = "language_dictionaries"
 """The task-state entry where a multilingual task records {language: dictionary symbols}."""

@@ -30,9 +30,9 @@ from typing import Iterable, Mapping, Optional
 from fairseq.file_io import PathManager
 from omegaconf import OmegaConf, open_dict
 
-from ..atomic import PARTIAL_SUFFIX, atomic_path
-from .checkpoints import CheckpointLoadError, load_checkpoint
-from .errors import PluginInputError
+from ...atomic import PARTIAL_SUFFIX, atomic_path
+from ...errors import PluginInputError
+from ..formats.checkpoints import CheckpointLoadError, load_checkpoint
 
 logger = logging.getLogger(__name__)
 
