@@ -35,9 +35,14 @@ pytestmark = pytest.mark.slow
 
 LANGUAGE = "ca"
 SMALL_SPLITS = {"train": 32, "valid": 4}
-"""Utterances kept per split of each corpus folder: about 3 updates per epoch with the tiny configs,
-so 12 updates span several epochs, and a validation of one batch."""
-SAVE_EVERY = 4
+"""Utterances kept per split of each corpus folder: 3 to 7 updates per epoch with the tiny configs
+(their batch sizes differ), so MAX_UPDATE updates span several epochs, and a validation of one
+batch."""
+MAX_UPDATE = 15
+SAVE_EVERY = 5
+"""fairseq writes no interval checkpoint at an epoch's last update (the epoch's save takes its
+place), and the kill falls between the first two interval checkpoints: so neither SAVE_EVERY nor
+twice it may be a multiple of an epoch's length (4 was, with 4 updates per epoch)."""
 FFN_TARGETS = "ffn"
 TWO_THREAD_MODES = ["pretraining", "learned_masks_global_top_k"]
 """The modes also run at 2 threads: pretraining, whose negatives' backward summed in thread order
@@ -90,9 +95,10 @@ def mode_arguments(mode, result, masks, corpus):
 
     finetune = CONFIG_DIR / "finetune"
     pretrained = [f"model.w2v_path={result.pretrained_checkpoint}"]
-    one_language = [f"task.data={corpus / LANGUAGE}", "optimization.max_update=12"]
+    one_language = [f"task.data={corpus / LANGUAGE}", f"optimization.max_update={MAX_UPDATE}"]
     if mode == "pretraining":
-        return CONFIG_DIR / "pretrain", "tiny", [f"task.data={corpus / 'pretrain'}", "optimization.max_update=12"]
+        return CONFIG_DIR / "pretrain", "tiny", [f"task.data={corpus / 'pretrain'}",
+                                                 f"optimization.max_update={MAX_UPDATE}"]
     if mode == "finetuning":
         return finetune, "tiny", pretrained + one_language
     if mode == "fixed_mask":
@@ -104,7 +110,7 @@ def mode_arguments(mode, result, masks, corpus):
             "optimization.max_update=1000"]
     if mode == "multilingual_language_masks":
         return finetune, "multilingual_tiny", pretrained + [
-            f"task.data={corpus}", "task.languages=[es,ca]", "optimization.max_update=12",
+            f"task.data={corpus}", "task.languages=[es,ca]", f"optimization.max_update={MAX_UPDATE}",
             f"+model.language_mask_files=[es:{masks['es']},ca:{masks['ca']}]", "+optimizer.weight_decay=0.01"]
     if mode == "learned_masks_global_top_k":
         return finetune, "learned_masks_tiny", pretrained + one_language + ["model.score_scope=global",
