@@ -1,9 +1,10 @@
-"""`fairseq-subnets adapters save | apply | ranks | info`: what a tuner run trained, as a small file.
+"""`fairseq-subnets adapters save | apply | export | ranks | info`: what a tuner run trained, as a small file.
 
 An adapter file (plugin.formats.adapters) holds a `+model.tuner=...` run's tuner parameters and output
 layer, with the method, the run's config, its dictionary and the fingerprint of the backbone it
 was trained on. `apply` rebuilds the run's checkpoint from the file and a checkpoint holding that
-backbone (the pretraining checkpoint, usually), refusing any other backbone.
+backbone (the pretraining checkpoint, usually), refusing any other backbone. `export --format peft`
+writes it as an HF PEFT adapter folder (fairseq_subnets.interop.peft, imported when it runs).
 """
 import json
 import os
@@ -11,6 +12,10 @@ import sys
 
 from ..atomic import check_writable, write_atomically
 from .main import UserError, writing
+
+
+EXPORT_FORMATS = ("peft",)
+"""What `adapters export --format` writes."""
 
 
 def register(subparsers):
@@ -42,6 +47,18 @@ def register(subparsers):
                        help="also write the table as CSV to this file (layer, then one column per kind)")
     ranks.add_argument("--plot", metavar="PNG", help="also draw it as a heatmap (a .png file)")
     ranks.set_defaults(func=run_ranks)
+
+    export = commands.add_parser("export", help="an adapter file as a PEFT adapter folder (LoRA, DoRA, IA3, VeRA, "
+                                 "AdaLoRA, GLoRA)",
+                                 description="Writes the folder that HF PEFT loads onto HF's wav2vec2: "
+                                 "PeftModel.from_pretrained(Wav2Vec2ForCTC.from_pretrained(BASE), OUT), BASE being "
+                                 "`export --format hf` of the backbone the run was trained on. Methods PEFT cannot "
+                                 "hold exactly (S2-LoRA, alpha-LoRA, BitFit) are refused: export the merged model with "
+                                 "`export --format hf` instead.")
+    export.add_argument("adapter", metavar="FILE")
+    export.add_argument("--format", choices=EXPORT_FORMATS, required=True, help="what OUT holds")
+    export.add_argument("--out", required=True, metavar="DIR", help="folder to write (new, or empty)")
+    export.set_defaults(func=run_export)
 
     info = commands.add_parser("info", help="method, options, size and backbone of an adapter file")
     info.add_argument("adapter", metavar="FILE")
@@ -92,6 +109,21 @@ def run_apply(args) -> int:
         _user_input(lambda: adapters.apply_adapter(adapter, args.adapter, args.backbone, args.out))
     print(f"{args.out}: the {adapter.method} run on {args.backbone}; decode it with fairseq-generate "
           f"(--user-dir, as for training) or merge it with `fairseq-subnets export`")
+    return 0
+
+
+def run_export(args) -> int:
+    from ..interop.peft import write_peft_folder
+
+    adapter = _user_input(lambda: _adapters().read_adapter_file(args.adapter))
+    if not adapter.checksummed:
+        print(UNCHECKED_LINE.format(path=args.adapter), file=sys.stderr)
+    with writing(args.out):
+        config = _user_input(lambda: write_peft_folder(adapter, args.adapter, args.out))
+    print(f"{args.out}: the {adapter.method} adapter as PEFT's {config['peft_type']} on "
+          f"{len(config['target_modules'])} matrices, with its output layer; load it with "
+          f"PeftModel.from_pretrained(Wav2Vec2ForCTC.from_pretrained(BASE), '{args.out}'), BASE being "
+          "`fairseq-subnets export --format hf` of the backbone the run was trained on")
     return 0
 
 

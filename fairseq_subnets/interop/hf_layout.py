@@ -104,12 +104,20 @@ def hf_state(fairseq_state: Mapping, ctc: bool) -> Dict:
         if relative is not None:  # torch's newer weight norm names, as some fairseq builds save them
             relative = relative.replace(".parametrizations.weight.original0", ".weight_g").replace(
                 ".parametrizations.weight.original1", ".weight_v")
-        targets = _renamed(relative, _TO_HF) if relative is not None else []
-        if not targets:
+        if relative is None:
             raise LayoutError(f"weight {name} has no counterpart in HF's wav2vec2")
         is_head = relative.startswith(PRETRAINING_HEAD_KEYS)
-        converted[("" if is_head else hf_prefix) + targets[0]] = tensor
+        converted[("" if is_head else hf_prefix) + hf_body_name(relative)] = tensor
     return converted
+
+
+def hf_body_name(name: str) -> str:
+    """The HF name of `name`, a tensor of fairseq's wav2vec2 model (`encoder.layers.0.fc1.weight`),
+    inside HF's (`encoder.layers.0.feed_forward.intermediate_dense.weight`)."""
+    targets = _renamed(name, _TO_HF)
+    if not targets:
+        raise LayoutError(f"weight {name} has no counterpart in HF's wav2vec2")
+    return targets[0]
 
 
 def dropped_heads(fairseq_state: Mapping, ctc: bool) -> List[str]:

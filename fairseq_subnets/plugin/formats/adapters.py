@@ -319,6 +319,17 @@ def apply_adapter(adapter: Adapter, adapter_path: str, backbone_path: str, out_p
     write_checked_checkpoint(out_path, checkpoint, model)
 
 
+def check_adapter_fits(adapter: Adapter, path: str) -> None:
+    """The adapter's tensors are those of the tuner and output layer of the model its run config
+    describes, key for key and shape for shape: what `apply` checks of the whole rebuilt checkpoint,
+    for the readers that convert the adapter alone (`adapters export`)."""
+    from .checked_checkpoints import check_tensors_fit, model_of_config
+
+    model = model_of_config(adapter.cfg, dictionary_of(adapter, path), path)
+    check_tensors_fit({key: value for key, value in model.state_dict().items()
+                       if is_tuner_state_key(key) or key.startswith(STOCK_OUTPUT_LAYER_PREFIX)}, adapter.tensors, path)
+
+
 def dictionary_of(adapter: Adapter, path: str) -> Dictionary:
     """The run's character dictionary from the stored symbols (fairseq's four special symbols,
     which every Dictionary begins with, then the file's)."""

@@ -47,8 +47,12 @@ def check_state_fits(model, state: Mapping[str, torch.Tensor], label: str) -> No
     bundle's embedded masks) lacks, holds beyond the model, or holds in another shape."""
     from .bundles import expand_bundle_masks
 
-    expected = model.state_dict()
-    given = expand_bundle_masks(state)
+    check_tensors_fit(model.state_dict(), expand_bundle_masks(state), label)
+
+
+def check_tensors_fit(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor], label: str) -> None:
+    """Fails naming the first key of `expected` that `given` lacks or holds in another shape, or
+    the first key `given` holds beyond it."""
     for key, value in expected.items():
         if key not in given:
             raise CheckpointCheckError(f"{label}: holds no {key}, which its model needs")
