@@ -304,8 +304,9 @@ def test_one_language_of_a_pathways_model_exports_with_its_masks_and_head(tmp_pa
     from omegaconf import OmegaConf
     from transformers import Wav2Vec2ForCTC
 
-    from fairseq_subnets.core.transforms import LanguageMasks, add_transform
+    from fairseq_subnets.core.transforms import add_transform
     from fairseq_subnets.plugin.formats.upstream import LANGUAGE_DICTIONARIES_KEY
+    from fairseq_subnets.techniques.pathways.layer import LanguageMasks
     from test_multilingual_heads import build, multilingual_task
 
     model = build(multilingual_task())
