@@ -260,3 +260,19 @@ def test_fairseq_generate_with_sparse_decoding_gives_the_dense_hypotheses(tmp_pa
     log = (tmp_path / "sparse" / "generate-test.log").read_text()
     assert f"sparse_decoding=on: {6 * TINY['layers']} masked encoder matrices run with torch's CSR kernels" in log
     assert "masked encoder matrices run with" not in (tmp_path / "dense" / "generate-test.log").read_text()
+
+
+def test_a_weight_without_a_sparse_cpu_kernel_is_refused_under_on_and_kept_dense_under_auto(monkeypatch):
+    """torch's CPU CSR product takes float32 and float64: a float16 model (fairseq-generate
+    --fp16) stops at its first batch under `on`, and runs dense under `auto`."""
+    from fairseq_subnets.errors import PluginInputError
+    from fairseq_subnets.techniques.sparse_decoding import SparseProjection, kernels
+
+    linear = torch.nn.Linear(16, 8).half().eval()
+    input = torch.randn(3, 16).half()
+    sparse_products = Calls(monkeypatch, kernels, "sparse_linear")
+    with torch.no_grad():
+        with pytest.raises(PluginInputError, match=r"^model.sparse_decoding=on: fc1.weight is float16 on cpu"):
+            SparseProjection(linear, "fc1.weight", "on")(input)
+        assert torch.equal(SparseProjection(linear, "fc1.weight", "auto")(input), linear(input))
+    assert sparse_products.count == 0
