@@ -25,9 +25,8 @@ Why data instead of mixins: with one mixin per technique, every new technique ed
 the task and the exclusion lists of its siblings. Here the host, the task and the conflict check
 loop over whatever is registered.
 """
-import dataclasses
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -207,7 +206,7 @@ def refuse_decoding_only_keys(techniques: Iterable[type], cfg) -> None:
     only how a trained model decodes, so in training it would either do nothing or change what
     validation measures."""
     for technique in techniques:
-        defaults = {field.name: field.default for field in dataclasses.fields(technique.config)}
+        defaults = {entry.name: entry.default for entry in fields(technique.config)}
         for key in technique.decoding_only_keys:
             value = cfg.get(key)
             if value is not None and value != defaults[key]:
