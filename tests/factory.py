@@ -51,10 +51,11 @@ def masked_ctc_model(sparsity, seed=0, vocab=32, **size):
     return model, masks
 
 
-def write_plugin_checkpoint(directory, sparsity=0.5, seed=0):
+def write_plugin_checkpoint(directory, sparsity=0.5, seed=0, full_task_config=False):
     """A fine-tuning checkpoint laid out as fairseq's trainer writes it (cfg as plain containers,
     the task's Dictionary in task_state) for a masked TINY `subnets_wav2vec_ctc` model, next to the
-    `dict.ltr.txt` its task reads. Returns (checkpoint path, model, masks)."""
+    `dict.ltr.txt` its task reads. With `full_task_config`, the task's config holds every key, as
+    fairseq-generate needs to load a split with it. Returns (checkpoint path, model, masks)."""
     from fairseq.data import Dictionary
     from fairseq.dataclass.configs import FairseqConfig
     from omegaconf import OmegaConf
@@ -71,6 +72,10 @@ def write_plugin_checkpoint(directory, sparsity=0.5, seed=0):
     cfg.model = ctc_model_config(CtcModelSize(vocab=len(dictionary), **TINY))
     cfg.model._name = "subnets_wav2vec_ctc"
     cfg.task = {"_name": "subnets_audio_finetuning", "data": str(directory), "labels": "ltr", "normalize": False}
+    if full_task_config:
+        from fairseq_subnets.plugin.components.tasks import SubnetsAudioFinetuningConfig
+
+        cfg.task = OmegaConf.merge(OmegaConf.structured(SubnetsAudioFinetuningConfig), cfg.task)
     path = directory / "checkpoint_best.pt"
     torch.save(trainer_checkpoint(cfg, model.state_dict(), "SubnetsCtcCriterion",
                                   task_state={"target_dictionary": dictionary}), path)

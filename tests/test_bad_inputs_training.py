@@ -181,6 +181,8 @@ RUN_CASES = [
             "cannot divide by: raise optimization.max_update to at least 4", train("<PRETRAINED>", "optimization.max_update=3")),
     RunCase("train-lr-decay-steps-zero", TRAIN_ERROR + "lr_scheduler.decay_steps=0: the tri-stage schedule needs a decay "
             "phase of at least 1 update", train("<PRETRAINED>", "lr_scheduler.phase_ratio=null", "+lr_scheduler.warmup_steps=5")),
+    RunCase("train-sparse-decoding", TRAIN_ERROR + "model.sparse_decoding=on is a decoding setting, which a training "
+            "run refuses", train("<PRETRAINED>", "+model.sparse_decoding=on")),
     RunCase("generate-pretraining-checkpoint", "fairseq-generate: error: <PRETRAINED> is a wav2vec2 pretraining "
             "checkpoint (model wav2vec2), not a fine-tuned wav2vec2 CTC checkpoint",
             ("<DATA>", "--path", "<PRETRAINED>", "--task", "subnets_audio_finetuning", "--user-dir", USER_DIR,

@@ -29,6 +29,7 @@ BUILT_IN = (
     "learned_masks",
     "tuners",
     "iterative_pruning",
+    "sparse_decoding",
 )
 EXTRA_TECHNIQUES_VARIABLE = "FAIRSEQ_SUBNETS_TECHNIQUES"
 

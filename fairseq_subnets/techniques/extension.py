@@ -10,6 +10,8 @@ attributes are its declaration, read without building anything:
   fairseq saves in every checkpoint so that a rebuilt model has the same structure;
 - `training_state_prefixes`: state-dict keys of training state (not weights), dropped when the
   checkpoint is decoded or exported by a model without the technique switched on;
+- `decoding_only_keys`: keys that change only how a trained model decodes (sparse kernels); a
+  training run refuses them when set to anything but their default (`refuse_decoding_only_keys`);
 - `conflicts`: pairs of keys, one its own, that cannot be set together, each with the reason and
   the way out.
 
@@ -24,7 +26,7 @@ the task and the exclusion lists of its siblings. Here the host, the task and th
 loop over whatever is registered.
 """
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -75,6 +77,7 @@ class Technique:
     training_only_keys: ClassVar[Tuple[str, ...]] = ()
     recorded_keys: ClassVar[Tuple[str, ...]] = ()
     training_state_prefixes: ClassVar[Tuple[str, ...]] = ()
+    decoding_only_keys: ClassVar[Tuple[str, ...]] = ()
     conflicts: ClassVar[Tuple[Conflict, ...]] = ()
 
     @classmethod
@@ -196,6 +199,21 @@ def declared_keys(techniques: Iterable[type], attribute: str) -> Tuple[str, ...]
     for technique in techniques:
         keys.extend(key for key in getattr(technique, attribute) if key not in keys)
     return tuple(keys)
+
+
+def refuse_decoding_only_keys(techniques: Iterable[type], cfg) -> None:
+    """Refuses, in a training run, a decoding-only key set to anything but its default: it changes
+    only how a trained model decodes, so in training it would either do nothing or change what
+    validation measures."""
+    for technique in techniques:
+        defaults = {entry.name: entry.default for entry in fields(technique.config)}
+        for key in technique.decoding_only_keys:
+            value = cfg.get(key)
+            if value is not None and value != defaults[key]:
+                raise PluginInputError(
+                    f"{MODEL_KEY_PREFIX}{key}={value} is a decoding setting, which a training run refuses: train "
+                    f"without it and pass it when decoding (fairseq-generate --model-overrides "
+                    f"\"{{'{key}': '{value}'}}\")")
 
 
 def without_training_state(state_dict: Mapping[str, torch.Tensor], prefixes: Sequence[str]) -> Dict:

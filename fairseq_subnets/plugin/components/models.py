@@ -45,7 +45,7 @@ from ...techniques.extension import (
 from ..formats.bundles import expand_bundle_masks
 from ..formats.checkpoint_kinds import FINE_TUNED, PRETRAINING, read_checkpoint_of_kind
 from ..formats.upstream import UpstreamCheckpointError, continued_state, output_layers, read_upstream
-from .errors import PluginInputError
+from .errors import PluginInputError, one_line_errors
 from .time_masking import install_seeded_masking
 
 logger = logging.getLogger(__name__)
@@ -241,12 +241,15 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
             technique.before_state_dict(self)
         return super().state_dict(*args, **kwargs)
 
+    @one_line_errors
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Takes the fixed masks a checkpoint holds, also when this model was built with other ones
         or, for checkpoints older than transform plans, with none (kept-only storage is sized by
         its mask, so the mask must match first); 0.2 key names are upgraded; a bundle's embedded
         mask files are decoded (plugin.formats.bundles); the training state of techniques that are off
-        here (a pruning run's checkpoint decoded) is left out."""
+        here (a pruning run's checkpoint decoded) is left out. fairseq calls it outside our task's
+        entry points, so a technique's refusal after loading (`after_state_loaded`) ends a fairseq
+        command with one line here."""
         state_dict = prepare_for_state(self, expand_bundle_masks(state_dict), prefix=W2V_PREFIX)
         enabled = {type(technique) for technique in self.techniques}
         state_dict = without_training_state(state_dict, declared_keys(

@@ -13,11 +13,12 @@ Additions to the stock task (every stock key keeps working):
 `subnets_multilingual_finetuning` extends it to several languages trained at once in monolingual
 batches, with per-language or shared output layers (README "Multilingual fine-tuning").
 """
+import ast
 import logging
 import math
 import os
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from typing import Any, List, Optional
 
@@ -33,14 +34,16 @@ from omegaconf import II, open_dict
 from ...core.holding import unchanged_through
 from ...data.check import check_manifest_dir
 from ...data.language_sampling import check_sampling_alpha, language_probabilities
-from ...techniques.extension import RunSettings, check_masks_identical_across_ranks
+from ...techniques.extension import RunSettings, check_masks_identical_across_ranks, refuse_decoding_only_keys
 from ...techniques.language_heads import LANGUAGE_KEY
 from ..formats.checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
 from ..formats.upstream import LANGUAGE_DICTIONARIES_KEY
 from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator
 from .lr_schedules import check_tri_stage_phases
-from .models import RECORDED_MODEL_KEYS, TRAINING_ONLY_MODEL_KEYS, SubnetsWav2VecCtc
+from .models import (
+    RECORDED_MODEL_KEYS, TECHNIQUES, TRAINING_ONLY_MODEL_KEYS, SubnetsWav2Vec2CtcConfig, SubnetsWav2VecCtc,
+)
 from .multilingual_data import MonolingualBatchDataset, all_batches_in_language_order, language_block_sampler
 from .reproducible_steps import ReproducibleSteps
 from .resume import check_resumed_run
@@ -107,11 +110,13 @@ class SubnetsAudioFinetuningTask(ReproducibleSteps, AudioFinetuningTask):
     def build_model(self, model_cfg, from_checkpoint=False):
         if from_checkpoint:
             refuse_pretraining_checkpoint(self.cfg, model_cfg)
+            add_overridden_keys_the_checkpoint_lacks(self.cfg, model_cfg)
             with open_dict(model_cfg):
                 for key in TRAINING_ONLY_MODEL_KEYS:
                     if model_cfg.get(key) is not None:
                         model_cfg[key] = None
         else:
+            refuse_decoding_only_keys(TECHNIQUES, model_cfg)
             check_training_start(self.cfg, model_cfg)
         model = super().build_model(model_cfg, from_checkpoint)
         with open_dict(model_cfg):
@@ -182,6 +187,20 @@ def refuse_fp32_weight_copies(task_cfg):
                 f"common.{precision}=true keeps fp32 copies of the weights in fairseq's optimizer, which would undo "
                 "what pathway updates hold still and what rewinding restores: set "
                 f"common.memory_efficient_{precision}=true")
+
+
+def add_overridden_keys_the_checkpoint_lacks(task_cfg, model_cfg):
+    """fairseq-generate's `--model-overrides` sets only the keys a checkpoint's config holds, so a
+    model key of the plugin added after the checkpoint was written (`model.sparse_decoding`) would
+    be dropped without a word: such keys are added to the checkpoint's model config here. The
+    overrides are read as fairseq-generate reads them (a Python literal)."""
+    text = run_setting(task_cfg, "common_eval.model_overrides")
+    overrides = ast.literal_eval(text) if text else {}
+    host_keys = {entry.name for entry in fields(SubnetsWav2Vec2CtcConfig)}
+    with open_dict(model_cfg):
+        for key, value in overrides.items():
+            if key in host_keys and key not in model_cfg:
+                model_cfg[key] = value
 
 
 def refuse_pretraining_checkpoint(task_cfg, model_cfg):

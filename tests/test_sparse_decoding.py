@@ -1,0 +1,278 @@
+"""Sparse decoding (`model.sparse_decoding`): the CSR product against the dense one, the `auto`
+rule, and models decoded in this process with it on against the same models decoded dense (fixed
+masks, learned masks, one language of pathway masks): logits within 1e-4 (fp32), the same greedy
+hypotheses, and proof that the sparse kernel ran and that attention did not take torch's fused path,
+which reads the dense weights. One test decodes with stock fairseq-generate (slow). No timing is
+asserted: `auto` is checked for its rule, its log and its outputs, not its speed."""
+import logging
+
+import pytest
+import torch
+
+from factory import LETTERS, TINY, ctc_model, random_encoder_masks, write_plugin_checkpoint, write_run_checkpoint
+
+LOGIT_TOLERANCE = 1e-4
+
+
+def kept_mask(shape, pattern, generator):
+    """A bool mask of `shape`: `random-50`/`random-90` (that share pruned), `blocks-8x1` (runs of 8
+    inputs of a row, 90% of them pruned) or `all-pruned`; row 1 is pruned whole in every pattern."""
+    rows, columns = shape
+    if pattern == "all-pruned":
+        return torch.zeros(shape, dtype=torch.bool)
+    if pattern == "blocks-8x1":
+        mask = (torch.rand(rows, columns // 8, generator=generator) >= 0.9).repeat_interleave(8, dim=1)
+    else:
+        mask = torch.rand(rows, columns, generator=generator) >= int(pattern.split("-")[1]) / 100
+    mask[1] = False
+    return mask
+
+
+@pytest.mark.parametrize("pattern", ["random-50", "random-90", "blocks-8x1", "all-pruned"])
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
+def test_the_csr_product_equals_the_dense_one(pattern, with_bias):
+    from fairseq_subnets.techniques.sparse_decoding.kernels import csr_of, sparse_linear
+
+    generator = torch.Generator().manual_seed(0)
+    mask = kept_mask((96, 64), pattern, generator)
+    weight = torch.randn(96, 64, generator=generator) * mask
+    bias = torch.randn(96, generator=generator) if with_bias else None
+    input = torch.randn(7, 3, 64, generator=generator)  # time x batch x channels, as fairseq's encoder runs
+    weight_csr = csr_of(weight)
+    assert weight_csr._nnz() == int(mask.sum())
+    sparse = sparse_linear(input, weight_csr, bias)
+    dense = torch.nn.functional.linear(input, weight, bias)
+    assert sparse.shape == dense.shape == (7, 3, 96)
+    assert (sparse - dense).abs().max() <= 1e-5
+    assert torch.equal(sparse[..., 1], dense[..., 1])  # the pruned row: the bias alone (or 0)
+
+
+def test_auto_takes_sparse_only_where_clearly_faster():
+    from fairseq_subnets.techniques.sparse_decoding import kernels
+
+    assert kernels.prefers_sparse(0.5, 1.0)
+    assert not kernels.prefers_sparse(0.95, 1.0)  # within the margin: dense
+    assert not kernels.prefers_sparse(1.0, 1.0)
+    assert not kernels.prefers_sparse(2.0, 1.0)
+    ticks = iter(range(1000))
+    durations = {"sparse": [5, 1, 1, 9, 1], "dense": [3, 3, 2, 3, 4]}
+    order = [kind for _ in range(kernels.AUTO_REPETITIONS) for kind in ("sparse", "dense")]
+    clock_values = []
+    for kind in order:  # start, end of each timed run, alternating sparse and dense
+        start = next(ticks) * 100
+        clock_values += [start, start + durations[kind].pop(0)]
+    clock = iter(clock_values).__next__
+    weight = torch.randn(8, 16)
+    times = kernels.time_kernels(weight, kernels.csr_of(weight), None, frames=4, clock=clock)
+    assert times == (1, 3) and times.sparse_is_faster  # the medians
+
+
+class Calls:
+    """Counts the calls of a function it replaces (pytest's monkeypatch restores it)."""
+
+    def __init__(self, monkeypatch, owner, name):
+        self.count = 0
+        function = getattr(owner, name)
+
+        def counted(*args, **kwargs):
+            self.count += 1
+            return function(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+
+
+def utterances():
+    """Two utterances of a batch, the second padded (its last quarter)."""
+    generator = torch.Generator().manual_seed(7)
+    source = torch.randn(2, 16000, generator=generator)
+    padding_mask = torch.zeros(2, 16000, dtype=torch.bool)
+    padding_mask[1, 12000:] = True
+    source[1, 12000:] = 0
+    return {"source": source, "padding_mask": padding_mask}
+
+
+def decoded(model, net_input):
+    """The CTC logits (before the softmax; frames x batch x symbols) and the greedy hypotheses."""
+    from fairseq.data import Dictionary
+
+    from fairseq_subnets.plugin.components.generator import CtcGreedyGenerator
+
+    dictionary = Dictionary()
+    for letter in LETTERS:
+        dictionary.add_symbol(letter)
+    with torch.no_grad():
+        net_output = model(**net_input)
+        hypotheses = CtcGreedyGenerator(dictionary, blank_index=dictionary.bos()).generate([model], {"net_input": net_input})
+    return net_output["encoder_out"], [hypothesis[0]["tokens"].tolist() for hypothesis in hypotheses]
+
+
+def loaded(checkpoint, data, mode):
+    """The model of `checkpoint` as fairseq-generate loads it, with model.sparse_decoding=mode."""
+    from fairseq import checkpoint_utils
+
+    models, _, _ = checkpoint_utils.load_model_ensemble_and_task(
+        [str(checkpoint)], arg_overrides={"data": str(data), "sparse_decoding": mode})
+    return models[0].eval()
+
+
+def assert_decodes_as_dense(dense, sparse, monkeypatch, sparse_matrices, fused_attentions):
+    """`sparse` gives `dense`'s hypotheses and logits within tolerance, running the sparse kernel
+    `sparse_matrices` times and torch's fused attention `fused_attentions` times per forward pass."""
+    from fairseq_subnets.techniques.sparse_decoding import kernels
+
+    net_input = utterances()
+    dense_logits, dense_hypotheses = decoded(dense, net_input)
+    sparse_products = Calls(monkeypatch, kernels, "sparse_linear")
+    fused = Calls(monkeypatch, torch.nn.functional, "multi_head_attention_forward")
+    with torch.no_grad():
+        sparse_logits = sparse(**net_input)["encoder_out"]
+    assert (sparse_products.count, fused.count) == (sparse_matrices, fused_attentions)
+    assert (sparse_logits - dense_logits).abs().max() <= LOGIT_TOLERANCE
+    assert decoded(sparse, net_input)[1] == dense_hypotheses
+    assert any(dense_hypotheses), "every hypothesis is empty: the comparison would prove nothing"
+
+
+@pytest.fixture(scope="module")
+def fixed_mask_checkpoint(tmp_path_factory):
+    """A TINY model with random fixed masks at 90%, in a checkpoint without a transform plan (its
+    masks come with its state) beside its dictionary."""
+    folder = tmp_path_factory.mktemp("fixed")
+    path, _, _ = write_plugin_checkpoint(folder, sparsity=0.9)
+    return path, folder
+
+
+def test_fixed_masks_decode_sparse_as_dense_with_attention_on_the_sparse_projections(fixed_mask_checkpoint, monkeypatch):
+    checkpoint, data = fixed_mask_checkpoint
+    sparse = loaded(checkpoint, data, "on")
+    state = sparse.techniques[-1].state
+    assert state.routed_attentions == TINY["layers"]
+    assert_decodes_as_dense(loaded(checkpoint, data, "off"), sparse, monkeypatch,
+                            sparse_matrices=6 * TINY["layers"], fused_attentions=0)
+    assert len(state.sparse_names()) == 6 * TINY["layers"]
+
+
+def test_learned_masks_decode_sparse_as_dense(tmp_path, monkeypatch):
+    """Learned masks (FFN only, by default), binarised outside training: only fc1 and fc2 run
+    sparse, and attention keeps torch's fused path."""
+    (tmp_path / "dict.ltr.txt").write_text("".join(f"{letter} 1\n" for letter in LETTERS))
+    checkpoint = tmp_path / "checkpoint.pt"
+    write_run_checkpoint(checkpoint, score_sparsity=0.8)
+    assert_decodes_as_dense(loaded(checkpoint, tmp_path, "off"), loaded(checkpoint, tmp_path, "on"), monkeypatch,
+                            sparse_matrices=2 * TINY["layers"], fused_attentions=TINY["layers"])
+
+
+def test_the_active_language_of_pathway_masks_decodes_sparse_and_a_switch_follows_it(monkeypatch):
+    """The CSR form follows the active language's mask: after a switch, the other language's
+    logits, not the first one's."""
+    from fairseq_subnets.core.transforms import select_language
+    from fairseq_subnets.techniques.extension import W2V_PREFIX
+    from fairseq_subnets.techniques.pathways.layer import apply_language_masks
+    from fairseq_subnets.techniques.sparse_decoding import enable_sparse_decoding, kernels
+
+    model = ctc_model(vocab=len(LETTERS) + 4)
+    masks = {language: random_encoder_masks(0.8, seed=seed, **TINY) for seed, language in enumerate(("es", "ca"))}
+    apply_language_masks(model, masks, prefix=W2V_PREFIX)
+    model.eval()
+    net_input = utterances()
+    dense = {}
+    for language in masks:
+        select_language(model, language)
+        dense[language] = decoded(model, net_input)[0]
+    assert (dense["es"] - dense["ca"]).abs().max() > 100 * LOGIT_TOLERANCE
+    state = enable_sparse_decoding(model, "on")
+    sparse_products = Calls(monkeypatch, kernels, "sparse_linear")
+    for language in ("es", "ca", "es"):
+        select_language(model, language)
+        assert (decoded(model, net_input)[0] - dense[language]).abs().max() <= LOGIT_TOLERANCE, language
+    assert sparse_products.count > 0 and len(state.sparse_names()) == 6 * TINY["layers"]
+
+
+def test_auto_decides_each_matrix_once_logs_it_and_decodes_as_dense(fixed_mask_checkpoint, caplog):
+    checkpoint, data = fixed_mask_checkpoint
+    dense, auto = loaded(checkpoint, data, "off"), loaded(checkpoint, data, "auto")
+    net_input = utterances()
+    with caplog.at_level(logging.INFO, logger="fairseq_subnets.techniques.sparse_decoding"):
+        for _ in range(2):
+            assert (decoded(auto, net_input)[0] - decoded(dense, net_input)[0]).abs().max() <= LOGIT_TOLERANCE
+    decisions = [record.getMessage() for record in caplog.records if "sparse_decoding=auto: encoder." in record.getMessage()]
+    assert len(decisions) == 6 * TINY["layers"], decisions  # once per matrix, not per forward pass
+    assert all(decision.endswith(("-> sparse", "-> dense")) for decision in decisions)
+    assert len(auto.techniques[-1].state.sparse_names()) == sum(decision.endswith("-> sparse") for decision in decisions)
+
+
+def test_training_mode_and_gradients_run_the_dense_product(fixed_mask_checkpoint, monkeypatch):
+    from fairseq_subnets.techniques.sparse_decoding import kernels
+
+    checkpoint, data = fixed_mask_checkpoint
+    model = loaded(checkpoint, data, "on")
+    sparse_products = Calls(monkeypatch, kernels, "sparse_linear")
+    fused = Calls(monkeypatch, torch.nn.functional, "multi_head_attention_forward")
+    net_input = utterances()
+    model(**net_input)  # eval mode, gradients on
+    model.train()
+    with torch.no_grad():
+        model(**net_input)
+    assert (sparse_products.count, fused.count) == (0, 2 * TINY["layers"])
+    model.eval()
+    with torch.no_grad():
+        model(**net_input)
+    assert (sparse_products.count, fused.count) == (6 * TINY["layers"], 2 * TINY["layers"])
+
+
+@pytest.mark.slow
+def test_fairseq_generate_with_sparse_decoding_gives_the_dense_hypotheses(tmp_path):
+    """Stock fairseq-generate on a test split, dense and with
+    `--model-overrides "{'sparse_decoding': 'on'}"`: the same hypotheses for every utterance, and
+    the log says the masked matrices ran sparse. The checkpoint's config lacks the key, as in every
+    checkpoint written before it existed (fairseq alone would drop the override)."""
+    import numpy as np
+    import soundfile
+
+    from checkpoint_helpers import two_at_a_time
+    from fairseq_subnets.data.text import letters
+    from fairseq_subnets.runner import generate, read_generate_output
+
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
+
+    checkpoint, _, _ = write_plugin_checkpoint(tmp_path, sparsity=0.9, full_task_config=True)
+    written = load_checkpoint(checkpoint)
+    del written["cfg"]["model"]["sparse_decoding"]
+    torch.save(written, checkpoint)
+    audio = tmp_path / "audio"
+    audio.mkdir()
+    transcripts = ("hola", "adios mundo", "buenos dias")
+    lengths = (16000, 24000, 20000)
+    generator = np.random.default_rng(0)
+    for index, length in enumerate(lengths):
+        soundfile.write(audio / f"u{index}.wav", (generator.standard_normal(length) * 3000).astype(np.int16), 16000,
+                        subtype="PCM_16")
+    (tmp_path / "test.tsv").write_text(f"{audio}\n" + "".join(f"u{i}.wav\t{n}\n" for i, n in enumerate(lengths)))
+    (tmp_path / "test.wrd").write_text("".join(f"{words}\n" for words in transcripts))
+    (tmp_path / "test.ltr").write_text("".join(f"{letters(words)}\n" for words in transcripts))
+    dense, sparse = two_at_a_time(
+        (generate, tmp_path, checkpoint, "test", tmp_path / "dense"),
+        (generate, tmp_path, checkpoint, "test", tmp_path / "sparse", True,
+         ("--model-overrides", "{'sparse_decoding': 'on'}")))
+    dense_hypotheses = read_generate_output(dense.results_file.read_text())[1]
+    sparse_hypotheses = read_generate_output(sparse.results_file.read_text())[1]
+    assert len(dense_hypotheses) == len(lengths) and any(dense_hypotheses.values())
+    assert sparse_hypotheses == dense_hypotheses
+    log = (tmp_path / "sparse" / "generate-test.log").read_text()
+    assert f"sparse_decoding=on: {6 * TINY['layers']} masked encoder matrices run with torch's CSR kernels" in log
+    assert "masked encoder matrices run with" not in (tmp_path / "dense" / "generate-test.log").read_text()
+
+
+def test_a_weight_without_a_sparse_cpu_kernel_is_refused_under_on_and_kept_dense_under_auto(monkeypatch):
+    """torch's CPU CSR product takes float32 and float64: a float16 model (fairseq-generate
+    --fp16) stops at its first batch under `on`, and runs dense under `auto`."""
+    from fairseq_subnets.errors import PluginInputError
+    from fairseq_subnets.techniques.sparse_decoding import SparseProjection, kernels
+
+    linear = torch.nn.Linear(16, 8).half().eval()
+    input = torch.randn(3, 16).half()
+    sparse_products = Calls(monkeypatch, kernels, "sparse_linear")
+    with torch.no_grad():
+        with pytest.raises(PluginInputError, match=r"^model.sparse_decoding=on: fc1.weight is float16 on cpu"):
+            SparseProjection(linear, "fc1.weight", "on")(input)
+        assert torch.equal(SparseProjection(linear, "fc1.weight", "auto")(input), linear(input))
+    assert sparse_products.count == 0
