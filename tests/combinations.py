@@ -3,11 +3,13 @@ apply before masks), each as a shipped tiny config plus overrides: one definitio
 end-to-end checks (test_combined_techniques) and the kill-and-resume modes
 (test_reproducible_training)."""
 
-LORA = ("+model.tuner=lora", "+model.tuner_targets=q,v,fc1", "+model.tuner_r=4", "+model.tuner_alpha=4.0")
+LORA = ("+model.tuner=lora", "+model.tuner_targets='q,v,fc1'", "+model.tuner_r=4", "+model.tuner_alpha=4.0")
 """LoRA on q, v and fc1: fc1 is also learned-masked and pruned, so a delta sits under each mask."""
 PRUNING_TARGET = 0.8
-PRUNING_EVENTS_END = 12
-"""Pruning events at updates 4, 8 and 12 (half of the remaining weights each, to PRUNING_TARGET)."""
+"""Reached by pruning events at updates 4, 8 and 12, half of the remaining weights each."""
+UPDATES = 15
+"""Updates of a run that checks the trained result: three after the last pruning event, whose
+rewind takes the tuner back to its start (LoRA's B to zero)."""
 COMBINATIONS = ("tuner_with_learned_masks", "learned_masks_in_fixed_mask", "pruning_with_tuner")
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from checkpoint_helpers import assert_decodes_and_exports_to_stock_fairseq, stored_masks_and_baked_weights, two_at_a_time
-from combinations import COMBINATIONS, PRUNING_EVENTS_END, PRUNING_TARGET, combination_arguments
+from combinations import COMBINATIONS, PRUNING_TARGET, UPDATES, combination_arguments
 from fairseq_subnets import USER_DIR
 
 pytestmark = pytest.mark.slow
@@ -37,8 +37,8 @@ def fixed_mask(skeleton_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(skeleton_run, fixed_mask, tmp_path_factory):
-    """name -> (save dir, log text) of each combination's run, PRUNING_EVENTS_END updates at 1
-    thread, two runs side by side."""
+    """name -> (save dir, log text) of each combination's run, UPDATES updates at 1 thread, two
+    runs side by side."""
     from fairseq_subnets.runner import CONFIG_DIR, hydra_train
 
     _, result = skeleton_run
@@ -49,7 +49,7 @@ def runs(skeleton_run, fixed_mask, tmp_path_factory):
         return hydra_train(config_name, [
             f"common.user_dir={USER_DIR}", f"task.data={Path(result.corpus_dir) / LANGUAGE}",
             f"model.w2v_path={result.pretrained_checkpoint}", f"checkpoint.save_dir={out / name}",
-            f"optimization.max_update={PRUNING_EVENTS_END}", *overrides], out / f"{name}.log",
+            f"optimization.max_update={UPDATES}", *overrides], out / f"{name}.log",
             config_dir=CONFIG_DIR / "finetune", threads=1)
 
     logs = two_at_a_time(*((train, name) for name in COMBINATIONS))

@@ -51,7 +51,8 @@ class LearnedMaskConfig:
     score_sparsity: Optional[float] = field(
         default=None,
         metadata={"help": "learned masks on frozen weights (S3-Router): the fraction of each selected matrix's "
-                  "weights removed, strictly between 0 and 1 (0.02-0.10 to fine-tune, 0.5-0.9 to prune). The "
+                  "weights removed (inside a fixed mask, model.mask_path: of the weights it keeps), strictly "
+                  "between 0 and 1 (0.02-0.10 to fine-tune, 0.5-0.9 to prune). The "
                   "S3-Router code's prune_rate is the fraction kept: its prune_rate=0.9 is score_sparsity=0.1. "
                   "Unset: no learned masks"},
     )
