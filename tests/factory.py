@@ -38,6 +38,21 @@ def ctc_model(seed=0, vocab=32, **size):
     return build_untrained_ctc_model(CtcModelSize(vocab=vocab, **(size or TINY)))
 
 
+def host_model(seed=0, vocab=32, **model_fields):
+    """A TINY `subnets_wav2vec_ctc` model built by the host from its config with `model_fields`
+    (`score_sparsity=0.1`, `tuner="lora"`, ...), as fairseq builds it, without a task."""
+    import types
+
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
+    from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
+
+    cfg = ctc_model_config(CtcModelSize(vocab=vocab, **TINY))
+    for key, value in model_fields.items():
+        cfg[key] = value
+    torch.manual_seed(seed)
+    return SubnetsWav2VecCtc.build_model(cfg, types.SimpleNamespace(target_dictionary=range(vocab)))
+
+
 def masked_ctc_model(sparsity, seed=0, vocab=32, **size):
     """`ctc_model` with random masks fixed as `+model.mask_path` fixes them; returns (model, masks)."""
     from fairseq_subnets.core.pruning import random_masks

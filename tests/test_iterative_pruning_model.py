@@ -46,10 +46,12 @@ SCHEDULE = dict(pruning_interval=2, pruning_fraction=0.5, pruning_target_sparsit
     (dict(group_lasso_strength=-1.0), "model.group_lasso_strength=-1.0: must be >= 0"),
     (dict(group_lasso_strength=0.1, group_lasso_lambda="adaptive"), "model.group_lasso_lambda=adaptive: choose one "
      "of reference, current, constant"),
-    ({**SCHEDULE, "mask_path": "a.mask"}, "model.pruning_interval with model.mask_path: a fixed mask and the pruning "
-     "schedule's masks on one model are not supported"),
-    ({**SCHEDULE, "tuner": "lora"}, "model.pruning_interval with model.tuner: a tuner and"),
-    (dict(group_lasso_strength=0.1, score_sparsity=0.1), "model.group_lasso_strength with model.score_sparsity: learned masks"),
+    ({**SCHEDULE, "mask_path": "a.mask"}, "model.pruning_interval with model.mask_path: the schedule's fraction and "
+     "target sparsity count over whole matrices, and whether a fixed mask's pruned weights count"),
+    (dict(group_lasso_strength=0.1, language_mask_files=["es:a.mask"]), "model.group_lasso_strength with "
+     "model.language_mask_files: the schedule prunes one mask that every language shares"),
+    (dict(group_lasso_strength=0.1, score_sparsity=0.1), "model.group_lasso_strength with model.score_sparsity: learned "
+     "masks freeze the weights"),
     ({**SCHEDULE, "pruning_layers": "0-5"}, "model.pruning_layers: layer 2 is selected but the model has 2"),
     ({**SCHEDULE, "pruning_block": "48x1"}, r"model.pruning_block=48x1 does not tile encoder.layers.0.self_attn.q_proj"
      r".weight of shape \(64, 64\)"),

@@ -2,31 +2,20 @@
 exact k at every forward pass, the global top-k, the model keys that add them, and the frozen
 weights around them. Real fairseq runs are in test_learned_masks_training."""
 import re
-import types
 
 import pytest
 import torch
 from torch import nn
 
-from factory import TINY
+from factory import TINY, host_model as build
 from fairseq_subnets.core.parametrize import masks_from_module
 from fairseq_subnets.core.pruning import global_l1_masks, layer_l1_masks, pruned_count
 from fairseq_subnets.plugin.components.errors import PluginInputError
-from fairseq_subnets.plugin.components.models import W2V_PREFIX, SubnetsWav2VecCtc
+from fairseq_subnets.plugin.components.models import W2V_PREFIX
 from fairseq_subnets.techniques.learned_masks.layer import GlobalTopK, ScoreMask, apply_score_masks, score_masks
 from fairseq_subnets.techniques.learned_masks.scores import ordered_random_scores, random_scores
-from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
 
-SIZE = CtcModelSize(vocab=32, **TINY)
 FFN = [f"encoder.layers.{layer}.{kind}.weight" for layer in range(TINY["layers"]) for kind in ("fc1", "fc2")]
-
-
-def build(seed=0, **fields):
-    cfg = ctc_model_config(SIZE)
-    for key, value in fields.items():
-        cfg[key] = value
-    torch.manual_seed(seed)
-    return SubnetsWav2VecCtc.build_model(cfg, types.SimpleNamespace(target_dictionary=range(SIZE.vocab)))
 
 
 def encoder_weights(model, names):
@@ -171,6 +160,9 @@ def test_fairseqs_encoder_freeze_does_not_stop_the_scores():
     ({"score_sparsity": 0.1, "score_targets": "fc3"}, "model.score_targets: unknown module kind 'fc3'"),
     ({"score_sparsity": 0.1, "score_layers": "1-4"}, "model.score_layers: layer 2 is selected but the model has 2"),
     ({"score_sparsity": 0.1, "freeze_encoder_epochs": 1}, "model.freeze_encoder_epochs=1 with learned masks"),
+    ({"score_sparsity": 0.1, "language_mask_files": ["es:a.mask"]}, "model.score_sparsity with "
+     "model.language_mask_files: a learned mask runs one top-k per matrix, and per-language masks hold one mask per "
+     "language"),
     ({"score_sparsity": 0.1, "score_train_layer_norms": True, "freeze_finetune_updates": 5},
      "model.freeze_finetune_updates=5 with learned masks and trainable biases or layer norms"),
 ])
@@ -230,6 +222,27 @@ def test_bad_bundle_commands_fail_with_one_line_and_write_nothing(arguments, mes
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"fairseq-subnets bundles: error: {message.format(tmp=tmp_path)}"), line
     assert sorted(tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("fields, held", [
+    (dict(tuner="lora", tuner_targets="fc1", tuner_r=2, tuner_alpha=2.0), "lora.tuner.lora_A"),
+    (dict(mask_path="<MASK>"), "fixed_mask.default.mask"),
+])
+def test_a_bundle_refuses_a_learned_mask_run_with_another_transform_naming_it(fields, held, tmp_path, capsys):
+    """A tuner's delta or a fixed mask under the learned masks is no shared backbone: a bundle
+    would silently drop it."""
+    from factory import random_encoder_masks, write_run_checkpoint
+    from fairseq_subnets.cli.main import main as cli
+    from fairseq_subnets.core.maskfile import save_mask_file
+
+    save_mask_file(str(tmp_path / "fixed.mask"), random_encoder_masks(0.5, **TINY), {"method": "random"})
+    fields = {key: str(tmp_path / "fixed.mask") if value == "<MASK>" else value for key, value in fields.items()}
+    write_run_checkpoint(tmp_path / "es.pt", score_sparsity=0.5, **fields)
+    assert cli(["bundles", "build", f"es={tmp_path / 'es.pt'}", "--out", str(tmp_path / "b.pt")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith(f"fairseq-subnets bundles: error: es={tmp_path / 'es.pt'}: holds "), line
+    assert held in line and "a transform other than learned masks" in line
+    assert not (tmp_path / "b.pt").exists()
 
 
 @pytest.mark.parametrize("name, lr, max_update, max_tokens", [

@@ -11,8 +11,10 @@ where floating-point sums are split between threads. The modes: wav2vec2 pretrai
 fine-tuning, fixed-mask fine-tuning, downstream fine-tuning with a frozen first epoch,
 multilingual pathway training with per-language masks on shared weights (Adam with weight decay),
 learned masks (S3-Router) with one top-k over all encoder matrices, AdaLoRA (its importance
-averages and rank budget), and lottery-ticket pruning with group lasso killed between two pruning
-events (its masks, rewind point, block norms and restarted learning-rate schedule).
+averages and rank budget), lottery-ticket pruning with group lasso killed between two pruning
+events (its masks, rewind point, block norms and restarted learning-rate schedule), and the three
+combinations of techniques (tests/combinations.py): LoRA under learned masks, learned masks inside
+a fixed mask, and lottery-ticket pruning with group lasso over LoRA.
 
 Without seeded time masking (plugin.components.time_masking) every mode fails from the first masked update,
 and pretraining also without seeded crops (plugin.components.pretraining), without seeded validation draws
@@ -27,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from fairseq_subnets import USER_DIR
+from combinations import COMBINATIONS, combination_arguments
 from interrupted_runs import (
     assert_bit_identical, interval_checkpoints, kill_at_random_update, start_training, training_state, wait_finished,
 )
@@ -123,11 +126,14 @@ def mode_arguments(mode, result, masks, corpus):
             "model.pruning_interval=4", "model.pruning_fraction=0.5", "model.pruning_target_sparsity=0.8",
             "model.group_lasso_strength=0.01", "lr_scheduler.warmup_steps=1", "lr_scheduler.hold_steps=2",
             "lr_scheduler.decay_steps=1"]
+    if mode in COMBINATIONS:
+        config_name, overrides = combination_arguments(mode, masks["pretrained"])
+        return finetune, config_name, pretrained + one_language + overrides
     raise ValueError(mode)
 
 
 MODES = ["pretraining", "finetuning", "fixed_mask", "downstream_frozen_first_epoch", "multilingual_language_masks",
-         "learned_masks_global_top_k", "tuner_adalora", "iterative_pruning_lth"]
+         "learned_masks_global_top_k", "tuner_adalora", "iterative_pruning_lth", *COMBINATIONS]
 
 
 RUNS = [(mode, 1) for mode in MODES] + [(mode, 2) for mode in TWO_THREAD_MODES]
@@ -181,15 +187,19 @@ def validations(*log_paths):
 
 
 @pytest.fixture(scope="module")
-def mode_runs(skeleton_run, masks, small_corpus, tmp_path_factory):
-    """Every mode's runs, two modes at a time (forked from the session's fork server, so fairseq's
-    import, once most of each run, is paid once): a mode leaves a core idle while its rerun goes
-    alone. (mode, threads) -> its future."""
+def mode_runs(request, skeleton_run, masks, small_corpus, tmp_path_factory):
+    """The runs of every mode a selected test checks (all of them unless `-k` narrows the
+    selection), two modes at a time (forked from the session's fork server, so fairseq's import,
+    once most of each run, is paid once): a mode leaves a core idle while its rerun goes alone.
+    (mode, threads) -> its future."""
     _, result = skeleton_run
+    chosen = {(item.callspec.params["mode"], item.callspec.params["threads"]) for item in request.session.items
+              if getattr(item, "module", None) is request.module and hasattr(item, "callspec")}
+    selected = [run for run in RUNS if run in chosen]
     with ThreadPoolExecutor(2) as pool:
         running = {(mode, threads): pool.submit(killed_and_rerun, mode, threads, result, masks, small_corpus,
                                                 tmp_path_factory.mktemp(f"{mode}_{threads}threads"))
-                   for mode, threads in RUNS}
+                   for mode, threads in selected}
         for future in running.values():
             future.exception()
     return running

@@ -119,7 +119,6 @@ BAD_SETTINGS = [
     ({"tuner": "adalora"}, r"model.tuner_total_updates: required: the updates of the budget schedule"),
     ({"tuner": "s2lora", "tuner_layers": "0-5"}, "model.tuner_layers: layer 2 is selected but the model has 2"),
     ({"tuner": "ia3", "tuner_targets": "fc3"}, "model.tuner_targets"),
-    ({"tuner": "lora", "score_sparsity": 0.1}, "model.tuner with model.score_sparsity: a tuner and learned"),
     ({"tuner": "bitfit", "freeze_encoder_epochs": 1},
      "model.freeze_encoder_epochs=1 with model.tuner=bitfit: a frozen epoch runs the encoder without gradients, "
      "so the tuner would not learn"),

@@ -27,7 +27,7 @@ loop over whatever is registered.
 """
 import logging
 from dataclasses import dataclass, fields
-from typing import ClassVar, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import ClassVar, Dict, Iterable, List, Mapping, NamedTuple, Optional, Sequence, Set, Tuple
 
 import torch
 import torch.distributed as dist
@@ -113,9 +113,16 @@ class Technique:
         rebuilt from its transform plan already holds its transforms: add only what is missing."""
 
     def prepare_training(self, model: nn.Module, cfg) -> bool:
-        """Freezes what must not train; returns whether something inside the encoder must learn
-        from the first update (the host then lifts fairseq's `freeze_finetune_updates`)."""
+        """Freezes what must not train, leaving trainable what other techniques on the model train
+        (`trained_elsewhere`); returns whether something inside the encoder must learn from the
+        first update (the host then lifts fairseq's `freeze_finetune_updates`)."""
         return False
+
+    def trained_parameter_names(self, model: nn.Module) -> Set[str]:
+        """Full names of the parameters the technique trains (scores, a tuner's factors), which a
+        technique that freezes the backbone must leave trainable: two techniques that each freeze
+        everything but their own parameters then combine."""
+        return set()
 
     # ---- a training run ----------------------------------------------------------------------
 
@@ -167,6 +174,12 @@ def technique_of(model: nn.Module, technique: type) -> Optional[Technique]:
         if isinstance(instance, technique):
             return instance
     return None
+
+
+def trained_elsewhere(model: nn.Module, technique: Technique) -> Set[str]:
+    """The parameter names every other technique on the model trains (`trained_parameter_names`)."""
+    return {name for other in getattr(model, "techniques", ()) if other is not technique
+            for name in other.trained_parameter_names(model)}
 
 
 def enabled_techniques(techniques: Sequence[type], cfg, task=None) -> List[Tuple[type, str]]:

@@ -36,6 +36,7 @@ from ...errors import PluginInputError
 from ...techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
 from ...techniques.language_entries import parse_language_entries
 from ...techniques.language_heads import HEADS_PREFIX, MULTILINGUAL_MODEL_KEYS
+from ...techniques.learned_masks.layer import ScoreMask
 from ...techniques.pathways.layer import LanguageMasks
 from .checkpoints import load_fairseq_checkpoint, trainer_checkpoint
 
@@ -107,6 +108,12 @@ def language_run(path: str, language: str):
         raise BundleError(f"{language}={path}: {error}") from None
     if not masks:
         raise BundleError(f"{language}={path}: holds no masks (train it with model.score_sparsity)")
+    other = next((key for key in state if PARAMETRIZED in key and not key.endswith(PARAMETRIZED + "original")
+                  and f"{PARAMETRIZED}0.{ScoreMask.kind}." not in key), None)
+    if other is not None:  # a tuner's delta or a fixed mask under the learned masks: not a shared backbone
+        raise BundleError(f"{language}={path}: holds {other}, a transform other than learned masks; a bundle shares "
+                          "one unchanged backbone between languages (export the run with fairseq-subnets export "
+                          "instead)")
     head = {key[len(STOCK_OUTPUT_LAYER_PREFIX):]: state[key].clone() for key in state
             if key.startswith(STOCK_OUTPUT_LAYER_PREFIX)}
     if not head:

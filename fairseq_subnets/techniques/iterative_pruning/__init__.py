@@ -23,6 +23,13 @@ rules of schedule.py). It is on
 during dense training and the pruning events and off (0) once the target is reached; without a
 pruning schedule it is on throughout.
 
+On a model with a tuner (`model.tuner`) the schedule's masks lie over the tuner's delta (adaptations
+apply before masks): events rank the adapted weight W + delta, a pruned effective weight is exactly
+0 whatever the tuner learns, group lasso's gradient reaches the tuner's factors (the backbone is
+frozen), and rewinding restores what trains, the tuner and the output layer. A fixed mask,
+per-language masks and learned masks are refused with the schedule and with group lasso
+(REFUSED_WITH says why).
+
 Checkpoints hold the masks, the rewind point and the block norms; the schedule follows from the
 update count, so a run killed between events resumes to the same masks. Every event logs the
 sparsity overall and per layer, and in distributed training every rank checks that all ranks
@@ -59,8 +66,17 @@ STATE_PREFIX = "iterative_pruning."
 """State-dict keys of the rewind point and the block norms: training state, left out by export."""
 PRUNED_MASK_FILE = "pruned.mask"
 GROUP_LASSO_TERM = "group_lasso"
-ONE_MASK_AT_A_TIME = ("{method} and the pruning schedule's masks on one model are not supported; export the run that "
-                      "made them (fairseq-subnets export) and start from it with model.init_from")
+REFUSED_WITH = {
+    "mask_path": "the schedule's fraction and target sparsity count over whole matrices, and whether a fixed mask's "
+                 "pruned weights count toward them is not decided; export the masked run (fairseq-subnets export) "
+                 "and prune from it with model.init_from (its zeros then count)",
+    "language_mask_files": "the schedule prunes one mask that every language shares, and per-language masks hold one "
+                           "mask per language on the same weights; prune per language in separate runs",
+    "score_sparsity": "learned masks freeze the weights, so the schedule would prune them by a ranking that never "
+                      "changes; prune first (fairseq-subnets prune) and learn within that mask with model.mask_path",
+}
+"""Why each mask technique does not combine with the schedule or group lasso (a tuner does: its
+delta comes before every mask, so the schedule prunes and group lasso shrinks the adapted weight)."""
 
 
 @dataclass
@@ -133,11 +149,8 @@ class IterativePruningState(nn.Module):
         self.register_buffer("mean_block_norms", torch.zeros(len(self.names), dtype=torch.float64))
 
 
-PRUNING_CONFLICTS = tuple(
-    Conflict(key, other, ONE_MASK_AT_A_TIME.format(method=method))
-    for key in ("pruning_interval", "group_lasso_strength")
-    for other, method in (("mask_path", "a fixed mask"), ("language_mask_files", "per-language masks"),
-                          ("score_sparsity", "learned masks"), ("tuner", "a tuner")))
+PRUNING_CONFLICTS = tuple(Conflict(key, other, reason) for key in ("pruning_interval", "group_lasso_strength")
+                          for other, reason in REFUSED_WITH.items())
 
 
 class IterativePruning(Technique):
@@ -212,11 +225,16 @@ class IterativePruning(Technique):
                 add_transform(module, PRUNING_MASK_NAME, DenseMask(torch.ones(module.weight.shape, dtype=torch.bool)))
         model.iterative_pruning = IterativePruningState(names)
         self.refresh_mean_block_norms(model)
-        if self.rewind_update == 0:
-            model.iterative_pruning.rewind_point.take(trained_parameters(model))
         logger.info("%s%s on %d matrices", self.describe_schedule(),
                     f"; group lasso strength {self.group_lasso_weight:g}" if self.group_lasso_weight else "",
                     len(names))
+
+    def prepare_training(self, model, cfg):
+        """Takes the rewind point of update 0 once every technique has frozen what it freezes, so
+        that it holds what trains (a tuner's factors and the output layer under a tuner)."""
+        if self.rewind_update == 0:
+            model.iterative_pruning.rewind_point.take(trained_parameters(model))
+        return False
 
     def describe_schedule(self) -> str:
         schedule = self.schedule

@@ -7,6 +7,12 @@ model except the scores: the pretrained weights stay bit-identical and what trai
 and the CTC head (plus biases and layer norms when asked). The top-k runs per matrix, as in the
 paper's code, or over all selected matrices together (`score_scope=global`).
 
+Inside a fixed subnetwork (`model.mask_path`, the fixed-masks technique, applied first) each
+score mask learns within the fixed mask of its matrix: the fixed mask's pruned weights stay exactly
+0, and `score_sparsity` is the share of the fixed mask's *kept* weights that the learned mask
+removes (ScoreMask's `within`; with the global scope, of all kept weights of the selected
+matrices). The fixed mask is read from the weight's transform stack, whichever storage holds it.
+
 A model rebuilt from a checkpoint (fairseq-generate, export) already holds its score masks from
 the transform plan; the checkpoint then fills them, so no initialisation runs. A resumed run is
 built from the training config, initialises as the first run did (fairseq seeds first) and then
@@ -24,11 +30,12 @@ from typing import Optional
 
 import torch
 
+from ...core.parametrize import masks_from_module
 from ...core.pruning import pruned_count
 from ...core.targets import TargetSelection, num_encoder_layers
 from ...core.transforms import base_weight, module_of
 from ...errors import PluginInputError
-from ..extension import W2V_PREFIX, Conflict, Technique, check_freezing
+from ..extension import W2V_PREFIX, Conflict, Technique, check_freezing, trained_elsewhere
 from .layer import SCORE_SCOPES, GlobalTopK, apply_score_masks, score_masks
 from .scores import SCORE_INITS, initial_scores
 
@@ -44,7 +51,8 @@ class LearnedMaskConfig:
     score_sparsity: Optional[float] = field(
         default=None,
         metadata={"help": "learned masks on frozen weights (S3-Router): the fraction of each selected matrix's "
-                  "weights removed, strictly between 0 and 1 (0.02-0.10 to fine-tune, 0.5-0.9 to prune). The "
+                  "weights removed (inside a fixed mask, model.mask_path: of the weights it keeps), strictly "
+                  "between 0 and 1 (0.02-0.10 to fine-tune, 0.5-0.9 to prune). The "
                   "S3-Router code's prune_rate is the fraction kept: its prune_rate=0.9 is score_sparsity=0.1. "
                   "Unset: no learned masks"},
     )
@@ -76,14 +84,15 @@ class LearnedMaskConfig:
     )
 
 
-FIXED_MASKS_FIRST = ("learned masks and fixed masks on one model are not supported; bake the fixed masks into a "
-                     "checkpoint first (fairseq-subnets export) and start from it with model.init_from")
+ONE_TOP_K_PER_MATRIX = ("a learned mask runs one top-k per matrix, and per-language masks hold one mask per "
+                        "language on it, so the kept weights it would learn within change with the batch; train "
+                        "the learned mask within one language's mask (model.mask_path) instead")
 
 
 class LearnedMasks(Technique):
     name = "learned_masks"
     config = LearnedMaskConfig
-    conflicts = tuple(Conflict("score_sparsity", key, FIXED_MASKS_FIRST) for key in ("mask_path", "language_mask_files"))
+    conflicts = (Conflict("score_sparsity", "language_mask_files", ONE_TOP_K_PER_MATRIX),)
 
     @classmethod
     def enabling_key(cls, cfg, task=None):
@@ -127,26 +136,38 @@ class LearnedMasks(Technique):
             raise PluginInputError(str(error)) from None
         scores = {name: initial_scores(base_weight(module_of(model, name, W2V_PREFIX)), cfg.score_init)
                   for name in names}
+        fixed = masks_from_module(model, W2V_PREFIX)  # the fixed subnetwork the top-k learns within
+        within = {name: fixed[name] for name in names if name in fixed}
         added = apply_score_masks(model, scores, cfg.score_sparsity, prefix=W2V_PREFIX, name=LEARNED_MASK_NAME,
-                                  scope=cfg.score_scope)
+                                  scope=cfg.score_scope, within=within)
         if cfg.score_scope == "global":
-            GlobalTopK(added).decide(total=pruned_count(cfg.score_sparsity, sum(s.numel() for s in scores.values())))
-        logger.info("learned masks (%s init, %s top-k) on %d matrices at sparsity %g", cfg.score_init,
-                    cfg.score_scope, len(scores), cfg.score_sparsity)
+            inside = sum(int(within[name].sum()) if name in within else scores[name].numel() for name in names)
+            outside = sum(scores[name].numel() for name in names) - inside
+            GlobalTopK(added).decide(total=outside + pruned_count(cfg.score_sparsity, inside))
+        logger.info("learned masks (%s init, %s top-k) on %d matrices at sparsity %g%s", cfg.score_init,
+                    cfg.score_scope, len(scores), cfg.score_sparsity,
+                    f" of the weights the fixed mask keeps ({len(within)} matrices)" if within else "")
 
-    def prepare_training(self, model, cfg):
-        """Freezes the wav2vec2 model around its score masks (or wholly, with `freeze_backbone`)
-        and sets up the global top-k; returns whether the model has learned masks (from the config
-        or its transform plan). Frozen weights also matter outside training: torch's attention
-        takes another kernel when no weight requires a gradient, which changes float rounding."""
-        masks = score_masks(model, W2V_PREFIX)
+    def trained_parameter_names(self, model):
+        """The scores, and the wav2vec2 model's biases and layer norms when asked."""
         w2v_model = model.get_submodule(W2V_PREFIX[:-1])
         layer_norm_parameters = {id(p) for m in w2v_model.modules() if isinstance(m, torch.nn.LayerNorm)
                                  for p in m.parameters(recurse=False)}
-        for name, parameter in w2v_model.named_parameters():
-            parameter.requires_grad_(name.endswith(".scores")
-                                     or (cfg.score_train_biases and name.endswith(".bias"))
-                                     or (cfg.score_train_layer_norms and id(parameter) in layer_norm_parameters))
+        return {W2V_PREFIX + name for name, parameter in w2v_model.named_parameters()
+                if name.endswith(".scores")
+                or (self.cfg.score_train_biases and name.endswith(".bias"))
+                or (self.cfg.score_train_layer_norms and id(parameter) in layer_norm_parameters)}
+
+    def prepare_training(self, model, cfg):
+        """Freezes the wav2vec2 model around its score masks (or wholly, with `freeze_backbone`),
+        leaving trainable what another technique on the model trains (a tuner), and sets up the
+        global top-k; returns whether the model has learned masks (from the config
+        or its transform plan). Frozen weights also matter outside training: torch's attention
+        takes another kernel when no weight requires a gradient, which changes float rounding."""
+        masks = score_masks(model, W2V_PREFIX)
+        trained = self.trained_parameter_names(model) | trained_elsewhere(model, self)
+        for name, parameter in model.get_submodule(W2V_PREFIX[:-1]).named_parameters():
+            parameter.requires_grad_(W2V_PREFIX + name in trained)
         global_members = {name: mask for name, mask in masks.items() if mask.scope == "global"}
         if global_members:
             self.global_top_k = GlobalTopK(global_members)

@@ -52,18 +52,30 @@ class ScoreMask(MaskTransform):
 
     With scope 'global' the model's `GlobalTopK` decides `n_pruned` of every member from all
     scores together and hands each member its mask before the forward pass; `n_pruned` is then
-    that matrix's share, and `kept()` from it alone gives the same mask (same tie rule)."""
+    that matrix's share, and `kept()` from it alone gives the same mask (same tie rule).
+
+    `within` (optional, bool of the weight's shape): the weights a mask applied before this one
+    keeps (a fixed subnetwork). The top-k then runs over those alone: a weight outside `within`
+    is always pruned here too, whatever its score, and `sparsity` is the share of the `within`
+    weights removed, so `n_pruned` counts the weights outside `within` plus that share. Without
+    it the top-k runs over the whole matrix (every checkpoint before it existed)."""
 
     kind = "score_mask"
 
-    def __init__(self, scores: torch.Tensor, sparsity: float, scope: str = "matrix"):
+    def __init__(self, scores: torch.Tensor, sparsity: float, scope: str = "matrix",
+                 within: Optional[torch.Tensor] = None):
         super().__init__()
         if scope not in SCORE_SCOPES:
             raise TransformError(f"score mask scope {scope!r}: choose one of {', '.join(SCORE_SCOPES)}")
+        if within is not None and tuple(within.shape) != tuple(scores.shape):
+            raise TransformError(f"score mask within a mask of shape {tuple(within.shape)} on scores of shape "
+                                 f"{tuple(scores.shape)}")
         self.scores = nn.Parameter(scores.detach().float().clone())
         self.sparsity = float(sparsity)
         self.scope = scope
-        self.register_buffer("n_pruned", torch.tensor(pruned_count(sparsity, scores.numel())))
+        if within is not None:
+            self.register_buffer("within", within.detach().to(device=scores.device, dtype=torch.bool).clone())
+        self.register_buffer("n_pruned", torch.tensor(pruned_count_within(sparsity, scores.numel(), within)))
         self._pruned = int(self.n_pruned)
         self._kept: Optional[torch.Tensor] = None
         self._given: Optional[torch.Tensor] = None
@@ -81,7 +93,13 @@ class ScoreMask(MaskTransform):
         return weight * kept.to(weight.dtype)
 
     def kept(self) -> torch.Tensor:
-        return binarise_scores(self.scores, self._pruned)
+        return binarise_scores(self.ranked_scores(), self._pruned)
+
+    def ranked_scores(self) -> torch.Tensor:
+        """The scores the top-k ranks (detached): -inf outside `within`, so those go first."""
+        scores = self.scores.detach()
+        within = self._buffers.get("within")
+        return scores if within is None else scores.masked_fill(~within, float("-inf"))
 
     def give(self, kept: torch.Tensor, n_pruned: int) -> None:
         """Sets this matrix's pruned count and the mask of its next forward pass (in training) or
@@ -110,7 +128,14 @@ class ScoreMask(MaskTransform):
         return tuple(self.scores.shape)
 
     def options(self):
-        return {"sparsity": self.sparsity, "scope": self.scope}
+        options = {"sparsity": self.sparsity, "scope": self.scope}
+        if "within" in self._buffers:  # recorded only when present: older plans rebuild as they were
+            options["within"] = True
+        return options
+
+    @classmethod
+    def options_from_state(cls, tensors):
+        return {"within": "within" in tensors}
 
     def _load_from_state_dict(self, *args, **kwargs):
         super()._load_from_state_dict(*args, **kwargs)
@@ -120,7 +145,17 @@ class ScoreMask(MaskTransform):
 
     @classmethod
     def placeholder(cls, shape, options):
-        return cls(torch.zeros(shape), float(options.get("sparsity", 0.0)), str(options.get("scope", "matrix")))
+        within = torch.ones(shape, dtype=torch.bool) if options.get("within") else None
+        return cls(torch.zeros(shape), float(options.get("sparsity", 0.0)), str(options.get("scope", "matrix")), within)
+
+
+def pruned_count_within(sparsity: float, numel: int, within: Optional[torch.Tensor]) -> int:
+    """How many of a matrix's `numel` weights a score mask prunes: `sparsity` of them, or, within
+    a mask, every weight outside it plus `sparsity` of the weights inside it."""
+    if within is None:
+        return pruned_count(sparsity, numel)
+    inside = int(within.sum())
+    return numel - inside + pruned_count(sparsity, inside)
 
 
 class GlobalTopK:
@@ -144,20 +179,24 @@ class GlobalTopK:
         if total is None and not any(m.training for m in members) and all(m._kept is not None for m in members):
             return
         total = sum(member._pruned for member in members) if total is None else total
-        kept = prune_smallest({name: member.scores.detach() for name, member in self.members.items()}, total)
+        kept = prune_smallest({name: member.ranked_scores() for name, member in self.members.items()}, total)
         for name, member in self.members.items():
             member.give(kept[name], member.scores.numel() - int(kept[name].sum()))
 
 
 def apply_score_masks(root: nn.Module, scores: Mapping[str, torch.Tensor], sparsity: float, prefix: str = "",
-                      name: str = DEFAULT_NAME, scope: str = "matrix") -> Dict[str, ScoreMask]:
+                      name: str = DEFAULT_NAME, scope: str = "matrix",
+                      within: Optional[Mapping[str, torch.Tensor]] = None) -> Dict[str, ScoreMask]:
     """Adds a learnable score mask on each named weight; returns them by weight name (their
-    `scores` are the Parameters to train; freeze the weights yourself). With scope 'global', run
-    `GlobalTopK(returned).decide()` before each forward pass."""
+    `scores` are the Parameters to train; freeze the weights yourself). `within`: by weight name,
+    the kept weights of a mask already there, inside which the top-k runs (ScoreMask). With scope
+    'global', run `GlobalTopK(returned).decide()` before each forward pass."""
     added = {}
     for weight_name, initial in scores.items():
         module = module_of(root, weight_name, prefix)
-        added[weight_name] = ScoreMask(initial.to(module.weight.device), sparsity, scope)
+        inside = (within or {}).get(weight_name)
+        added[weight_name] = ScoreMask(initial.to(module.weight.device), sparsity, scope,
+                                       None if inside is None else inside.to(module.weight.device))
         add_transform(module, name, added[weight_name])
     return added
 

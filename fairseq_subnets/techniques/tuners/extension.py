@@ -7,7 +7,10 @@ keep the names that shipped configs and earlier checkpoints use. A key the chose
 take is refused; a check's error names the key the user set (`model.tuner_<option>`).
 
 Every wav2vec2 weight is frozen; the tuner's parameters and the CTC output layer train, so the
-optimizer holds only those. As under learned masks, fairseq's `freeze_finetune_updates` would run
+optimizer holds only those, besides what another technique on the model trains (learned masks'
+scores: the tuner's delta is an adaptation, so it applies before every mask, and a masked weight
+of the adapted matrix is exactly 0). Pruning during training and group lasso act on the adapted
+weight the same way. As under learned masks, fairseq's `freeze_finetune_updates` would run
 the encoder without gradients and silently stop the tuner; the backbone is frozen anyway, so the
 encoder runs with gradients from update 0 (extension.check_freezing).
 
@@ -22,7 +25,9 @@ from dataclasses import Field, field, fields, make_dataclass
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from ...errors import PluginInputError
-from ..extension import MODEL_KEY_PREFIX, STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX, Conflict, Technique, check_freezing
+from ..extension import (
+    MODEL_KEY_PREFIX, STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX, Technique, check_freezing, trained_elsewhere,
+)
 from .base import (
     Tuner, TunerError, freeze_all_but_tuners, option_default, option_help, tuner_parameters, tuner_transforms,
 )
@@ -121,8 +126,6 @@ class Tuners(Technique):
 
     name = "tuners"
     config = TunerModelConfig
-    conflicts = (Conflict("tuner", "score_sparsity", "a tuner and learned masks on one model are not supported; "
-                          "train one, export it, and start the other from it with model.init_from"),)
 
     @classmethod
     def enabling_key(cls, cfg, task=None):
@@ -151,13 +154,19 @@ class Tuners(Technique):
                     ", ".join(f"{k}={v}" for k, v in self.tuner_config.options().items() if k != "method"))
 
     def prepare_training(self, model, cfg):
-        """Freezes all but the tuner and the output layer."""
-        trainable = freeze_all_but_tuners(model, keep=lambda name: name.startswith(STOCK_OUTPUT_LAYER_PREFIX))
+        """Freezes all but the tuner, the output layer and what other techniques on the model
+        train (learned masks' scores)."""
+        elsewhere = trained_elsewhere(model, self)
+        trainable = freeze_all_but_tuners(
+            model, keep=lambda name: name.startswith(STOCK_OUTPUT_LAYER_PREFIX) or name in elsewhere)
         tuned = sum(p.numel() for p in tuner_parameters(model).values())
         total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
         logger.info("tuner %s trains %d parameters (%.4f%% of %d), plus the output layer; %d tensors in all",
                     self.tuner_config.method, tuned, 100.0 * tuned / total, total, len(trainable))
         return True
+
+    def trained_parameter_names(self, model):
+        return set(tuner_parameters(model))
 
     def prepare_run(self, model, settings):
         """Refuses options that cannot take effect in a run of optimization.max_update updates
