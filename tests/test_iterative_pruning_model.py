@@ -163,9 +163,30 @@ def test_a_checkpoint_pruned_beyond_the_target_is_refused_when_it_is_loaded():
     for update in range(4):
         one_step(pruned, optimizer, update)
     lower_target = build(**{**SCHEDULE, "pruning_target_sparsity": 0.6})
-    with pytest.raises(PluginInputError, match=r"^the checkpoint: encoder.layers.0.self_attn.q_proj.weight is already "
-                       r"pruned to sparsity 0.7000, beyond model.pruning_target_sparsity=0.6"):
+    with pytest.raises(PluginInputError, match=r"^the checkpoint: its \d+ pruned matrices are already at sparsity "
+                       r"0.7000, beyond model.pruning_target_sparsity=0.6"):
         lower_target.load_state_dict(pruned.state_dict())
+
+
+def test_masks_one_block_past_the_target_by_rounding_load():
+    """An event rounds each matrix's pruned count to whole blocks, which can leave every matrix
+    just past the target (410 of 512 blocks for 0.8): a resumed run must still load them."""
+    import math
+
+    settings = {**SCHEDULE, "pruning_criterion": "block", "pruning_block": "8x1", "pruning_target_sparsity": 0.8}
+    rounded_up = build(**settings)
+    for mask in pruning(rounded_up).pruning_masks(rounded_up).values():
+        rows, columns = mask.mask.shape
+        blocks = rows * columns // 8
+        pruned_blocks = math.ceil(0.8 * blocks)
+        assert pruned_blocks / blocks > 0.8
+        flat = mask.mask.view(rows, columns // 8, 8)
+        flat.view(-1, 8)[:pruned_blocks] = False
+    expected = {name: mask.kept() for name, mask in pruning(rounded_up).pruning_masks(rounded_up).items()}
+    resumed = build(**settings)
+    resumed.load_state_dict(rounded_up.state_dict())
+    loaded = pruning(resumed).pruning_masks(resumed)
+    assert all(torch.equal(loaded[name].kept(), kept) for name, kept in expected.items())
 
 
 def test_a_model_rebuilt_for_decoding_has_the_masks_but_no_schedule_and_drops_its_training_state():

@@ -360,16 +360,23 @@ class IterativePruning(Technique):
         logger.info("pruned masks written to %s", self.mask_path)
 
     def after_state_loaded(self, model, where):
-        """A checkpoint's masks must not be sparser than the target (a run resumed with a lower
-        target): iterative pruning only removes more."""
+        """A checkpoint's masks must not be sparser than the target (masks made with a lower
+        target): iterative pruning only removes more. Counted over all pruned matrices, since a
+        global scope prunes some matrices past the target and others less, with one pruning unit
+        (a block, or a weight) per matrix to spare: an event rounds each matrix's count to whole
+        units, which can leave it just past the target."""
         if self.schedule is None:
             return
+        masks = self.pruning_masks(model)
+        unit = self.block[0] * self.block[1] if self.method in BLOCK_METHODS else 1
+        kept = [mask.kept() for mask in masks.values()]
+        pruned = sum(int((~mask).sum()) for mask in kept)
+        total = sum(mask.numel() for mask in kept)
         target = self.schedule.target_sparsity
-        for name, mask in self.pruning_masks(model).items():
-            sparsity = 1.0 - float(mask.mask.float().mean())
-            if sparsity > target + 1e-9:
-                raise PluginInputError(f"{where}: {name} is already pruned to sparsity {sparsity:.4f}, beyond "
-                                       f"model.pruning_target_sparsity={target:g}; iterative pruning only removes more")
+        if pruned > target * total + unit * len(masks):
+            raise PluginInputError(f"{where}: its {len(masks)} pruned matrices are already at sparsity "
+                                   f"{pruned / total:.4f}, beyond model.pruning_target_sparsity={target:g}; iterative "
+                                   "pruning only removes more")
 
     def prepare_run(self, model, settings):
         """Where the final masks go; a run that would end before the last pruning event is refused;
