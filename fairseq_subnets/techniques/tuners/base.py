@@ -206,6 +206,12 @@ def freeze_all_but_tuners(root: nn.Module, keep: Callable[[str], bool] = lambda 
     return trainable
 
 
+def rank_and_alpha(down: torch.Tensor, alpha) -> Dict[str, object]:
+    """The options of a transform scaled by alpha / r, read off its down-projection (r x d_in) and
+    its alpha: what its plan records, from the transform or from its state alike (LoRA, DoRA)."""
+    return {"r": down.shape[0], "alpha": float(alpha)}
+
+
 def required_options(kind: str, options: Mapping[str, object], names: Tuple[str, ...]) -> Tuple:
     """The values of `names` in a transform plan entry's options, for a placeholder: a plan records
     every option its transform was built with, so a missing one is refused (a placeholder has no

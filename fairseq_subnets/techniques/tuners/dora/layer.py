@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ....core.transforms import ADAPT, TransformError, WeightTransform, register_transform_kind
-from ..base import kaiming_init, required_options, tuner_kind, zero_init
+from ..base import kaiming_init, rank_and_alpha, required_options, tuner_kind, zero_init
 
 
 def row_norms(weight: torch.Tensor) -> torch.Tensor:
@@ -67,11 +67,11 @@ class DoraChange(WeightTransform):
         return tensors["lora_A"].shape[0]
 
     def options(self):
-        return {"r": self.rank(), "alpha": float(self.alpha)}
+        return rank_and_alpha(self.lora_A, self.alpha)
 
     @classmethod
     def options_from_state(cls, tensors):
-        return {"r": tensors["lora_A"].shape[0], "alpha": float(tensors["alpha"])}
+        return rank_and_alpha(tensors["lora_A"], tensors["alpha"])
 
     @classmethod
     def placeholder(cls, shape, options):

@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from ....core.transforms import register_transform_kind
-from ..base import LowRankDelta, kaiming_init, required_options, tuner_kind, zero_init
+from ..base import LowRankDelta, kaiming_init, rank_and_alpha, required_options, tuner_kind, zero_init
 
 
 @tuner_kind("lora")
@@ -27,11 +27,11 @@ class LoraDelta(LowRankDelta):
         return self.alpha / self.rank()
 
     def options(self):
-        return {"r": self.rank(), "alpha": float(self.alpha)}
+        return rank_and_alpha(self.lora_A, self.alpha)
 
     @classmethod
     def options_from_state(cls, tensors):
-        return {"r": tensors["lora_A"].shape[0], "alpha": float(tensors["alpha"])}
+        return rank_and_alpha(tensors["lora_A"], tensors["alpha"])
 
     @classmethod
     def placeholder(cls, shape, options):
