@@ -1,4 +1,15 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+PACKAGE = Path(__file__).resolve().parent / "fairseq_subnets"
+
+
+def shipped_configs():
+    """Every yaml of the package, relative to it: the entry configs in config/ and the configs each
+    technique ships in its own folder (techniques/<technique>/configs/<group>/, at several depths)."""
+    return sorted(str(path.relative_to(PACKAGE)) for path in PACKAGE.rglob("*.yaml"))
+
 
 setup(
     name="fairseq_subnets",
@@ -8,7 +19,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
     packages=find_packages(include=["fairseq_subnets", "fairseq_subnets.*"]),
-    package_data={"fairseq_subnets": ["config/*/*.yaml", "config/*/*/*.yaml"]},
+    package_data={"fairseq_subnets": shipped_configs()},
     # fairseq-fixed lists torchaudio (which drags in a CUDA torch), so `make setup` installs this
     # package and fairseq-fixed with --no-deps after their real needs; see scripts/setup_venv.sh.
     install_requires=[

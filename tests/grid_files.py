@@ -1,5 +1,6 @@
 """Grid files for tests: manifest folders (empty: nothing reads them before training), an untrained
 tiny pretraining checkpoint, and a grid file naming both, for the grid check to accept or refuse."""
+import re
 import textwrap
 from pathlib import Path
 
@@ -62,14 +63,27 @@ def assert_refused_with_line_replaced(grid: Path, lines: str, message: str, caps
 def example_grid_on(folder: Path, method: str, name: str = "grid.yaml") -> Path:
     """The shipped examples/METHOD/NAME, rewritten to read folder/corpus and folder/pretrained.pt
     instead of synthesizing its corpus and pretraining its model."""
-    import re
-
     text = (Path(__file__).resolve().parents[1] / "examples" / method / name).read_text()
     text = re.sub(r"(?m)^(data|corpus): .*$", f"data: {folder / 'corpus'}", text)
     example = folder / "example.yaml"
     example.write_text(re.sub(r"(?m)^(pretrained|pretrain_updates): .*$", f"pretrained: {folder / 'pretrained.pt'}",
                               text))
     return example
+
+
+def copy_shipped_configs(destination: Path) -> Path:
+    """A copy of every yaml the package ships, laid out as in the package, with each entry config's
+    `hydra.searchpath` pointing (file://) at the copy instead of the package: Hydra, and the cache
+    key, then read only the copy. Returns the copy's config root (its finetune/ and pretrain/)."""
+    from fairseq_subnets import USER_DIR
+
+    package = Path(USER_DIR)
+    for path in package.rglob("*.yaml"):
+        copied = destination / path.relative_to(package)
+        copied.parent.mkdir(parents=True, exist_ok=True)
+        copied.write_text(re.sub(r"pkg://fairseq_subnets\.([\w.]+)",
+                                 lambda found: f"file://{destination}/{found.group(1).replace('.', '/')}", path.read_text()))
+    return destination / "config"
 
 
 def run_method_grid(method, grid: Path, out_dir: Path, runner, **options):

@@ -192,6 +192,38 @@ def test_a_cells_config_files_and_the_package_version_are_in_its_key(tmp_path, m
     assert sorted(recorder.ran) == ["other", "plain", "run"]
 
 
+def test_a_group_option_is_found_along_the_primary_configs_search_path(tmp_path):
+    """As Hydra looks it up: the config's own folder, then each `hydra.searchpath` folder in turn
+    (where a technique ships its groups); an edit there reruns the cell; an option in none of them is
+    refused naming the config and the folders."""
+    configs, technique = tmp_path / "configs", tmp_path / "technique"
+    (technique / "group").mkdir(parents=True)
+    configs.mkdir()
+    (technique / "group" / "option.yaml").write_text("model:\n  width: 8\n")
+    (configs / "run.yaml").write_text(f"defaults:\n  - _self_\n  - group@_here_: option\n"
+                                      f"hydra:\n  searchpath:\n    - file://{technique}\n")
+    recorder = Recorder(tmp_path)
+
+    def cells():
+        return [Cell("run", tmp_path / "run", recorder.work("run", config=HydraConfig("run", configs)))]
+
+    assert HydraConfig("run", configs).files() == [configs / "run.yaml", technique / "group" / "option.yaml"]
+    run(cells())
+    recorder.clear()
+    run(cells())
+    assert recorder.ran == []
+    (technique / "group" / "option.yaml").write_text("model:\n  width: 16\n")
+    run(cells())
+    assert recorder.ran == ["run"]
+    (configs / "group").mkdir()
+    (configs / "group" / "option.yaml").write_text("model:\n  width: 4\n")  # the config's own folder comes first
+    assert HydraConfig("run", configs).files() == [configs / "run.yaml", configs / "group" / "option.yaml"]
+    (configs / "run.yaml").write_text((configs / "run.yaml").read_text().replace(": option", ": absent"))
+    with pytest.raises(CellError, match=f"cell run: .*run.yaml: defaults: group/absent is in none of {configs}, "
+                                        f"{technique}"):
+        run(cells())
+
+
 def test_finished_results_are_found_without_running_anything(tmp_path):
     """What a grid records before it runs: every cell finished with its current key, and no cell
     whose key changed (nor one built on it)."""

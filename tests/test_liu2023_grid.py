@@ -4,7 +4,6 @@ for fairseq as the grid's runner (training saves a real tiny CTC model carrying 
 rates), so the parameter counts, ranks and out-of-domain folders are the real code's; and the
 report drawn from hand-made results."""
 import csv
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,8 +21,7 @@ from fairseq_subnets.engine.scheduler import CellFailed
 from fairseq_subnets.experiments import liu2023
 from fairseq_subnets.experiments.liu2023.spec import load_grid
 from fairseq_subnets.plugin.components.models import W2V_PREFIX
-from fairseq_subnets.runner import CONFIG_DIR
-from grid_files import assert_refused_with_line_replaced, example_grid_on, run_method_grid
+from grid_files import assert_refused_with_line_replaced, copy_shipped_configs, example_grid_on, run_method_grid
 from factory import TINY, ctc_model, encoder_shapes
 
 DICTIONARIES = {"es": "| a b c d e ñ", "ast": "| a b c d e ḷ"}
@@ -220,11 +218,10 @@ def test_the_grid_trains_every_method_counts_and_ranks_it_and_decodes_it_out_of_
 
 
 def test_an_edited_config_file_reruns_exactly_the_cells_training_with_it(inputs, fake, monkeypatch):
-    """On a copy of the shipped configs: tuner/lora.yaml is pulled in by lora_tiny.yaml alone, so
-    editing it reruns the LoRA run and its out-of-domain decoding; tiny.yaml is pulled in by every
-    run's config; and a new package version reruns every cell."""
-    configs = inputs / "config"
-    shutil.copytree(CONFIG_DIR, configs)
+    """On a copy of the shipped configs: LoRA's tuner/lora.yaml (in its technique folder) is pulled
+    in by lora_tiny.yaml alone, so editing it reruns the LoRA run and its out-of-domain decoding;
+    tiny.yaml is pulled in by every run's config; and a new package version reruns every cell."""
+    configs = copy_shipped_configs(inputs / "package")
     cells = run_grid(inputs, fake, config_root=configs).cells
     by_folder = {Path(cell.directory): cell.name for cell in cells}
     assert {config for config, _ in fake.trained.values()} == {
@@ -236,7 +233,7 @@ def test_an_edited_config_file_reruns_exactly_the_cells_training_with_it(inputs,
                 sorted(by_folder[folder] for folder, _, _ in fake.decoded))
 
     assert rerun() == ([], [])
-    lora = configs / "finetune" / "tuner" / "lora.yaml"
+    lora = inputs / "package" / "techniques" / "tuners" / "lora" / "configs" / "tuner" / "lora.yaml"
     lora.write_text(lora.read_text().replace("tuner_r: 8", "tuner_r: 4"))
     assert rerun() == (["lora-es"], ["lora-es", "lora-es-on-ast"])
     tiny = configs / "finetune" / "tiny.yaml"
