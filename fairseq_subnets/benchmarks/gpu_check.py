@@ -61,6 +61,9 @@ from ..techniques.tuners.registry import METHODS as TUNER_METHODS
 from .rehearsal import refuse_used_output_folder
 from .timing import machine_description, text_table
 
+PRUNING_CONFIGS = Path(USER_DIR) / "techniques" / "iterative_pruning" / "configs"
+"""Where iterative pruning ships its config groups (iterative_pruning/, rewinding/)."""
+
 REPORT_NAME = "gpu_check.json"
 REFERENCE = "stock"
 LANGUAGES = ("aa", "bb")
@@ -200,7 +203,7 @@ def _pruning_overrides(settings: GpuCheckSettings) -> List[str]:
     is too few, one event per update to the sparsity that many events reach."""
     from ..techniques.iterative_pruning.schedule import PruningSchedule
 
-    model = _shipped_yaml("iterative_pruning/xlsr_300m")["model"]
+    model = _shipped_yaml("iterative_pruning/xlsr_300m", PRUNING_CONFIGS)["model"]
     fraction, target = model["pruning_fraction"], model["pruning_target_sparsity"]
     events = PruningSchedule(1, fraction, target).events
     if settings.updates >= events:
@@ -214,7 +217,7 @@ def _rewinding_overrides(settings: GpuCheckSettings) -> List[str]:
     least one update where the level is long enough (the decay, which stock tri_stage divides by,
     always)."""
     interval = int(_pruning_overrides(settings)[0].split("=")[1])
-    shipped = _shipped_yaml("rewinding/xlsr_300m")["lr_scheduler"]
+    shipped = _shipped_yaml("rewinding/xlsr_300m", PRUNING_CONFIGS)["lr_scheduler"]
     total = shipped["warmup_steps"] + shipped["hold_steps"] + shipped["decay_steps"]
     if interval >= 3:
         warmup = max(1, round(interval * shipped["warmup_steps"] / total))
@@ -287,10 +290,11 @@ MODES: Dict[str, Mode] = {
 """Every training mode, in the order they run (the most telling first, should the budget run out)."""
 
 
-def _shipped_yaml(name) -> Dict[str, object]:
+def _shipped_yaml(name, folder: Path = CONFIG_DIR / "finetune") -> Dict[str, object]:
+    """config/finetune/NAME.yaml, or a technique's group file NAME.yaml in its configs folder."""
     import yaml
 
-    return yaml.safe_load((CONFIG_DIR / "finetune" / f"{name}.yaml").read_text())
+    return yaml.safe_load((folder / f"{name}.yaml").read_text())
 
 
 def training_overrides(settings: GpuCheckSettings, mode: str) -> List[str]:

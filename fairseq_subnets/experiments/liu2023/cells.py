@@ -19,7 +19,7 @@ What enters each cache key (engine/cells.py): the arguments bound to the cell's 
 it reads), the config files it trains with (a tuner's shipped `<method>_tiny.yaml` and the files it
 pulls in), the manifests, a given pretrained checkpoint (by content) and the keys of the cells it
 builds on: so changing `tuners.lr` reruns the tuners and their decodings, not full fine-tuning, and
-editing `config/finetune/tuner/lora.yaml` reruns the LoRA run and its decodings only.
+editing LoRA's `techniques/tuners/lora/configs/tuner/lora.yaml` reruns the LoRA run and its decodings only.
 """
 import shutil
 import time
