@@ -49,6 +49,41 @@ def test_dry_run_lists_cells_and_trains_nothing(tmp_path, corpus_dir, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_grid_that_pretrains_shares_its_pretraining_beside_its_output_folder_or_in_shared(tmp_path, corpus_dir,
+                                                                                           capsys):
+    """Without `pretrained` the grid pretrains, in the folder grids share (tests/test_shared_grid_cells.py):
+    `shared` beside OUT, or --shared; the dry run names it and creates nothing."""
+    (corpus_dir / "pretrain").mkdir()
+    (corpus_dir / "pretrain" / "train.tsv").write_text("")
+    grid = write_grid(tmp_path, corpus_dir, pretrained=None)
+    assert cli(["grid", str(grid), "--dry-run", "--out", str(tmp_path / "runs" / "out")]) == 0
+    shared = "(the corpus it synthesizes and the model it pretrains)"
+    assert capsys.readouterr().out.splitlines()[0] == f"shared: {tmp_path / 'runs' / 'shared'} {shared}"
+    assert cli(["grid", str(grid), "--dry-run", "--out", str(tmp_path / "out"), "--shared", str(tmp_path / "s")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"shared: {tmp_path / 's'} {shared}"
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "s").exists()
+
+
+def test_shared_where_nothing_is_shared_or_naming_a_file_is_refused_in_one_line(tmp_path, corpus_dir, capsys):
+    grid = write_grid(tmp_path, corpus_dir)  # its data and pretrained checkpoint given
+    for extra in ([], ["--dry-run"]):
+        assert cli(["grid", str(grid), "--out", str(tmp_path / "out"), "--shared", str(tmp_path / "s"), *extra]) == 2
+        assert last_error_line(capsys) == (
+            f"fairseq-subnets grid: error: --shared {tmp_path / 's'}: grid {grid} names its data and its pretrained "
+            "checkpoint, so it synthesizes and pretrains nothing to share; leave --shared out")
+    assert cli(["grid", str(grid), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    assert not capsys.readouterr().out.startswith("shared:")
+    (corpus_dir / "pretrain").mkdir()
+    (corpus_dir / "pretrain" / "train.tsv").write_text("")
+    taken = tmp_path / "taken.txt"
+    taken.write_text("not a folder")
+    grid = write_grid(tmp_path, corpus_dir, pretrained=None)
+    assert cli(["grid", str(grid), "--out", str(tmp_path / "out"), "--shared", str(taken)]) == 2
+    assert last_error_line(capsys) == (f"fairseq-subnets grid: error: --shared {taken}: is a file; name a folder (it "
+                                       "is created if needed)")
+    assert not (tmp_path / "out").exists() and taken.read_text() == "not a folder"
+
+
 BAD_GRIDS = {  # case: (write_grid arguments, what follows "GRID:LINE: "); more in test_bad_inputs_training.py
     "unknown downstream language": (dict(downstream="languages: [es, xx]"),
                                     "downstream.languages: language 'xx': missing manifest"),

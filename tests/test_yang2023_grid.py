@@ -94,24 +94,33 @@ def test_the_shipped_example_grid_is_valid_and_dry_runs(inputs, capsys):
 
 
 def test_the_shipped_examples_stand_alone_and_pretrain_alike(tmp_path):
-    """The liu2023 and yang2023 miniatures synthesize their corpus and pretrain their own model, with
-    the same pretraining work as the fu2022 miniature (whose pretrained model made their results):
-    the same config, corpus, updates and seed, the seed-2 grid included."""
+    """Every miniature synthesizes its corpus and pretrains its own model, with the same pretraining
+    work as the fu2022 miniature (whose pretrained model made the liu2023 and yang2023 results): the
+    same config, corpus, updates and seed, the seed-2 grid included. Given one shared folder (as
+    `fairseq-subnets grid` gives them: `shared` beside their output folders), they plan the same
+    corpus folder and the same pretrain cell, so whichever runs first makes them and the others
+    reuse them (tests/test_shared_grid_cells.py runs that)."""
     from fairseq_subnets.engine.cells import work_description
     from fairseq_subnets.engine.grid_plan import PRETRAIN_CELL
-    from fairseq_subnets.experiments import fu2022, liu2023
+    from fairseq_subnets.experiments import fu2022, liu2023, storey2025
 
     examples = Path(__file__).resolve().parents[1] / "examples"
-    pretraining = []
+    pretraining, corpora, folders = [], set(), set()
     for method, name in ((fu2022, "fu2022/grid.yaml"), (liu2023, "liu2023/grid.yaml"),
-                         (yang2023, "yang2023/grid.yaml"), (yang2023, "yang2023/grid_seed2.yaml")):
+                         (yang2023, "yang2023/grid.yaml"), (yang2023, "yang2023/grid_seed2.yaml"),
+                         (storey2025, "storey2025/grid.yaml")):
         spec = method.load_grid(examples / name)
         assert (spec.corpus, spec.data, spec.pretrained) == ("storey2025", None, None), name
         cells = {cell.name: cell for cell in method.GridRun(spec, tmp_path / "run").cells}
         pretraining.append(work_description(cells[PRETRAIN_CELL].work))
+        run = method.GridRun(spec, tmp_path / spec.name, shared_dir=tmp_path / "shared")
+        corpora.add(run.corpus_dir())
+        folders.add(next(cell.directory for cell in run.cells if cell.name == PRETRAIN_CELL))
     assert pretraining[0]["args"][2:] == [600, 1]  # updates, seed
     assert all(work == pretraining[0] for work in pretraining)
-    assert not (tmp_path / "run").exists()
+    assert len(corpora) == len(folders) == 1 and next(iter(folders)).parent == tmp_path / "shared"
+    assert next(iter(corpora)).parent == tmp_path / "shared" / "corpora"
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # planning writes nothing
 
 
 class FakeRun:

@@ -33,6 +33,10 @@ def register(subparsers):
     )
     parser.add_argument("grid", type=Path, metavar="GRID", help="grid yaml file")
     parser.add_argument("--out", type=Path, default=None, help="output directory (default: runs/<grid name>)")
+    parser.add_argument("--shared", type=Path, default=None, metavar="DIR",
+                        help="where grids share the corpus they synthesize and the model they pretrain, each in a "
+                        "folder named by the digest of what makes it: a grid finds them there when another grid "
+                        "made them alike, and makes them otherwise (default: `shared` beside OUT, e.g. runs/shared)")
     parser.add_argument("--jobs", type=int, default=1, help="cells run at the same time: threads, or submitit jobs in flight (default: %(default)s)")
     parser.add_argument("--executor", default="local", choices=("local", "submitit-local", "slurm"),
                         help="where cells run: threads of this process (default), one submitit process per "
@@ -56,6 +60,21 @@ def parse_pairs(pairs, flag):
     return options
 
 
+def shared_dir_of(given, spec, out: Path):
+    """The shared folder of a grid that synthesizes its corpus or pretrains its model: --shared, else
+    `shared` beside OUT; None for a grid that does neither (--shared given there would do nothing,
+    and is refused)."""
+    if spec.data is not None and spec.pretrained is not None:
+        if given is not None:
+            raise UserError(f"--shared {given}: grid {spec.path} names its data and its pretrained checkpoint, so "
+                            "it synthesizes and pretrains nothing to share; leave --shared out")
+        return None
+    shared = (given or out.parent / "shared").resolve()
+    if shared.exists() and not shared.is_dir():
+        raise UserError(f"--shared {shared}: is a file; name a folder (it is created if needed)")
+    return shared
+
+
 def run(args):
     from ..engine.cells import CellError
     from ..engine.executors import make_executor, slurm_options
@@ -76,11 +95,15 @@ def run(args):
     if args.out is None and out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file, where the grid's default output folder runs/{spec.name} goes; "
                         "name a folder with --out")
-    try:
-        check_folder_writable(out)
-    except OSError as error:
-        raise UserError(cannot_write_message(out, error)) from None
+    shared = shared_dir_of(args.shared, spec, out)
+    for folder in (out, shared) if shared is not None else (out,):
+        try:
+            check_folder_writable(folder)
+        except OSError as error:
+            raise UserError(cannot_write_message(folder, error)) from None
     if args.dry_run:
+        if shared is not None:
+            print(f"shared: {shared} (the corpus it synthesizes and the model it pretrains)")
         print("\n".join(method.dry_run_lines(spec)))
         return 0
     from tqdm import tqdm
@@ -90,7 +113,7 @@ def run(args):
     except ImportError as error:
         raise UserError(f"--executor {args.executor}: {error} (pip install submitit)") from None
     with tqdm(unit="cell", disable=True if args.quiet else None, file=sys.stderr) as progress:
-        grid_run = method.GridRun(spec, out, executor, say=progress.write, progress=progress)
+        grid_run = method.GridRun(spec, out, executor, say=progress.write, progress=progress, shared_dir=shared)
         progress.reset(total=len(grid_run.cells))
         try:
             results = grid_run.run()

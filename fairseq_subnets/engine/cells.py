@@ -61,6 +61,9 @@ class Cell:
     """The cell's line in results.csv while it has no result; None keeps it out of the table."""
     ranks: int = 1
     """Processes of its training run (fairseq's world size); a GPU executor gives it GPUs per rank."""
+    shared: bool = False
+    """Its folder is shared with other grids (engine/grid_plan.py): a run holds its lock while the
+    cell runs (engine/folder_locks.py)."""
 
 
 def work_description(work) -> dict:

@@ -2,7 +2,13 @@
 
 `CorpusPlan` is the base of each experiment's plan: the `pretrain` cell unless the grid names a
 pretrained checkpoint, the manifests of a language, the Hydra configs its cells train with (the
-shipped ones, or a copy under another root), and a cell registry in dependency order. The work
+shipped ones, or a copy under another root), and a cell registry in dependency order.
+
+Grids share what they have in common through the cache. Given a shared folder, the pretrain cell
+lives there, in a folder named by the digest of its work (config, corpus, updates, seed): a grid
+that pretrains alike plans the very same cell, finds it finished when another grid made it, and
+makes it when none did; one that pretrains otherwise gets a folder of its own. GridRun places a
+synthesized corpus there the same way (engine/grid_run.py). The work
 functions here are the ones several experiments' cells run: pretraining, decoding a checkpoint,
 pruning a checkpoint into a mask file.
 
@@ -17,11 +23,20 @@ from typing import Dict, List, Optional
 
 from .. import USER_DIR
 from ..runner import CONFIG_DIR, SINGLE_LANGUAGE_TASK
-from .cells import Cell, CellContext
+from .cells import Cell, CellContext, work_description
+from .digests import value_digest
 from .grid_file import MANIFEST_FILES, PRETRAIN_CONFIG_NAME
 from .hydra_configs import HydraConfig
 
 PRETRAIN_CELL = "pretrain"
+SHARED_NAME_DIGITS = 12
+"""Hex digits of the digest that names a shared folder: enough to tell settings apart."""
+
+
+def shared_folder(shared_dir: Path, kind: str, identity) -> Path:
+    """shared_dir/KIND-<digest of `identity`, a JSON value>: the one folder for that identity."""
+    digest = value_digest(identity).split(":", 1)[1]
+    return Path(shared_dir) / f"{kind}-{digest[:SHARED_NAME_DIGITS]}"
 
 
 # ------------------------------------------------------------------------------------------- work
@@ -73,12 +88,15 @@ class CorpusPlan:
     """The cells of a grid whose corpus is (or will be) at `corpus` and whose run folder is
     `out_dir`, in dependency order in `cells`; an experiment's plan adds its own to the `pretrain`
     cell planned here. `config_root` holds the `finetune/` and `pretrain/` Hydra configs (default:
-    the shipped ones)."""
+    the shipped ones); `shared_dir`, where grids share their pretrain cell (default: none, the cell
+    is in `out_dir`)."""
 
     def __init__(self, out_dir: Path, corpus: Path, pretrained: Optional[str], pretrain_updates: int, seed: int,
-                 config_root: Optional[Path] = None):
+                 config_root: Optional[Path] = None, shared_dir: Optional[Path] = None):
         self.out_dir, self.corpus = Path(out_dir), Path(corpus)
         self.config_root = Path(config_root) if config_root is not None else CONFIG_DIR
+        self.shared_dir = Path(shared_dir) if shared_dir is not None else None
+        self.pretrain_dir = self.out_dir / PRETRAIN_CELL
         self.cells: Dict[str, Cell] = {}
         self.given_pretrained = pretrained
         self.pretrained_inputs, self.pretrained_after = self._pretrained(pretrain_updates, seed)
@@ -98,7 +116,7 @@ class CorpusPlan:
     def pretrained_path(self) -> Path:
         if self.given_pretrained is not None:
             return Path(self.given_pretrained).resolve()
-        return self.out_dir / PRETRAIN_CELL / "checkpoint_last.pt"
+        return self.pretrain_dir / "checkpoint_last.pt"
 
     def _pretrained(self, pretrain_updates: int, seed: int):
         """(inputs, after) of a cell that reads the pretrained checkpoint."""
@@ -106,5 +124,7 @@ class CorpusPlan:
             return [self.pretrained_path], []
         config = HydraConfig(PRETRAIN_CONFIG_NAME, self.config_root / "pretrain")
         work = partial(pretrain_work, config, self.corpus, pretrain_updates, seed)
+        if self.shared_dir is not None:
+            self.pretrain_dir = shared_folder(self.shared_dir, PRETRAIN_CELL, work_description(work))
         inputs = [self.corpus / "pretrain" / f"{split}.tsv" for split in ("train", "valid")]
-        return [], [self.add(Cell(PRETRAIN_CELL, self.out_dir / PRETRAIN_CELL, work, inputs))]
+        return [], [self.add(Cell(PRETRAIN_CELL, self.pretrain_dir, work, inputs, shared=self.shared_dir is not None))]

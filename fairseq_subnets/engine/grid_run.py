@@ -12,44 +12,73 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .cells import Cell
+from .digests import file_digest
+from .folder_locks import FolderLock
+from .grid_plan import shared_folder
 from .executors import LocalExecutor
 from .results import RESULTS_CSV, write_csv, write_results
 from .scheduler import cached_results, run_cells
 
+SHARED_CORPORA = "corpora"
+"""The shared folder's subfolder of synthesized corpora."""
+
 
 class GridRun:
     """One grid into `out_dir`: `executor` (default: one local thread) runs the cells, `runner`
-    (default: the stock fairseq commands, engine/runners.py) runs their fairseq commands, and
-    `config_root` holds the Hydra configs they train with (default: the shipped ones)."""
+    (default: the stock fairseq commands, engine/runners.py) runs their fairseq commands,
+    `config_root` holds the Hydra configs they train with (default: the shipped ones), and
+    `shared_dir` holds what grids share: the synthesized corpus and the pretrain cell, each in a
+    folder named by the digest of what makes it (default: none, both are in `out_dir`)."""
 
     plan = None
-    """What builds the cells: a CorpusPlan subclass called with (spec, out_dir, corpus, config_root)."""
+    """What builds the cells: a CorpusPlan subclass called with (spec, out_dir, corpus, config_root,
+    shared_dir=...)."""
     method: str = ""
     columns: Sequence[str] = ()
     """The columns of results.csv."""
 
     def __init__(self, spec, out_dir, executor=None, say=print, progress=None, runner=None,
-                 config_root: Optional[Path] = None):
+                 config_root: Optional[Path] = None, shared_dir: Optional[Path] = None):
         self.spec, self.out_dir = spec, Path(out_dir).resolve()
+        self.shared_dir = Path(shared_dir).resolve() if shared_dir is not None else None
         self.executor = executor or LocalExecutor(1)
         self.say, self.progress, self.runner = say, progress, runner
-        self.cells: List[Cell] = list(self.plan(spec, self.out_dir, self.corpus_dir(), config_root).cells.values())
+        self.cells: List[Cell] = list(self.plan(spec, self.out_dir, self.corpus_dir(), config_root,
+                                                shared_dir=self.shared_dir).cells.values())
         self.results: Dict[str, dict] = {}
 
     def corpus_dir(self) -> Path:
+        """`data`, else where the `corpus` is synthesized: in the shared folder, named by the digest
+        of its definition file (so grids on the same definition share it, and an edited definition
+        gets a new folder rather than meeting the old one's settings), else OUT/corpus."""
         if self.spec.data is not None:
             return Path(self.spec.data).resolve()
-        return self.out_dir / "corpus"
+        if self.shared_dir is None:
+            return self.out_dir / "corpus"
+        from ..data.corpora import corpus_path
+
+        definition = corpus_path(self.spec.corpus)
+        return shared_folder(self.shared_dir / SHARED_CORPORA, definition.stem,
+                             {"definition": file_digest(definition)})
 
     def synthesize(self) -> None:
-        """Builds the corpus of a `corpus:` grid (synthesis skips the utterances already there)."""
+        """Builds the corpus of a `corpus:` grid (synthesis skips the utterances already there, so
+        a corpus another grid made is reused as it is); one grid run at a time in a shared one."""
         if self.spec.corpus is None:
             return
         from ..data.corpora import corpus_path
         from ..data.synth import synthesize_corpus
 
-        synthesize_corpus(corpus_path(self.spec.corpus), self.corpus_dir(), progress=False,
-                          jobs=max(1, self.executor.slots))
+        lock = FolderLock(self.corpus_dir()) if self.shared_dir is not None else None
+        if lock is not None and not lock.try_acquire():
+            self.say(f"[grid] corpus: waiting for another grid run synthesizing it ({lock.path})")
+            lock.acquire()
+        try:
+            synthesize_corpus(corpus_path(self.spec.corpus), self.corpus_dir(), progress=False,
+                              jobs=max(1, self.executor.slots))
+        finally:
+            if lock is not None:
+                lock.release()
 
     @property
     def rows(self) -> List[dict]:

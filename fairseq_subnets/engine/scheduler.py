@@ -18,6 +18,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 from ..atomic import write_atomically
 from .cells import Cell, CellError, cell_key, check_cells
+from .folder_locks import FolderLock
 
 CELL_FILE = "cell.json"
 RESULT_FILE = "result.json"
@@ -96,6 +97,15 @@ class CellFailed(RuntimeError):
         self.cell, self.cause = cell, cause
 
 
+class CellBusy(CellFailed):
+    """A shared cell's folder is held by another grid run; nothing of this run touched it."""
+
+    def __init__(self, cell: Cell, lock: FolderLock):
+        RuntimeError.__init__(self, f"cell {cell.name}: its folder {cell.directory} is in use by another grid run "
+                                    f"(lock {lock.path}); run this grid again when that one has finished")
+        self.cell, self.cause = cell, None
+
+
 def run_cells(cells: Sequence[Cell], executor, say: Callable[[str], None] = print, progress=None,
               on_finished: Optional[Callable[[Cell, dict], None]] = None, runner=None) -> Dict[str, dict]:
     """Runs every cell not yet finished, at most `executor.slots` at a time, each once its
@@ -118,13 +128,20 @@ def run_cells(cells: Sequence[Cell], executor, say: Callable[[str], None] = prin
     blocked = set()
     """Failed cells and the cells that depend on them."""
     failure: Optional[CellFailed] = None
+    locks: Dict[str, FolderLock] = {}
+    """The locks this run holds, of the shared cells it is running."""
 
     def finish(cell, result):
+        release(cell)
         results[cell.name] = result
         if progress is not None:
             progress.update(1)
         if on_finished is not None:
             on_finished(cell, result)
+
+    def release(cell):
+        if cell.name in locks:
+            locks.pop(cell.name).release()
 
     def execute(cell, context_results):
         started = time.monotonic()
@@ -150,6 +167,15 @@ def run_cells(cells: Sequence[Cell], executor, say: Callable[[str], None] = prin
                 if not all(name in results for name in cell.after):
                     continue
                 waiting.remove(cell)
+                if cell.shared:
+                    lock = FolderLock(Path(cell.directory))
+                    if not lock.try_acquire():
+                        busy = CellBusy(cell, lock)
+                        say(f"[engine] {busy}")
+                        blocked.add(cell.name)
+                        failure = failure or busy
+                        continue
+                    locks[cell.name] = lock
                 keys[cell.name], parts = cell_key(cell, keys)
                 stored = prepare(cell, keys[cell.name], parts, say)
                 if stored is not None:
@@ -165,6 +191,7 @@ def run_cells(cells: Sequence[Cell], executor, say: Callable[[str], None] = prin
                 try:
                     finish(cell, future.result())
                 except CellFailed as error:
+                    release(cell)
                     say(f"[engine] {error}")
                     blocked.add(cell.name)
                     failure = failure or error

@@ -166,9 +166,11 @@ class GridPlan(CorpusPlan):
     """Builds the engine cells of a grid whose corpus is (or will be) at `corpus` and whose run
     folder is `out_dir`; `cells` lists them in dependency order."""
 
-    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path, config_root: Optional[Path] = None):
+    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path, config_root: Optional[Path] = None,
+                 shared_dir: Optional[Path] = None):
         self.spec = spec
-        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.pretraining_seed, config_root)
+        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.pretraining_seed, config_root,
+                         shared_dir)
         self.finetuned = {language: self._finetune(language) for language in spec.languages}
         self.learned = {run: self._learned(run) for run in plan_learned_runs(spec)}
         for language in spec.pruning.languages:

@@ -117,11 +117,13 @@ class GridPlan(CorpusPlan):
     """Builds the engine cells of a grid whose corpus is (or will be) at `corpus` and whose run
     folder is `out_dir`; `cells` lists them in dependency order."""
 
-    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path, config_root: Optional[Path] = None):
+    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path, config_root: Optional[Path] = None,
+                 shared_dir: Optional[Path] = None):
         self.spec = spec
         self.mask_files: Dict[str, Path] = {}
         """Mask cell name -> the mask file it writes."""
-        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.seeds[0], config_root)
+        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.seeds[0], config_root,
+                         shared_dir)
         self.upstreams = {(language, seed): self._upstream(language, seed)
                           for language, seed in itertools.product(spec.upstream.languages, spec.seeds)}
         self.downstreams = plan_cells(spec)

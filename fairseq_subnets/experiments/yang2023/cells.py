@@ -167,9 +167,11 @@ class GridPlan(CorpusPlan):
     """Builds the engine cells of a grid whose corpus is (or will be) at `corpus` and whose run
     folder is `out_dir`; `cells` lists them in dependency order."""
 
-    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path, config_root: Optional[Path] = None):
+    def __init__(self, spec: GridSpec, out_dir: Path, corpus: Path, config_root: Optional[Path] = None,
+                 shared_dir: Optional[Path] = None):
         self.spec = spec
-        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.pretraining_seed, config_root)
+        super().__init__(out_dir, corpus, spec.pretrained, spec.pretrain_updates, spec.pretraining_seed, config_root,
+                         shared_dir)
         theta0 = {strength: self._theta0(strength) for strength in spec.group_lasso}
         without = theta0[0.0] if 0.0 in theta0 else self._theta0(0.0)
         random_masks = self._random_masks()
