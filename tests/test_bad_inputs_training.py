@@ -189,7 +189,8 @@ RUN_CASES = [
              "--labels", "ltr", "--gen-subset", "test", "--cpu"), generate=True),
 ]
 DEFAULT_OUT_CASE = "grid-default-out-is-a-file"
-CATALOGUE_IDS = tuple(case.id for case in GRID_CASES + RUN_CASES) + (DEFAULT_OUT_CASE,)
+SHARED_CASES = ("grid-shared-nothing-to-share", "grid-shared-is-a-file")
+CATALOGUE_IDS = tuple(case.id for case in GRID_CASES + RUN_CASES) + (DEFAULT_OUT_CASE,) + SHARED_CASES
 TRAINING_CASES = [case for case in RUN_CASES if not case.generate]
 STARTED_CASES = ("train-mask-missing", "train-tuner-unknown", "generate-pretraining-checkpoint")
 """The cases also run as real commands: one per error path of the training cases (see
@@ -252,6 +253,29 @@ def test_bad_grid_file_stops_the_grid_before_anything_runs(case, inputs, tmp_pat
     line = last_line(capsys.readouterr().err)
     assert line.startswith(substituted(case.message, paths)), line
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize("case_id", SHARED_CASES)
+def test_a_shared_folder_that_cannot_take_effect_stops_the_grid(case_id, inputs, tmp_path, capsys):
+    """--shared names where grids keep the corpus they synthesize and the model they pretrain: a
+    grid that names both has nothing to put there, and a file cannot hold them."""
+    shared = tmp_path / "shared"
+    if case_id == "grid-shared-nothing-to-share":
+        grid = write_grid(tmp_path, inputs / "corpus")
+        message = (f"--shared {shared}: grid {grid} names its data and its pretrained checkpoint, so it synthesizes "
+                   "and pretrains nothing to share; leave --shared out")
+    else:
+        corpus = write_grid_inputs(tmp_path, inputs / "pretrained.pt")
+        (corpus / "pretrain").mkdir()
+        (corpus / "pretrain" / "train.tsv").write_text("")
+        grid = write_grid(tmp_path, corpus, pretrained=None)
+        shared.write_text("not a folder\n")
+        message = f"--shared {shared}: is a file; name a folder (it is created if needed)"
+    before = sorted(tmp_path.rglob("*"))
+    for dry_run in ([], ["--dry-run"]):
+        assert main(["grid", str(grid), "--out", str(tmp_path / "out"), "--shared", str(shared), *dry_run]) == EXIT_STATUS
+        assert last_line(capsys.readouterr().err) == f"fairseq-subnets grid: error: {message}"
+        assert sorted(tmp_path.rglob("*")) == before
 
 
 @pytest.mark.parametrize("case_id", [DEFAULT_OUT_CASE])

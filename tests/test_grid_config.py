@@ -64,24 +64,11 @@ def test_a_grid_that_pretrains_shares_its_pretraining_beside_its_output_folder_o
     assert not (tmp_path / "runs").exists() and not (tmp_path / "s").exists()
 
 
-def test_shared_where_nothing_is_shared_or_naming_a_file_is_refused_in_one_line(tmp_path, corpus_dir, capsys):
+def test_a_grid_that_pretrains_nothing_names_no_shared_folder(tmp_path, corpus_dir, capsys):
+    """Its refusal of --shared is a catalogue row (tests/test_bad_inputs_training.py)."""
     grid = write_grid(tmp_path, corpus_dir)  # its data and pretrained checkpoint given
-    for extra in ([], ["--dry-run"]):
-        assert cli(["grid", str(grid), "--out", str(tmp_path / "out"), "--shared", str(tmp_path / "s"), *extra]) == 2
-        assert last_error_line(capsys) == (
-            f"fairseq-subnets grid: error: --shared {tmp_path / 's'}: grid {grid} names its data and its pretrained "
-            "checkpoint, so it synthesizes and pretrains nothing to share; leave --shared out")
     assert cli(["grid", str(grid), "--dry-run", "--out", str(tmp_path / "out")]) == 0
     assert not capsys.readouterr().out.startswith("shared:")
-    (corpus_dir / "pretrain").mkdir()
-    (corpus_dir / "pretrain" / "train.tsv").write_text("")
-    taken = tmp_path / "taken.txt"
-    taken.write_text("not a folder")
-    grid = write_grid(tmp_path, corpus_dir, pretrained=None)
-    assert cli(["grid", str(grid), "--out", str(tmp_path / "out"), "--shared", str(taken)]) == 2
-    assert last_error_line(capsys) == (f"fairseq-subnets grid: error: --shared {taken}: is a file; name a folder (it "
-                                       "is created if needed)")
-    assert not (tmp_path / "out").exists() and taken.read_text() == "not a folder"
 
 
 BAD_GRIDS = {  # case: (write_grid arguments, what follows "GRID:LINE: "); more in test_bad_inputs_training.py
