@@ -167,6 +167,18 @@ class Technique:
     def after_state_loaded(self, model: nn.Module, where: str) -> None:
         """Checks the loaded state against the configuration; `where` names the state's source."""
 
+    def take_compact_matrices(self, model: nn.Module, matrices: Mapping[str, object]) -> Set[str]:
+        """Before a compact checkpoint's state loads (plugin.formats.compact): takes over the coded
+        matrices it can use without their dense weight (`core.compact.CompactMatrix` by full weight
+        key) and returns their keys; the host rebuilds the dense weights of the rest."""
+        return set()
+
+    # ---- decoding ------------------------------------------------------------------------------
+
+    def before_inference(self, model: nn.Module) -> None:
+        """After fairseq-generate has cast and moved the loaded model (`--fp16`, the GPU) and
+        before the first batch: refuse a decoding setting that cannot run there."""
+
 
 def technique_of(model: nn.Module, technique: type) -> Optional[Technique]:
     """The instance of `technique` on a model built by the host, None when it is off."""

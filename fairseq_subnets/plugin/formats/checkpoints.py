@@ -50,11 +50,14 @@ def _unreadable(path, error: Exception) -> CheckpointLoadError:
     return CheckpointLoadError(f"{path}: not a torch checkpoint")
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, mmap=False):
     """Reads a torch checkpoint with the safe unpickler; every failure is a CheckpointLoadError
     naming the file. Fed arbitrary bytes, the unpickler raises nearly any exception type
-    (KeyError, IndexError, UnpicklingError, ...), hence the broad catch."""
+    (KeyError, IndexError, UnpicklingError, ...), hence the broad catch. With `mmap`, the tensors
+    are views of the mapped file, read only when used (a look at a checkpoint's config)."""
     try:
+        if mmap:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         with open(path, "rb") as handle:
             return torch.load(handle, map_location="cpu", weights_only=True)
     except FileNotFoundError:
