@@ -13,6 +13,7 @@ from typing import Tuple
 import pytest
 import torch
 
+from checkpoint_helpers import write_test_split
 from factory import write_plugin_checkpoint, write_run_checkpoint
 from fairseq_subnets import USER_DIR
 from fairseq_subnets.runner import fairseq_command
@@ -50,13 +51,15 @@ CATALOGUE_IDS = tuple(case.id for case in DECODE_CASES + EXPORT_CASES)
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """A folder with a dictionary, a masked TINY checkpoint, an unmasked one, the compact export of
-    the masked one, and two damaged copies of it: cut to half its length, and one coded byte
-    flipped (a valid torch file)."""
+    """A folder with a dictionary and a test split (fairseq-generate loads the split before it casts
+    the model), a masked TINY checkpoint, an unmasked one, the compact export of the masked one, and
+    two damaged copies of it: cut to half its length, and one coded byte flipped (a valid torch
+    file)."""
     from fairseq_subnets.plugin.tools.export import export_plain_checkpoint
 
     folder = tmp_path_factory.mktemp("compact_inputs")
     masked, _, _ = write_plugin_checkpoint(folder, sparsity=0.9, full_task_config=True)
+    write_test_split(folder)
     unmasked = folder / "unmasked.pt"
     write_run_checkpoint(unmasked)
     compact = folder / "compact.pt"
