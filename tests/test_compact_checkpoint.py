@@ -234,6 +234,7 @@ def test_sparse_decoding_on_drops_the_dense_weights_of_a_fixed_mask_model_and_re
     model = loaded(folder / "checkpoint_best.pt", folder, "on")
     fc1 = model.w2v_encoder.w2v_model.encoder.layers[0].fc1
     assert fc1.weight.numel() == 0 and not hasattr(fc1, "parametrizations")
+    assert fc1.forward.weight_csr.col_indices().dtype == torch.int32
     assert all(projection.dense_dropped for projection in model.techniques[-1].state.projections.values())
     net_input = utterances()
     with pytest.raises(PluginInputError, match=r"^encoder\.layers\.0\.self_attn\.q_proj\.weight: a forward pass in "
