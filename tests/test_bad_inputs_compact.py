@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from checkpoint_helpers import write_test_split
-from factory import write_plugin_checkpoint, write_run_checkpoint
+from factory import TINY, ctc_model, write_plugin_checkpoint, write_run_checkpoint
 from fairseq_subnets import USER_DIR
 from fairseq_subnets.runner import fairseq_command
 
@@ -43,6 +43,8 @@ DECODE_CASES = [
 EXPORT_CASES = [
     Case("export-compact-no-masks", EXPORT_ERROR + "<CKPT>: holds no masks (fixed, learned or per-language), so "
          "--compact has no masked matrix to store compactly", "unmasked"),
+    Case("export-compact-pretraining", EXPORT_ERROR + "<CKPT>: --compact stores a fine-tuned CTC model (wav2vec_ctc) "
+         "for decoding; this is a wav2vec2 model", "pretraining", ("--mask", "<MASK>")),
     Case("export-compact-hf", EXPORT_ERROR + "--compact writes a fairseq checkpoint for the plugin's sparse path: "
          "it needs --format fairseq", "masked", ("--format", "hf")),
 ]
@@ -52,18 +54,26 @@ CATALOGUE_IDS = tuple(case.id for case in DECODE_CASES + EXPORT_CASES)
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     """A folder with a dictionary and a test split (fairseq-generate loads the split before it casts
-    the model), a masked TINY checkpoint, an unmasked one, the compact export of the masked one, and
-    two damaged copies of it: cut to half its length, and one coded byte flipped (a valid torch
-    file)."""
+    the model), a masked TINY checkpoint, its masks as a mask file, an unmasked one, a pretraining
+    one, the compact export of the masked one, and two damaged copies of it: cut to half its
+    length, and one coded byte flipped (a valid torch file)."""
+    from omegaconf import OmegaConf
+
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize, wav2vec2_model_config
+    from fairseq_subnets.core.maskfile import save_mask_file
     from fairseq_subnets.plugin.tools.export import export_plain_checkpoint
 
     folder = tmp_path_factory.mktemp("compact_inputs")
-    masked, _, _ = write_plugin_checkpoint(folder, sparsity=0.9, full_task_config=True)
+    masked, _, masks = write_plugin_checkpoint(folder, sparsity=0.9, full_task_config=True)
     write_test_split(folder)
     unmasked = folder / "unmasked.pt"
     write_run_checkpoint(unmasked)
     compact = folder / "compact.pt"
     export_plain_checkpoint(str(masked), str(compact), compact=True)
+    pretraining = folder / "pretraining.pt"
+    save_mask_file(str(folder / "masks.safetensors"), masks, {"method": "random"})
+    torch.save({"cfg": {"model": OmegaConf.to_container(wav2vec2_model_config(CtcModelSize(**TINY)), enum_to_str=True)},
+                "model": ctc_model().w2v_encoder.w2v_model.state_dict()}, pretraining)
     truncated = folder / "truncated.pt"
     truncated.write_bytes(compact.read_bytes()[:compact.stat().st_size // 2])
     checkpoint = torch.load(compact, weights_only=True)
@@ -72,7 +82,7 @@ def files(tmp_path_factory):
     tampered = folder / "tampered.pt"
     torch.save(checkpoint, tampered)
     return folder, {"masked": masked, "unmasked": unmasked, "compact": compact, "truncated": truncated,
-                    "tampered": tampered}
+                    "tampered": tampered, "pretraining": pretraining, "mask": folder / "masks.safetensors"}
 
 
 def decode_in_process(folder, checkpoint, extra):
@@ -113,7 +123,8 @@ def test_bad_compact_export_is_refused_with_one_line(case, files, tmp_path, caps
 
     _, paths = files
     out = tmp_path / "out.pt"
-    assert main(["export", str(paths[case.checkpoint]), "--compact", *case.extra, "--out", str(out)]) == EXIT_STATUS
+    extra = [str(paths["mask"]) if argument == "<MASK>" else argument for argument in case.extra]
+    assert main(["export", str(paths[case.checkpoint]), "--compact", *extra, "--out", str(out)]) == EXIT_STATUS
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith(case.message.replace("<CKPT>", str(paths[case.checkpoint]))), last_line
     assert os.listdir(tmp_path) == []

@@ -276,3 +276,35 @@ def test_fairseq_generate_decodes_the_compact_checkpoint_as_the_dense_export(exp
     log = (folder / "compact" / "generate-test.log").read_text()
     assert f"sparse_decoding=on: {len(masks)} masked encoder matrices run with torch's CSR kernels" in log
     assert f"{len(masks)} dense weights dropped" in log
+
+
+def test_compact_export_takes_the_masks_of_mask_and_of_language_as_export_does(tmp_path, exported):
+    """`--mask` on an unmasked checkpoint, and `--language` of a pathways checkpoint: the coded
+    matrices are those masks', and each decodes to the dense export's weight."""
+    from omegaconf import OmegaConf
+
+    from factory import write_run_checkpoint
+    from fairseq_subnets.core.maskfile import save_mask_file
+    from fairseq_subnets.plugin.formats.compact import read_compact_checkpoint
+    from fairseq_subnets.plugin.tools.export import export_plain_checkpoint
+    from test_upstream import FC1, pathways_checkpoint
+
+    folder, masks = exported
+    save_mask_file(str(tmp_path / "masks.safetensors"), masks, {"method": "random"})
+    unmasked = tmp_path / "unmasked.pt"
+    write_run_checkpoint(unmasked)
+    pathways = tmp_path / "pathways.pt"
+    checkpoint = pathways_checkpoint.__wrapped__()
+    checkpoint["cfg"]["model"] = OmegaConf.to_container(OmegaConf.create(checkpoint["cfg"]["model"]), enum_to_str=True)
+    checkpoint["cfg"]["model"]["_name"] = "subnets_wav2vec_ctc"
+    torch.save(checkpoint, pathways)
+    for source, options, expected in ((unmasked, {"mask_path": str(tmp_path / "masks.safetensors")},
+                                       [f"w2v_encoder.w2v_model.{name}" for name in masks]),
+                                      (pathways, {"language": "ca"}, [f"{FC1}.weight"])):
+        export_plain_checkpoint(str(source), str(tmp_path / "dense.pt"), **options)
+        export_plain_checkpoint(str(source), str(tmp_path / "compact.pt"), compact=True, **options)
+        dense = torch.load(tmp_path / "dense.pt", weights_only=True)["model"]
+        _, plain, matrices = read_compact_checkpoint(tmp_path / "compact.pt")
+        assert sorted(matrices) == sorted(expected), source
+        assert all(torch.equal(matrix.dense(), dense[key]) for key, matrix in matrices.items())
+        assert plain.keys() | matrices.keys() == dense.keys()

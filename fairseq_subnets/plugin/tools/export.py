@@ -26,7 +26,7 @@ from ...core.maskfile import MaskFile, MaskFileError, load_mask_file
 from ...core.parametrize import bake_state_dict, masks_from_state_dict
 from ..formats.bundles import expand_bundle_masks
 from ..formats.checkpoints import load_fairseq_checkpoint
-from ..formats.compact import compact_checkpoint, write_compact_checkpoint
+from ..formats.compact import STOCK_CTC_MODEL, compact_checkpoint, write_compact_checkpoint
 from ...techniques.extension import without_training_state
 from ...techniques.language_heads import single_language_state
 from ..components.models import TRAINING_STATE_PREFIXES
@@ -88,6 +88,10 @@ def export_plain_checkpoint(checkpoint_path, out_path, mask_path=None, language=
     mask_file = load_mask_file(mask_path) if mask_path else None
     exported = plain_checkpoint(state, checkpoint_path, mask_file, language)
     if compact:
+        model_name = (exported["cfg"].get("model") or {}).get("_name")
+        if model_name != STOCK_CTC_MODEL:
+            raise ValueError(f"--compact stores a fine-tuned CTC model ({STOCK_CTC_MODEL}) for decoding; this is "
+                             f"a {model_name} model")
         names = set(masks_from_state_dict(expand_bundle_masks(state["model"]), language=language))
         names |= set(mask_file.masks if mask_file is not None else ())
         if not names:
