@@ -10,8 +10,9 @@ import zipfile
 import pytest
 import torch
 
-from factory import LETTERS, TINY, write_plugin_checkpoint
-from test_sparse_decoding import decoded, kept_mask, loaded, utterances
+from factory import write_plugin_checkpoint
+from test_output_permissions import UMASKS
+from test_sparse_decoding import decoded, loaded, utterances
 
 SPARSITIES = (0.0, 0.5, 0.9, 0.95, 1.0)
 
@@ -308,3 +309,16 @@ def test_compact_export_takes_the_masks_of_mask_and_of_language_as_export_does(t
         assert sorted(matrices) == sorted(expected), source
         assert all(torch.equal(matrix.dense(), dense[key]) for key, matrix in matrices.items())
         assert plain.keys() | matrices.keys() == dense.keys()
+
+
+@pytest.mark.parametrize("umask, expected", UMASKS, ids=["umask-022", "umask-027"])
+def test_the_compact_checkpoint_follows_the_umask_and_leaves_nothing_else(umask, expected, exported, tmp_path, capsys):
+    from fairseq_subnets.cli.main import main
+    from test_output_permissions import mode, process_umask
+
+    folder, _ = exported
+    out = tmp_path / "compact.pt"
+    with process_umask(umask):
+        assert main(["export", str(folder / "checkpoint_best.pt"), "--compact", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}"
+    assert oct(mode(out)) == oct(expected) and [path.name for path in tmp_path.iterdir()] == ["compact.pt"]
