@@ -322,3 +322,15 @@ def test_the_compact_checkpoint_follows_the_umask_and_leaves_nothing_else(umask,
         assert main(["export", str(folder / "checkpoint_best.pt"), "--compact", "--out", str(out)]) == 0
     assert capsys.readouterr().out.strip() == f"wrote {out}"
     assert oct(mode(out)) == oct(expected) and [path.name for path in tmp_path.iterdir()] == ["compact.pt"]
+
+
+def test_the_look_before_decoding_leaves_legacy_and_plain_checkpoints_to_fairseq(exported, tmp_path):
+    """Only zip-format files are looked at (torch's legacy format cannot be mapped, and a compact
+    checkpoint is never in it), and only compact ones are checked: a plain checkpoint passes."""
+    from fairseq_subnets.plugin.formats.compact import check_checkpoints_to_decode
+
+    folder, _ = exported
+    legacy = tmp_path / "legacy.pt"
+    torch.save(torch.load(folder / "dense.pt", weights_only=True), legacy, _use_new_zipfile_serialization=False)
+    check_checkpoints_to_decode([str(legacy), str(folder / "dense.pt"), str(folder / "compact.pt"),
+                                 str(tmp_path / "missing.pt")])

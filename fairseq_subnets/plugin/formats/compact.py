@@ -21,7 +21,7 @@ from ...atomic import write_atomically
 from ...core.compact import CompactMatrix, compact_state, is_compact_state, read_compact_state
 from ...techniques.extension import W2V_PREFIX
 from ...techniques.sparse_decoding import COMPACT_KEY, KEY as SPARSE_DECODING_KEY
-from .checkpoints import CheckpointLoadError, load_checkpoint, load_fairseq_checkpoint
+from .checkpoints import ZIP_MAGIC, CheckpointLoadError, load_checkpoint, load_fairseq_checkpoint
 
 MODEL_NAME = "subnets_wav2vec_ctc"
 STOCK_CTC_MODEL = "wav2vec_ctc"
@@ -66,14 +66,18 @@ def read_compact_checkpoint(path) -> Tuple[Dict[str, object], Dict[str, torch.Te
 
 
 def check_checkpoints_to_decode(paths: Optional[List[str]]) -> None:
-    """Refuses, naming the file, a checkpoint fairseq-generate is about to load that is not a
-    readable torch checkpoint (truncated, damaged), or a compact checkpoint that fails its checks:
+    """Refuses, naming the file, a checkpoint fairseq-generate is about to load that is a damaged
+    torch checkpoint (truncated, a zip archive of another kind), or a compact checkpoint that fails its checks:
     called when the task is set up, before fairseq reads the checkpoint and builds any model. A
-    look at the config is cheap (the file is mapped, its tensors read only if it is compact);
-    missing files are left to fairseq, which names them."""
+    look at the config is cheap (the file is mapped, its tensors read only if it is compact).
+    Missing files are left to fairseq, which names them, and so are files in torch's legacy
+    (pre-zip) format, which cannot be mapped and are never compact."""
     for path in paths or ():
         if not os.path.isfile(path):
             continue
+        with open(path, "rb") as handle:
+            if handle.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+                continue
         checkpoint = load_checkpoint(path, mmap=True)
         model_cfg = ((checkpoint.get("cfg") or {}).get("model") or {}) if isinstance(checkpoint, dict) else {}
         if isinstance(model_cfg, Mapping) and model_cfg.get(COMPACT_KEY):
