@@ -28,8 +28,8 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from fairseq.logging.meters import safe_round
 from fairseq.tasks import register_task
-from fairseq.utils import split_paths
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
+from fairseq.utils import split_paths
 from omegaconf import II, open_dict
 
 from ...core.holding import unchanged_through

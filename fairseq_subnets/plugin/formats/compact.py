@@ -54,6 +54,14 @@ def write_compact_checkpoint(path, checkpoint: Mapping[str, object]) -> int:
     return len(data)
 
 
+def write_compact_model_state(path, model_state: Mapping[str, torch.Tensor], mask_names: Iterable[str]) -> int:
+    """Writes a CTC model's state (masks baked, as the stock export holds it) with the matrices
+    `mask_names` (model-relative) coded, as `{"model": state}` without a config, and returns its
+    bytes: the size of a compact checkpoint less its config (a few kB), for the `bench` group to
+    set against `torch.save` of the same dense state. `read_compact_checkpoint` reads it back."""
+    return write_compact_checkpoint(path, {"model": compact_state(model_state, [W2V_PREFIX + name for name in mask_names])})
+
+
 def read_compact_checkpoint(path) -> Tuple[Dict[str, object], Dict[str, torch.Tensor], Dict[str, CompactMatrix]]:
     """(the checkpoint, its plain tensors, its coded matrices by weight key) of a compact checkpoint
     file, read weights-only and verified (checksum, layout, sizes) before anything is decoded; the
