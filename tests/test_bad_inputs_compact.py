@@ -31,6 +31,8 @@ class Case:
     checkpoint: str
     """Which file of the `files` fixture the case reads."""
     extra: Tuple[str, ...] = ()
+    compact: bool = True
+    """Export cases: whether the command has --compact."""
 
 
 DECODE_CASES = [
@@ -45,6 +47,8 @@ EXPORT_CASES = [
          "--compact has no masked matrix to store compactly", "unmasked"),
     Case("export-compact-pretraining", EXPORT_ERROR + "<CKPT>: --compact stores a fine-tuned CTC model (wav2vec_ctc) "
          "for decoding; this is a wav2vec2 model", "pretraining", ("--mask", "<MASK>")),
+    Case("export-of-compact", EXPORT_ERROR + "<CKPT>: a compact checkpoint (export --compact), which only decoding "
+         "reads: use the checkpoint it was exported from, or its dense export", "compact", compact=False),
     Case("export-compact-hf", EXPORT_ERROR + "--compact writes a fairseq checkpoint for the plugin's sparse path: "
          "it needs --format fairseq", "masked", ("--format", "hf")),
 ]
@@ -124,7 +128,8 @@ def test_bad_compact_export_is_refused_with_one_line(case, files, tmp_path, caps
     _, paths = files
     out = tmp_path / "out.pt"
     extra = [str(paths["mask"]) if argument == "<MASK>" else argument for argument in case.extra]
-    assert main(["export", str(paths[case.checkpoint]), "--compact", *extra, "--out", str(out)]) == EXIT_STATUS
+    compact = ["--compact"] if case.compact else []
+    assert main(["export", str(paths[case.checkpoint]), *compact, *extra, "--out", str(out)]) == EXIT_STATUS
     last_line = capsys.readouterr().err.strip().splitlines()[-1]
     assert last_line.startswith(case.message.replace("<CKPT>", str(paths[case.checkpoint]))), last_line
     assert os.listdir(tmp_path) == []

@@ -66,7 +66,7 @@ def read_compact_checkpoint(path) -> Tuple[Dict[str, object], Dict[str, torch.Te
     """(the checkpoint, its plain tensors, its coded matrices by weight key) of a compact checkpoint
     file, read weights-only and verified (checksum, layout, sizes) before anything is decoded; the
     loader whose time the `bench` group measures. Errors name the file."""
-    checkpoint = load_fairseq_checkpoint(path)
+    checkpoint = load_fairseq_checkpoint(path, compact=True)
     if not is_compact_state(checkpoint["model"]):
         raise CheckpointLoadError(f"{path}: not a compact checkpoint (written by fairseq-subnets export --compact)")
     plain, matrices = read_compact_state(checkpoint["model"], str(path))
