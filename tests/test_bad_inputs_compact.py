@@ -52,7 +52,8 @@ EXPORT_CASES = [
     Case("export-compact-hf", EXPORT_ERROR + "--compact writes a fairseq checkpoint for the plugin's sparse path: "
          "it needs --format fairseq", "masked", ("--format", "hf")),
 ]
-CATALOGUE_IDS = tuple(case.id for case in DECODE_CASES + EXPORT_CASES)
+TRAINING_ID = "train-compact-checkpoint"
+CATALOGUE_IDS = tuple(case.id for case in DECODE_CASES + EXPORT_CASES) + (TRAINING_ID,)
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +152,17 @@ def test_bad_compact_decoding_stops_fairseq_generate_with_one_line(files, tmp_pa
         assert "Traceback" not in stderr, stderr[-3000:]
         expected = case.message.replace("<CKPT>", str(paths[case.checkpoint]))
         assert stderr.strip().splitlines()[-1].startswith(expected), stderr[-1000:]
+
+
+def test_train_compact_checkpoint():
+    """Catalogue row `train-compact-checkpoint`: the check our task runs before a training run
+    builds its model (refuse_decoding_only_keys) refuses the key a compact checkpoint's config sets."""
+    from omegaconf import OmegaConf
+
+    from fairseq_subnets.errors import PluginInputError
+    from fairseq_subnets.plugin.components.models import TECHNIQUES
+    from fairseq_subnets.techniques.extension import refuse_decoding_only_keys
+
+    with pytest.raises(PluginInputError, match=r"^model\.compact_checkpoint=True marks a compact checkpoint "
+                                               r"\(export --compact\), which only decoding reads: train from"):
+        refuse_decoding_only_keys(TECHNIQUES, OmegaConf.create({"compact_checkpoint": True}))

@@ -255,17 +255,6 @@ def test_sparse_decoding_on_drops_the_dense_weights_of_a_fixed_mask_model_and_re
         model(**net_input)
 
 
-def test_training_refuses_the_compact_key():
-    from omegaconf import OmegaConf
-
-    from fairseq_subnets.errors import PluginInputError
-    from fairseq_subnets.plugin.components.models import TECHNIQUES
-    from fairseq_subnets.techniques.extension import refuse_decoding_only_keys
-
-    with pytest.raises(PluginInputError, match=r"^model\.compact_checkpoint=True is a decoding setting"):
-        refuse_decoding_only_keys(TECHNIQUES, OmegaConf.create({"compact_checkpoint": True}))
-
-
 @pytest.mark.slow
 def test_fairseq_generate_decodes_the_compact_checkpoint_as_the_dense_export(exported):
     """Stock fairseq-generate with the plugin on the dense export and on the compact checkpoint:

@@ -275,6 +275,13 @@ class SparseDecoding(Technique):
         return KEY if cfg.get(KEY, "off") != "off" else None
 
     @classmethod
+    def decoding_only_reason(cls, key, value):
+        if key == COMPACT_KEY:
+            return ("marks a compact checkpoint (export --compact), which only decoding reads: train from the "
+                    "checkpoint it was exported from, or its dense export")
+        return super().decoding_only_reason(key, value)
+
+    @classmethod
     def check(cls, cfg):
         value = cfg.get(KEY, "off")
         if value not in MODES:  # checked here, not by an enum, so that the error is one line
