@@ -207,7 +207,7 @@ def test_the_compact_checkpoint_loads_into_csr_without_dense_weights(exported, m
     """Under `on` (the checkpoint's own setting) every masked matrix runs the CSR form of its kept
     values, with int32 indices, no dense matrix is rebuilt from the file, and the matrices'
     weight memory is at most 0.35x of dense at 90%; the logits and hypotheses are the dense
-    export's."""
+    export's. Under `off` and `auto` the dense weights are rebuilt (`auto` then times them)."""
     from fairseq_subnets.core.compact import CompactMatrix
 
     folder, masks = exported
@@ -233,6 +233,10 @@ def test_the_compact_checkpoint_loads_into_csr_without_dense_weights(exported, m
     assert (logits - dense_logits).abs().max() <= 1e-4 and hypotheses == dense_hypotheses and any(hypotheses)
     off_logits, _ = decoded(loaded(folder / "compact.pt", folder, "off"), net_input)
     assert torch.equal(off_logits, dense_logits)  # rebuilt dense: the stock export bit for bit
+    auto = loaded(folder / "compact.pt", folder, "auto")  # rebuilt dense, each matrix timed
+    auto_logits, auto_hypotheses = decoded(auto, net_input)
+    assert (auto_logits - dense_logits).abs().max() <= 1e-4 and auto_hypotheses == dense_hypotheses
+    assert sorted(auto.techniques[-1].state.projections) == sorted(masks)
 
 
 def test_sparse_decoding_on_drops_the_dense_weights_of_a_fixed_mask_model_and_refuses_what_needs_them(exported):
