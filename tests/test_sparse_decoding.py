@@ -259,8 +259,10 @@ def test_fairseq_generate_with_sparse_decoding_gives_the_dense_hypotheses(tmp_pa
 
 
 def test_a_weight_without_a_sparse_cpu_kernel_is_refused_under_on_and_kept_dense_under_auto(monkeypatch):
-    """torch's CPU CSR product takes float32 and float64: a float16 model (fairseq-generate
-    --fp16) stops at its first batch under `on`, and runs dense under `auto`."""
+    """torch's CPU CSR product takes float32 and float64: a float16 projection stops at its first
+    forward pass under `on` (fairseq-generate --fp16 is refused before that, when the model is
+    prepared for inference: `decode-sparse-fp16` in tests/test_bad_inputs_compact.py), and runs
+    dense under `auto`."""
     from fairseq_subnets.errors import PluginInputError
     from fairseq_subnets.techniques.sparse_decoding import SparseProjection, kernels
 
