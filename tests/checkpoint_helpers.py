@@ -113,3 +113,25 @@ def assert_decodes_and_exports_to_stock_fairseq(checkpoint, data, work_dir):
     load."""
     two_at_a_time((assert_generate_decodes_every_test_utterance, checkpoint, data, work_dir),
                   (assert_exports_to_stock_fairseq, checkpoint, data, work_dir))
+
+
+def write_test_split(folder):
+    """A `test` split of three random-noise utterances (with words and letters) in `folder`, beside
+    a checkpoint's dictionary, for decoding with stock fairseq-generate; returns the utterance count."""
+    import numpy as np
+    import soundfile
+
+    from fairseq_subnets.data.text import letters
+
+    audio = folder / "audio"
+    audio.mkdir()
+    transcripts = ("hola", "adios mundo", "buenos dias")
+    lengths = (16000, 24000, 20000)
+    generator = np.random.default_rng(0)
+    for index, length in enumerate(lengths):
+        soundfile.write(audio / f"u{index}.wav", (generator.standard_normal(length) * 3000).astype(np.int16), 16000,
+                        subtype="PCM_16")
+    (folder / "test.tsv").write_text(f"{audio}\n" + "".join(f"u{i}.wav\t{n}\n" for i, n in enumerate(lengths)))
+    (folder / "test.wrd").write_text("".join(f"{words}\n" for words in transcripts))
+    (folder / "test.ltr").write_text("".join(f"{letters(words)}\n" for words in transcripts))
+    return len(lengths)

@@ -200,11 +200,21 @@ def test_auto_decides_each_matrix_once_logs_it_and_decodes_as_dense(fixed_mask_c
     assert len(auto.techniques[-1].state.sparse_names()) == sum(decision.endswith("-> sparse") for decision in decisions)
 
 
-def test_training_mode_and_gradients_run_the_dense_product(fixed_mask_checkpoint, monkeypatch):
-    from fairseq_subnets.techniques.sparse_decoding import kernels
+def test_training_mode_and_gradients_run_the_dense_product_where_the_dense_weight_is_kept(monkeypatch):
+    """Pathway masks keep their dense weights under `on` (a language switch needs them); a model
+    whose dense weights were dropped refuses both (tests/test_compact_checkpoint.py)."""
+    from fairseq_subnets.core.transforms import select_language
+    from fairseq_subnets.techniques.extension import W2V_PREFIX
+    from fairseq_subnets.techniques.pathways.layer import apply_language_masks
+    from fairseq_subnets.techniques.sparse_decoding import enable_sparse_decoding, kernels
 
-    checkpoint, data = fixed_mask_checkpoint
-    model = loaded(checkpoint, data, "on")
+    model = ctc_model(vocab=len(LETTERS) + 4)
+    masks = {language: random_encoder_masks(0.8, seed=seed, **TINY) for seed, language in enumerate(("es", "ca"))}
+    apply_language_masks(model, masks, prefix=W2V_PREFIX)
+    select_language(model, "es")
+    model.eval()
+    state = enable_sparse_decoding(model, "on")
+    assert not any(projection.dense_dropped for projection in state.projections.values())
     sparse_products = Calls(monkeypatch, kernels, "sparse_linear")
     fused = Calls(monkeypatch, torch.nn.functional, "multi_head_attention_forward")
     net_input = utterances()
@@ -225,11 +235,7 @@ def test_fairseq_generate_with_sparse_decoding_gives_the_dense_hypotheses(tmp_pa
     `--model-overrides "{'sparse_decoding': 'on'}"`: the same hypotheses for every utterance, and
     the log says the masked matrices ran sparse. The checkpoint's config lacks the key, as in every
     checkpoint written before it existed (fairseq alone would drop the override)."""
-    import numpy as np
-    import soundfile
-
-    from checkpoint_helpers import two_at_a_time
-    from fairseq_subnets.data.text import letters
+    from checkpoint_helpers import two_at_a_time, write_test_split
     from fairseq_subnets.runner import generate, read_generate_output
 
     from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
@@ -238,24 +244,14 @@ def test_fairseq_generate_with_sparse_decoding_gives_the_dense_hypotheses(tmp_pa
     written = load_checkpoint(checkpoint)
     del written["cfg"]["model"]["sparse_decoding"]
     torch.save(written, checkpoint)
-    audio = tmp_path / "audio"
-    audio.mkdir()
-    transcripts = ("hola", "adios mundo", "buenos dias")
-    lengths = (16000, 24000, 20000)
-    generator = np.random.default_rng(0)
-    for index, length in enumerate(lengths):
-        soundfile.write(audio / f"u{index}.wav", (generator.standard_normal(length) * 3000).astype(np.int16), 16000,
-                        subtype="PCM_16")
-    (tmp_path / "test.tsv").write_text(f"{audio}\n" + "".join(f"u{i}.wav\t{n}\n" for i, n in enumerate(lengths)))
-    (tmp_path / "test.wrd").write_text("".join(f"{words}\n" for words in transcripts))
-    (tmp_path / "test.ltr").write_text("".join(f"{letters(words)}\n" for words in transcripts))
+    utterance_count = write_test_split(tmp_path)
     dense, sparse = two_at_a_time(
         (generate, tmp_path, checkpoint, "test", tmp_path / "dense"),
         (generate, tmp_path, checkpoint, "test", tmp_path / "sparse", True,
          ("--model-overrides", "{'sparse_decoding': 'on'}")))
     dense_hypotheses = read_generate_output(dense.results_file.read_text())[1]
     sparse_hypotheses = read_generate_output(sparse.results_file.read_text())[1]
-    assert len(dense_hypotheses) == len(lengths) and any(dense_hypotheses.values())
+    assert len(dense_hypotheses) == utterance_count and any(dense_hypotheses.values())
     assert sparse_hypotheses == dense_hypotheses
     log = (tmp_path / "sparse" / "generate-test.log").read_text()
     assert f"sparse_decoding=on: {6 * TINY['layers']} masked encoder matrices run with torch's CSR kernels" in log
@@ -263,8 +259,10 @@ def test_fairseq_generate_with_sparse_decoding_gives_the_dense_hypotheses(tmp_pa
 
 
 def test_a_weight_without_a_sparse_cpu_kernel_is_refused_under_on_and_kept_dense_under_auto(monkeypatch):
-    """torch's CPU CSR product takes float32 and float64: a float16 model (fairseq-generate
-    --fp16) stops at its first batch under `on`, and runs dense under `auto`."""
+    """torch's CPU CSR product takes float32 and float64: a float16 projection stops at its first
+    forward pass under `on` (fairseq-generate --fp16 is refused before that, when the model is
+    prepared for inference: `decode-sparse-fp16` in tests/test_bad_inputs_compact.py), and runs
+    dense under `auto`."""
     from fairseq_subnets.errors import PluginInputError
     from fairseq_subnets.techniques.sparse_decoding import SparseProjection, kernels
 

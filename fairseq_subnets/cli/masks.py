@@ -397,6 +397,10 @@ def _register_export(subparsers):
                         "(its output layer and per-language masks) as a single-language model")
     parser.add_argument("--format", choices=("fairseq", "hf"), default="fairseq",
                         help="fairseq: a stock checkpoint (default); hf: an HF transformers folder")
+    parser.add_argument("--compact", action="store_true",
+                        help="with --format fairseq: store each masked encoder matrix as its entropy-coded mask and "
+                        "kept float32 values (a fraction of the size at high sparsity); decoded by fairseq-generate "
+                        "with the plugin, straight into its sparse path (docs/deploying.md, Compact checkpoint)")
     parser.add_argument("--dictionary", metavar="DICT", help="with --format hf, for a CTC checkpoint that holds no "
                         "dictionary (a stock export): the dict.ltr.txt it was trained with")
     parser.add_argument("--out", required=True, metavar="OUT", help="checkpoint (fairseq) or new folder (hf) to write")
@@ -405,6 +409,9 @@ def _register_export(subparsers):
 
 def run_export(args) -> int:
     if args.format == "hf":
+        if args.compact:
+            raise UserError("--compact writes a fairseq checkpoint for the plugin's sparse path: it needs --format "
+                            "fairseq (an HF folder holds dense weights)")
         from .interop import run_hf_export
 
         return run_hf_export(args)
@@ -415,7 +422,8 @@ def run_export(args) -> int:
     from ..plugin.tools.export import export_plain_checkpoint
 
     try:
-        export_plain_checkpoint(args.checkpoint, args.out, mask_path=args.mask, language=args.language)
+        export_plain_checkpoint(args.checkpoint, args.out, mask_path=args.mask, language=args.language,
+                                compact=args.compact)
     except (CheckpointLoadError, MaskFileError) as error:
         raise UserError(str(error)) from None
     except ValueError as error:

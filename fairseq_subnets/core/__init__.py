@@ -9,6 +9,8 @@
               masks back, baking for export, upgrading 0.2 checkpoints
   holding     holding chosen entries of tensors bit-identical through an optimizer step
   maskfile    compressed safetensors mask files with metadata and integrity checks
+  compact     masked matrices as coded masks and kept float32 values in a checksummed state dict
+              (the compact checkpoint's state), decoded to CSR or dense
   stats       union / intersection / difference / complement, sparsity, IOU, union ratio,
               cosine similarity, pairwise matrices and their correlation with a user matrix
 

@@ -224,6 +224,23 @@ def _encoded(mask: torch.Tensor) -> Tuple[Payload, List[np.ndarray]]:
     return runs, runs.encoded(offsets)
 
 
+def encode_mask(mask: torch.Tensor) -> Tuple[Dict[str, object], List[np.ndarray]]:
+    """A mask's smaller payload as its description (an `encodings` entry) and its uint8 streams:
+    the coding of mask files, for other files that hold masks (the compact checkpoint)."""
+    payload, streams = _encoded(mask)
+    return payload.describe(), streams
+
+
+def decode_mask(label: str, name: str, shape: Shape, description, streams: Sequence[np.ndarray]) -> np.ndarray:
+    """The flat bits of the mask `encode_mask` described and streamed, every field and size checked
+    as a mask file's are (a MaskFileError naming `label` and `name` otherwise)."""
+    payload = _parsed_payload(label, name, description)
+    if len(streams) != len(payload.streams):
+        raise _damaged(label, f"{name} holds {len(streams)} mask streams, its payload {len(payload.streams)}")
+    payload.check_sizes(label, name, shape, streams)
+    return payload.decoded(label, name, shape, streams)
+
+
 def _checksum_header_v1(metadata: Mapping[str, str]) -> bytes:
     """Version 1 checksummed the packed bytes alone, so an edited `shapes` went unnoticed."""
     return b""

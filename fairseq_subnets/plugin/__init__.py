@@ -4,7 +4,8 @@ checkpoint classes for torch's weights-only loader.
 Three sub-layers, lowest first; a module imports only from its own sub-layer or a lower one
 (tests/test_layers.py reads the import statements):
   formats     the checkpoint and file formats: reading fairseq checkpoints weights-only, their
-              kinds, upstream checkpoints for `init_from`, bundle and adapter files
+              kinds, upstream checkpoints for `init_from`, bundle, adapter and compact checkpoint
+              files
   components  the registered fairseq components (model host, tasks, criterion, generator,
               learning-rate schedule, pretraining) and what they run on (multilingual batches,
               seeded time masking, one-line errors)

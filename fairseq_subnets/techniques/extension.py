@@ -87,6 +87,13 @@ class Technique:
         raise NotImplementedError
 
     @classmethod
+    def decoding_only_reason(cls, key: str, value) -> str:
+        """Why a training run refuses `key` (one of `decoding_only_keys`) set to `value`, and what
+        to do instead: the end of the refusal's line."""
+        return (f"is a decoding setting, which a training run refuses: train without it and pass it when decoding "
+                f"(fairseq-generate --model-overrides \"{{'{key}': '{value}'}}\")")
+
+    @classmethod
     def check(cls, cfg) -> None:
         """Refuses bad values of the technique's keys, naming the key; called for every config
         before any checkpoint is read, also when the technique is off, so that a key set without
@@ -167,6 +174,18 @@ class Technique:
     def after_state_loaded(self, model: nn.Module, where: str) -> None:
         """Checks the loaded state against the configuration; `where` names the state's source."""
 
+    def take_compact_matrices(self, model: nn.Module, matrices: Mapping[str, object]) -> Set[str]:
+        """Before a compact checkpoint's state loads (plugin.formats.compact): takes over the coded
+        matrices it can use without their dense weight (`core.compact.CompactMatrix` by full weight
+        key) and returns their keys; the host rebuilds the dense weights of the rest."""
+        return set()
+
+    # ---- decoding ------------------------------------------------------------------------------
+
+    def before_inference(self, model: nn.Module) -> None:
+        """After fairseq-generate has cast and moved the loaded model (`--fp16`, the GPU) and
+        before the first batch: refuse a decoding setting that cannot run there."""
+
 
 def technique_of(model: nn.Module, technique: type) -> Optional[Technique]:
     """The instance of `technique` on a model built by the host, None when it is off."""
@@ -223,10 +242,7 @@ def refuse_decoding_only_keys(techniques: Iterable[type], cfg) -> None:
         for key in technique.decoding_only_keys:
             value = cfg.get(key)
             if value is not None and value != defaults[key]:
-                raise PluginInputError(
-                    f"{MODEL_KEY_PREFIX}{key}={value} is a decoding setting, which a training run refuses: train "
-                    f"without it and pass it when decoding (fairseq-generate --model-overrides "
-                    f"\"{{'{key}': '{value}'}}\")")
+                raise PluginInputError(f"{MODEL_KEY_PREFIX}{key}={value} {technique.decoding_only_reason(key, value)}")
 
 
 def without_training_state(state_dict: Mapping[str, torch.Tensor], prefixes: Sequence[str]) -> Dict:

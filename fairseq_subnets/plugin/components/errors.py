@@ -18,6 +18,7 @@ import inspect
 import os
 import sys
 
+from ...core.compact import CompactStateError
 from ...core.maskfile import MaskFileError
 from ...core.transforms import TransformError
 from ...data.language_sampling import LanguageSamplingError
@@ -28,7 +29,8 @@ EXIT_STATUS = 2
 """What `fairseq-subnets` commands exit with on bad input."""
 
 
-INPUT_ERRORS = (PluginInputError, MaskFileError, TransformError, LanguageSamplingError, CheckpointLoadError)
+INPUT_ERRORS = (PluginInputError, MaskFileError, TransformError, LanguageSamplingError, CheckpointLoadError,
+                CompactStateError)
 """What bad input raises below our entry points: our plugin's errors and those of the core modules
 they call. Anything else is a fault, and keeps its traceback."""
 

@@ -35,6 +35,7 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ...core.compact import is_compact_state, read_compact_state
 from ...core.parametrize import mask_state_digest, prepare_for_state
 from ...core.targets import encoder_weight_shapes, parse_weight_name
 from ...core.transforms import build_from_plan, parse_plan, transform_plan
@@ -241,6 +242,30 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
             technique.before_state_dict(self)
         return super().state_dict(*args, **kwargs)
 
+    def take_compact_state(self, state_dict):
+        """The state of a compact checkpoint (plugin.formats.compact) as the model loads it: each
+        coded matrix a technique takes (sparse decoding under `on`) as the empty placeholder that
+        replaced its weight, every other one rebuilt dense. The state says it is compact (its
+        checksummed description); the config's `compact_checkpoint` is for the task, which checks
+        the file before the model is built, and for training, which refuses it."""
+        if not is_compact_state(state_dict):
+            return state_dict
+        plain, matrices = read_compact_state(state_dict, "the compact checkpoint")
+        taken = set()
+        for technique in self.techniques:
+            taken |= technique.take_compact_matrices(self, {key: m for key, m in matrices.items() if key not in taken})
+        for key, matrix in matrices.items():
+            plain[key] = self.get_parameter(key) if key in taken else matrix.dense()
+        return plain
+
+    @one_line_errors
+    def prepare_for_inference_(self, cfg):
+        """fairseq-generate's call after casting and moving the loaded model: each technique may
+        refuse a decoding setting that cannot run there (one line)."""
+        for technique in self.techniques:
+            technique.before_inference(self)
+        super().prepare_for_inference_(cfg)
+
     @one_line_errors
     def load_state_dict(self, state_dict, strict=True, model_cfg=None, args=None):
         """Takes the fixed masks a checkpoint holds, also when this model was built with other ones
@@ -250,7 +275,7 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
         here (a pruning run's checkpoint decoded) is left out. fairseq calls it outside our task's
         entry points, so a technique's refusal after loading (`after_state_loaded`) ends a fairseq
         command with one line here."""
-        state_dict = prepare_for_state(self, expand_bundle_masks(state_dict), prefix=W2V_PREFIX)
+        state_dict = prepare_for_state(self, expand_bundle_masks(self.take_compact_state(state_dict)), prefix=W2V_PREFIX)
         enabled = {type(technique) for technique in self.techniques}
         state_dict = without_training_state(state_dict, declared_keys(
             [technique for technique in TECHNIQUES if technique not in enabled], "training_state_prefixes"))

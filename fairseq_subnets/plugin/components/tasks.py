@@ -29,6 +29,7 @@ from fairseq.logging import metrics
 from fairseq.logging.meters import safe_round
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
+from fairseq.utils import split_paths
 from omegaconf import II, open_dict
 
 from ...core.holding import unchanged_through
@@ -37,6 +38,7 @@ from ...data.language_sampling import check_sampling_alpha, language_probabiliti
 from ...techniques.extension import RunSettings, check_masks_identical_across_ranks, refuse_decoding_only_keys
 from ...techniques.language_heads import LANGUAGE_KEY
 from ..formats.checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
+from ..formats.compact import check_checkpoints_to_decode
 from ..formats.upstream import LANGUAGE_DICTIONARIES_KEY
 from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator
@@ -90,6 +92,8 @@ class SubnetsAudioFinetuningTask(ReproducibleSteps, AudioFinetuningTask):
                 f"task.data={cfg.data} is not a directory (working directory: {os.getcwd()}; "
                 "Hydra changes it to hydra.run.dir, so pass an absolute path)"
             )
+        decoded = run_setting(cfg, "common_eval.path")  # fairseq-generate sets the task up before loading them
+        check_checkpoints_to_decode(split_paths(decoded) if decoded else None)
         super().__init__(cfg)
 
     @one_line_errors

@@ -15,6 +15,7 @@ import torch
 from fairseq.data.dictionary import Dictionary
 from omegaconf import OmegaConf
 
+from ...core.compact import is_compact_state
 from ...core.maskfile import is_mask_file
 
 FAIRSEQ_CHECKPOINT_CLASSES = (Dictionary, argparse.Namespace)
@@ -50,11 +51,14 @@ def _unreadable(path, error: Exception) -> CheckpointLoadError:
     return CheckpointLoadError(f"{path}: not a torch checkpoint")
 
 
-def load_checkpoint(path):
+def load_checkpoint(path, mmap=False):
     """Reads a torch checkpoint with the safe unpickler; every failure is a CheckpointLoadError
     naming the file. Fed arbitrary bytes, the unpickler raises nearly any exception type
-    (KeyError, IndexError, UnpicklingError, ...), hence the broad catch."""
+    (KeyError, IndexError, UnpicklingError, ...), hence the broad catch. With `mmap`, the tensors
+    are views of the mapped file, read only when used (a look at a checkpoint's config)."""
     try:
+        if mmap:
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
         with open(path, "rb") as handle:
             return torch.load(handle, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -65,12 +69,16 @@ def load_checkpoint(path):
         raise _unreadable(path, error) from None
 
 
-def load_fairseq_checkpoint(path):
+def load_fairseq_checkpoint(path, compact=False):
     """load_checkpoint for readers of the model weights: also refuses a torch file that holds no
-    fairseq checkpoint (no 'model' state dict)."""
+    fairseq checkpoint (no 'model' state dict), and, unless `compact`, a compact checkpoint, whose
+    coded matrices only decoding reads (plugin.formats.compact)."""
     checkpoint = load_checkpoint(path)
     if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
         raise CheckpointLoadError(f"{path}: not a fairseq checkpoint (no 'model' state dict)")
+    if not compact and is_compact_state(checkpoint["model"]):
+        raise CheckpointLoadError(f"{path}: a compact checkpoint (export --compact), which only decoding reads: use "
+                                  "the checkpoint it was exported from, or its dense export")
     return checkpoint
 
 

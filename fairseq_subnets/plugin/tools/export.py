@@ -8,6 +8,9 @@ the plugin needs (optimizer state, the pickled Dictionary of the task state, a p
 point and block norms) are left out;
 fairseq-generate reads the dictionary from the data directory, as it does for any checkpoint
 without a task state.
+
+With `compact`, the same checkpoint is written as a compact checkpoint (plugin.formats.compact):
+each masked encoder matrix as its coded mask and kept values, for the plugin's sparse path.
 """
 import io
 import os
@@ -20,9 +23,10 @@ from fairseq.tasks import TASK_DATACLASS_REGISTRY
 
 from ...atomic import check_writable, write_atomically
 from ...core.maskfile import MaskFile, MaskFileError, load_mask_file
-from ...core.parametrize import bake_state_dict
+from ...core.parametrize import bake_state_dict, masks_from_state_dict
 from ..formats.bundles import expand_bundle_masks
 from ..formats.checkpoints import load_fairseq_checkpoint
+from ..formats.compact import STOCK_CTC_MODEL, compact_checkpoint, write_compact_checkpoint
 from ...techniques.extension import without_training_state
 from ...techniques.language_heads import single_language_state
 from ..components.models import TRAINING_STATE_PREFIXES
@@ -73,16 +77,30 @@ def _masked_by(model_state, mask_file: MaskFile, checkpoint_path):
         raise MaskFileError(f"{mask_file.path}: does not fit {checkpoint_path} ({error})") from None
 
 
-def export_plain_checkpoint(checkpoint_path, out_path, mask_path=None, language=None):
+def export_plain_checkpoint(checkpoint_path, out_path, mask_path=None, language=None, compact=False):
     """Writes `out_path` (atomically) from `checkpoint_path`, optionally masking it with a mask
     file first. `language` picks one language of a multilingual checkpoint (its output layer and
-    its per-language masks); a single-language stock model comes out. The output location is
-    checked and both input files are read before any work; nothing is written unless all fit."""
+    its per-language masks); a single-language stock model comes out; `compact` writes it as a
+    compact checkpoint. The output location is checked and both input files are read before any
+    work; nothing is written unless all fit."""
     check_writable(out_path)
     state = load_fairseq_checkpoint(checkpoint_path)
     mask_file = load_mask_file(mask_path) if mask_path else None
+    exported = plain_checkpoint(state, checkpoint_path, mask_file, language)
+    if compact:
+        model_name = (exported["cfg"].get("model") or {}).get("_name")
+        if model_name != STOCK_CTC_MODEL:
+            raise ValueError(f"--compact stores a fine-tuned CTC model ({STOCK_CTC_MODEL}) for decoding; this is "
+                             f"a {model_name} model")
+        names = set(masks_from_state_dict(expand_bundle_masks(state["model"]), language=language))
+        names |= set(mask_file.masks if mask_file is not None else ())
+        if not names:
+            raise ValueError("holds no masks (fixed, learned or per-language), so --compact has no masked matrix to "
+                             "store compactly: name the mask with --mask MASK")
+        write_compact_checkpoint(out_path, compact_checkpoint(exported, sorted(names)))
+        return
     buffer = io.BytesIO()
-    torch.save(plain_checkpoint(state, checkpoint_path, mask_file, language), buffer)
+    torch.save(exported, buffer)
     write_atomically(out_path, buffer.getvalue())
 
 

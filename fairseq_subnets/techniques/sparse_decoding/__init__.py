@@ -18,6 +18,19 @@ weights without calling the projections; a forward pre-hook on each attention wi
 projection sends it down fairseq's own unfused path instead (its `skip_embed_dim_check`, the
 switch fairseq keeps for pruned projections), which calls the projections.
 
+Under `on`, a matrix whose effective weight can no longer change (no per-language masks: fixed
+masks, learned masks, tuners; not pathways, whose language may switch) is made CSR when the
+checkpoint's state is in place and its dense weight is then dropped: the weight stack (stored
+weight, mask, cached effective weight) is removed and `weight` becomes an empty placeholder, so the
+weights' memory shrinks with the sparsity instead of growing. Anything that would need the dense
+weight again (training mode, gradients, a state dict) is refused with one line. A compact
+checkpoint (`export --compact`, plugin.formats.compact) hands its coded matrices over before the
+state loads (`take_compact_matrices`): under `on` their CSR form is built from the kept values and
+the mask alone, and their dense weight never exists (the constructor's random one is freed); under
+`auto` and `off` the host rebuilds the dense weights. fairseq-generate casts the model (`--fp16`) and
+moves it to the GPU after loading it; `before_inference` (the model's `prepare_for_inference_`,
+called right after) refuses `on` there, before the first batch.
+
 `on` runs every masked matrix sparse; `auto` times each one against dense when its effective weight
 is made (first use, a new language; `kernels.time_kernels`), keeps dense unless sparse is clearly
 faster (`kernels.prefers_sparse`), and logs each decision. Training refuses the key (it is a
@@ -25,14 +38,16 @@ decoding setting: `decoding_only_keys`), and a model without a masked encoder ma
 as a setting that cannot take effect.
 """
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Mapping, Optional, Set
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils import parametrize
 
-from ...core.transforms import MaskTransform, stacks
+from ...core.transforms import MaskTransform, stack_of, stacks
 from ...errors import PluginInputError
 from ..extension import W2V_PREFIX, Technique
 from . import kernels
@@ -41,6 +56,7 @@ logger = logging.getLogger(__name__)
 
 MODES = ("off", "on", "auto")
 KEY = "sparse_decoding"
+COMPACT_KEY = "compact_checkpoint"
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "out_proj")
 
 
@@ -52,11 +68,37 @@ class SparseDecodingConfig:
                   "mode: off, on (every masked matrix), auto (each matrix timed against dense, kept dense unless "
                   "sparse is faster). Pass it to fairseq-generate with --model-overrides; training refuses it"},
     )
+    compact_checkpoint: bool = field(
+        default=False,
+        metadata={"help": "written by fairseq-subnets export --compact: the checkpoint's masked encoder matrices are "
+                  "stored as coded masks and kept values, which sparse_decoding=on turns into CSR directly. Leave "
+                  "unset; training refuses it"},
+    )
+
+
+def kernel_refusal(name: str, tensor: torch.Tensor) -> PluginInputError:
+    return PluginInputError(
+        f"model.{KEY}=on: {name} is {str(tensor.dtype).replace('torch.', '')} on {tensor.device.type}; "
+        "torch's sparse kernels run float32 and float64 on CPU: decode with --cpu and without --fp16, "
+        f"or set model.{KEY}=auto (dense where no sparse kernel runs)")
+
+
+@contextmanager
+def evaluated(module: nn.Module):
+    """`module` in eval mode for the block (its weight stack then gives the decoding weight:
+    learned masks binarised), its mode restored after."""
+    training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(training)
 
 
 class SparseProjection:
     """The forward pass of one masked `nn.Linear` (set as the module's `forward`): CSR in eval mode
-    without gradients where `mode` says so, the stock dense product otherwise."""
+    without gradients where `mode` says so, the stock dense product otherwise; once the dense
+    weight is dropped (`drop_dense`), CSR only."""
 
     def __init__(self, module: nn.Linear, name: str, mode: str):
         self.module = module
@@ -68,10 +110,40 @@ class SparseProjection:
         self.source_version = -1
         self.weight_csr: Optional[torch.Tensor] = None
         self.sparse = False
+        self.dense_dropped = False
+
+    def can_drop_dense(self) -> bool:
+        """Whether the effective weight can no longer change in eval mode: no per-language
+        transform (a language switch would need the dense weight), and a sparse CPU kernel."""
+        stack = stack_of(self.module)
+        if stack is not None and any(transform.languages for _, _, transform in stack.transforms()):
+            return False
+        return kernels.sparse_kernel_runs(self.module.weight)
+
+    def drop_dense(self, weight_csr: Optional[torch.Tensor] = None) -> None:
+        """Runs `weight_csr` (by default the CSR form of the effective weight in eval mode) from now
+        on and frees the dense weight: the bias keeps its effective value, the weight stack goes,
+        and `weight` becomes an empty placeholder of the weight's dtype and device (so casting and
+        moving the model still show in it)."""
+        module = self.module
+        if weight_csr is None:
+            with torch.no_grad(), evaluated(module):
+                weight_csr = kernels.csr_of(module.weight)
+        with torch.no_grad():
+            if parametrize.is_parametrized(module, "bias"):
+                parametrize.remove_parametrizations(module, "bias", leave_parametrized=True)
+            if parametrize.is_parametrized(module, "weight"):
+                parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+        placeholder = module.weight.new_empty(0)
+        module.weight = nn.Parameter(placeholder, requires_grad=False)
+        self.source, self.source_version = None, -1
+        self.weight_csr, self.sparse, self.dense_dropped = weight_csr, True, True
 
     def refresh(self) -> None:
         """Makes the CSR form (and, under `auto`, the decision) for the current effective weight,
-        unless it is the one they were made for."""
+        unless it is the one they were made for (or the dense weight is gone)."""
+        if self.dense_dropped:
+            return
         weight = self.module.weight
         if weight is self.source and weight._version == self.source_version:
             return
@@ -79,10 +151,7 @@ class SparseProjection:
         self.weight_csr, self.sparse = None, False
         if not kernels.sparse_kernel_runs(weight):
             if self.mode == "on":
-                raise PluginInputError(
-                    f"model.{KEY}=on: {self.name} is {str(weight.dtype).replace('torch.', '')} on {weight.device.type}; "
-                    "torch's sparse kernels run float32 and float64 on CPU: decode with --cpu and without --fp16, "
-                    f"or set model.{KEY}=auto (dense where no sparse kernel runs)")
+                raise kernel_refusal(self.name, weight)
             logger.info("%s=auto: %s stays dense (%s on %s: no sparse CPU kernel)", KEY, self.name, weight.dtype,
                         weight.device.type)
             return
@@ -99,11 +168,27 @@ class SparseProjection:
         self.weight_csr = weight_csr if self.sparse else None
 
     def runs_sparse_now(self) -> bool:
-        """Whether the next forward pass runs the sparse kernel (eval mode, no gradient, chosen)."""
+        """Whether the next forward pass runs the sparse kernel (eval mode, no gradient, chosen);
+        refuses a pass that needs the dropped dense weight."""
         if self.module.training or torch.is_grad_enabled():
+            if self.dense_dropped:
+                raise self.dense_needed("a forward pass in training mode or with gradients")
             return False
         self.refresh()
         return self.sparse
+
+    def dense_needed(self, use: str) -> PluginInputError:
+        return PluginInputError(
+            f"{self.name}: {use} needs the dense weight, which model.{KEY}=on dropped (it runs sparse in eval mode "
+            f"without gradients only): load the checkpoint with model.{KEY}=auto or off for that (a compact "
+            "checkpoint: its dense export)")
+
+    def check_kernel_runs(self) -> None:
+        """Refuses `on` for a model cast or moved where no sparse kernel runs (the bias or the
+        weight placeholder shows the cast and the move)."""
+        for tensor in (self.module.weight, self.module.bias):
+            if tensor is not None and not kernels.sparse_kernel_runs(tensor):
+                raise kernel_refusal(self.name, tensor)
 
     def __call__(self, input: torch.Tensor) -> torch.Tensor:
         if self.runs_sparse_now():
@@ -143,22 +228,28 @@ class SparseDecodingState:
         return sorted(name for name, projection in self.projections.items() if projection.sparse)
 
 
-def enable_sparse_decoding(model: nn.Module, mode: str) -> SparseDecodingState:
+def enable_sparse_decoding(model: nn.Module, mode: str, installed: Optional[Mapping[str, SparseProjection]] = None,
+                           plain_masked: Iterable[str] = ()) -> SparseDecodingState:
     """Installs sparse decoding (`on` or `auto`) on every masked encoder matrix of the host model
-    and routes the attentions that hold one; refuses a model without any."""
+    (besides the projections already `installed` from a compact checkpoint, and the plain weights
+    `plain_masked` a compact checkpoint's dense rebuild left), drops the dense weights `on` no
+    longer needs, and routes the attentions that hold one; refuses a model without any."""
     from fairseq.modules import MultiheadAttention
 
-    masked = masked_projections(model)
-    if not masked:
+    w2v_model = model.get_submodule(W2V_PREFIX[:-1])
+    masked = {**masked_projections(model),
+              **{name: w2v_model.get_submodule(name[:-len(".weight")]) for name in plain_masked}}
+    projections = dict(installed or {})
+    if not masked and not projections:
         raise PluginInputError(
             f"model.{KEY}={mode}: the model holds no masked encoder matrix, so no sparse kernel would run; decode it "
             f"with model.{KEY}=off (masks come from model.mask_path, model.score_sparsity or pathway masks)")
-    projections = {}
     for name, module in masked.items():
         projection = projections[name] = SparseProjection(module, name, mode)
         module.forward = projection
+        if mode == "on" and projection.can_drop_dense():
+            projection.drop_dense()
     routed = 0
-    w2v_model = model.get_submodule(W2V_PREFIX[:-1])
     for path, attention in w2v_model.named_modules():
         if not isinstance(attention, MultiheadAttention):
             continue
@@ -168,19 +259,27 @@ def enable_sparse_decoding(model: nn.Module, mode: str) -> SparseDecodingState:
             attention.register_forward_pre_hook(AttentionRouting(attention, held))
             routed += 1
     logger.info("%s=%s: %d masked encoder matrices run with torch's CSR kernels in eval mode%s; %d attention "
-                "layers take fairseq's unfused path when a projection runs sparse", KEY, mode, len(projections),
-                " where faster than dense (timed on first use)" if mode == "auto" else "", routed)
+                "layers take fairseq's unfused path when a projection runs sparse; %d dense weights dropped", KEY, mode,
+                len(projections), " where faster than dense (timed on first use)" if mode == "auto" else "", routed,
+                sum(projection.dense_dropped for projection in projections.values()))
     return SparseDecodingState(projections, routed)
 
 
 class SparseDecoding(Technique):
     name = "sparse_decoding"
     config = SparseDecodingConfig
-    decoding_only_keys = (KEY,)
+    decoding_only_keys = (KEY, COMPACT_KEY)
 
     @classmethod
     def enabling_key(cls, cfg, task=None):
         return KEY if cfg.get(KEY, "off") != "off" else None
+
+    @classmethod
+    def decoding_only_reason(cls, key, value):
+        if key == COMPACT_KEY:
+            return ("marks a compact checkpoint (export --compact), which only decoding reads: train from the "
+                    "checkpoint it was exported from, or its dense export")
+        return super().decoding_only_reason(key, value)
 
     @classmethod
     def check(cls, cfg):
@@ -191,12 +290,44 @@ class SparseDecoding(Technique):
     def __init__(self, cfg):
         super().__init__(cfg)
         self.state: Optional[SparseDecodingState] = None
+        self.compact_projections: Dict[str, SparseProjection] = {}
+        self.compact_dense: Set[str] = set()
+
+    def take_compact_matrices(self, model, matrices):
+        """Under `on`, each coded matrix becomes a projection running its CSR form, built from the
+        kept values and the mask; the constructor's dense weight is freed. Under `auto` the host
+        rebuilds the dense weights, which are timed as any masked weight."""
+        mode = self.cfg.get(KEY)
+        w2v_model = model.get_submodule(W2V_PREFIX[:-1])
+        taken = set()
+        for key, matrix in matrices.items():
+            name = key[len(W2V_PREFIX):]
+            if mode != "on":
+                self.compact_dense.add(name)
+                continue
+            module = w2v_model.get_submodule(name[:-len(".weight")])
+            projection = self.compact_projections[name] = SparseProjection(module, name, mode)
+            projection.drop_dense(matrix.csr())
+            module.forward = projection
+            taken.add(key)
+        return taken
 
     def after_state_loaded(self, model, where):
         """Installs once the checkpoint's masks are in place (a checkpoint without a transform plan
         brings its masks with its state)."""
         if self.state is None:
-            self.state = enable_sparse_decoding(model, self.cfg.get(KEY))
+            self.state = enable_sparse_decoding(model, self.cfg.get(KEY), self.compact_projections, self.compact_dense)
+
+    def before_inference(self, model):
+        if self.state is not None and self.cfg.get(KEY) == "on":
+            for projection in self.state.projections.values():
+                projection.check_kernel_runs()
+
+    def before_state_dict(self, model):
+        if self.state is not None:
+            for projection in self.state.projections.values():
+                if projection.dense_dropped:
+                    raise projection.dense_needed("a state dict")
 
 
 TECHNIQUE = SparseDecoding

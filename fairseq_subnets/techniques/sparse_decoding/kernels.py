@@ -42,11 +42,17 @@ def sparse_kernel_runs(weight: torch.Tensor) -> bool:
 
 def csr_of(weight: torch.Tensor) -> torch.Tensor:
     """The matrix in CSR layout, holding its nonzero entries only (pruned weights are exact zeros,
-    so the pattern is the mask's, less any kept weight that is itself 0). torch's note that its CSR
-    support is in beta is not passed on: what is used here is tested against dense."""
+    so the pattern is the mask's, less any kept weight that is itself 0), with int32 indices where
+    they fit: half the index memory of torch's int64 default, and torch's CPU CSR product takes
+    them at the same speed (measured on a 4096x1024 matrix at 90%, 1 thread). torch's note that its
+    CSR support is in beta is not passed on: what is used here is tested against dense."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return weight.detach().to_sparse_csr()
+        csr = weight.detach().to_sparse_csr()
+        if max(weight.shape[1], csr._nnz()) >= 2 ** 31:
+            return csr
+        return torch.sparse_csr_tensor(csr.crow_indices().to(torch.int32), csr.col_indices().to(torch.int32),
+                                       csr.values(), size=csr.shape, check_invariants=False)
 
 
 def sparse_linear(input: torch.Tensor, weight_csr: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
