@@ -389,15 +389,12 @@ def write_bundle_inputs(folder: Path) -> None:
     tuner or a fixed mask besides, which no bundle takes."""
     from factory import TINY, random_encoder_masks, write_run_checkpoint
     from fairseq_subnets.core.maskfile import save_mask_file
-    from test_bundle_files import changed_bundle, drop_head_row, write_language_runs
+    from test_bundle_files import changed_bundle, drop_head_row, nudge_head_bias, write_language_runs
 
     good = folder / "bundle.pt"
     assert main(["bundles", "build", *write_language_runs(folder), "--out", str(good)]) == 0
 
-    def nudge(checkpoint):
-        checkpoint["model"]["language_heads.es.bias"][0] += 1e-3
-
-    changed_bundle(good, folder / "bundle-damaged.pt", change=nudge)
+    changed_bundle(good, folder / "bundle-damaged.pt", change=nudge_head_bias)
     changed_bundle(good, folder / "bundle-future.pt", version=3)
     changed_bundle(good, folder / "bundle-v1-rows.pt", version=1, change=drop_head_row)
     changed_bundle(good, folder / "bundle-v1-no-masks.pt", version=1,

@@ -27,6 +27,7 @@ from fairseq.data import Dictionary, data_utils, iterators
 from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from fairseq.logging.meters import safe_round
+from fairseq.utils import split_paths
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
 from omegaconf import II, open_dict
@@ -36,7 +37,8 @@ from ...data.check import check_manifest_dir
 from ...data.language_sampling import check_sampling_alpha, language_probabilities
 from ...techniques.extension import RunSettings, check_masks_identical_across_ranks, refuse_decoding_only_keys
 from ...techniques.language_heads import LANGUAGE_KEY
-from ..formats.checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
+from ..formats.bundles import checked_bundle, is_bundle
+from ..formats.checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING, mapped_checkpoint
 from ..formats.upstream import LANGUAGE_DICTIONARIES_KEY
 from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator
@@ -85,6 +87,7 @@ class SubnetsAudioFinetuningTask(ReproducibleSteps, AudioFinetuningTask):
 
     @one_line_errors
     def __init__(self, cfg):
+        check_checkpoints_to_decode(cfg)
         if not os.path.isdir(cfg.data):
             raise ManifestError(
                 f"task.data={cfg.data} is not a directory (working directory: {os.getcwd()}; "
@@ -165,6 +168,20 @@ class SubnetsAudioFinetuningTask(ReproducibleSteps, AudioFinetuningTask):
         return super().get_batch_iterator(
             dataset, max_tokens=max_tokens, ignore_invalid_inputs=ignore_invalid_inputs, **kwargs
         )
+
+
+def check_checkpoints_to_decode(task_cfg):
+    """fairseq-generate sets its task up before it reads the checkpoints of `--path` (several, joined
+    by the path separator, decode as an ensemble); it then builds each one's model and loads the
+    weights, and its loader names no file when one is unreadable. So each is read here first, its
+    tensors memory-mapped (plugin.formats.checkpoint_kinds): an unreadable file or an adapter file is
+    refused naming it, and a bundle is checked as the bundle commands check it (its checksum over
+    every tensor, each language's masks, output layer and dictionary)."""
+    paths = run_setting(task_cfg, "common_eval.path")
+    for path in split_paths(paths) if paths else []:
+        checkpoint = mapped_checkpoint(path)
+        if is_bundle(checkpoint):
+            checked_bundle(checkpoint, path)
 
 
 def check_training_start(task_cfg, model_cfg):

@@ -264,6 +264,12 @@ def read_bundle(path: str) -> Bundle:
     checkpoint = load_fairseq_checkpoint(path)
     if not is_bundle(checkpoint):
         raise BundleError(f"{path}: not a bundle (build one with `fairseq-subnets bundles build`)")
+    return checked_bundle(checkpoint, path)
+
+
+def checked_bundle(checkpoint, path: str) -> Bundle:
+    """The bundle a loaded bundle checkpoint holds, once its version, checksum and every
+    language's entry are checked; every problem names `path` (the file, or the key that gave it)."""
     record = checkpoint["bundle"]
     if record.get("version") not in READABLE_VERSIONS:
         raise BundleError(f"{path}: bundle version {record.get('version')!r}; this fairseq-subnets reads "

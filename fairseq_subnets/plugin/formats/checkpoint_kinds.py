@@ -25,7 +25,7 @@ class CheckpointKindError(PluginInputError):
     the key."""
 
 
-def _mapped(path):
+def mapped_checkpoint(path):
     """The checkpoint with its tensors memory-mapped rather than read, so that checking a 1.2 GB
     XLS-R checkpoint costs milliseconds; what torch cannot map (a legacy, non-zip checkpoint) is
     read whole, and what it cannot read at all gets the loader's own error."""
@@ -58,7 +58,7 @@ def read_checkpoint_of_kind(path, wanted, key, advice, weights=True):
     "KEY: PATH is <its kind>, not <wanted>; ADVICE". Without `weights` its tensors are only
     memory-mapped: for checks before another reader loads the file."""
     try:
-        checkpoint = load_fairseq_checkpoint(path) if weights else _mapped(path)
+        checkpoint = load_fairseq_checkpoint(path) if weights else mapped_checkpoint(path)
     except CheckpointLoadError as error:
         raise CheckpointKindError(f"{key}: {error}") from None
     kind = checkpoint_kind(checkpoint, key, path)

@@ -42,6 +42,11 @@ def _unreadable(path, error: Exception) -> CheckpointLoadError:
         )
     if is_mask_file(path):
         return CheckpointLoadError(f"{path} is a mask file, not a checkpoint")
+    from .adapters import is_adapter_file  # adapters reads checkpoints through this module
+
+    if is_adapter_file(path):
+        return CheckpointLoadError(f"{path} is an adapter file, not a checkpoint: rebuild the run's checkpoint from it "
+                                   "and its backbone with fairseq-subnets adapters apply")
     with open(path, "rb") as handle:
         if handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC:
             return CheckpointLoadError(
