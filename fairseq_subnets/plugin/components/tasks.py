@@ -38,7 +38,8 @@ from ...data.language_sampling import check_sampling_alpha, language_probabiliti
 from ...techniques.extension import RunSettings, check_masks_identical_across_ranks, refuse_decoding_only_keys
 from ...techniques.language_heads import LANGUAGE_KEY
 from ..formats.bundles import checked_bundle, is_bundle
-from ..formats.checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING, mapped_checkpoint
+from ..formats.checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
+from ..formats.checkpoints import mapped_checkpoint
 from ..formats.upstream import LANGUAGE_DICTIONARIES_KEY
 from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator

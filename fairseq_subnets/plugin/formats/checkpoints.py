@@ -79,6 +79,19 @@ def load_fairseq_checkpoint(path):
     return checkpoint
 
 
+def mapped_checkpoint(path):
+    """The checkpoint with its tensors memory-mapped rather than read, so that checking a 1.2 GB
+    XLS-R checkpoint costs milliseconds; what torch cannot map (a legacy, non-zip checkpoint) is
+    read whole, and what it cannot read at all gets the loader's own error."""
+    try:
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # whatever it is, the loader below reads it or says what the file is instead
+        checkpoint = None
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        return checkpoint
+    return load_fairseq_checkpoint(path)
+
+
 def trainer_checkpoint(cfg, model_state: Mapping[str, torch.Tensor], criterion_name: str,
                        task_state: Optional[Mapping[str, object]] = None):
     """The dictionary fairseq's trainer saves after 0 updates, holding `cfg` (a FairseqConfig) as
