@@ -21,6 +21,7 @@ that save's update), and the rerun loads exactly it (or starts afresh when the f
 got there); a partial copy left by a kill inside the copy is removed when the rerun starts.
 """
 import hashlib
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -147,8 +148,6 @@ def training_command(tmp_path_factory):
 
 def start_stopping_at(instant, training_command, save_dir, log, marker):
     """The run, forked from the fork server, set to stop at `instant` (update, phase, fraction)."""
-    import sys
-
     from fairseq_subnets.runner import fairseq_command, start_logged, thread_env
 
     config_dir, config_name, overrides = training_command
@@ -161,6 +160,7 @@ def start_stopping_at(instant, training_command, save_dir, log, marker):
 
 
 def kill_when_stopped(process, marker, log):
+    """Kills the run with SIGKILL once it waits at its instant (its marker file exists)."""
     deadline = time.monotonic() + STOP_TIMEOUT
     while not marker.exists():
         assert process.poll() is None, f"exit {process.poll()} before the instant; {log}:\n{log.read_text()[-3000:]}"

@@ -17,7 +17,8 @@ As adapter files, bundles are checked end to end (version 2, the one written): t
 `sha256` covers the config, the rest of the record and every tensor of the state (name, dtype,
 shape, bytes), and the bundle commands verify it and the layout (each language's masks, which
 carry their own checksum, its output layer, and its dictionary's size against that layer's rows)
-before they use a bundle. A bundle is written only once it fits the multilingual model its config
+before they use a bundle; so do fairseq-generate's `--path` (when our task is set up, before fairseq
+reads the file) and `model.init_from` (before the model is built), through `checked_bundle`. A bundle is written only once it fits the multilingual model its config
 describes, and read back before it is renamed into place (plugin.formats.checked_checkpoints). Version 1
 bundles (0.4.0) have no checksum; they are still read, their layout still checked.
 """
