@@ -261,6 +261,14 @@ def is_bundle(checkpoint) -> bool:
     return isinstance(checkpoint, dict) and (checkpoint.get("bundle") or {}).get("format") == BUNDLE_FORMAT
 
 
+def bundle_dictionaries(checkpoint) -> Dict[str, List[str]]:
+    """{language: dictionary symbols} of a bundle's record, as a multilingual run's task state
+    records them; empty for any other checkpoint."""
+    if not is_bundle(checkpoint):
+        return {}
+    return {language: list(info["dictionary"]) for language, info in checkpoint["bundle"]["languages"].items()}
+
+
 def read_bundle(path: str) -> Bundle:
     checkpoint = load_fairseq_checkpoint(path)
     if not is_bundle(checkpoint):
