@@ -5,6 +5,8 @@ arguments, working directory, environment and output files, exactly as the conso
 (`sys.argv[0]` is the script, so the command names itself the same way). It also runs
 `python -c CODE` as a fresh interpreter would (PYTHON_CODE).
 
+The server also imports `torch._dynamo`, which torch's optimizers import when a run first uses one
+(about 4 s on a loaded machine, in every training child otherwise); importing it starts no thread.
 The server runs no torch operation before it forks, and starts without OMP_NUM_THREADS, so a child
 starts as a fresh process would, without thread pools: a child whose environment sets
 OMP_NUM_THREADS sets torch's thread count to it before anything runs, which is what a fresh
@@ -33,6 +35,7 @@ THREADS_VARIABLE = "OMP_NUM_THREADS"
 
 SERVER = textwrap.dedent("""
     import json, os, sys, traceback
+    import torch._dynamo  # noqa: F401  (torch.optim imports it at a run's first optimizer use: seconds per child)
     from fairseq_cli.generate import cli_main as generate_main
     from fairseq_cli.hydra_train import cli_main as train_main
 

@@ -72,6 +72,15 @@ def list_of(case_id, bundle, message):
                 "<BUNDLE>", {"<BUNDLE>": bundle})
 
 
+def build_of(case_id, run, held):
+    """`bundles build es=<RUN>` of a learned-mask run that also holds another transform (`held`):
+    a bundle shares one unchanged backbone, so it would silently drop that transform."""
+    return Case(case_id, ["bundles", "build", "es=<RUN>", "--out", "<OUT>"],
+                f"fairseq-subnets bundles: error: es=<RUN>: holds w2v_encoder.w2v_model.encoder.layers.0.{held}, a "
+                "transform other than learned masks; a bundle shares one unchanged backbone between languages",
+                "<RUN>", {"<RUN>": run})
+
+
 PRUNE_ERROR = "fairseq-subnets prune: error: "
 MASKS_ERROR = "fairseq-subnets masks: error: "
 EXPORT_ERROR = "fairseq-subnets export: error: "
@@ -254,6 +263,9 @@ CASES = [
     list_of("bundle-v1-output-rows", "bundle-v1-rows.pt", ": the record's dictionary of ca holds 32 symbols but its "
             "output layer language_heads.ca.weight has 31 rows"),
     list_of("bundle-v1-masks-missing", "bundle-v1-no-masks.pt", ": holds no bundle_masks.ca, the masks of language ca"),
+    build_of("bundle-build-tuner-run", "learned-lora.pt", "fc1.parametrizations.weight.0.lora.tuner.lora_A"),
+    build_of("bundle-build-fixed-mask-run", "learned-in-fixed-mask.pt",
+             "self_attn.k_proj.parametrizations.weight.0.fixed_mask.default.mask"),
     apply_of("adapter-flipped-byte", "flipped.adapter",
              ": damaged adapter file (checksum mismatch: its tensors or metadata changed since it was written)"),
     apply_of("adapter-edited-option", "alpha80.adapter",
@@ -373,20 +385,24 @@ def write_adapter_inputs(folder: Path) -> None:
 
 def write_bundle_inputs(folder: Path) -> None:
     """A bundle of two learned-mask runs, and copies damaged or edited in one place each; `v1-*`
-    are written as 0.4.0 wrote them, without a checksum."""
-    from test_bundle_files import changed_bundle, drop_head_row, write_language_runs
+    are written as 0.4.0 wrote them, without a checksum. Also learned-mask runs that hold a LoRA
+    tuner or a fixed mask besides, which no bundle takes."""
+    from factory import TINY, random_encoder_masks, write_run_checkpoint
+    from fairseq_subnets.core.maskfile import save_mask_file
+    from test_bundle_files import changed_bundle, drop_head_row, nudge_head_bias, write_language_runs
 
     good = folder / "bundle.pt"
     assert main(["bundles", "build", *write_language_runs(folder), "--out", str(good)]) == 0
 
-    def nudge(checkpoint):
-        checkpoint["model"]["language_heads.es.bias"][0] += 1e-3
-
-    changed_bundle(good, folder / "bundle-damaged.pt", change=nudge)
+    changed_bundle(good, folder / "bundle-damaged.pt", change=nudge_head_bias)
     changed_bundle(good, folder / "bundle-future.pt", version=3)
     changed_bundle(good, folder / "bundle-v1-rows.pt", version=1, change=drop_head_row)
     changed_bundle(good, folder / "bundle-v1-no-masks.pt", version=1,
                    change=lambda checkpoint: checkpoint["model"].pop("bundle_masks.ca"))
+    write_run_checkpoint(folder / "learned-lora.pt", score_sparsity=0.5, tuner="lora", tuner_targets="fc1", tuner_r=2,
+                         tuner_alpha=2.0)
+    save_mask_file(str(folder / "fixed.mask"), random_encoder_masks(0.5, **TINY), {"method": "random"})
+    write_run_checkpoint(folder / "learned-in-fixed-mask.pt", score_sparsity=0.5, mask_path=str(folder / "fixed.mask"))
 
 
 def safe_metadata(path):

@@ -104,6 +104,12 @@ def train(w2v_path="<PRETRAINED>", *overrides):
     return (f"model.w2v_path={w2v_path}", *overrides)
 
 
+def decoding(path):
+    """fairseq-generate of `path` on <DATA>'s test split."""
+    return ("<DATA>", "--path", path, "--task", "subnets_audio_finetuning", "--user-dir", USER_DIR, "--labels", "ltr",
+            "--gen-subset", "test", "--cpu")
+
+
 RUN_CASES = [
     RunCase("train-mask-deeper-model", TRAIN_ERROR + "model.mask_path: <DEEP_MASK>: mask for "
             "encoder.layers.2.self_attn.q_proj.weight, which the model does not have",
@@ -183,18 +189,30 @@ RUN_CASES = [
             "phase of at least 1 update", train("<PRETRAINED>", "lr_scheduler.phase_ratio=null", "+lr_scheduler.warmup_steps=5")),
     RunCase("train-sparse-decoding", TRAIN_ERROR + "model.sparse_decoding=on is a decoding setting, which a training "
             "run refuses", train("<PRETRAINED>", "+model.sparse_decoding=on")),
+    RunCase("train-init-from-damaged-bundle", TRAIN_ERROR + "model.init_from: <INPUTS>/bundle-damaged.pt: damaged "
+            "bundle (checksum mismatch: its tensors, config or record changed since it was written)",
+            train("<PRETRAINED>", "+model.init_from=<INPUTS>/bundle-damaged.pt", "+model.init_from_language=es")),
+    RunCase("train-init-from-adapter", TRAIN_ERROR + "model.init_from: <INPUTS>/lora.adapter is an adapter file, not "
+            "a checkpoint: rebuild the run's checkpoint from it and its backbone with fairseq-subnets adapters apply",
+            train("<PRETRAINED>", "+model.init_from=<INPUTS>/lora.adapter")),
+    RunCase("generate-damaged-bundle", "fairseq-generate: error: <INPUTS>/bundle-damaged.pt: damaged bundle (checksum "
+            "mismatch: its tensors, config or record changed since it was written)",
+            decoding("<INPUTS>/bundle-damaged.pt"), generate=True),
+    RunCase("generate-adapter-file", "fairseq-generate: error: <INPUTS>/lora.adapter is an adapter file, not a "
+            "checkpoint: rebuild the run's checkpoint from it and its backbone with fairseq-subnets adapters apply",
+            decoding("<INPUTS>/lora.adapter"), generate=True),
     RunCase("generate-pretraining-checkpoint", "fairseq-generate: error: <PRETRAINED> is a wav2vec2 pretraining "
             "checkpoint (model wav2vec2), not a fine-tuned wav2vec2 CTC checkpoint",
-            ("<DATA>", "--path", "<PRETRAINED>", "--task", "subnets_audio_finetuning", "--user-dir", USER_DIR,
-             "--labels", "ltr", "--gen-subset", "test", "--cpu"), generate=True),
+            decoding("<PRETRAINED>"), generate=True),
 ]
 DEFAULT_OUT_CASE = "grid-default-out-is-a-file"
 SHARED_CASES = ("grid-shared-nothing-to-share", "grid-shared-is-a-file")
 CATALOGUE_IDS = tuple(case.id for case in GRID_CASES + RUN_CASES) + (DEFAULT_OUT_CASE,) + SHARED_CASES
 TRAINING_CASES = [case for case in RUN_CASES if not case.generate]
-STARTED_CASES = ("train-mask-missing", "train-tuner-unknown", "generate-pretraining-checkpoint")
+STARTED_CASES = ("train-mask-missing", "train-tuner-unknown", "generate-pretraining-checkpoint",
+                 "generate-damaged-bundle", "generate-adapter-file")
 """The cases also run as real commands: one per error path of the training cases (see
-test_every_error_path_of_the_training_cases_is_proven_by_a_real_start_up), and the decoding case."""
+test_every_error_path_of_the_training_cases_is_proven_by_a_real_start_up), and the decoding cases."""
 CONFIG_NAME = "tiny"
 
 
@@ -214,7 +232,23 @@ def inputs(tmp_path_factory):
         (folder / "corpus" / "ru" / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / "corpus" / "ru" / name).write_text("б в |\nв |\n" if name == "test.ltr" else "")
     (folder / "notes.txt").write_text("epoch 3: loss 0.41\n")
+    write_damaged_bundle_and_adapter(folder)
     return folder
+
+
+def write_damaged_bundle_and_adapter(folder: Path) -> None:
+    """<INPUTS>/bundle-damaged.pt, a bundle one of whose tensors changed after it was written, and
+    <INPUTS>/lora.adapter, a LoRA run's adapter file."""
+    from factory import write_run_checkpoint
+    from test_bundle_files import changed_bundle, nudge_head_bias, write_language_runs
+
+    runs = folder / "bundle-sources"
+    runs.mkdir()
+    assert main(["bundles", "build", *write_language_runs(runs), "--out", str(runs / "bundle.pt")]) == 0
+
+    changed_bundle(runs / "bundle.pt", folder / "bundle-damaged.pt", change=nudge_head_bias)
+    write_run_checkpoint(runs / "tuned.pt", tuner="lora")
+    assert main(["adapters", "save", str(runs / "tuned.pt"), "--out", str(folder / "lora.adapter")]) == 0
 
 
 def placeholders(inputs: Path) -> Dict[str, str]:

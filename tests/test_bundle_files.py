@@ -33,6 +33,11 @@ def changed_bundle(source, out, version=None, change=None):
     return out
 
 
+def nudge_head_bias(checkpoint):
+    """One value of the es output layer changed: damage only the bundle's checksum can catch."""
+    checkpoint["model"]["language_heads.es.bias"][0] += 1e-3
+
+
 def drop_head_row(checkpoint):
     key = "language_heads.ca.weight"
     checkpoint["model"][key] = checkpoint["model"][key][:-1].clone()
@@ -59,10 +64,7 @@ def test_a_built_bundle_holds_a_checksum_and_loads_into_its_model(bundle):
 
 
 def test_a_changed_tensor_is_caught_by_the_checksum(bundle, tmp_path, capsys):
-    def nudge(checkpoint):
-        checkpoint["model"]["language_heads.es.bias"][0] += 1e-3
-
-    damaged = changed_bundle(bundle, tmp_path / "damaged.pt", change=nudge)
+    damaged = changed_bundle(bundle, tmp_path / "damaged.pt", change=nudge_head_bias)
     assert cli(["bundles", "list", str(damaged)]) == 2
     assert last_error(capsys) == (f"fairseq-subnets bundles: error: {damaged}: damaged bundle (checksum mismatch: its "
                                   "tensors, config or record changed since it was written)")

@@ -1,4 +1,6 @@
-"""A bad mask file is refused before the upstream model is loaded (Technique.check_files).
+"""A bad mask file is refused before the upstream model is loaded (Technique.check_files), and so
+are a damaged bundle or an adapter file given where a checkpoint goes (`model.init_from`, or
+fairseq-generate's `--path`).
 
 Loading `model.w2v_path` takes about 30 s at XLS-R size (the rehearsal benchmark prints how soon a
 damaged mask is refused at that shape). Here each run is built in this process as
@@ -10,7 +12,8 @@ replacement is on the real path.
 import pytest
 
 from test_bad_inputs_training import (  # noqa: F401  (inputs: a fixture)
-    RunCase, built_as_fairseq_hydra_train_builds, inputs, placeholders, training_arguments,
+    RUN_CASES, TRAIN_ERROR, RunCase, built_as_fairseq_hydra_train_builds, inputs, placeholders, substituted,
+    training_arguments,
 )
 
 
@@ -75,3 +78,54 @@ def test_good_mask_files_pass_the_early_check_and_the_upstream_model_then_loads(
                                                                                 tmp_path, upstream_load_refused):
     stage, error = build(tiny_masks, tmp_path, config_name, *overrides)
     assert (stage, type(error)) == ("model", UpstreamLoaded), f"{stage}: {error!r}"
+
+
+@pytest.fixture
+def model_build_refused(monkeypatch):
+    """fairseq's CTC model build, which a run from `model.init_from` fills with that checkpoint's
+    weights, fails the test."""
+    from fairseq.models.wav2vec.wav2vec2_asr import Wav2VecCtc
+
+    def refuse(cls, cfg, task):
+        raise UpstreamLoaded("the model was built")
+
+    monkeypatch.setattr(Wav2VecCtc, "build_model", classmethod(refuse))
+
+
+def catalogue_message(case_id, inputs):
+    """The headline of a training case of the catalogue (what follows `fairseq-hydra-train: error: `)."""
+    message = next(case.message for case in RUN_CASES if case.id == case_id)
+    return substituted(message[len(TRAIN_ERROR):], placeholders(inputs))
+
+
+@pytest.mark.parametrize("case_id", ["train-init-from-damaged-bundle", "train-init-from-adapter"])
+def test_a_damaged_bundle_or_an_adapter_file_as_init_from_is_refused_before_the_model_is_built(
+        case_id, inputs, tmp_path, model_build_refused):
+    case = next(case for case in RUN_CASES if case.id == case_id)
+    stage, error = build(inputs, tmp_path, "tiny", *case.argv[1:])
+    assert stage == "model" and not isinstance(error, UpstreamLoaded), f"{stage}: {error!r}"
+    assert str(error).startswith(catalogue_message(case_id, inputs)), str(error)
+
+
+def test_a_good_bundle_as_init_from_passes_the_early_check_and_the_model_is_then_built(inputs, tmp_path,
+                                                                                       model_build_refused):
+    stage, error = build(inputs, tmp_path, "tiny", f"+model.init_from={inputs / 'bundle-sources' / 'bundle.pt'}",
+                         "+model.init_from_language=es")
+    assert (stage, type(error)) == ("model", UpstreamLoaded), f"{stage}: {error!r}"
+
+
+@pytest.mark.parametrize("decoded, refusal", [
+    ("bundle-damaged.pt", "damaged bundle (checksum mismatch"),
+    ("lora.adapter", "is an adapter file, not a checkpoint"),
+    ("bundle-sources/bundle.pt", None),
+], ids=["damaged-bundle", "adapter-file", "good-bundle"])
+def test_the_checkpoints_to_decode_are_checked_when_the_task_is_set_up(decoded, refusal, inputs, tmp_path,
+                                                                       upstream_load_refused):
+    """fairseq-generate sets its task up from the config that names `--path` (common_eval.path)
+    before it reads the checkpoint: a damaged bundle or an adapter file is refused there, naming
+    it; a good bundle passes (the run built here then goes on to load model.w2v_path)."""
+    stage, error = build(inputs, tmp_path, "tiny", f"common_eval.path={inputs / decoded}")
+    if refusal is None:
+        assert (stage, type(error)) == ("model", UpstreamLoaded), f"{stage}: {error!r}"
+    else:
+        assert stage == "task" and str(error).startswith(f"{inputs / decoded}") and refusal in str(error), error

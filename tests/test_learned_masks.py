@@ -224,27 +224,6 @@ def test_bad_bundle_commands_fail_with_one_line_and_write_nothing(arguments, mes
     assert sorted(tmp_path.iterdir()) == before
 
 
-@pytest.mark.parametrize("fields, held", [
-    (dict(tuner="lora", tuner_targets="fc1", tuner_r=2, tuner_alpha=2.0), "lora.tuner.lora_A"),
-    (dict(mask_path="<MASK>"), "fixed_mask.default.mask"),
-])
-def test_a_bundle_refuses_a_learned_mask_run_with_another_transform_naming_it(fields, held, tmp_path, capsys):
-    """A tuner's delta or a fixed mask under the learned masks is no shared backbone: a bundle
-    would silently drop it."""
-    from factory import random_encoder_masks, write_run_checkpoint
-    from fairseq_subnets.cli.main import main as cli
-    from fairseq_subnets.core.maskfile import save_mask_file
-
-    save_mask_file(str(tmp_path / "fixed.mask"), random_encoder_masks(0.5, **TINY), {"method": "random"})
-    fields = {key: str(tmp_path / "fixed.mask") if value == "<MASK>" else value for key, value in fields.items()}
-    write_run_checkpoint(tmp_path / "es.pt", score_sparsity=0.5, **fields)
-    assert cli(["bundles", "build", f"es={tmp_path / 'es.pt'}", "--out", str(tmp_path / "b.pt")]) == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"fairseq-subnets bundles: error: es={tmp_path / 'es.pt'}: holds "), line
-    assert held in line and "a transform other than learned masks" in line
-    assert not (tmp_path / "b.pt").exists()
-
-
 @pytest.mark.parametrize("name, lr, max_update, max_tokens", [
     ("learned_masks_tiny", 0.001, 600, 400000), ("learned_masks_xlsr_300m", 0.00005, 12000, 1280000)])
 def test_shipped_learned_mask_configs_are_their_base_config_plus_the_learned_mask_settings(

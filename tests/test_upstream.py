@@ -118,3 +118,28 @@ def test_keep_needs_an_upstream_layer_and_auto_a_recorded_dictionary():
                                                       "language_heads.ca.weight \\(5,\\)"):
         continued_state({**layers_state(), "language_heads.ca.weight": torch.zeros(5)}, OWN_LAYERS,
                         upstream_of(("a", "b"), ("c",)), "keep")
+
+
+def test_a_single_language_run_continues_one_language_of_a_bundle_under_its_masks(tmp_path):
+    """A bundle stores each language's masks as an embedded mask file and its dictionaries in its
+    record (plugin.formats.bundles); the language continued is that language's own run: its
+    masked weights, its head, and its dictionary, which `auto` compares."""
+    from fairseq_subnets.cli.main import main as cli
+    from fairseq_subnets.core.parametrize import masks_from_state_dict
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
+    from fairseq_subnets.techniques.extension import W2V_PREFIX
+    from test_bundle_files import write_language_runs
+
+    assert cli(["bundles", "build", *write_language_runs(tmp_path), "--out", str(tmp_path / "bundle.pt")]) == 0
+    bundle = load_checkpoint(str(tmp_path / "bundle.pt"))
+    upstream = read_upstream(bundle, "bundle.pt", "es", multilingual_run=False)
+    own = load_checkpoint(str(tmp_path / "es.pt"))
+    masks = masks_from_state_dict(own["model"], prefix=W2V_PREFIX)
+    assert masks
+    for name, mask in masks.items():
+        module = W2V_PREFIX + name[: -len(".weight")]
+        original = bundle["model"][f"{module}.parametrizations.weight.original"]
+        assert torch.equal(upstream.state[W2V_PREFIX + name], torch.where(mask, original, 0.0)), name
+    assert torch.equal(upstream.state["w2v_encoder.proj.weight"], own["model"]["w2v_encoder.proj.weight"])
+    assert upstream.output_layers == {
+        SINGLE: OutputLayer("w2v_encoder.proj.", tuple(own["task_state"]["target_dictionary"].symbols))}

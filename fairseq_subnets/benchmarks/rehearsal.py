@@ -185,6 +185,9 @@ def build_pretrained(settings: RehearsalSettings) -> Dict[str, object]:
 
 LOG_TIME = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[fairseq_cli\.train\]", re.MULTILINE)
 """The time stamp of fairseq-hydra-train's first log line, written once its imports are done."""
+UPSTREAM_LOADED = re.compile(r"^\[[^\]]*\]\[fairseq\.models\.wav2vec\.wav2vec2_asr\]", re.MULTILINE)
+"""fairseq's log line of the pretraining config it has just read from model.w2v_path: a refusal
+logged after it came only once the upstream model was loaded."""
 REFUSED_STATUS = 2
 
 
@@ -192,7 +195,7 @@ def refuse_bad_mask(settings: RehearsalSettings) -> Dict[str, object]:
     """Step 4: the fixed-mask training command with the pruned mask file cut in half. Reports how
     long stock fairseq-hydra-train takes to stop from its first log line (after its imports), the
     refusal itself, and from its start, and the command's CPU time; fails unless it ends with our
-    one line naming the key."""
+    one line naming the key, before model.w2v_path was loaded."""
     files = RehearsalFiles(settings.out_dir)
     damaged = files.out / "damaged-mask.safetensors"
     damaged.write_bytes(files.mask.read_bytes()[:files.mask.stat().st_size // 2])
@@ -208,6 +211,8 @@ def refuse_bad_mask(settings: RehearsalSettings) -> Dict[str, object]:
     last_line = (run.stderr.strip().splitlines() or [""])[-1]
     if run.returncode != REFUSED_STATUS or "model.mask_path" not in last_line:
         raise RuntimeError(f"the damaged mask was not refused with one line (exit {run.returncode}): {last_line}")
+    if UPSTREAM_LOADED.search(run.stdout + run.stderr):
+        raise RuntimeError("the damaged mask was refused only after model.w2v_path was loaded")
     first_log = LOG_TIME.search(run.stdout + run.stderr)
     after_start_up = ended - datetime.datetime.strptime(first_log.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp() \
         if first_log else None

@@ -43,7 +43,7 @@ from ...techniques import registered_techniques
 from ...techniques.extension import (
     W2V_PREFIX, RunSettings, check_model_config, declared_keys, without_training_state,
 )
-from ..formats.bundles import expand_bundle_masks
+from ..formats.bundles import checked_bundle, expand_bundle_masks, is_bundle
 from ..formats.checkpoint_kinds import FINE_TUNED, PRETRAINING, read_checkpoint_of_kind
 from ..formats.upstream import UpstreamCheckpointError, continued_state, output_layers, read_upstream
 from .errors import PluginInputError, one_line_errors
@@ -132,6 +132,8 @@ class SubnetsWav2VecCtc(Wav2VecCtc):
             cfg.init_from, FINE_TUNED, "model.init_from",
             "a pretraining checkpoint goes in model.w2v_path") if cfg.init_from else None
         if upstream is not None:
+            if is_bundle(upstream):  # its checksum and languages, before a model is built to take its weights
+                checked_bundle(upstream, f"model.init_from: {cfg.init_from}")
             with open_dict(cfg):
                 cfg.w2v_args = upstream_encoder_config(upstream, cfg.init_from)
         encoder_cfg = check_pretraining_checkpoint(cfg) if cfg.w2v_args is None else cfg.w2v_args.get("model")

@@ -200,6 +200,16 @@ def adapter_checksum(metadata: Mapping[str, str], stored: Mapping[str, torch.Ten
     return hashlib.sha256(json.dumps([entries, fingerprint(stored, list(stored))]).encode()).hexdigest()
 
 
+def is_adapter_file(path: str) -> bool:
+    """Whether `path` is a safetensors file whose metadata names our adapter format (its header
+    alone is read)."""
+    try:
+        with safe_open(path, framework="pt") as reader:
+            return (reader.metadata() or {}).get("format") == ADAPTER_FORMAT
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def read_adapter_file(path: str) -> Adapter:
     """Reads and checks an adapter file; every problem names the file (and the metadata key)."""
     try:

@@ -17,7 +17,8 @@ As adapter files, bundles are checked end to end (version 2, the one written): t
 `sha256` covers the config, the rest of the record and every tensor of the state (name, dtype,
 shape, bytes), and the bundle commands verify it and the layout (each language's masks, which
 carry their own checksum, its output layer, and its dictionary's size against that layer's rows)
-before they use a bundle. A bundle is written only once it fits the multilingual model its config
+before they use a bundle; so do fairseq-generate's `--path` (when our task is set up, before fairseq
+reads the file) and `model.init_from` (before the model is built), through `checked_bundle`. A bundle is written only once it fits the multilingual model its config
 describes, and read back before it is renamed into place (plugin.formats.checked_checkpoints). Version 1
 bundles (0.4.0) have no checksum; they are still read, their layout still checked.
 """
@@ -260,10 +261,24 @@ def is_bundle(checkpoint) -> bool:
     return isinstance(checkpoint, dict) and (checkpoint.get("bundle") or {}).get("format") == BUNDLE_FORMAT
 
 
+def bundle_dictionaries(checkpoint) -> Dict[str, List[str]]:
+    """{language: dictionary symbols} of a bundle's record, as a multilingual run's task state
+    records them; empty for any other checkpoint."""
+    if not is_bundle(checkpoint):
+        return {}
+    return {language: list(info["dictionary"]) for language, info in checkpoint["bundle"]["languages"].items()}
+
+
 def read_bundle(path: str) -> Bundle:
     checkpoint = load_fairseq_checkpoint(path)
     if not is_bundle(checkpoint):
         raise BundleError(f"{path}: not a bundle (build one with `fairseq-subnets bundles build`)")
+    return checked_bundle(checkpoint, path)
+
+
+def checked_bundle(checkpoint, path: str) -> Bundle:
+    """The bundle a loaded bundle checkpoint holds, once its version, checksum and every
+    language's entry are checked; every problem names `path` (the file, or the key that gave it)."""
     record = checkpoint["bundle"]
     if record.get("version") not in READABLE_VERSIONS:
         raise BundleError(f"{path}: bundle version {record.get('version')!r}; this fairseq-subnets reads "

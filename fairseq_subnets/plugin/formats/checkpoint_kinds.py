@@ -9,10 +9,9 @@ checked here first, and the error names the key, the file and where that kind of
 The kind is read from where the encoder sits in the state dict (`core.targets.model_prefix`), which
 every checkpoint format has, old ones with `args` instead of `cfg` included.
 """
-import torch
 
 from ...core.targets import model_prefix, num_encoder_layers, relative_weight_names
-from .checkpoints import CheckpointLoadError, load_fairseq_checkpoint
+from .checkpoints import CheckpointLoadError, load_fairseq_checkpoint, mapped_checkpoint
 from ...errors import PluginInputError
 
 PRETRAINING = "pretraining"
@@ -23,19 +22,6 @@ DESCRIPTIONS = {PRETRAINING: "a wav2vec2 pretraining checkpoint", FINE_TUNED: "a
 class CheckpointKindError(PluginInputError):
     """A checkpoint key names an unreadable file or one of the other kind; the message starts with
     the key."""
-
-
-def _mapped(path):
-    """The checkpoint with its tensors memory-mapped rather than read, so that checking a 1.2 GB
-    XLS-R checkpoint costs milliseconds; what torch cannot map (a legacy, non-zip checkpoint) is
-    read whole, and what it cannot read at all gets the loader's own error."""
-    try:
-        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # whatever it is, the loader below reads it or says what the file is instead
-        checkpoint = None
-    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
-        return checkpoint
-    return load_fairseq_checkpoint(path)
 
 
 def checkpoint_kind(checkpoint, key, path):
@@ -58,7 +44,7 @@ def read_checkpoint_of_kind(path, wanted, key, advice, weights=True):
     "KEY: PATH is <its kind>, not <wanted>; ADVICE". Without `weights` its tensors are only
     memory-mapped: for checks before another reader loads the file."""
     try:
-        checkpoint = load_fairseq_checkpoint(path) if weights else _mapped(path)
+        checkpoint = load_fairseq_checkpoint(path) if weights else mapped_checkpoint(path)
     except CheckpointLoadError as error:
         raise CheckpointKindError(f"{key}: {error}") from None
     kind = checkpoint_kind(checkpoint, key, path)

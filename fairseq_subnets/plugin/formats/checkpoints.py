@@ -43,6 +43,11 @@ def _unreadable(path, error: Exception) -> CheckpointLoadError:
         )
     if is_mask_file(path):
         return CheckpointLoadError(f"{path} is a mask file, not a checkpoint")
+    from .adapters import is_adapter_file  # adapters reads checkpoints through this module
+
+    if is_adapter_file(path):
+        return CheckpointLoadError(f"{path} is an adapter file, not a checkpoint: rebuild the run's checkpoint from it "
+                                   "and its backbone with fairseq-subnets adapters apply")
     with open(path, "rb") as handle:
         if handle.read(len(ZIP_MAGIC)) == ZIP_MAGIC:
             return CheckpointLoadError(
@@ -80,6 +85,19 @@ def load_fairseq_checkpoint(path, compact=False):
         raise CheckpointLoadError(f"{path}: a compact checkpoint (export --compact), which only decoding reads: use "
                                   "the checkpoint it was exported from, or its dense export")
     return checkpoint
+
+
+def mapped_checkpoint(path):
+    """The checkpoint with its tensors memory-mapped rather than read, so that checking a 1.2 GB
+    XLS-R checkpoint costs milliseconds; what torch cannot map (a legacy, non-zip checkpoint) is
+    read whole, and what it cannot read at all gets the loader's own error."""
+    try:
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # whatever it is, the loader below reads it or says what the file is instead
+        checkpoint = None
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        return checkpoint
+    return load_fairseq_checkpoint(path)
 
 
 def trainer_checkpoint(cfg, model_state: Mapping[str, torch.Tensor], criterion_name: str,

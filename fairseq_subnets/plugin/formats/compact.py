@@ -75,18 +75,25 @@ def read_compact_checkpoint(path) -> Tuple[Dict[str, object], Dict[str, torch.Te
 
 def check_checkpoints_to_decode(paths: Optional[List[str]]) -> None:
     """Refuses, naming the file, a checkpoint fairseq-generate is about to load that is a damaged
-    torch checkpoint (truncated, a zip archive of another kind), or a compact checkpoint that fails its checks:
-    called when the task is set up, before fairseq reads the checkpoint and builds any model. A
-    look at the config is cheap (the file is mapped, its tensors read only if it is compact).
+    torch checkpoint (truncated, a zip archive of another kind), an adapter file, a compact checkpoint
+    that fails its checks, or a bundle that fails the bundle commands' checks (its checksum over every
+    tensor, each language's masks, output layer and dictionary: plugin.formats.bundles): called when
+    the task is set up, before fairseq reads the checkpoint and builds any model. A look at the
+    config is cheap (the file is mapped, its tensors read only if it is compact or a bundle).
     Missing files are left to fairseq, which names them, and so are files in torch's legacy
     (pre-zip) format, which cannot be mapped and are never compact."""
+    from .adapters import is_adapter_file
+    from .bundles import checked_bundle, is_bundle
+
     for path in paths or ():
         if not os.path.isfile(path):
             continue
         with open(path, "rb") as handle:
-            if handle.read(len(ZIP_MAGIC)) != ZIP_MAGIC:
+            if handle.read(len(ZIP_MAGIC)) != ZIP_MAGIC and not is_adapter_file(path):
                 continue
-        checkpoint = load_checkpoint(path, mmap=True)
+        checkpoint = load_checkpoint(path, mmap=True)  # an adapter file fails here, named as one
+        if is_bundle(checkpoint):
+            checked_bundle(checkpoint, path)
         model_cfg = ((checkpoint.get("cfg") or {}).get("model") or {}) if isinstance(checkpoint, dict) else {}
         if isinstance(model_cfg, Mapping) and model_cfg.get(COMPACT_KEY):
             read_compact_checkpoint(path)

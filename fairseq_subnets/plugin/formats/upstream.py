@@ -17,7 +17,8 @@ language-specific pruning runs and the pathways all start from one dense multili
 `model.init_output_layer` decides per output layer: `keep` (the shapes must match), `new`, or
 `auto`: keep it exactly when the dictionaries' symbols are equal. A single-language checkpoint's
 dictionary is fairseq's pickled `task_state.target_dictionary`; a multilingual one's are the symbol
-lists its task records (`LANGUAGE_DICTIONARIES_KEY`).
+lists its task records (`LANGUAGE_DICTIONARIES_KEY`), or a bundle's record. A bundle's languages
+start a run as a multilingual checkpoint's do, each under its own masks.
 """
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
@@ -29,6 +30,7 @@ from ...core.transforms import TransformError
 from ...errors import PluginInputError
 from ...techniques.extension import STOCK_OUTPUT_LAYER_PREFIX, W2V_PREFIX
 from ...techniques.language_heads import HEADS_PREFIX, UnknownLanguageError, single_language_state
+from .bundles import bundle_dictionaries, expand_bundle_masks
 
 LANGUAGE_DICTIONARIES_KEY = "language_dictionaries"
 """The task-state entry where a multilingual task records {language: dictionary symbols}."""
@@ -74,6 +76,7 @@ def read_upstream(checkpoint, path: str, language: Optional[str], multilingual_r
     model_cfg = (checkpoint.get("cfg") or {}).get("model") or {}
     model_cfg = OmegaConf.to_container(model_cfg) if OmegaConf.is_config(model_cfg) else dict(model_cfg)
     task_state = checkpoint.get("task_state") or {}
+    state = expand_bundle_masks(checkpoint["model"])  # a bundle's per-language masks, as the model holds them
     languages = list(model_cfg.get("languages") or [])
     if not languages:
         if language is not None:
@@ -81,8 +84,8 @@ def read_upstream(checkpoint, path: str, language: Optional[str], multilingual_r
                                           "model; the key picks one language of a multilingual checkpoint")
         layers = {SINGLE: OutputLayer(STOCK_OUTPUT_LAYER_PREFIX,
                                       recorded_symbols(task_state.get("target_dictionary")))}
-        return Upstream(path, baked(checkpoint["model"], path, None), layers)
-    dictionaries = task_state.get(LANGUAGE_DICTIONARIES_KEY) or {}
+        return Upstream(path, baked(state, path, None), layers)
+    dictionaries = task_state.get(LANGUAGE_DICTIONARIES_KEY) or bundle_dictionaries(checkpoint)
     if multilingual_run:
         if language is not None:
             raise UpstreamCheckpointError(f"model.init_from_language={language}: this run is multilingual and takes "
@@ -90,13 +93,13 @@ def read_upstream(checkpoint, path: str, language: Optional[str], multilingual_r
         per_language = model_cfg.get("language_output_layers") == "per_language"
         layers = {name: OutputLayer(f"{HEADS_PREFIX}{name}." if per_language else STOCK_OUTPUT_LAYER_PREFIX,
                                     recorded_symbols(dictionaries.get(name))) for name in languages}
-        return Upstream(path, baked(checkpoint["model"], path, None), layers)
+        return Upstream(path, baked(state, path, None), layers)
     if language is None:
         raise UpstreamCheckpointError(f"model.init_from: {path} is a multilingual model ({', '.join(languages)}); "
                                       "name the language this single-language run continues with "
                                       "+model.init_from_language")
     try:
-        state, _ = single_language_state(checkpoint["model"], model_cfg, language)
+        state, _ = single_language_state(state, model_cfg, language)
     except UnknownLanguageError as error:
         raise UpstreamCheckpointError(f"model.init_from_language: {path}: {error}") from None
     layers = {SINGLE: OutputLayer(STOCK_OUTPUT_LAYER_PREFIX, recorded_symbols(dictionaries.get(language)))}
