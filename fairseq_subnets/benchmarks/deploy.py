@@ -21,9 +21,9 @@ utterance of random audio per length:
   after decoding (`resident_weight_bytes`: parameters, buffers, the masks' caches, the effective
   weights the weight stacks keep in eval mode, and the CSR forms sparse decoding holds), sparse
   against dense.
-* HF export and import: `export --format hf` and `import --format hf` (interop.hf, the functions
-  the commands run) of a checkpoint of the 90%-sparse global-L1 model (or the first mask set),
-  timed once each (transformers already imported), in a temporary folder.
+* HF export and import: `export --format hf --mask` and `import --format hf` (interop.hf, the
+  functions the commands run) of a checkpoint of the model with the 90% global-L1 mask file (or
+  the first mask set's), timed once each (transformers already imported), in a temporary folder.
 
 Targets (`TARGETS`): at least 1.5x at global L1 90% on 1 thread (aim 2x), `auto` never below
 0.98x, and weight memory at 90% at most 0.35x of dense. Missing them does not fail the run; they
@@ -42,13 +42,13 @@ from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, 
 import torch
 from torch import nn
 
+from ..core.maskfile import save_mask_file
 from ..core.parametrize import bake_state_dict
 from ..core.pruning import compute_masks
 from ..core.targets import select_weights
 from .timing import compare, interleaved, machine_description, text_table
 from .train_step import SAMPLE_RATE, decode_forward
-from .untrained import (XLSR_ARCHITECTURE, CtcModelSize, build_untrained_ctc_model, ctc_model_config,
-                        fix_masks_as_mask_path_does, rebuild_with_state)
+from .untrained import XLSR_ARCHITECTURE, CtcModelSize, build_untrained_ctc_model, ctc_model_config, rebuild_with_state
 
 LETTERS = ("|", *(chr(code) for code in range(ord("A"), ord("Z") + 1)), "'")
 """The output symbols of the exported model (after fairseq's 4 special ones): a letter vocabulary."""
@@ -217,19 +217,39 @@ def break_even_sparsity(speedups: Mapping[float, float]) -> Optional[float]:
 # ----------------------------------------------------------------------------------------- models
 
 
-def _masked_model(size, architecture, state, masks, spec: MaskSpec):
-    model = rebuild_with_state(size, state, architecture=architecture)
+@dataclass(frozen=True)
+class MaskedModels:
+    """Builds models of one shape holding `state` with the masks of one mask file fixed on them, as
+    `+model.mask_path` fixes them (`apply_mask_file`: the file format's checks run too). The file
+    is written once per mask set and read by every model built from it."""
+
+    size: CtcModelSize
+    architecture: Mapping[str, object]
+    state: Mapping[str, torch.Tensor]
+    mask_path: str
+
+    def masked(self) -> nn.Module:
+        from ..techniques.fixed_masks import apply_mask_file
+
+        model = rebuild_with_state(self.size, self.state, architecture=self.architecture)
+        apply_mask_file(model, self.mask_path)
+        return model.eval()
+
+    def sparse(self, mode: str):
+        """(the masked model with `model.sparse_decoding=mode`, what sparse decoding installed)."""
+        from ..techniques.sparse_decoding import enable_sparse_decoding
+
+        model = self.masked()
+        return model, enable_sparse_decoding(model, mode)
+
+
+def write_mask_file(folder: str, spec: MaskSpec, weights: Mapping[str, torch.Tensor]) -> str:
+    """Prunes `weights` as `spec` says and writes the masks as a mask file in `folder`; its path."""
+    path = os.path.join(folder, f"{spec.method}-{spec.sparsity:g}.mask")
     metadata = {"method": spec.method, "sparsity": spec.sparsity,
                 "block": f"{BLOCK[0]}x{BLOCK[1]}" if spec.method == BLOCKS else ""}
-    fix_masks_as_mask_path_does(model, masks, metadata)
-    return model.eval()
-
-
-def _sparse_model(size, architecture, state, masks, spec: MaskSpec, mode: str):
-    from ..techniques.sparse_decoding import enable_sparse_decoding
-
-    model = _masked_model(size, architecture, state, masks, spec)
-    return model, enable_sparse_decoding(model, mode)
+    save_mask_file(path, compute_masks(weights, spec.method, spec.sparsity, block=BLOCK), metadata)
+    return path
 
 
 def _audio(seconds: float, seed: int) -> torch.Tensor:
@@ -283,46 +303,48 @@ def _run(settings: DeployBenchSettings, say) -> Dict[str, object]:
     result["prunable_weights"] = sum(weight.numel() for weight in weights.values())
     specs = settings.mask_specs()
     export_spec = next((spec for spec in specs if spec == MaskSpec(GLOBAL_L1, TARGET_SPARSITY)), specs[0])
-    export_masks = None
-    for spec in specs:
-        say(f"{spec.label}: masks, the dense export and the sparse models ...")
-        masks = compute_masks(weights, spec.method, spec.sparsity, block=BLOCK)
-        if spec == export_spec:
-            export_masks = masks
-        on, on_state = _sparse_model(size, architecture, state, masks, spec, "on")
-        dense = rebuild_with_state(size, bake_state_dict(on.state_dict()), stock=True, architecture=architecture).eval()
-        memory = {"masks": spec.label, "method": spec.method, "sparsity": spec.sparsity,
-                  "dense_bytes": resident_weight_bytes(dense), "auto_bytes": {}}
-        for threads in settings.threads:
-            torch.set_num_threads(threads)
-            auto, auto_state = _sparse_model(size, architecture, state, masks, spec, "auto")
-            models = {DENSE: dense, "on": on, "auto": auto}
-            for length in settings.seconds:
-                say(f"  {threads} thread(s), {length:g} s: 1 untimed + {settings.repeats} timed passes each, "
-                    "interleaved ...")
-                audio = _audio(length, settings.seed)
-                outputs = {name: decode_forward(model, audio) for name, model in models.items()}
-                seconds = interleaved({name: (lambda model=model: decode_forward(model, audio))
-                                       for name, model in models.items()}, settings.repeats, 0)
-                row = {"masks": spec.label, "method": spec.method, "sparsity": spec.sparsity, "threads": threads,
-                       "seconds": length, "frames": int(outputs[DENSE].shape[0]), "dense_s": list(seconds[DENSE]),
-                       "on_sparse_matrices": len(on_state.sparse_names()),
-                       "auto_sparse_matrices": len(auto_state.sparse_names()),
-                       "masked_matrices": len(auto_state.projections)}
-                for mode in MODES:
-                    row[mode] = speedup(seconds, mode)
-                    row[mode]["max_abs_difference"] = float((outputs[mode] - outputs[DENSE]).abs().max())
-                result["decoding"].append(row)
-            memory["auto_bytes"][str(threads)] = resident_weight_bytes(auto)
-            del auto, auto_state, models
-        memory["on_bytes"] = resident_weight_bytes(on)
-        result["memory"].append(memory)
-        del on, on_state, dense, masks
-    result["break_even"] = break_even_rows(result["decoding"])
-    say(f"HF export and import of the {export_spec.label} model ...")
-    result["hf"] = time_hf_round_trip(size, architecture, state, export_masks, export_spec)
+    with tempfile.TemporaryDirectory(prefix="fairseq-subnets-deploy-") as folder:
+        mask_paths = {}
+        for spec in specs:
+            say(f"{spec.label}: masks, the dense export and the sparse models ...")
+            mask_paths[spec] = write_mask_file(folder, spec, weights)
+            _measure_mask_set(settings, MaskedModels(size, architecture, state, mask_paths[spec]), spec, result, say)
+        result["break_even"] = break_even_rows(result["decoding"])
+        say(f"HF export and import of the {export_spec.label} model ...")
+        result["hf"] = time_hf_round_trip(folder, size, architecture, state, mask_paths[export_spec], export_spec)
     result["targets"] = target_rows(result)
     return result
+
+
+def _measure_mask_set(settings: DeployBenchSettings, models: MaskedModels, spec: MaskSpec, result, say) -> None:
+    """The decoding rows and the memory row of one mask set (module docstring)."""
+    on, on_state = models.sparse("on")
+    dense = rebuild_with_state(models.size, bake_state_dict(on.state_dict()), stock=True,
+                               architecture=models.architecture).eval()
+    memory = {"masks": spec.label, "method": spec.method, "sparsity": spec.sparsity,
+              "dense_bytes": resident_weight_bytes(dense), "auto_bytes": {}}
+    for threads in settings.threads:
+        torch.set_num_threads(threads)
+        auto, auto_state = models.sparse("auto")
+        timed = {DENSE: dense, "on": on, "auto": auto}
+        for length in settings.seconds:
+            say(f"  {threads} thread(s), {length:g} s: 1 untimed + {settings.repeats} timed passes each, interleaved ...")
+            audio = _audio(length, settings.seed)
+            outputs = {name: decode_forward(model, audio) for name, model in timed.items()}
+            seconds = interleaved({name: (lambda model=model: decode_forward(model, audio))
+                                   for name, model in timed.items()}, settings.repeats, 0)
+            row = {"masks": spec.label, "method": spec.method, "sparsity": spec.sparsity, "threads": threads,
+                   "seconds": length, "frames": int(outputs[DENSE].shape[0]), "dense_s": list(seconds[DENSE]),
+                   "on_sparse_matrices": len(on_state.sparse_names()),
+                   "auto_sparse_matrices": len(auto_state.sparse_names()), "masked_matrices": len(auto_state.projections)}
+            for mode in MODES:
+                row[mode] = speedup(seconds, mode)
+                row[mode]["max_abs_difference"] = float((outputs[mode] - outputs[DENSE]).abs().max())
+            result["decoding"].append(row)
+        memory["auto_bytes"][str(threads)] = resident_weight_bytes(auto)
+        del auto, auto_state, timed
+    memory["on_bytes"] = resident_weight_bytes(on)
+    result["memory"].append(memory)
 
 
 def break_even_rows(decoding: Sequence[Mapping[str, object]]) -> List[Dict[str, object]]:
@@ -334,10 +356,11 @@ def break_even_rows(decoding: Sequence[Mapping[str, object]]) -> List[Dict[str, 
             for threads, length in cases]
 
 
-def time_hf_round_trip(size, architecture, state, masks, spec: MaskSpec) -> Dict[str, object]:
-    """Seconds of `export_hf_folder` on a checkpoint of the masked model (a fine-tuning checkpoint
-    as fairseq's trainer writes it, with its dictionary) and of `import_hf_folder` on the folder it
-    wrote, and the bytes of each result; in a temporary folder, removed after."""
+def time_hf_round_trip(folder: str, size, architecture, state, mask_path: str, spec: MaskSpec) -> Dict[str, object]:
+    """Seconds of `export_hf_folder` on a checkpoint of the unmasked model (a fine-tuning checkpoint
+    as fairseq's trainer writes it, with its dictionary) with the mask file `mask_path` baked in,
+    as `export --format hf --mask` runs it, and of `import_hf_folder` on the folder it wrote, and
+    the bytes of each result; all in `folder`."""
     from fairseq.data import Dictionary
     from fairseq.dataclass.configs import FairseqConfig
     from omegaconf import OmegaConf
@@ -346,32 +369,27 @@ def time_hf_round_trip(size, architecture, state, masks, spec: MaskSpec) -> Dict
     from ..plugin.formats.checkpoints import trainer_checkpoint
 
     transformers_module()  # imported before the clock starts: a deployment imports it once
-
     dictionary = Dictionary()
     for symbol in LETTERS[:size.vocab - len(dictionary)]:
         dictionary.add_symbol(symbol)
-    model = _masked_model(size, architecture, state, masks, spec)
-    with tempfile.TemporaryDirectory(prefix="fairseq-subnets-deploy-") as folder:
-        cfg = OmegaConf.structured(FairseqConfig)
-        cfg.model = ctc_model_config(size, architecture=architecture)
-        cfg.model._name = "subnets_wav2vec_ctc"
-        cfg.task = {"_name": "subnets_audio_finetuning", "data": folder, "labels": "ltr", "normalize": False}
-        checkpoint = os.path.join(folder, "checkpoint.pt")
-        torch.save(trainer_checkpoint(cfg, model.state_dict(), "SubnetsCtcCriterion",
-                                      task_state={"target_dictionary": dictionary}), checkpoint)
-        del model
-        hf_folder, imported = os.path.join(folder, "hf"), os.path.join(folder, "imported", "checkpoint.pt")
-        os.mkdir(os.path.dirname(imported))
-        start = time.perf_counter()
-        export_hf_folder(checkpoint, hf_folder)
-        export_s = time.perf_counter() - start
-        start = time.perf_counter()
-        import_hf_folder(hf_folder, imported)
-        import_s = time.perf_counter() - start
-        return {"masks": spec.label, "export_s": export_s, "import_s": import_s,
-                "checkpoint_bytes": os.path.getsize(checkpoint),
-                "hf_weights_bytes": os.path.getsize(os.path.join(hf_folder, WEIGHTS_FILE)),
-                "imported_bytes": os.path.getsize(imported)}
+    cfg = OmegaConf.structured(FairseqConfig)
+    cfg.model = ctc_model_config(size, architecture=architecture)
+    cfg.model._name = "subnets_wav2vec_ctc"
+    cfg.task = {"_name": "subnets_audio_finetuning", "data": folder, "labels": "ltr", "normalize": False}
+    checkpoint = os.path.join(folder, "checkpoint.pt")
+    torch.save(trainer_checkpoint(cfg, dict(state), "SubnetsCtcCriterion", task_state={"target_dictionary": dictionary}),
+               checkpoint)
+    hf_folder, imported = os.path.join(folder, "hf"), os.path.join(folder, "imported", "checkpoint.pt")
+    os.mkdir(os.path.dirname(imported))
+    start = time.perf_counter()
+    export_hf_folder(checkpoint, hf_folder, mask_path=mask_path)
+    export_s = time.perf_counter() - start
+    start = time.perf_counter()
+    import_hf_folder(hf_folder, imported)
+    import_s = time.perf_counter() - start
+    return {"masks": spec.label, "export_s": export_s, "import_s": import_s, "checkpoint_bytes": os.path.getsize(checkpoint),
+            "hf_weights_bytes": os.path.getsize(os.path.join(hf_folder, WEIGHTS_FILE)),
+            "imported_bytes": os.path.getsize(imported)}
 
 
 def target_rows(result: Mapping[str, object]) -> List[Dict[str, object]]:
