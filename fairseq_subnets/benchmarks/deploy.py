@@ -25,7 +25,7 @@ utterance of random audio per length:
   functions the commands run) of a checkpoint of the model with the 90% global-L1 mask file (or
   the first mask set's), timed once each (transformers already imported), in a temporary folder.
 
-Targets (`TARGETS`): at least 1.5x at global L1 90% on 1 thread (aim 2x), `auto` never below
+Targets (`target_rows`): at least 1.5x at global L1 90% on 1 thread (aim 2x), `auto` never below
 0.98x, and weight memory at 90% at most 0.35x of dense. Missing them does not fail the run; they
 are printed with PASS or FAIL.
 """
@@ -40,12 +40,19 @@ from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+from fairseq.data import Dictionary
+from fairseq.dataclass.configs import FairseqConfig
+from omegaconf import OmegaConf
 from torch import nn
 
 from ..core.maskfile import save_mask_file
 from ..core.parametrize import bake_state_dict
 from ..core.pruning import compute_masks
 from ..core.targets import select_weights
+from ..interop.hf import INSTALL_HINT, WEIGHTS_FILE, export_hf_folder, import_hf_folder, transformers_module
+from ..plugin.formats.checkpoints import trainer_checkpoint
+from ..techniques import sparse_decoding
+from ..techniques.fixed_masks import apply_mask_file
 from .timing import compare, interleaved, machine_description, text_table
 from .train_step import SAMPLE_RATE, decode_forward
 from .untrained import XLSR_ARCHITECTURE, CtcModelSize, build_untrained_ctc_model, ctc_model_config, rebuild_with_state
@@ -66,8 +73,6 @@ DENSE = "dense"
 SPEEDUP_TARGET, SPEEDUP_AIM, TARGET_SPARSITY = 1.5, 2.0, 0.9
 AUTO_FLOOR = 0.98
 MEMORY_TARGET = 0.35
-SPARSE_DECODING_LOGGER = "fairseq_subnets.techniques.sparse_decoding"
-HF_INSTALL_HINT = "pip install 'fairseq_subnets[hf]'"
 MIN_SAMPLES = 800
 """The feature extractor's receptive field at 16 kHz (about 50 ms): shorter audio gives no frame."""
 
@@ -131,7 +136,7 @@ class DeployBenchSettings:
         if self.repeats < 1:
             raise ValueError(f"--repeats must be at least 1, got {self.repeats}")
         if importlib.util.find_spec("transformers") is None:
-            raise ValueError(f"the HF export and import rows need transformers, which is not installed: {HF_INSTALL_HINT}")
+            raise ValueError(f"the HF export and import rows need transformers, which is not installed: {INSTALL_HINT}")
 
 
 # ---------------------------------------------------------------------------------------- memory
@@ -229,18 +234,14 @@ class MaskedModels:
     mask_path: str
 
     def masked(self) -> nn.Module:
-        from ..techniques.fixed_masks import apply_mask_file
-
         model = rebuild_with_state(self.size, self.state, architecture=self.architecture)
         apply_mask_file(model, self.mask_path)
         return model.eval()
 
     def sparse(self, mode: str):
         """(the masked model with `model.sparse_decoding=mode`, what sparse decoding installed)."""
-        from ..techniques.sparse_decoding import enable_sparse_decoding
-
         model = self.masked()
-        return model, enable_sparse_decoding(model, mode)
+        return model, sparse_decoding.enable_sparse_decoding(model, mode)
 
 
 def write_mask_file(folder: str, spec: MaskSpec, weights: Mapping[str, torch.Tensor]) -> str:
@@ -278,7 +279,7 @@ def run_deploy_benchmark(settings: DeployBenchSettings = DeployBenchSettings(),
 def decisions_not_logged():
     """Sparse decoding logs one line per matrix per `auto` model (hundreds here); the report counts
     the matrices `auto` ran sparse instead."""
-    logger = logging.getLogger(SPARSE_DECODING_LOGGER)
+    logger = sparse_decoding.logger
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
@@ -341,10 +342,14 @@ def _measure_mask_set(settings: DeployBenchSettings, models: MaskedModels, spec:
                 row[mode] = speedup(seconds, mode)
                 row[mode]["max_abs_difference"] = float((outputs[mode] - outputs[DENSE]).abs().max())
             result["decoding"].append(row)
+            say(f"    dense {row['on']['dense_median_s']:.3f} s; on {_cell(row['on'])}; auto {_cell(row['auto'])}, "
+                f"{row['auto_sparse_matrices']}/{row['masked_matrices']} matrices sparse")
         memory["auto_bytes"][str(threads)] = resident_weight_bytes(auto)
         del auto, auto_state, timed
     memory["on_bytes"] = resident_weight_bytes(on)
     result["memory"].append(memory)
+    say(f"  weight memory: on {memory['on_bytes'] / memory['dense_bytes']:.3f}x of dense "
+        f"({memory['on_bytes'] / 1e6:.1f} MB against {memory['dense_bytes'] / 1e6:.1f} MB)")
 
 
 def break_even_rows(decoding: Sequence[Mapping[str, object]]) -> List[Dict[str, object]]:
@@ -361,13 +366,6 @@ def time_hf_round_trip(folder: str, size, architecture, state, mask_path: str, s
     as fairseq's trainer writes it, with its dictionary) with the mask file `mask_path` baked in,
     as `export --format hf --mask` runs it, and of `import_hf_folder` on the folder it wrote, and
     the bytes of each result; all in `folder`."""
-    from fairseq.data import Dictionary
-    from fairseq.dataclass.configs import FairseqConfig
-    from omegaconf import OmegaConf
-
-    from ..interop.hf import WEIGHTS_FILE, export_hf_folder, import_hf_folder, transformers_module
-    from ..plugin.formats.checkpoints import trainer_checkpoint
-
     transformers_module()  # imported before the clock starts: a deployment imports it once
     dictionary = Dictionary()
     for symbol in LETTERS[:size.vocab - len(dictionary)]:
