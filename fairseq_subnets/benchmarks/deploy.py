@@ -239,7 +239,7 @@ class MaskedModels:
         return model.eval()
 
     def sparse(self, mode: str):
-        """(the masked model with `model.sparse_decoding=mode`, what sparse decoding installed)."""
+        """(a masked model with `model.sparse_decoding=mode`, what sparse decoding installed)."""
         model = self.masked()
         return model, sparse_decoding.enable_sparse_decoding(model, mode)
 
@@ -319,9 +319,11 @@ def _run(settings: DeployBenchSettings, say) -> Dict[str, object]:
 
 def _measure_mask_set(settings: DeployBenchSettings, models: MaskedModels, spec: MaskSpec, result, say) -> None:
     """The decoding rows and the memory row of one mask set (module docstring)."""
-    on, on_state = models.sparse("on")
+    on = models.masked()
+    # exported before sparse decoding is installed: under `on` it may drop the dense weights
     dense = rebuild_with_state(models.size, bake_state_dict(on.state_dict()), stock=True,
                                architecture=models.architecture).eval()
+    on_state = sparse_decoding.enable_sparse_decoding(on, "on")
     memory = {"masks": spec.label, "method": spec.method, "sparsity": spec.sparsity,
               "dense_bytes": resident_weight_bytes(dense), "auto_bytes": {}}
     for threads in settings.threads:
