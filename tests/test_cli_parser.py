@@ -20,7 +20,7 @@ heavy = sorted({{name.partition(".")[0] for name in sys.modules}} & set({HEAVY!r
 
 COMMANDS = {"data", "prune", "masks", "export", "import", "bundles", "adapters", "demo", "launch", "grid", "report",
             "bench"}
-BENCHMARKS = {"prune", "train", "tuners", "data", "data-wait", "rehearsal", "gpu", "cli"}
+BENCHMARKS = {"prune", "train", "tuners", "deploy", "data", "data-wait", "rehearsal", "gpu", "cli"}
 
 
 def python(script, *argv):

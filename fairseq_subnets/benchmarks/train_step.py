@@ -376,10 +376,11 @@ def train_step(model, optimizer: torch.optim.Optimizer, batch: Batch, regularise
     return float(loss.detach())
 
 
-def decode_forward(model, batch: Batch) -> torch.Tensor:
-    """The encoder output (T x B x V logits) of an eval-mode model, without autograd."""
+def decode_forward(model, audio: torch.Tensor) -> torch.Tensor:
+    """The encoder output (T x B x V logits) of an eval-mode model on a batch of unpadded audio
+    (B x samples), without autograd."""
     with torch.no_grad():
-        return model(source=batch.audio, padding_mask=None)["encoder_out"]
+        return model(source=audio, padding_mask=None)["encoder_out"]
 
 
 # --------------------------------------------------------------------------------------- benchmark
@@ -497,9 +498,9 @@ def _run(settings: StepBenchSettings, say, result: Dict[str, object], batch: Bat
         model.eval()
     _require(not any(".parametrizations." in key for key in baked.state_dict()), "bake_module left a parametrization")
     _require(baked.state_dict().keys() == stock.state_dict().keys(), "baked and stock models differ in their keys")
-    as_exported = decode_forward(stock_learned, batch)
+    as_exported = decode_forward(stock_learned, batch.audio)
     stock_learned.get_submodule(W2V_PREFIX[:-1]).requires_grad_(False)  # as the learned-mask model's (docstring)
-    outputs = {name: decode_forward(model, batch) for name, model in decoded.items()}
+    outputs = {name: decode_forward(model, batch.audio) for name, model in decoded.items()}
     _require(torch.equal(outputs["baked"], outputs["stock export"]), "baked and stock decoding outputs differ")
     _require(torch.equal(outputs["learned mask"], outputs["stock learned export"]),
              "learned-mask and stock (baked) decoding outputs differ")
@@ -509,7 +510,7 @@ def _run(settings: StepBenchSettings, say, result: Dict[str, object], batch: Bat
     result["masked_max_abs_difference"] = float(difference)
     difference = (outputs["learned mask"] - as_exported).abs().max()
     result["learned_unfrozen_export_max_abs_difference"] = float(difference)
-    seconds = interleaved({name: (lambda model=model: decode_forward(model, batch))
+    seconds = interleaved({name: (lambda model=model: decode_forward(model, batch.audio))
                            for name, model in _phase_models(decoded, "decode").items()},
                           settings.decode_steps, settings.decode_warmup)
     _compare_phase(result, seconds, "decode")

@@ -101,10 +101,10 @@ def _run(settings: StepBenchSettings, say, result: Dict[str, object], batch: Bat
     for model in decoded.values():
         model.eval()
     for method in TUNERS:
-        _require(torch.equal(decode_forward(decoded[f"{method} merged"], batch),
-                             decode_forward(decoded[f"{method} stock export"], batch)),
+        _require(torch.equal(decode_forward(decoded[f"{method} merged"], batch.audio),
+                             decode_forward(decoded[f"{method} stock export"], batch.audio)),
                  f"{method}: merged and stock export decode differently")
-    seconds = interleaved({name: (lambda model=model: decode_forward(model, batch)) for name, model in decoded.items()},
+    seconds = interleaved({name: (lambda model=model: decode_forward(model, batch.audio)) for name, model in decoded.items()},
                           settings.decode_steps, settings.decode_warmup)
     result["decode"] = {method: compare(seconds, f"{method} stock export", f"{method} merged") for method in TUNERS}
 

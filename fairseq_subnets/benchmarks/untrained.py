@@ -63,28 +63,32 @@ def wav2vec2_model_config(size: CtcModelSize, **architecture):
     return model
 
 
-def ctc_model_config(size: CtcModelSize, stock: bool = False):
-    """The model config (`subnets_wav2vec_ctc`, or stock `wav2vec_ctc`) whose wav2vec2 encoder is
-    built from `w2v_args`, so `w2v_path` is never read; its task is only instantiated, so its data
-    directory need not exist either. A DictConfig, as fairseq hands models their config."""
+def ctc_model_config(size: CtcModelSize, stock: bool = False, architecture: Mapping[str, object] = {}):
+    """The model config (`subnets_wav2vec_ctc`, or stock `wav2vec_ctc`) whose wav2vec2 encoder of
+    `size` with `architecture` (e.g. XLSR_ARCHITECTURE) is built from `w2v_args`, so `w2v_path` is
+    never read; its task is only instantiated, so its data directory need not exist either. A
+    DictConfig, as fairseq hands models their config."""
     w2v_args = OmegaConf.create({"task": {"_name": "audio_pretraining", "data": "unused", "normalize": False},
-                                 "model": wav2vec2_model_config(size)})
+                                 "model": wav2vec2_model_config(size, **architecture)})
     config_class = Wav2Vec2CtcConfig if stock else SubnetsWav2Vec2CtcConfig
     return OmegaConf.structured(config_class(w2v_path="unused", w2v_args=w2v_args, data="unused", normalize=False))
 
 
-def build_untrained_ctc_model(size: CtcModelSize, stock: bool = False):
+def build_untrained_ctc_model(size: CtcModelSize, stock: bool = False, architecture: Mapping[str, object] = {}):
     """A freshly initialised `subnets_wav2vec_ctc` model (stock `Wav2VecCtc` with `stock`) with
-    `size.vocab` outputs; seed torch first for reproducible weights."""
+    `size.vocab` outputs and `architecture` (see `ctc_model_config`); seed torch first for
+    reproducible weights."""
     task = types.SimpleNamespace(target_dictionary=range(size.vocab))
     model_class = Wav2VecCtc if stock else SubnetsWav2VecCtc
-    return model_class.build_model(ctc_model_config(size, stock), task)
+    return model_class.build_model(ctc_model_config(size, stock, architecture), task)
 
 
-def rebuild_with_state(size: CtcModelSize, state: Mapping[str, torch.Tensor], stock: bool = False):
-    """A model of `size` holding `state` (with its masks). Built and loaded rather than
-    deep-copied: the positional convolution's weight_norm makes wav2vec2 models refuse deepcopy."""
-    model = build_untrained_ctc_model(size, stock)
+def rebuild_with_state(size: CtcModelSize, state: Mapping[str, torch.Tensor], stock: bool = False,
+                       architecture: Mapping[str, object] = {}):
+    """A model of `size` and `architecture` holding `state` (with its masks). Built and loaded
+    rather than deep-copied: the positional convolution's weight_norm makes wav2vec2 models refuse
+    deepcopy."""
+    model = build_untrained_ctc_model(size, stock, architecture)
     model.load_state_dict(state, strict=True)
     return model
 

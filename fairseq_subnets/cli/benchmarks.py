@@ -1,9 +1,10 @@
-"""`fairseq-subnets bench prune | train | tuners | data | data-wait | rehearsal | gpu | cli`: the benchmarks of
-`fairseq_subnets.benchmarks`, one group.
+"""`fairseq-subnets bench prune | train | tuners | deploy | data | data-wait | rehearsal | gpu | cli`: the
+benchmarks of `fairseq_subnets.benchmarks`, one group.
 
 Each prints a table of measurements and their ratios against named references (`bench rehearsal`:
 wall time and peak memory of each step of the workflow) as text, or one JSON object with `--json`
-(progress then goes to stderr), and exits 2 on bad settings, before anything runs.
+(`bench deploy`: or its decoding table as CSV with `--csv`; progress then goes to stderr), and exits
+2 on bad settings, before anything runs.
 """
 import json
 import sys
@@ -21,6 +22,7 @@ def register(subparsers):
     _register_prune(benchmarks)
     _register_train_step(benchmarks)
     _register_tuners(benchmarks)
+    _register_deploy(benchmarks)
     _register_data_check(benchmarks)
     _register_data_wait(benchmarks)
     _register_rehearsal(benchmarks)
@@ -28,18 +30,23 @@ def register(subparsers):
     _register_cli_startup(benchmarks)
 
 
-def _run_and_print(args, settings, run, format_report) -> int:
-    """Checks `settings` (a ValueError is the user's), runs the benchmark, prints its report."""
+def _run_and_print(args, settings, run, format_report, format_csv=None) -> int:
+    """Checks `settings` (a ValueError is the user's), runs the benchmark, prints its report (as
+    JSON with --json, as CSV with --csv where the benchmark has a `format_csv`)."""
     try:
         settings.check()
     except ValueError as error:
         raise UserError(str(error)) from None
-    say = (lambda message: print(message, file=sys.stderr)) if args.json else print
+    as_csv = getattr(args, "csv", False)
+    say = (lambda message: print(message, file=sys.stderr)) if args.json or as_csv else print
     try:
         result = run(settings, say)
     except RuntimeError as error:
         raise UserError(str(error)) from None
-    print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_report(result))
+    if as_csv:
+        print(format_csv(result), end="")
+    else:
+        print(json.dumps(result, indent=2, allow_nan=False) if args.json else format_report(result))
     return 0
 
 
@@ -163,6 +170,69 @@ def run_tuner_bench(args) -> int:
     from ..benchmarks.tuners import format_tuner_report, run_tuner_benchmark
 
     return _run_and_print(args, _step_settings(args), run_tuner_benchmark, format_tuner_report)
+
+
+# ---------------------------------------------------------------------------------- bench deploy
+
+
+def _register_deploy(subparsers):
+    parser = subparsers.add_parser(
+        "deploy", help="time decoding with sparse kernels against the dense export; weight memory; HF export/import",
+        description="Builds a random wav2vec2 CTC model of --shape (XLS-R 300M by default; nothing is downloaded) "
+        "and, for each mask set (global L1 at each of --sparsities, 8x1 blocks at each of --block-sparsities), "
+        "times the whole model's forward pass on one utterance of each length in --seconds (eval, no grad, "
+        "feature extractor included) at each thread count in --threads: the stock model holding the baked "
+        "export (dense, the reference) and the plugin model with model.sparse_decoding=on and =auto take turns, "
+        "each decoding once untimed first. Prints dense / sparse speed-ups with their per-round range, the "
+        "break-even sparsity per thread count and length, the resident weight memory of each model (distinct "
+        "tensor storages reachable from it), HF export and import time (interop.hf, in a temporary folder), "
+        "and the targets with PASS or FAIL: at least 1.5x at global L1 90% on 1 thread (aim 2x), auto never "
+        "below 0.98x, weight memory at 90% at most 0.35x of dense. At XLS-R shape it needs up to 18 GB of memory "
+        "(the 50% mask set); --threads 1 --seconds 4 --repeats 3 took 24 minutes on a shared 2-core machine, the "
+        "defaults take several times as long; `--shape tiny --sparsities 0.9 --block-sparsities '' --threads 1 "
+        "--seconds 1 --repeats 1` takes seconds.",
+    )
+    parser.add_argument("--shape", default="xlsr_300m", choices=("tiny", "base", "xlsr_300m"),
+                        help="model shape (default: %(default)s)")
+    parser.add_argument("--sparsities", default="0.5,0.7,0.8,0.9,0.95", metavar="S,S",
+                        help="global-L1 sparsities, comma-separated (default: %(default)s)")
+    parser.add_argument("--block-sparsities", default="0.9", metavar="S,S",
+                        help="8x1 block sparsities, comma-separated; '' for none (default: %(default)s)")
+    parser.add_argument("--threads", default="1,2", metavar="N,N",
+                        help="torch thread counts, comma-separated (default: %(default)s)")
+    parser.add_argument("--seconds", default="4,15", metavar="S,S",
+                        help="utterance lengths in seconds of 16 kHz audio, comma-separated (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed passes per model at each setting (default: %(default)s)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON object")
+    output.add_argument("--csv", action="store_true", help="print the decoding table as CSV")
+    parser.set_defaults(func=run_deploy_bench)
+
+
+def _comma_list(text: str, option: str, convert):
+    """The values of a comma-separated option ('' for none); UserError naming the option otherwise."""
+    values = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item and not text.strip():
+            continue
+        try:
+            values.append(convert(item))
+        except ValueError:
+            kind = "a whole number" if convert is int else "a number"
+            raise UserError(f"{option}: {item!r} is not {kind}") from None
+    return tuple(values)
+
+
+def run_deploy_bench(args) -> int:
+    from ..benchmarks.deploy import DeployBenchSettings, format_deploy_csv, format_deploy_report, run_deploy_benchmark
+
+    settings = DeployBenchSettings(
+        shape=args.shape, sparsities=_comma_list(args.sparsities, "--sparsities", float),
+        block_sparsities=_comma_list(args.block_sparsities, "--block-sparsities", float),
+        threads=_comma_list(args.threads, "--threads", int), seconds=_comma_list(args.seconds, "--seconds", float),
+        repeats=args.repeats)
+    return _run_and_print(args, settings, run_deploy_benchmark, format_deploy_report, format_deploy_csv)
 
 
 # ------------------------------------------------------------------------------------ bench data
