@@ -30,8 +30,13 @@ def kept_mask(shape, pattern, generator):
 
 @pytest.mark.parametrize("pattern", ["random-50", "random-90", "blocks-8x1", "all-pruned"])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
-def test_the_csr_product_equals_the_dense_one(pattern, with_bias):
+@pytest.mark.parametrize("chunk_elements", [2 ** 20, 64 * 4], ids=["one-product", "in-pieces-of-4-frames"])
+def test_the_csr_product_equals_the_dense_one(pattern, with_bias, chunk_elements, monkeypatch):
+    """Also in pieces of frames (a long utterance's), and contiguous as a dense projection's result."""
+    from fairseq_subnets.techniques.sparse_decoding import kernels
     from fairseq_subnets.techniques.sparse_decoding.kernels import csr_of, sparse_linear
+
+    monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", chunk_elements)
 
     generator = torch.Generator().manual_seed(0)
     mask = kept_mask((96, 64), pattern, generator)
@@ -42,7 +47,7 @@ def test_the_csr_product_equals_the_dense_one(pattern, with_bias):
     assert weight_csr._nnz() == int(mask.sum())
     sparse = sparse_linear(input, weight_csr, bias)
     dense = torch.nn.functional.linear(input, weight, bias)
-    assert sparse.shape == dense.shape == (7, 3, 96)
+    assert sparse.shape == dense.shape == (7, 3, 96) and sparse.is_contiguous()
     assert (sparse - dense).abs().max() <= 1e-5
     assert torch.equal(sparse[..., 1], dense[..., 1])  # the pruned row: the bias alone (or 0)
 
