@@ -188,8 +188,8 @@ def _register_deploy(subparsers):
         "tensor storages reachable from it), HF export and import time (interop.hf, in a temporary folder), "
         "and the targets with PASS or FAIL: at least 1.5x at global L1 90% on 1 thread (aim 2x), auto never "
         "below 0.98x, weight memory at 90% at most 0.35x of dense. At XLS-R shape it needs up to 18 GB of memory "
-        "(the 50% mask set); --threads 1 --seconds 4 --repeats 3 took 24 minutes on a shared 2-core machine, the "
-        "defaults take several times as long; `--shape tiny --sparsities 0.9 --block-sparsities '' --threads 1 "
+        "(the 50% mask set) and, with the defaults, hours of a 2-core machine (docs/benchmarks.md has measured "
+        "times): narrow it with the options below; `--shape tiny --sparsities 0.9 --block-sparsities '' --threads 1 "
         "--seconds 1 --repeats 1` takes seconds.",
     )
     parser.add_argument("--shape", default="xlsr_300m", choices=("tiny", "base", "xlsr_300m"),
