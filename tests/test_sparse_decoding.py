@@ -10,7 +10,10 @@ import logging
 import pytest
 import torch
 
-from factory import LETTERS, TINY, ctc_model, random_encoder_masks, write_plugin_checkpoint, write_run_checkpoint
+from factory import (
+    LETTERS, TINY, ctc_model, random_encoder_masks, write_pathways_checkpoint, write_plugin_checkpoint,
+    write_run_checkpoint,
+)
 
 LOGIT_TOLERANCE = 1e-4
 
@@ -252,6 +255,32 @@ def test_the_active_language_of_pathway_masks_decodes_sparse_and_a_switch_follow
     assert sparse_products.count > 0 and len(state.sparse_names()) == 6 * TINY["layers"]
 
 
+def test_the_kernel_check_before_the_first_batch_reads_no_pathway_mask():
+    """fairseq-generate prepares the model for inference (where `on` checks each matrix's dtype
+    and device) before its first batch selects a language: the check reads the stored weight,
+    since computing the effective one needs a language."""
+    from fairseq_subnets.core.transforms import TransformError
+    from fairseq_subnets.errors import PluginInputError
+    from fairseq_subnets.techniques.extension import W2V_PREFIX
+    from fairseq_subnets.techniques.pathways.layer import apply_language_masks
+    from fairseq_subnets.techniques.sparse_decoding import enable_sparse_decoding
+
+    model = ctc_model(vocab=len(LETTERS) + 4)
+    masks = {language: random_encoder_masks(0.8, seed=seed, **TINY) for seed, language in enumerate(("es", "ca"))}
+    apply_language_masks(model, masks, prefix=W2V_PREFIX)
+    state = enable_sparse_decoding(model.eval(), "on")
+    projection = state.projections["encoder.layers.0.fc1.weight"]
+    with pytest.raises(TransformError, match="no language selected"):
+        projection.module.weight
+    for projection in state.projections.values():
+        projection.check_kernel_runs()
+    model.half()
+    float16 = r"^model.sparse_decoding=on: encoder\.layers\.\d\.\S+\.weight is float16 on cpu"
+    with pytest.raises(PluginInputError, match=float16):
+        for projection in state.projections.values():
+            projection.check_kernel_runs()
+
+
 def test_auto_decides_each_matrix_once_logs_it_and_decodes_as_dense(fixed_mask_checkpoint, caplog):
     checkpoint, data = fixed_mask_checkpoint
     dense, auto = loaded(checkpoint, data, "off"), loaded(checkpoint, data, "auto")
@@ -301,7 +330,8 @@ def test_fairseq_generate_with_sparse_decoding_gives_the_dense_hypotheses(tmp_pa
     the log says the masked matrices ran sparse. The checkpoint's config lacks the key, as in every
     checkpoint written before it existed (fairseq alone would drop the override). Its pruned stock
     export (no masks, model `wav2vec_ctc`) decodes sparse to the same hypotheses, its matrices taken
-    as masked by their zeros, their dense weights dropped."""
+    as masked by their zeros, their dense weights dropped. A pathways checkpoint decodes one
+    language (`--decode-language ca`) sparse to its dense hypotheses, its dense weights kept."""
     from checkpoint_helpers import two_at_a_time, write_test_split
     from fairseq_subnets.runner import generate, read_generate_output
 
@@ -315,21 +345,33 @@ def test_fairseq_generate_with_sparse_decoding_gives_the_dense_hypotheses(tmp_pa
     exported = tmp_path / "stock.pt"
     export_plain_checkpoint(str(checkpoint), str(exported))
     utterance_count = write_test_split(tmp_path)
+    multilingual = tmp_path / "multilingual"
+    multilingual.mkdir()
+    pathways = write_pathways_checkpoint(multilingual)
+    write_test_split(multilingual / "ca")
+    decode_ca = ("--task", "subnets_multilingual_finetuning", "--languages", "es,ca", "--decode-language", "ca")
     sparse_on = ("--model-overrides", "{'sparse_decoding': 'on'}")
-    dense, sparse, stock = two_at_a_time(
+    dense, sparse, stock, pathways_dense, pathways_sparse = two_at_a_time(
         (generate, tmp_path, checkpoint, "test", tmp_path / "dense"),
         (generate, tmp_path, checkpoint, "test", tmp_path / "sparse", True, sparse_on),
-        (generate, tmp_path, exported, "test", tmp_path / "stock", True, sparse_on))
-    dense_hypotheses = read_generate_output(dense.results_file.read_text())[1]
-    assert len(dense_hypotheses) == utterance_count and any(dense_hypotheses.values())
-    for run in (sparse, stock):
-        assert read_generate_output(run.results_file.read_text())[1] == dense_hypotheses
+        (generate, tmp_path, exported, "test", tmp_path / "stock", True, sparse_on),
+        (generate, multilingual, pathways, "test", tmp_path / "pathways_dense", True, (), None, decode_ca),
+        (generate, multilingual, pathways, "test", tmp_path / "pathways_sparse", True, sparse_on, None, decode_ca))
+    for reference, runs in ((dense, (sparse, stock)), (pathways_dense, (pathways_sparse,))):
+        dense_hypotheses = read_generate_output(reference.results_file.read_text())[1]
+        assert len(dense_hypotheses) == utterance_count and any(dense_hypotheses.values()), reference.results_file
+        for run in runs:
+            assert read_generate_output(run.results_file.read_text())[1] == dense_hypotheses, run.results_file
     matrices = 6 * TINY["layers"]
+    log = (tmp_path / "pathways_sparse" / "generate-test.log").read_text()
+    assert f"sparse_decoding=on: {matrices} masked encoder matrices run with torch's CSR kernels" in log
+    assert "; 0 dense weights dropped" in log  # a language switch would need them
     log = (tmp_path / "sparse" / "generate-test.log").read_text()
     assert f"sparse_decoding=on: {matrices} masked encoder matrices run with torch's CSR kernels" in log
     assert "masked encoder matrices run with" not in (tmp_path / "dense" / "generate-test.log").read_text()
     log = (tmp_path / "stock" / "generate-test.log").read_text()
-    assert f"sparse_decoding=on: {matrices} encoder matrices without a mask are taken as masked by their exact zeros" in log
+    assert f"sparse_decoding=on: {matrices} encoder matrices without a mask are taken as masked by their exact " \
+           "zeros" in log
     assert f"sparse_decoding=on: {matrices} masked encoder matrices run with torch's CSR kernels" in log
     assert f"{matrices} dense weights dropped" in log
 

@@ -188,9 +188,9 @@ class SparseProjection:
             "checkpoint: its dense export)")
 
     def check_kernel_runs(self) -> None:
-        """Refuses `on` for a model cast or moved where no sparse kernel runs (the bias or the
-        weight placeholder shows the cast and the move)."""
-        for tensor in (self.module.weight, self.module.bias):
+        """Refuses `on` for a model cast or moved where no sparse kernel runs (the stored weight,
+        the weight placeholder or the bias shows the cast and the move)."""
+        for tensor in (stored_tensor(self.module, "weight"), stored_tensor(self.module, "bias")):
             if tensor is not None and not kernels.sparse_kernel_runs(tensor):
                 raise kernel_refusal(self.name, tensor)
 
@@ -198,6 +198,14 @@ class SparseProjection:
         if self.runs_sparse_now():
             return kernels.sparse_linear(input, self.weight_csr, self.module.bias)
         return F.linear(input, self.module.weight, self.module.bias)
+
+
+def stored_tensor(module: nn.Module, name: str) -> Optional[torch.Tensor]:
+    """The module's tensor `name` as stored, without computing it through its weight stack:
+    per-language masks refuse that before fairseq-generate's first batch selects a language."""
+    if parametrize.is_parametrized(module, name):
+        return getattr(module.parametrizations, name).original
+    return getattr(module, name)
 
 
 def masked_projections(model: nn.Module) -> Dict[str, nn.Linear]:
@@ -244,10 +252,11 @@ class SparseDecodingState:
 
 def enable_sparse_decoding(model: nn.Module, mode: str, installed: Optional[Mapping[str, SparseProjection]] = None,
                            plain_masked: Iterable[str] = ()) -> SparseDecodingState:
-    """Installs sparse decoding (`on` or `auto`) on every masked encoder matrix of the host model
-    (a weight stack with a mask, or a plain weight holding exact zeros; besides the projections already `installed` from a compact checkpoint, and the plain weights
-    `plain_masked` a compact checkpoint's dense rebuild left), drops the dense weights `on` no
-    longer needs, and routes the attentions that hold one; refuses a model without any."""
+    """Installs sparse decoding (`on` or `auto`) on every masked encoder matrix of the host model (a
+    weight stack with a mask, or a plain weight holding exact zeros), besides the projections
+    already `installed` from a compact checkpoint, and the plain weights `plain_masked` a compact
+    checkpoint's dense rebuild left; drops the dense weights `on` no longer needs, and routes the
+    attentions that hold one; refuses a model without any."""
     from fairseq.modules import MultiheadAttention
 
     w2v_model = model.get_submodule(W2V_PREFIX[:-1])
