@@ -127,3 +127,46 @@ def write_run_checkpoint(path, seed=0, **model_fields):
     torch.save(trainer_checkpoint(cfg, model.state_dict(), "SubnetsCtcCriterion",
                                   task_state={"target_dictionary": dictionary}), path)
     return model
+
+
+def write_pathways_checkpoint(root, languages=("es", "ca"), sparsity=0.8, seed=0):
+    """A multilingual TINY `subnets_wav2vec_ctc` model with an output layer per language and pathway
+    masks (random at `sparsity`, one set per language) on every encoder matrix, as fairseq's trainer
+    saves it (its transform plan recorded; every key of its task's config, as fairseq-generate needs
+    to load a split with it), in `root` beside a folder per language with the
+    dictionary (LETTERS) `subnets_multilingual_finetuning` reads. Returns the checkpoint path."""
+    import types
+
+    from fairseq.data import Dictionary
+    from fairseq.dataclass.configs import FairseqConfig
+    from omegaconf import OmegaConf
+
+    from fairseq_subnets.benchmarks.untrained import CtcModelSize, ctc_model_config
+    from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
+    from fairseq_subnets.plugin.components.tasks import SubnetsMultilingualFinetuningConfig
+    from fairseq_subnets.plugin.formats.checkpoints import trainer_checkpoint
+    from fairseq_subnets.techniques.extension import W2V_PREFIX
+    from fairseq_subnets.techniques.pathways.layer import apply_language_masks
+
+    dictionary = Dictionary()
+    for letter in LETTERS:
+        dictionary.add_symbol(letter)
+    for language in languages:
+        (root / language).mkdir()
+        dictionary.save(str(root / language / "dict.ltr.txt"))
+    layout = (list(languages), "per_language", [len(dictionary)] * len(languages))
+    cfg = OmegaConf.structured(FairseqConfig)
+    cfg.model = ctc_model_config(CtcModelSize(vocab=len(dictionary), **TINY))
+    cfg.model._name = "subnets_wav2vec_ctc"
+    torch.manual_seed(seed)
+    model = SubnetsWav2VecCtc.build_model(cfg.model, types.SimpleNamespace(target_dictionary=dictionary,
+                                                                          output_layout=lambda: layout))
+    apply_language_masks(model, {language: random_encoder_masks(sparsity, seed=seed + index, **TINY)
+                                 for index, language in enumerate(languages)}, prefix=W2V_PREFIX)
+    model.record_transform_plan(cfg.model)
+    cfg.task = OmegaConf.merge(OmegaConf.structured(SubnetsMultilingualFinetuningConfig), {
+        "_name": "subnets_multilingual_finetuning", "data": str(root), "labels": "ltr", "normalize": False,
+        "languages": list(languages)})
+    path = root / "pathways.pt"
+    torch.save(trainer_checkpoint(cfg, model.state_dict(), "SubnetsCtcCriterion"), path)
+    return path

@@ -2,14 +2,18 @@
 rule, and models decoded in this process with it on against the same models decoded dense (fixed
 masks, learned masks, one language of pathway masks): logits within 1e-4 (fp32), the same greedy
 hypotheses, and proof that the sparse kernel ran and that attention did not take torch's fused path,
-which reads the dense weights. One test decodes with stock fairseq-generate (slow). No timing is
-asserted: `auto` is checked for its rule, its log and its outputs, not its speed."""
+which reads the dense weights; and a pruned stock export, whose zeros are its masks. One test
+decodes with stock fairseq-generate (slow). No timing is asserted: `auto` is checked for its rule,
+its log and its outputs, not its speed."""
 import logging
 
 import pytest
 import torch
 
-from factory import LETTERS, TINY, ctc_model, random_encoder_masks, write_plugin_checkpoint, write_run_checkpoint
+from factory import (
+    LETTERS, TINY, ctc_model, random_encoder_masks, write_pathways_checkpoint, write_plugin_checkpoint,
+    write_run_checkpoint,
+)
 
 LOGIT_TOLERANCE = 1e-4
 
@@ -156,6 +160,70 @@ def test_fixed_masks_decode_sparse_as_dense_with_attention_on_the_sparse_project
     assert len(state.sparse_names()) == 6 * TINY["layers"]
 
 
+def loaded_through_our_task(checkpoint, data, overrides):
+    """The model of `checkpoint` as `fairseq-generate --task subnets_audio_finetuning
+    --model-overrides OVERRIDES` loads it: the task set up from the command line (not from the
+    checkpoint, whose task a stock export names as the stock one), the overrides both in the run's
+    config and applied to the checkpoint's."""
+    from fairseq import checkpoint_utils, tasks
+    from fairseq.dataclass.configs import FairseqConfig
+    from omegaconf import OmegaConf
+
+    from fairseq_subnets.plugin.components.tasks import SubnetsAudioFinetuningConfig
+
+    cfg = OmegaConf.structured(FairseqConfig)
+    cfg.task = OmegaConf.merge(OmegaConf.structured(SubnetsAudioFinetuningConfig),
+                               {"_name": "subnets_audio_finetuning", "data": str(data), "labels": "ltr"})
+    cfg.common_eval.path = str(checkpoint)
+    cfg.common_eval.model_overrides = repr(overrides)
+    models, _ = checkpoint_utils.load_model_ensemble([str(checkpoint)], task=tasks.setup_task(cfg.task),
+                                                      arg_overrides={"data": str(data), **overrides})
+    return models[0].eval()
+
+
+UNPRUNED_IN_THE_EXPORT = "encoder.layers.0.self_attn.q_proj.weight"
+
+
+@pytest.fixture(scope="module")
+def stock_export(fixed_mask_checkpoint):
+    """The stock export (`fairseq-subnets export`: model `wav2vec_ctc`, masks baked into exact
+    zeros, none stored) of the fixed-mask checkpoint, with the zeros of one matrix
+    (UNPRUNED_IN_THE_EXPORT) filled, as a matrix left unpruned holds none."""
+    from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.tools.export import export_plain_checkpoint
+    from fairseq_subnets.techniques.extension import W2V_PREFIX
+
+    checkpoint, data = fixed_mask_checkpoint
+    exported = data / "stock.pt"
+    export_plain_checkpoint(str(checkpoint), str(exported))
+    written = load_checkpoint(exported)
+    assert written["cfg"]["model"]["_name"] == "wav2vec_ctc" and "transform_plan" not in written["cfg"]["model"]
+    unpruned = written["model"][W2V_PREFIX + UNPRUNED_IN_THE_EXPORT]
+    assert (unpruned == 0).any()
+    unpruned[unpruned == 0] = 0.01
+    torch.save(written, exported)
+    return exported, data
+
+
+def test_a_pruned_stock_export_decodes_sparse_by_its_zeros_as_dense(stock_export, monkeypatch):
+    """Through our task, `sparse_decoding=on` builds the plugin's model for the stock config, and
+    every encoder matrix holding exact zeros runs sparse, its dense weight dropped; the one
+    without a zero stays dense (its attention still takes the unfused path for the other three
+    projections). Without the override, the stock model is built, as before."""
+    from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
+    from fairseq_subnets.techniques.sparse_decoding import masked_projections
+
+    checkpoint, data = stock_export
+    dense = loaded_through_our_task(checkpoint, data, {})
+    sparse = loaded_through_our_task(checkpoint, data, {"sparse_decoding": "on"})
+    assert not isinstance(dense, SubnetsWav2VecCtc) and isinstance(sparse, SubnetsWav2VecCtc)
+    assert not masked_projections(sparse)  # no mask: the zeros alone say what is pruned
+    state = sparse.techniques[-1].state
+    assert_decodes_as_dense(dense, sparse, monkeypatch, sparse_matrices=6 * TINY["layers"] - 1, fused_attentions=0)
+    assert len(state.sparse_names()) == 6 * TINY["layers"] - 1 and UNPRUNED_IN_THE_EXPORT not in state.projections
+    assert all(projection.dense_dropped for projection in state.projections.values())
+
+
 def test_learned_masks_decode_sparse_as_dense(tmp_path, monkeypatch):
     """Learned masks (FFN only, by default), binarised outside training: only fc1 and fc2 run
     sparse, and attention keeps torch's fused path."""
@@ -190,6 +258,32 @@ def test_the_active_language_of_pathway_masks_decodes_sparse_and_a_switch_follow
         select_language(model, language)
         assert (decoded(model, net_input)[0] - dense[language]).abs().max() <= LOGIT_TOLERANCE, language
     assert sparse_products.count > 0 and len(state.sparse_names()) == 6 * TINY["layers"]
+
+
+def test_the_kernel_check_before_the_first_batch_reads_no_pathway_mask():
+    """fairseq-generate prepares the model for inference (where `on` checks each matrix's dtype
+    and device) before its first batch selects a language: the check reads the stored weight,
+    since computing the effective one needs a language."""
+    from fairseq_subnets.core.transforms import TransformError
+    from fairseq_subnets.errors import PluginInputError
+    from fairseq_subnets.techniques.extension import W2V_PREFIX
+    from fairseq_subnets.techniques.pathways.layer import apply_language_masks
+    from fairseq_subnets.techniques.sparse_decoding import enable_sparse_decoding
+
+    model = ctc_model(vocab=len(LETTERS) + 4)
+    masks = {language: random_encoder_masks(0.8, seed=seed, **TINY) for seed, language in enumerate(("es", "ca"))}
+    apply_language_masks(model, masks, prefix=W2V_PREFIX)
+    state = enable_sparse_decoding(model.eval(), "on")
+    projection = state.projections["encoder.layers.0.fc1.weight"]
+    with pytest.raises(TransformError, match="no language selected"):
+        projection.module.weight
+    for projection in state.projections.values():
+        projection.check_kernel_runs()
+    model.half()
+    float16 = r"^model.sparse_decoding=on: encoder\.layers\.\d\.\S+\.weight is float16 on cpu"
+    with pytest.raises(PluginInputError, match=float16):
+        for projection in state.projections.values():
+            projection.check_kernel_runs()
 
 
 def test_auto_decides_each_matrix_once_logs_it_and_decodes_as_dense(fixed_mask_checkpoint, caplog):
@@ -239,28 +333,52 @@ def test_fairseq_generate_with_sparse_decoding_gives_the_dense_hypotheses(tmp_pa
     """Stock fairseq-generate on a test split, dense and with
     `--model-overrides "{'sparse_decoding': 'on'}"`: the same hypotheses for every utterance, and
     the log says the masked matrices ran sparse. The checkpoint's config lacks the key, as in every
-    checkpoint written before it existed (fairseq alone would drop the override)."""
+    checkpoint written before it existed (fairseq alone would drop the override). Its pruned stock
+    export (no masks, model `wav2vec_ctc`) decodes sparse to the same hypotheses, its matrices taken
+    as masked by their zeros, their dense weights dropped. A pathways checkpoint decodes one
+    language (`--decode-language ca`) sparse to its dense hypotheses, its dense weights kept."""
     from checkpoint_helpers import two_at_a_time, write_test_split
     from fairseq_subnets.runner import generate, read_generate_output
 
     from fairseq_subnets.plugin.formats.checkpoints import load_checkpoint
+    from fairseq_subnets.plugin.tools.export import export_plain_checkpoint
 
     checkpoint, _, _ = write_plugin_checkpoint(tmp_path, sparsity=0.9, full_task_config=True)
     written = load_checkpoint(checkpoint)
     del written["cfg"]["model"]["sparse_decoding"]
     torch.save(written, checkpoint)
+    exported = tmp_path / "stock.pt"
+    export_plain_checkpoint(str(checkpoint), str(exported))
     utterance_count = write_test_split(tmp_path)
-    dense, sparse = two_at_a_time(
+    multilingual = tmp_path / "multilingual"
+    multilingual.mkdir()
+    pathways = write_pathways_checkpoint(multilingual)
+    write_test_split(multilingual / "ca")
+    decode_ca = ("--task", "subnets_multilingual_finetuning", "--languages", "es,ca", "--decode-language", "ca")
+    sparse_on = ("--model-overrides", "{'sparse_decoding': 'on'}")
+    dense, sparse, stock, pathways_dense, pathways_sparse = two_at_a_time(
         (generate, tmp_path, checkpoint, "test", tmp_path / "dense"),
-        (generate, tmp_path, checkpoint, "test", tmp_path / "sparse", True,
-         ("--model-overrides", "{'sparse_decoding': 'on'}")))
-    dense_hypotheses = read_generate_output(dense.results_file.read_text())[1]
-    sparse_hypotheses = read_generate_output(sparse.results_file.read_text())[1]
-    assert len(dense_hypotheses) == utterance_count and any(dense_hypotheses.values())
-    assert sparse_hypotheses == dense_hypotheses
+        (generate, tmp_path, checkpoint, "test", tmp_path / "sparse", True, sparse_on),
+        (generate, tmp_path, exported, "test", tmp_path / "stock", True, sparse_on),
+        (generate, multilingual, pathways, "test", tmp_path / "pathways_dense", True, (), None, decode_ca),
+        (generate, multilingual, pathways, "test", tmp_path / "pathways_sparse", True, sparse_on, None, decode_ca))
+    for reference, runs in ((dense, (sparse, stock)), (pathways_dense, (pathways_sparse,))):
+        dense_hypotheses = read_generate_output(reference.results_file.read_text())[1]
+        assert len(dense_hypotheses) == utterance_count and any(dense_hypotheses.values()), reference.results_file
+        for run in runs:
+            assert read_generate_output(run.results_file.read_text())[1] == dense_hypotheses, run.results_file
+    matrices = 6 * TINY["layers"]
+    log = (tmp_path / "pathways_sparse" / "generate-test.log").read_text()
+    assert f"sparse_decoding=on: {matrices} masked encoder matrices run with torch's CSR kernels" in log
+    assert "; 0 dense weights dropped" in log  # a language switch would need them
     log = (tmp_path / "sparse" / "generate-test.log").read_text()
-    assert f"sparse_decoding=on: {6 * TINY['layers']} masked encoder matrices run with torch's CSR kernels" in log
+    assert f"sparse_decoding=on: {matrices} masked encoder matrices run with torch's CSR kernels" in log
     assert "masked encoder matrices run with" not in (tmp_path / "dense" / "generate-test.log").read_text()
+    log = (tmp_path / "stock" / "generate-test.log").read_text()
+    assert f"sparse_decoding=on: {matrices} encoder matrices without a mask are taken as masked by their exact " \
+           "zeros" in log
+    assert f"sparse_decoding=on: {matrices} masked encoder matrices run with torch's CSR kernels" in log
+    assert f"{matrices} dense weights dropped" in log
 
 
 def test_a_weight_without_a_sparse_cpu_kernel_is_refused_under_on_and_kept_dense_under_auto(monkeypatch):

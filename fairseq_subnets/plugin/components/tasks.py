@@ -9,6 +9,9 @@ Additions to the stock task (every stock key keeps working):
   training every rank checks at each epoch that all ranks hold the identical mask;
 - a model rebuilt from a checkpoint (fairseq-generate, export) takes its weights and masks from
   the checkpoint alone: `model.init_from` and `model.mask_path` are training-time inputs, not read.
+- a plugin model key named in fairseq-generate's `--model-overrides` takes effect on a checkpoint
+  whose config lacks it, also on a stock CTC checkpoint (a stock export), then built as the
+  plugin's model (`add_overridden_keys_the_checkpoint_lacks`).
 
 `subnets_multilingual_finetuning` extends it to several languages trained at once in monolingual
 batches, with per-language or shared output layers (README "Multilingual fine-tuning").
@@ -28,6 +31,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.logging import metrics
 from fairseq.logging.meters import safe_round
 from fairseq.tasks import register_task
+from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig
 from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetuningTask
 from fairseq.utils import split_paths
 from omegaconf import II, open_dict
@@ -38,7 +42,7 @@ from ...data.language_sampling import check_sampling_alpha, language_probabiliti
 from ...techniques.extension import RunSettings, check_masks_identical_across_ranks, refuse_decoding_only_keys
 from ...techniques.language_heads import LANGUAGE_KEY
 from ..formats.checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
-from ..formats.compact import check_checkpoints_to_decode
+from ..formats.compact import MODEL_NAME as PLUGIN_CTC_MODEL, STOCK_CTC_MODEL, check_checkpoints_to_decode
 from ..formats.upstream import LANGUAGE_DICTIONARIES_KEY
 from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator
@@ -196,15 +200,21 @@ def refuse_fp32_weight_copies(task_cfg):
 def add_overridden_keys_the_checkpoint_lacks(task_cfg, model_cfg):
     """fairseq-generate's `--model-overrides` sets only the keys a checkpoint's config holds, so a
     model key of the plugin added after the checkpoint was written (`model.sparse_decoding`) would
-    be dropped without a word: such keys are added to the checkpoint's model config here. The
-    overrides are read as fairseq-generate reads them (a Python literal)."""
+    be dropped without a word: such keys are added to the checkpoint's model config here. A stock
+    CTC model's config (a stock export's) given a key only the plugin's model has becomes the
+    plugin's model, which holds the same state under the same keys, so that the key takes effect
+    (sparse decoding of a pruned stock export). The overrides are read as fairseq-generate reads
+    them (a Python literal)."""
     text = run_setting(task_cfg, "common_eval.model_overrides")
     overrides = ast.literal_eval(text) if text else {}
     host_keys = {entry.name for entry in fields(SubnetsWav2Vec2CtcConfig)}
+    plugin_only_keys = host_keys - {entry.name for entry in fields(Wav2Vec2CtcConfig)}
     with open_dict(model_cfg):
         for key, value in overrides.items():
             if key in host_keys and key not in model_cfg:
                 model_cfg[key] = value
+        if model_cfg.get("_name") == STOCK_CTC_MODEL and plugin_only_keys & overrides.keys():
+            model_cfg["_name"] = PLUGIN_CTC_MODEL
 
 
 def refuse_pretraining_checkpoint(task_cfg, model_cfg):

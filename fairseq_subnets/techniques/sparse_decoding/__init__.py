@@ -6,7 +6,10 @@ Why: a pruned model's zeros cost as much as any weight in a dense product; only 
 turns them into time saved. Which matrices: every encoder `nn.Linear` whose weight stack holds a
 mask (a mask file's fixed or dense mask, learned masks, which are binary outside training, and the
 active language's pathway mask), read once the checkpoint's state is in place, so checkpoints
-whose masks come from the state alone (no transform plan) are covered too.
+whose masks come from the state alone (no transform plan) are covered too; and every encoder matrix
+without a weight stack whose weight holds an exact zero, taken as masked by its zeros: a pruned
+stock export (`fairseq-subnets export`) bakes its masks into the weights and stores none, and a
+trained weight that was not pruned is practically never exactly 0 (`zero_pruned_projections`).
 
 How: each such projection's `forward` becomes a `SparseProjection`, which in eval mode without
 gradients runs `kernels.sparse_linear` on the CSR form of the effective weight, and otherwise (a
@@ -47,6 +50,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ...core.targets import parse_weight_name
 from ...core.transforms import MaskTransform, stack_of, stacks
 from ...errors import PluginInputError
 from ..extension import W2V_PREFIX, Technique
@@ -184,9 +188,9 @@ class SparseProjection:
             "checkpoint: its dense export)")
 
     def check_kernel_runs(self) -> None:
-        """Refuses `on` for a model cast or moved where no sparse kernel runs (the bias or the
-        weight placeholder shows the cast and the move)."""
-        for tensor in (self.module.weight, self.module.bias):
+        """Refuses `on` for a model cast or moved where no sparse kernel runs (the stored weight,
+        the weight placeholder or the bias shows the cast and the move)."""
+        for tensor in (stored_tensor(self.module, "weight"), stored_tensor(self.module, "bias")):
             if tensor is not None and not kernels.sparse_kernel_runs(tensor):
                 raise kernel_refusal(self.name, tensor)
 
@@ -196,10 +200,28 @@ class SparseProjection:
         return F.linear(input, self.module.weight, self.module.bias)
 
 
+def stored_tensor(module: nn.Module, name: str) -> Optional[torch.Tensor]:
+    """The module's tensor `name` as stored, without computing it through its weight stack:
+    per-language masks refuse that before fairseq-generate's first batch selects a language."""
+    if parametrize.is_parametrized(module, name):
+        return getattr(module.parametrizations, name).original
+    return getattr(module, name)
+
+
 def masked_projections(model: nn.Module) -> Dict[str, nn.Linear]:
     """Model-relative weight name -> module of every encoder `nn.Linear` whose weight is masked."""
     return {name: module for name, module, stack in stacks(model, W2V_PREFIX)
             if isinstance(module, nn.Linear) and any(isinstance(t, MaskTransform) for _, _, t in stack.transforms())}
+
+
+def zero_pruned_projections(model: nn.Module) -> Dict[str, nn.Linear]:
+    """Model-relative weight name -> module of every prunable encoder `nn.Linear` without a weight
+    stack whose weight holds an exact zero: a matrix pruned and baked (a stock export), whose zeros
+    are its mask. A placeholder left by a dropped dense weight is empty and holds none."""
+    w2v_model = model.get_submodule(W2V_PREFIX[:-1])
+    return {f"{path}.weight": module for path, module in w2v_model.named_modules()
+            if isinstance(module, nn.Linear) and parse_weight_name(f"{path}.weight") is not None
+            and stack_of(module) is None and bool((module.weight == 0).any())}
 
 
 class AttentionRouting:
@@ -230,20 +252,27 @@ class SparseDecodingState:
 
 def enable_sparse_decoding(model: nn.Module, mode: str, installed: Optional[Mapping[str, SparseProjection]] = None,
                            plain_masked: Iterable[str] = ()) -> SparseDecodingState:
-    """Installs sparse decoding (`on` or `auto`) on every masked encoder matrix of the host model
-    (besides the projections already `installed` from a compact checkpoint, and the plain weights
-    `plain_masked` a compact checkpoint's dense rebuild left), drops the dense weights `on` no
-    longer needs, and routes the attentions that hold one; refuses a model without any."""
+    """Installs sparse decoding (`on` or `auto`) on every masked encoder matrix of the host model (a
+    weight stack with a mask, or a plain weight holding exact zeros), besides the projections
+    already `installed` from a compact checkpoint, and the plain weights `plain_masked` a compact
+    checkpoint's dense rebuild left; drops the dense weights `on` no longer needs, and routes the
+    attentions that hold one; refuses a model without any."""
     from fairseq.modules import MultiheadAttention
 
     w2v_model = model.get_submodule(W2V_PREFIX[:-1])
-    masked = {**masked_projections(model),
-              **{name: w2v_model.get_submodule(name[:-len(".weight")]) for name in plain_masked}}
     projections = dict(installed or {})
+    by_zeros = {name: module for name, module in zero_pruned_projections(model).items() if name not in projections}
+    masked = {**by_zeros, **masked_projections(model),
+              **{name: w2v_model.get_submodule(name[:-len(".weight")]) for name in plain_masked}}
     if not masked and not projections:
         raise PluginInputError(
             f"model.{KEY}={mode}: the model holds no masked encoder matrix, so no sparse kernel would run; decode it "
-            f"with model.{KEY}=off (masks come from model.mask_path, model.score_sparsity or pathway masks)")
+            f"with model.{KEY}=off (masks come from model.mask_path, model.score_sparsity or pathway masks; an "
+            "encoder matrix without a mask counts as masked where it holds exact zeros, as a pruned stock export's do)")
+    zeros_only = sorted(set(by_zeros) - set(plain_masked))
+    if zeros_only:
+        logger.info("%s=%s: %d encoder matrices without a mask are taken as masked by their exact zeros (a pruned "
+                    "stock export's)", KEY, mode, len(zeros_only))
     for name, module in masked.items():
         projection = projections[name] = SparseProjection(module, name, mode)
         module.forward = projection
