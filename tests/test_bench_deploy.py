@@ -49,6 +49,11 @@ def test_a_tiny_run_measures_every_mask_set_thread_count_and_length_against_dens
     assert list(memory) == list(LABELS)
     assert memory["global L1 50%"]["on_bytes"] > memory["global L1 90%"]["on_bytes"]  # more CSR entries
     assert len({row["dense_bytes"] for row in memory.values()}) == 1
+    compact = {row["masks"]: row for row in result["compact"]}
+    assert list(compact) == list(LABELS)
+    assert all(row["compact_bytes"] < row["dense_bytes"] and row["dense_load_s"] > 0 and row["compact_load_s"] > 0
+               for row in compact.values())
+    assert compact["global L1 90%"]["compact_bytes"] < compact["global L1 50%"]["compact_bytes"]
     hf = result["hf"]
     assert hf["masks"] == "global L1 90%" and hf["export_s"] > 0 and hf["import_s"] > 0
     assert hf["hf_weights_bytes"] > 0 and hf["imported_bytes"] > 0
@@ -61,8 +66,9 @@ def test_the_report_prints_every_row_ratio_and_target(tiny_result):
     decoding = [line for line in report.splitlines() if line.startswith(LABELS) and " s " in line]
     assert len(decoding) == 6
     assert all(line.count("x [") == 2 for line in decoding)  # on and auto speed-ups with their range
-    memory = [line for line in report.splitlines() if line.startswith(LABELS) and " s " not in line]
-    assert len(memory) == 3 and all(line.count("x") >= 2 for line in memory)
+    memory_and_compact = [line for line in report.splitlines() if line.startswith(LABELS) and " s " not in line]
+    assert len(memory_and_compact) == 6 and all(line.count("x") >= 1 for line in memory_and_compact)
+    assert "compact checkpoint" in report
     assert "export " in report and "import " in report
     verdicts = [line for line in report.splitlines() if line.rstrip().endswith(("PASS", "FAIL"))]
     assert len(verdicts) == 4  # 90% at each of 2 lengths, auto, memory

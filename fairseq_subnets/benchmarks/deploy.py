@@ -21,6 +21,10 @@ utterance of random audio per length:
   after decoding (`resident_weight_bytes`: parameters, buffers, the masks' caches, the effective
   weights the weight stacks keep in eval mode, and the CSR forms sparse decoding holds), sparse
   against dense.
+* compact checkpoint, for each mask set: the bytes of `export --compact`'s model state
+  (`write_compact_model_state`) against `torch.save` of the dense export's, and the seconds to read
+  each back (weights-only), the compact one also verified and decoded into every CSR form, which is
+  what a compact checkpoint's load does instead of filling dense weights.
 * HF export and import: `export --format hf --mask` and `import --format hf` (interop.hf, the
   functions the commands run) of a checkpoint of the model with the 90% global-L1 mask file (or
   the first mask set's), timed once each (transformers already imported), in a temporary folder.
@@ -45,12 +49,13 @@ from fairseq.dataclass.configs import FairseqConfig
 from omegaconf import OmegaConf
 from torch import nn
 
-from ..core.maskfile import save_mask_file
+from ..core.maskfile import load_mask_file, save_mask_file
 from ..core.parametrize import bake_state_dict
 from ..core.pruning import compute_masks
 from ..core.targets import select_weights
 from ..interop.hf import INSTALL_HINT, WEIGHTS_FILE, export_hf_folder, import_hf_folder, transformers_module
-from ..plugin.formats.checkpoints import trainer_checkpoint
+from ..plugin.formats.checkpoints import load_fairseq_checkpoint, trainer_checkpoint
+from ..plugin.formats.compact import read_compact_checkpoint, write_compact_model_state
 from ..techniques import sparse_decoding
 from ..techniques.fixed_masks import apply_mask_file
 from .timing import compare, interleaved, machine_description, text_table
@@ -294,7 +299,7 @@ def _run(settings: DeployBenchSettings, say) -> Dict[str, object]:
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": machine_description(f"load at start {os.getloadavg()[0]:.2f}"),
         "settings": asdict(settings), "shape": f"{settings.shape}: {size.describe()}",
-        "decoding": [], "memory": [],
+        "decoding": [], "memory": [], "compact": [],
     }
     say(f"building a random {settings.shape} model ({size.describe()}) ...")
     base = build_untrained_ctc_model(size, architecture=architecture)
@@ -318,11 +323,16 @@ def _run(settings: DeployBenchSettings, say) -> Dict[str, object]:
 
 
 def _measure_mask_set(settings: DeployBenchSettings, models: MaskedModels, spec: MaskSpec, result, say) -> None:
-    """The decoding rows and the memory row of one mask set (module docstring)."""
+    """The decoding rows, the memory row and the compact-checkpoint row of one mask set (module
+    docstring)."""
     on = models.masked()
     # exported before sparse decoding is installed: under `on` it may drop the dense weights
-    dense = rebuild_with_state(models.size, bake_state_dict(on.state_dict()), stock=True,
-                               architecture=models.architecture).eval()
+    exported = bake_state_dict(on.state_dict())
+    dense = rebuild_with_state(models.size, exported, stock=True, architecture=models.architecture).eval()
+    compact = measure_compact_checkpoint(os.path.dirname(models.mask_path), spec, exported, models.mask_path)
+    result["compact"].append(compact)
+    say(f"  compact checkpoint: {compact['compact_bytes'] / compact['dense_bytes']:.3f}x of the dense export's bytes")
+    del exported
     on_state = sparse_decoding.enable_sparse_decoding(on, "on")
     memory = {"masks": spec.label, "method": spec.method, "sparsity": spec.sparsity,
               "dense_bytes": resident_weight_bytes(dense), "auto_bytes": {}}
@@ -352,6 +362,30 @@ def _measure_mask_set(settings: DeployBenchSettings, models: MaskedModels, spec:
     result["memory"].append(memory)
     say(f"  weight memory: on {memory['on_bytes'] / memory['dense_bytes']:.3f}x of dense "
         f"({memory['on_bytes'] / 1e6:.1f} MB against {memory['dense_bytes'] / 1e6:.1f} MB)")
+
+
+def measure_compact_checkpoint(folder: str, spec: MaskSpec, baked: Mapping[str, torch.Tensor],
+                               mask_path: str) -> Dict[str, object]:
+    """Bytes and read-back seconds of the compact checkpoint of a model state whose masks (those of
+    `mask_path`) are baked in, against the dense export of the same state (module docstring)."""
+    mask_names = list(load_mask_file(mask_path).masks)
+    dense_path, compact_path = os.path.join(folder, "dense.pt"), os.path.join(folder, "compact.pt")
+    torch.save({"model": baked}, dense_path)
+    compact_bytes = write_compact_model_state(compact_path, baked, mask_names)
+    start = time.perf_counter()
+    load_fairseq_checkpoint(dense_path)
+    dense_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    _, _, matrices = read_compact_checkpoint(compact_path)
+    for matrix in matrices.values():
+        matrix.csr()
+    compact_seconds = time.perf_counter() - start
+    row = {"masks": spec.label, "method": spec.method, "sparsity": spec.sparsity,
+           "dense_bytes": os.path.getsize(dense_path), "compact_bytes": compact_bytes,
+           "dense_load_s": dense_seconds, "compact_load_s": compact_seconds}
+    os.remove(dense_path)
+    os.remove(compact_path)
+    return row
 
 
 def break_even_rows(decoding: Sequence[Mapping[str, object]]) -> List[Dict[str, object]]:
@@ -476,6 +510,12 @@ def format_deploy_report(result: Mapping[str, object]) -> str:
                      ", ".join(f"{bytes_ / 1e6:.1f} ({threads})" for threads, bytes_ in auto.items()),
                      ", ".join(f"{bytes_ / row['dense_bytes']:.3f}x" for bytes_ in auto.values())))
     lines += text_table(rows)
+    lines += ["", "compact checkpoint (export --compact's model state against the dense export's):"]
+    lines += text_table([("masks", "dense (MB)", "compact (MB)", "compact / dense", "read dense (s)",
+                          "read, verify and decode compact (s)")] + [
+        (row["masks"], f"{row['dense_bytes'] / 1e6:.1f}", f"{row['compact_bytes'] / 1e6:.1f}",
+         f"{row['compact_bytes'] / row['dense_bytes']:.3f}x", f"{row['dense_load_s']:.2f}", f"{row['compact_load_s']:.2f}")
+        for row in result["compact"]])
     hf = result["hf"]
     lines += ["", f"HF export and import ({hf['masks']} model, once each): export {hf['export_s']:.2f} s "
               f"({hf['checkpoint_bytes'] / 1e6:.1f} MB checkpoint -> {hf['hf_weights_bytes'] / 1e6:.1f} MB "
