@@ -8,22 +8,16 @@ import string
 
 import torch
 
-TINY_ENCODER = dict(layers=2, width=64, ffn=128)
-"""A two-layer encoder's size, as the benchmarks take it (behind wav2vec2's feature extractor)."""
-TINY = dict(TINY_ENCODER, feature_channels=32)
-"""TINY_ENCODER behind a 32-channel feature extractor: real fairseq modules, small enough to build
-and run in a fraction of a second. The channels differ from the width, so the model has wav2vec2's
-projection between them (fairseq leaves it out where they are equal, and HF's layout always has
-it)."""
+TINY = dict(layers=2, width=64, ffn=128)
+"""A two-layer encoder: real fairseq modules, small enough to build in a fraction of a second."""
 BASE = dict(layers=12, width=768, ffn=3072)
 """wav2vec2 BASE."""
 LETTERS = ["|"] + list(string.ascii_lowercase) + ["'"]
 """The characters of the checkpoint's dictionary (fairseq adds its 4 special symbols)."""
 
 
-def encoder_shapes(layers, width, ffn, feature_channels=None):
-    """Model-relative name -> shape of every prunable matrix of an encoder of this size (the
-    feature extractor's channels shape none of them)."""
+def encoder_shapes(layers, width, ffn):
+    """Model-relative name -> shape of every prunable matrix of an encoder of this size."""
     from fairseq_subnets.core.targets import encoder_weight_shapes
 
     return encoder_weight_shapes(layers, width, ffn)

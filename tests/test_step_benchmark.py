@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from factory import TINY_ENCODER, ctc_model
+from factory import TINY, ctc_model
 
-SMALL = dict(TINY_ENCODER, seconds=0.25, train_steps=2, train_warmup=1, decode_steps=2, decode_warmup=1)
+SMALL = dict(TINY, seconds=0.25, train_steps=2, train_warmup=1, decode_steps=2, decode_warmup=1)
 SMALL_ARGS = ["--layers", "2", "--width", "64", "--ffn", "128", "--seconds", "0.25", "--train-steps", "2",
               "--train-warmup", "1", "--decode-steps", "2", "--decode-warmup", "1"]
 

@@ -4,9 +4,9 @@ import math
 
 import pytest
 
-from factory import TINY_ENCODER
+from factory import TINY
 
-SMALL = dict(TINY_ENCODER, seconds=0.25, train_steps=2, train_warmup=1, decode_steps=2, decode_warmup=1)
+SMALL = dict(TINY, seconds=0.25, train_steps=2, train_warmup=1, decode_steps=2, decode_warmup=1)
 
 
 @pytest.fixture(scope="module")
@@ -43,12 +43,12 @@ def test_tuned_models_optimize_only_their_tuner_and_the_head(result):
     from fairseq_subnets.techniques.tuners import tuner_config
     from fairseq_subnets.benchmarks.untrained import CtcModelSize
 
-    head = (TINY_ENCODER["width"] + 1) * 32  # the CTC output layer of vocabulary 32
+    head = (TINY["width"] + 1) * 32  # the CTC output layer of vocabulary 32
     optimized = result["optimized_values"]
     assert optimized["full fine-tuning"] == result["parameters"]
     for method, count in result["tuner_parameters"].items():
         assert optimized[method] == count + head
-    assert CtcModelSize(vocab=32, **TINY_ENCODER).vocab == 32 and tuner_config("lora").r == 8
+    assert CtcModelSize(vocab=32, **TINY).vocab == 32 and tuner_config("lora").r == 8
 
 
 def test_the_report_names_every_tuner_and_the_allocator(result):

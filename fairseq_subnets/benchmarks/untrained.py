@@ -36,10 +36,6 @@ class CtcModelSize:
     heads: Optional[int] = None
     """attention heads; None: width // 64 (at least 1)"""
     vocab: int = 32
-    feature_channels: Optional[int] = None
-    """channels of each of the feature extractor's 7 convolutions (strides and kernels stay
-    wav2vec2's); None: wav2vec2's 512, at which the convolutions hold nearly all of a tiny
-    encoder's weights and time (the shipped tiny configs use 64)."""
 
     @property
     def attention_heads(self) -> int:
@@ -59,10 +55,6 @@ convolutions themselves (7 layers of 512 channels, 20 ms frames) are the default
 def wav2vec2_model_config(size: CtcModelSize, **architecture):
     """The pretraining model config (`wav2vec2`) of an encoder of `size`, with `architecture`
     (e.g. XLSR_ARCHITECTURE) replacing fairseq's defaults; a DictConfig."""
-    if size.feature_channels is not None:
-        channels = size.feature_channels
-        architecture = {"conv_feature_layers": f"[({channels}, 10, 5)] + [({channels}, 3, 2)] * 4 + "
-                                               f"[({channels}, 2, 2)] * 2", **architecture}
     model = OmegaConf.structured(Wav2Vec2Config(
         encoder_layers=size.layers, encoder_embed_dim=size.width,
         encoder_ffn_embed_dim=size.ffn, encoder_attention_heads=size.attention_heads, **architecture,
