@@ -4,8 +4,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 SIDE_BY_SIDE_THREADS = 1
 """CPU threads of a fairseq command that these helpers run beside another on the test machine's two
-cores: two commands each using both cores spend about half their CPU time waiting on each other's
-threads (seen with `bench gpu --dry-run`)."""
+cores: two commands each using both cores spend a third or more of their CPU time waiting on each
+other's threads (seen with `bench gpu --dry-run`)."""
 
 
 def two_at_a_time(*calls):

@@ -129,7 +129,7 @@ class GpuCheckSettings:
     def cpu_threads(self, processes_at_a_time: int) -> Optional[int]:
         """CPU threads for each of `processes_at_a_time` fairseq commands running side by side: in
         the dry mode the cores shared out between them (two commands each using every core spend
-        about half their CPU time waiting on each other's threads: seen on 2 cores); on the GPU
+        a third or more of their CPU time waiting on each other's threads: seen on 2 cores); on the GPU
         None, the environment's."""
         if not self.dry_run:
             return None
