@@ -2,6 +2,12 @@
 from concurrent.futures import ThreadPoolExecutor
 
 
+SIDE_BY_SIDE_THREADS = 1
+"""CPU threads of a fairseq command that these helpers run beside another on the test machine's two
+cores: two commands each using both cores spend a third or more of their CPU time waiting on each
+other's threads (seen with `bench gpu --dry-run`)."""
+
+
 def two_at_a_time(*calls):
     """Runs each `(function, *arguments)`, two at a time, and returns the results in order (the
     first failure raised): a fairseq command is mostly a single-threaded start-up, and the test
@@ -62,7 +68,7 @@ def assert_export_matches_in_stock_fairseq(checkpoint, exported, data, work_dir)
     from fairseq import checkpoint_utils
 
     import fairseq_subnets.plugin  # noqa: F401
-    from fairseq_subnets.runner import run_logged
+    from fairseq_subnets.runner import run_logged, thread_env
 
     models, _, task = checkpoint_utils.load_model_ensemble_and_task([str(checkpoint)], arg_overrides={"data": str(data)})
     model = models[0].eval()
@@ -84,7 +90,8 @@ def assert_export_matches_in_stock_fairseq(checkpoint, exported, data, work_dir)
         torch.save(logits, {str(work_dir / 'stock_logits.pt')!r})
         print("loaded as", type(model).__name__, cfg.task._name, flush=True)
     """)
-    log = run_logged([sys.executable, "-c", stock_run], work_dir / "stock_load.log")
+    log = run_logged([sys.executable, "-c", stock_run], work_dir / "stock_load.log",
+                     env=thread_env(SIDE_BY_SIDE_THREADS))
     assert log.splitlines()[-1].split() == ["loaded", "as", "Wav2VecCtc", "audio_finetuning"], log[-3000:]
     torch.testing.assert_close(torch.load(work_dir / "stock_logits.pt"), expected, rtol=1e-5, atol=1e-5)
 
@@ -94,7 +101,7 @@ def assert_generate_decodes_every_test_utterance(checkpoint, data, work_dir):
     test split of `data`."""
     from fairseq_subnets.runner import generate
 
-    decoded = generate(data, checkpoint, "test", work_dir / "decode")
+    decoded = generate(data, checkpoint, "test", work_dir / "decode", threads=SIDE_BY_SIDE_THREADS)
     assert decoded.hypotheses == len((data / "test.tsv").read_text().splitlines()) - 1
 
 

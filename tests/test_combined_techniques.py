@@ -2,8 +2,9 @@
 (LoRA under learned masks, learned masks inside a fixed mask, lottery-ticket pruning with group
 lasso over LoRA) trains through stock fairseq-hydra-train from a shipped tiny config with
 overrides, decodes with stock fairseq-generate, and exports to a checkpoint that stock fairseq
-loads without the plugin and that gives the unmerged model's logits. One run per combination,
-shared by every assertion on it. Resuming after a kill, bit for bit, is in
+loads without the plugin and that gives the unmerged model's logits. Two runs hold the three
+combinations (LoRA under learned masks inside a fixed mask is the first two), each run shared by
+every assertion on it. Resuming after a kill, bit for bit, is in
 test_reproducible_training (one mode per combination); the invariants in-process are in
 test_combined_techniques_model."""
 from pathlib import Path
@@ -37,8 +38,8 @@ def fixed_mask(skeleton_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def runs(skeleton_run, fixed_mask, tmp_path_factory):
-    """name -> (save dir, log text) of each combination's run, UPDATES updates at 1 thread, two
-    runs side by side."""
+    """name -> (save dir, log text) of each run of tests/combinations.py, UPDATES updates at 1
+    thread, side by side."""
     from fairseq_subnets.runner import CONFIG_DIR, hydra_train
 
     _, result = skeleton_run
@@ -87,7 +88,7 @@ def test_learned_masks_inside_a_fixed_mask_learn_among_its_kept_weights_and_leav
     from fairseq_subnets.core.pruning import pruned_count
     from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
-    save_dir, log = runs["learned_masks_in_fixed_mask"]
+    save_dir, log = runs["tuner_with_learned_masks_in_fixed_mask"]
     fixed = load_mask_file(str(fixed_mask)).masks
     checkpoint = save_dir / "checkpoint_last.pt"
     masks, baked = stored_masks_and_baked_weights(checkpoint)
@@ -103,18 +104,20 @@ def test_learned_masks_inside_a_fixed_mask_learn_among_its_kept_weights_and_leav
     assert "of the weights the fixed mask keeps" in log
 
 
-def test_a_tuner_with_learned_masks_trains_both_and_its_delta_is_masked(runs):
+def test_a_tuner_with_learned_masks_trains_both_and_its_delta_is_masked(runs, skeleton_run):
     from fairseq_subnets.plugin.components.models import W2V_PREFIX
 
-    save_dir, log = runs["tuner_with_learned_masks"]
+    _, result = skeleton_run
+    save_dir, log = runs["tuner_with_learned_masks_in_fixed_mask"]
     checkpoint = save_dir / "checkpoint_last.pt"
     state = checkpoint_state(checkpoint)
+    pretrained_state = checkpoint_state(result.pretrained_checkpoint)  # learned masks freeze the weights
     masks, baked = stored_masks_and_baked_weights(checkpoint)
     lora = transforms_of(state, "lora")
     assert lora and all(torch.count_nonzero(tensors["lora_B"]) > 0 for tensors in lora.values())  # it trained
     for module in lora:
         name = module[len(W2V_PREFIX):] + ".weight"
-        pretrained = state[f"{module}.parametrizations.weight.original"]
+        pretrained = pretrained_state[name]  # the run stores only the weights its fixed mask keeps
         assert torch.count_nonzero(baked[module + ".weight"][~masks[name]]) == 0, name
         assert not torch.equal(baked[module + ".weight"], pretrained * masks[name]), name  # the delta is in
     assert "learned masks (ori init, matrix top-k)" in log and "tuner lora trains" in log

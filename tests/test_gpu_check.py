@@ -17,10 +17,19 @@ PRUNABLE_WEIGHTS = 4 * 256 * 256 + 2 * 256 * 512
 
 
 @pytest.mark.slow
-def test_the_dry_mode_trains_decodes_exports_and_checks_every_mode(tmp_path, capsys):
+def test_the_dry_mode_trains_decodes_exports_and_checks_every_mode(tmp_path, capsys, monkeypatch):
+    import os
+
+    from fairseq_subnets import runner
+
+    threads_asked = []
+    thread_env = runner.thread_env
+    monkeypatch.setattr(runner, "thread_env", lambda threads: threads_asked.append(threads) or thread_env(threads))
     out = tmp_path / "check"
     assert main(["bench", "gpu", "--dry-run", "--out", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert len(threads_asked) == 2 * len(MODES)  # a training and a decode per mode, two at a time on the cores
+    assert set(threads_asked) == {max(1, (os.cpu_count() or 1) // 2)}
     assert json.loads((out / "gpu_check.json").read_text()) == result
     assert result["dry_run"] and result["device"] is None and result["all_ok"]
 
@@ -123,6 +132,19 @@ def test_the_pruning_schedule_squeezed_into_the_run_keeps_the_shipped_one_where_
     assert _pruning_overrides(GpuCheckSettings.full(tmp_path)) == ["model.pruning_interval=3"]
     assert _pruning_overrides(GpuCheckSettings.dry(tmp_path)) == ["model.pruning_interval=1",
                                                                   "model.pruning_target_sparsity=0.36"]
+
+
+def test_the_dry_mode_shares_the_cores_between_its_side_by_side_commands_and_the_gpu_run_keeps_the_environment(
+        tmp_path, monkeypatch):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    dry = GpuCheckSettings.dry(tmp_path)
+    assert (dry.cpu_threads(dry.trainings_at_a_time), dry.cpu_threads(dry.parallel), dry.cpu_threads(4)) == (1, 1, 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    assert (dry.cpu_threads(dry.trainings_at_a_time), dry.cpu_threads(3)) == (8, 5)
+    full = GpuCheckSettings.full(tmp_path)
+    assert full.cpu_threads(full.trainings_at_a_time) is None and full.cpu_threads(full.parallel) is None
 
 
 LOG = textwrap.dedent("""\

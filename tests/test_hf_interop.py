@@ -11,7 +11,6 @@ The trained tiny model of the skeleton run is compared over its test set, and it
 through HF and back, starts a real fine-tuning run.
 """
 import json
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -328,16 +327,19 @@ def test_one_language_of_a_pathways_model_exports_with_its_masks_and_head(tmp_pa
     assert hf.config.vocab_size == len(dictionaries["ca"])
 
 
-def test_importing_the_package_and_registering_the_plugin_never_imports_transformers():
+@pytest.mark.slow
+def test_importing_the_package_and_registering_the_plugin_never_imports_transformers(tmp_path):
+    """In a fresh interpreter holding only fairseq's commands' modules (forked from the suite's
+    fork server: importing fairseq anew would cost seconds)."""
+    from fairseq_subnets.runner import run_logged
+
     script = ("import sys, fairseq_subnets\n"
               "from fairseq import utils\n"
               "from argparse import Namespace\n"
               "utils.import_user_module(Namespace(user_dir=fairseq_subnets.USER_DIR))\n"
               "import fairseq_subnets.plugin.tools.export\n"
               "print(sorted(name for name in sys.modules if name.split('.')[0] in ('transformers', 'peft')))")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert run_logged([sys.executable, "-c", script], tmp_path / "imports.log").strip().splitlines()[-1] == "[]"
 
 
 # ------------------------------------------------------------------------------ the trained model

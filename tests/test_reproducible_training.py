@@ -13,8 +13,9 @@ multilingual pathway training with per-language masks on shared weights (Adam wi
 learned masks (S3-Router) with one top-k over all encoder matrices, AdaLoRA (its importance
 averages and rank budget), lottery-ticket pruning with group lasso killed between two pruning
 events (its masks, rewind point, block norms and restarted learning-rate schedule), and the three
-combinations of techniques (tests/combinations.py): LoRA under learned masks, learned masks inside
-a fixed mask, and lottery-ticket pruning with group lasso over LoRA.
+combinations of techniques in the two runs of tests/combinations.py: LoRA under learned masks
+inside a fixed mask (a tuner with learned masks, and learned masks inside a fixed mask), and
+lottery-ticket pruning with group lasso over LoRA.
 
 Without seeded time masking (plugin.components.time_masking) every mode fails from the first masked update,
 and pretraining also without seeded crops (plugin.components.pretraining), without seeded validation draws

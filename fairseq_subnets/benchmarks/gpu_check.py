@@ -34,8 +34,8 @@ How each number is measured, and why:
 Each mode's `checkpoint.save_dir` keeps only its logs once its decode and export are done
 (checkpoints at this size would fill the disk): the run stores no optimizer state
 (`checkpoint.no_save_optimizer_state=true`), which none of the checks reads. Trainings run one
-after another with the GPU to themselves (two at a time in the dry mode); decodes and exports run
-afterwards, several at a time.
+after another with the GPU to themselves (two at a time in the dry mode, sharing the cores out);
+decodes and exports run afterwards, several at a time.
 The report is rewritten (atomically) after every step, so a run cut short keeps what it measured.
 
 `--dry-run` runs the same code on the CPU at a tiny shape in fp32 with 2 updates per mode: what the
@@ -128,6 +128,15 @@ class GpuCheckSettings:
         no budget unless one is given: the dry mode checks that every mode runs."""
         return cls(out_dir, dry_run=True, layers=1, width=256, ffn=512, heads=4, updates=2, utterance_seconds=0.5,
                    utterances_per_batch=4, modes=tuple(modes), budget_s=budget_s, parallel=2, trainings_at_a_time=2)
+
+    def cpu_threads(self, processes_at_a_time: int) -> Optional[int]:
+        """CPU threads for each of `processes_at_a_time` fairseq commands running side by side: in
+        the dry mode the cores shared out between them (two commands each using every core spend
+        a third or more of their CPU time waiting on each other's threads: seen on 2 cores); on the GPU
+        None, the environment's."""
+        if not self.dry_run:
+            return None
+        return max(1, (os.cpu_count() or 1) // processes_at_a_time)
 
     @property
     def fp16(self) -> bool:
@@ -546,7 +555,8 @@ def train_mode(settings: GpuCheckSettings, mode: str, report: Report, total_memo
     started = time.monotonic()
     report.update(mode, status="training", log=str(log))
     try:
-        text = hydra_train(MODES[mode].config, training_overrides(settings, mode), log)
+        text = hydra_train(MODES[mode].config, training_overrides(settings, mode), log,
+                           threads=settings.cpu_threads(settings.trainings_at_a_time))
     except Exception as error:  # recorded per mode: the next mode still runs
         report.update(mode, status="failed", failed_step="train", error=_error_text(error),
                       train_wall_s=round(time.monotonic() - started, 1))
@@ -578,11 +588,12 @@ def decode_and_export(settings: GpuCheckSettings, mode: str, report: Report) -> 
         started = time.monotonic()
         if spec.multilingual:
             decoded = generate(files.data, checkpoint, "test", files.run(mode) / "decode", cpu=settings.dry_run,
+                               threads=settings.cpu_threads(settings.parallel),
                                task_args=("--task", "subnets_multilingual_finetuning", "--languages",
                                           ",".join(LANGUAGES), "--decode-language", language))
         else:
             decoded = generate(files.single_language, checkpoint, "test", files.run(mode) / "decode",
-                               cpu=settings.dry_run)
+                               cpu=settings.dry_run, threads=settings.cpu_threads(settings.parallel))
         report.update(mode, decode={"utterances": decoded.hypotheses, "cer": round(decoded.cer, 1),
                                     "language": language, "wall_s": round(time.monotonic() - started, 1)})
         step = "export"
