@@ -34,13 +34,13 @@ def kept_mask(shape, pattern, generator):
 
 @pytest.mark.parametrize("pattern", ["random-50", "random-90", "blocks-8x1", "all-pruned"])
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
-@pytest.mark.parametrize("chunk_elements", [2 ** 20, 64 * 4], ids=["one-product", "in-pieces-of-4-frames"])
-def test_the_csr_product_equals_the_dense_one(pattern, with_bias, chunk_elements, monkeypatch):
+@pytest.mark.parametrize("frames_per_product", [1000, 4], ids=["one-product", "in-pieces-of-4-frames"])
+def test_the_csr_product_equals_the_dense_one(pattern, with_bias, frames_per_product, monkeypatch):
     """Also in pieces of frames (a long utterance's), and contiguous as a dense projection's result."""
     from fairseq_subnets.techniques.sparse_decoding import kernels
     from fairseq_subnets.techniques.sparse_decoding.kernels import csr_of, sparse_linear
 
-    monkeypatch.setattr(kernels, "CHUNK_ELEMENTS", chunk_elements)
+    monkeypatch.setattr(kernels, "FRAMES_PER_PRODUCT", frames_per_product)
 
     generator = torch.Generator().manual_seed(0)
     mask = kept_mask((96, 64), pattern, generator)

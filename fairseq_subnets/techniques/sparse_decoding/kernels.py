@@ -24,11 +24,12 @@ import torch.nn.functional as F
 
 SPARSE_DTYPES = (torch.float32, torch.float64)
 """The weight dtypes torch's CPU CSR product (MKL) takes."""
-CHUNK_ELEMENTS = 2 ** 20
-"""Elements of the dense operand of one sparse product. Measured on this project's CPU (1 thread,
-90% pruned): a 1024x4096 projection over 750 frames (a 15 s utterance) in one product took over
-twice dense's time, and in pieces of 256 frames (a 4 MiB operand) about 0.6x dense's; pieces cost
-nothing measurable where one product already fits."""
+FRAMES_PER_PRODUCT = 32
+"""Rows of the input one sparse product takes. MKL's CSR product slows down per frame as its dense
+operand grows: measured on this project's CPU (1 thread, 90% pruned, 750 frames, a 15 s
+utterance), XLS-R's 1024x4096 projection took over twice dense's time in one product and under
+half of it in pieces of 32 frames, which were the fastest of 16 to 1024 for every encoder shape
+(4096x1024, 1024x4096, 1024x1024) at 200 and 750 frames."""
 AUTO_FRAMES = 250
 """Rows of the input `auto` times each matrix on: 5 s of audio at wav2vec2's 20 ms frames, the
 utterance length of the measurements the decision rule was chosen on."""
@@ -62,23 +63,17 @@ def csr_of(weight: torch.Tensor) -> torch.Tensor:
 
 def sparse_linear(input: torch.Tensor, weight_csr: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
     """`F.linear(input, W, bias)` with W in CSR layout, for an input of any leading shape, in
-    pieces of frames whose dense operand fits `CHUNK_ELEMENTS` (`frames_per_chunk`). The result is
-    contiguous, as a dense projection's is: the next dense product, handed a transposed view of
-    fairseq's time-major activations, ran one small product per frame, many times slower."""
+    pieces of `FRAMES_PER_PRODUCT` rows. The result is contiguous, as a dense projection's is: the
+    next dense product, handed a transposed view of fairseq's time-major activations, ran one small
+    product per frame, many times slower."""
     rows = input.reshape(-1, input.shape[-1])
     products = []
-    for chunk in rows.split(frames_per_chunk(input.shape[-1])):
+    for chunk in rows.split(FRAMES_PER_PRODUCT):
         if bias is None:
             products.append(torch.sparse.mm(weight_csr, chunk.t()).t())
         else:
             products.append(torch.addmm(bias.unsqueeze(1), weight_csr, chunk.t()).t())
     return torch.cat(products).reshape(*input.shape[:-1], weight_csr.shape[0])
-
-
-def frames_per_chunk(in_features: int) -> int:
-    """Rows of the input one sparse product takes: its dense operand (`in_features` x frames) stays
-    within `CHUNK_ELEMENTS`, so a long utterance's wide projections stay in cache."""
-    return max(1, CHUNK_ELEMENTS // in_features)
 
 
 class KernelTimes(NamedTuple):
