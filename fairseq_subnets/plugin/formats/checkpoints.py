@@ -92,8 +92,8 @@ def mapped_checkpoint(path):
     XLS-R checkpoint costs milliseconds; what torch cannot map (a legacy, non-zip checkpoint) is
     read whole, and what it cannot read at all gets the loader's own error."""
     try:
-        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # whatever it is, the loader below reads it or says what the file is instead
+        checkpoint = load_checkpoint(path, mmap=True)
+    except CheckpointLoadError:  # whatever it is, the loader below reads it or says what the file is instead
         checkpoint = None
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         return checkpoint

@@ -43,7 +43,7 @@ as a setting that cannot take effect.
 import logging
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, List, Mapping, Optional, Set
+from typing import Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -250,29 +250,27 @@ class SparseDecodingState:
         return sorted(name for name, projection in self.projections.items() if projection.sparse)
 
 
-def enable_sparse_decoding(model: nn.Module, mode: str, installed: Optional[Mapping[str, SparseProjection]] = None,
-                           plain_masked: Iterable[str] = ()) -> SparseDecodingState:
+def enable_sparse_decoding(model: nn.Module, mode: str,
+                           installed: Optional[Mapping[str, SparseProjection]] = None) -> SparseDecodingState:
     """Installs sparse decoding (`on` or `auto`) on every masked encoder matrix of the host model (a
-    weight stack with a mask, or a plain weight holding exact zeros), besides the projections
-    already `installed` from a compact checkpoint, and the plain weights `plain_masked` a compact
-    checkpoint's dense rebuild left; drops the dense weights `on` no longer needs, and routes the
-    attentions that hold one; refuses a model without any."""
+    weight stack with a mask, or a plain weight holding exact zeros: a pruned stock export's, or a
+    compact checkpoint's rebuilt dense under `auto`), besides the projections already `installed`
+    from a compact checkpoint under `on`; drops the dense weights `on` no longer needs, and routes
+    the attentions that hold one; refuses a model without any."""
     from fairseq.modules import MultiheadAttention
 
     w2v_model = model.get_submodule(W2V_PREFIX[:-1])
     projections = dict(installed or {})
     by_zeros = {name: module for name, module in zero_pruned_projections(model).items() if name not in projections}
-    masked = {**by_zeros, **masked_projections(model),
-              **{name: w2v_model.get_submodule(name[:-len(".weight")]) for name in plain_masked}}
+    masked = {**by_zeros, **masked_projections(model)}
     if not masked and not projections:
         raise PluginInputError(
             f"model.{KEY}={mode}: the model holds no masked encoder matrix, so no sparse kernel would run; decode it "
             f"with model.{KEY}=off (masks come from model.mask_path, model.score_sparsity or pathway masks; an "
             "encoder matrix without a mask counts as masked where it holds exact zeros, as a pruned stock export's do)")
-    zeros_only = sorted(set(by_zeros) - set(plain_masked))
-    if zeros_only:
+    if by_zeros:
         logger.info("%s=%s: %d encoder matrices without a mask are taken as masked by their exact zeros (a pruned "
-                    "stock export's)", KEY, mode, len(zeros_only))
+                    "stock export's)", KEY, mode, len(by_zeros))
     for name, module in masked.items():
         projection = projections[name] = SparseProjection(module, name, mode)
         module.forward = projection
@@ -320,20 +318,18 @@ class SparseDecoding(Technique):
         super().__init__(cfg)
         self.state: Optional[SparseDecodingState] = None
         self.compact_projections: Dict[str, SparseProjection] = {}
-        self.compact_dense: Set[str] = set()
 
     def take_compact_matrices(self, model, matrices):
         """Under `on`, each coded matrix becomes a projection running its CSR form, built from the
         kept values and the mask; the constructor's dense weight is freed. Under `auto` the host
-        rebuilds the dense weights, which are timed as any masked weight."""
+        rebuilds the dense weights, whose zeros (the mask) make them masked matrices, each timed."""
         mode = self.cfg.get(KEY)
         w2v_model = model.get_submodule(W2V_PREFIX[:-1])
         taken = set()
+        if mode != "on":
+            return taken
         for key, matrix in matrices.items():
             name = key[len(W2V_PREFIX):]
-            if mode != "on":
-                self.compact_dense.add(name)
-                continue
             module = w2v_model.get_submodule(name[:-len(".weight")])
             projection = self.compact_projections[name] = SparseProjection(module, name, mode)
             projection.drop_dense(matrix.csr())
@@ -345,7 +341,7 @@ class SparseDecoding(Technique):
         """Installs once the checkpoint's masks are in place (a checkpoint without a transform plan
         brings its masks with its state)."""
         if self.state is None:
-            self.state = enable_sparse_decoding(model, self.cfg.get(KEY), self.compact_projections, self.compact_dense)
+            self.state = enable_sparse_decoding(model, self.cfg.get(KEY), self.compact_projections)
 
     def before_inference(self, model):
         if self.state is not None and self.cfg.get(KEY) == "on":
