@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import USER_DIR
+from .component_names import PLUGIN_FINETUNING_TASK
 from .scoring import error_rates
 
 CONFIG_DIR = Path(USER_DIR) / "config"
@@ -199,7 +200,7 @@ class DecodeResult:
     results_file: Path
 
 
-SINGLE_LANGUAGE_TASK = ("--task", "subnets_audio_finetuning")
+SINGLE_LANGUAGE_TASK = ("--task", PLUGIN_FINETUNING_TASK)
 
 
 def generate(data_dir, checkpoint, subset, results_dir, char_level=True, extra_args=(), threads=None,

@@ -20,7 +20,7 @@ import fairseq_subnets
 
 PACKAGE_DIR = Path(fairseq_subnets.__file__).parent
 LAYERS = (
-    ("atomic", "errors", "scoring", "plugin_loading"),
+    ("atomic", "component_names", "errors", "scoring", "plugin_loading"),
     ("(package)",),
     ("core", "data"),
     ("techniques",),

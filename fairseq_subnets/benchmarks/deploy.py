@@ -49,6 +49,7 @@ from fairseq.dataclass.configs import FairseqConfig
 from omegaconf import OmegaConf
 from torch import nn
 
+from ..component_names import PLUGIN_CTC_MODEL, PLUGIN_FINETUNING_TASK
 from ..core.maskfile import load_mask_file, save_mask_file
 from ..core.parametrize import bake_state_dict
 from ..core.pruning import compute_masks
@@ -408,8 +409,8 @@ def time_hf_round_trip(folder: str, size, architecture, state, mask_path: str, s
         dictionary.add_symbol(symbol)
     cfg = OmegaConf.structured(FairseqConfig)
     cfg.model = ctc_model_config(size, architecture=architecture)
-    cfg.model._name = "subnets_wav2vec_ctc"
-    cfg.task = {"_name": "subnets_audio_finetuning", "data": folder, "labels": "ltr", "normalize": False}
+    cfg.model._name = PLUGIN_CTC_MODEL
+    cfg.task = {"_name": PLUGIN_FINETUNING_TASK, "data": folder, "labels": "ltr", "normalize": False}
     checkpoint = os.path.join(folder, "checkpoint.pt")
     torch.save(trainer_checkpoint(cfg, dict(state), "SubnetsCtcCriterion", task_state={"target_dictionary": dictionary}),
                checkpoint)

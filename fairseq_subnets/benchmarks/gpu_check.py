@@ -56,6 +56,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .. import USER_DIR
 from ..atomic import write_atomically
+from ..component_names import PLUGIN_MULTILINGUAL_TASK, STOCK_CTC_CRITERION, STOCK_CTC_MODEL, STOCK_FINETUNING_TASK
 from ..runner import CONFIG_DIR
 from ..techniques.tuners.registry import METHODS as TUNER_METHODS
 from .rehearsal import refuse_used_output_folder
@@ -278,7 +279,7 @@ TUNERS = FIRST_TUNERS + tuple(method for method in TUNER_METHODS if method not i
 MODES: Dict[str, Mode] = {
     REFERENCE: Mode("xlsr_300m", "stock fine-tuning: the stock wav2vec_ctc model, audio_finetuning task and ctc "
                     "criterion on the shipped config (the reference)",
-                    lambda settings: ["model._name=wav2vec_ctc", "task._name=audio_finetuning", "criterion._name=ctc"]),
+                    lambda settings: [f"model._name={STOCK_CTC_MODEL}", f"task._name={STOCK_FINETUNING_TASK}", f"criterion._name={STOCK_CTC_CRITERION}"]),
     "plain": Mode("xlsr_300m", "plain fine-tuning through the plugin's model, task and criterion, no technique"),
     "fixed_masks": Mode("xlsr_300m", f"a fixed global-L1 mask at sparsity {FIXED_MASK_SPARSITY}",
                         lambda settings: [f"+model.mask_path={CheckFiles(settings.out_dir).fixed_mask}"],
@@ -589,7 +590,7 @@ def decode_and_export(settings: GpuCheckSettings, mode: str, report: Report) -> 
         if spec.multilingual:
             decoded = generate(files.data, checkpoint, "test", files.run(mode) / "decode", cpu=settings.dry_run,
                                threads=settings.cpu_threads(settings.parallel),
-                               task_args=("--task", "subnets_multilingual_finetuning", "--languages",
+                               task_args=("--task", PLUGIN_MULTILINGUAL_TASK, "--languages",
                                           ",".join(LANGUAGES), "--decode-language", language))
         else:
             decoded = generate(files.single_language, checkpoint, "test", files.run(mode) / "decode",

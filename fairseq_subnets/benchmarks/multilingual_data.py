@@ -18,6 +18,7 @@ import torch
 from fairseq.dataclass.configs import FairseqConfig
 from omegaconf import OmegaConf
 
+from ..component_names import PLUGIN_CTC_MODEL
 from ..plugin.components.criterions import SubnetsCtcCriterion, SubnetsCtcCriterionConfig
 from ..plugin.components.tasks import SubnetsMultilingualFinetuningConfig, SubnetsMultilingualFinetuningTask
 from .timing import compare, ratio_cell, text_table
@@ -92,7 +93,7 @@ def _run(settings: DataWaitBenchSettings, say) -> Dict[str, object]:
     task = _task(settings)
     size = CtcModelSize(settings.layers, settings.width, settings.ffn, vocab=len(task.target_dictionary))
     model_cfg = ctc_model_config(size)
-    model_cfg._name = "subnets_wav2vec_ctc"
+    model_cfg._name = PLUGIN_CTC_MODEL
     torch.manual_seed(settings.seed)
     model = task.build_model(model_cfg).train()
     criterion = SubnetsCtcCriterion(OmegaConf.structured(SubnetsCtcCriterionConfig(

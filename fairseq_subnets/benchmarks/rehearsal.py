@@ -49,6 +49,7 @@ from typing import Callable, Dict, List, Mapping, Sequence
 import yaml
 
 from .. import USER_DIR
+from ..component_names import STOCK_FINETUNING_TASK
 from ..runner import CONFIG_DIR, fairseq_command, tail
 from .timing import machine_description, text_table
 
@@ -309,7 +310,7 @@ def steps(settings: RehearsalSettings) -> List[Step]:
 
     def stock_model(stdout):
         facts = json.loads(stdout)
-        if (facts["model"], facts["task"], facts["finite"]) != ("Wav2VecCtc", "audio_finetuning", True):
+        if (facts["model"], facts["task"], facts["finite"]) != ("Wav2VecCtc", STOCK_FINETUNING_TASK, True):
             raise RuntimeError(f"stock fairseq loaded the export as {facts}, expected a stock Wav2VecCtc of "
                                "audio_finetuning with finite outputs")
         return facts

@@ -20,6 +20,7 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config, Wav2Vec2Model
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from omegaconf import OmegaConf
 
+from ..component_names import STOCK_PRETRAINING_TASK
 from ..core.maskfile import save_mask_file
 from ..techniques.fixed_masks import apply_mask_file
 from ..plugin.components.models import SubnetsWav2Vec2CtcConfig, SubnetsWav2VecCtc
@@ -68,7 +69,7 @@ def ctc_model_config(size: CtcModelSize, stock: bool = False, architecture: Mapp
     `size` with `architecture` (e.g. XLSR_ARCHITECTURE) is built from `w2v_args`, so `w2v_path` is
     never read; its task is only instantiated, so its data directory need not exist either. A
     DictConfig, as fairseq hands models their config."""
-    w2v_args = OmegaConf.create({"task": {"_name": "audio_pretraining", "data": "unused", "normalize": False},
+    w2v_args = OmegaConf.create({"task": {"_name": STOCK_PRETRAINING_TASK, "data": "unused", "normalize": False},
                                  "model": wav2vec2_model_config(size, **architecture)})
     config_class = Wav2Vec2CtcConfig if stock else SubnetsWav2Vec2CtcConfig
     return OmegaConf.structured(config_class(w2v_path="unused", w2v_args=w2v_args, data="unused", normalize=False))
@@ -113,6 +114,6 @@ def save_untrained_pretraining_checkpoint(path, size: CtcModelSize, normalize: b
     model = Wav2Vec2Model.build_model(model_config)
     cfg = OmegaConf.structured(FairseqConfig)
     cfg.model = model_config
-    cfg.task = {"_name": "audio_pretraining", "data": "unused", "normalize": normalize}
+    cfg.task = {"_name": STOCK_PRETRAINING_TASK, "data": "unused", "normalize": normalize}
     torch.save(trainer_checkpoint(cfg, model.state_dict(), "Wav2vecCriterion"), path)
     return sum(parameter.numel() for parameter in model.parameters())

@@ -32,6 +32,7 @@ from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig
 from omegaconf import OmegaConf
 
 from ..atomic import check_folder_writable, check_writable, write_atomically
+from ..component_names import STOCK_CTC_MODEL, STOCK_FINETUNING_TASK, STOCK_PRETRAINING_TASK
 from ..core.maskfile import load_mask_file
 from ..errors import PluginInputError
 from ..plugin.formats.checkpoint_kinds import FINE_TUNED, checkpoint_kind
@@ -51,8 +52,6 @@ CTC, PRETRAINING, ENCODER = "Wav2Vec2ForCTC", "Wav2Vec2ForPreTraining", "Wav2Vec
 a pretraining model without one (its contrastive heads have no HF form)."""
 LETTER_DICTIONARY = "dict.ltr.txt"
 FEATURE_EXTRACTOR_FILES = ("preprocessor_config.json", "processor_config.json")
-PLAIN_AUDIO_TASK = "audio_pretraining"
-"""The task a pretraining checkpoint's config names, which fine-tuning reads `normalize` from."""
 W2V_ARGS_REPLACED = ("layer_type", "adp_num")
 """Keys of a fine-tuned model's config that replace those of its pretraining config when fairseq
 builds the encoder (wav2vec2_asr), and that decide what HF can hold."""
@@ -283,7 +282,7 @@ def import_hf_folder(folder, out_path) -> List[str]:
         raise HfInteropError(f"{folder}: {error}") from None
     w2v_model = OmegaConf.structured(Wav2Vec2Config(**model_fields))
     w2v_model._name = "wav2vec2"
-    pretraining_task = {"_name": PLAIN_AUDIO_TASK, "data": str(folder), "normalize": normalize,
+    pretraining_task = {"_name": STOCK_PRETRAINING_TASK, "data": str(folder), "normalize": normalize,
                         "sample_rate": sample_rate}
     cfg = OmegaConf.structured(FairseqConfig)
     if ctc:
@@ -293,8 +292,8 @@ def import_hf_folder(folder, out_path) -> List[str]:
             w2v_path=str(folder), w2v_args=OmegaConf.create({"model": w2v_model, "task": pretraining_task}),
             data=str(dictionary_path.parent), normalize=normalize,
             **{name: config[field] for name, field in CTC_DROPOUT_FIELDS if field in config}))
-        cfg.model._name = "wav2vec_ctc"
-        cfg.task = {"_name": "audio_finetuning", "data": str(dictionary_path.parent), "labels": "ltr",
+        cfg.model._name = STOCK_CTC_MODEL
+        cfg.task = {"_name": STOCK_FINETUNING_TASK, "data": str(dictionary_path.parent), "labels": "ltr",
                     "normalize": normalize, "sample_rate": sample_rate}
         checkpoint = trainer_checkpoint(cfg, model_state, "CtcCriterion", task_state={"target_dictionary": dictionary})
     else:

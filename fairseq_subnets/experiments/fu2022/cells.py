@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ... import USER_DIR
+from ...component_names import PLUGIN_MULTILINGUAL_TASK
 from ...engine.cells import Cell, CellContext
 from ...engine.grid_plan import CorpusPlan, decode, mask_result, prune_work
 from ...engine.grid_run import GridRun as EngineGridRun
@@ -109,7 +110,7 @@ def bundle_decode_work(row: dict, corpus: Path, languages: List[str], own_cell: 
     bundle = context.results[BUNDLE_CELL]
     language = row["language"]
     decoded = decode(corpus, bundle["bundle"], context, task_args=(
-        "--task", "subnets_multilingual_finetuning", "--languages", ",".join(languages), "--decode-language", language))
+        "--task", PLUGIN_MULTILINGUAL_TASK, "--languages", ",".join(languages), "--decode-language", language))
     return {**row, **bundle["storage"][language], **decoded, "own_cer": context.results[own_cell]["cer"],
             "checkpoint": bundle["bundle"]}
 

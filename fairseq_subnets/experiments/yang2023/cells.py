@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ... import USER_DIR
+from ...component_names import PLUGIN_MULTILINGUAL_TASK
 from ...engine.cells import Cell, CellContext
 from ...engine.grid_plan import CorpusPlan, decode
 from ...engine.grid_run import GridRun as EngineGridRun
@@ -128,7 +129,7 @@ def decode_work(row: dict, corpus: Path, languages: List[str], trained_cell: str
     language = row["language"]
     sparsity = trained.get("sparsity", 0.0)
     decoded = decode(corpus, trained["checkpoint"], context, task_args=(
-        "--task", "subnets_multilingual_finetuning", "--languages", ",".join(languages), "--decode-language", language))
+        "--task", PLUGIN_MULTILINGUAL_TASK, "--languages", ",".join(languages), "--decode-language", language))
     return {**row, "checkpoint": trained["checkpoint"], "train_seconds": trained["train_seconds"],
             "sparsity": sparsity[language] if isinstance(sparsity, dict) else sparsity, **decoded}
 

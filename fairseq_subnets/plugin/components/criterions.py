@@ -15,6 +15,7 @@ from fairseq import metrics
 from fairseq.criterions import register_criterion
 from fairseq.criterions.ctc import CtcCriterion, CtcCriterionConfig
 
+from ...component_names import PLUGIN_CTC_CRITERION
 from ...core.transforms import regularisation_terms
 from .errors import PluginInputError
 
@@ -55,7 +56,7 @@ class SubnetsCtcCriterionConfig(CtcCriterionConfig):
     )
 
 
-@register_criterion("subnets_ctc", dataclass=SubnetsCtcCriterionConfig)
+@register_criterion(PLUGIN_CTC_CRITERION, dataclass=SubnetsCtcCriterionConfig)
 class SubnetsCtcCriterion(CtcCriterion):
     """Stock CTC (every `ctc` key works) plus the model's regularisation terms in training."""
 

@@ -17,6 +17,7 @@ from fairseq.optim.lr_scheduler import register_lr_scheduler
 from fairseq.optim.lr_scheduler.tri_stage_lr_scheduler import TriStageLRSchedule, TriStageLRScheduleConfig
 from omegaconf import II
 
+from ...component_names import PLUGIN_TRI_STAGE, STOCK_TRI_STAGE
 from ...errors import PluginInputError
 from ...techniques.iterative_pruning.schedule import PruningSchedule
 
@@ -29,7 +30,7 @@ class RestartingTriStageConfig(TriStageLRScheduleConfig):
     pruning_rewind_update: Optional[int] = II("model.pruning_rewind_update")
 
 
-@register_lr_scheduler("subnets_tri_stage", dataclass=RestartingTriStageConfig)
+@register_lr_scheduler(PLUGIN_TRI_STAGE, dataclass=RestartingTriStageConfig)
 class RestartingTriStageSchedule(TriStageLRSchedule):
     def __init__(self, cfg: RestartingTriStageConfig, optimizer):
         super().__init__(cfg, optimizer)
@@ -49,7 +50,7 @@ class RestartingTriStageSchedule(TriStageLRSchedule):
         return super().step_update(self.schedule_position(num_updates))
 
 
-TRI_STAGE_SCHEDULES = ("tri_stage", "subnets_tri_stage")
+TRI_STAGE_SCHEDULES = (STOCK_TRI_STAGE, PLUGIN_TRI_STAGE)
 DECAY = 2
 """The decay phase's place in `phase_ratio` (warmup, hold, decay)."""
 

@@ -35,6 +35,7 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Config
 from fairseq.models.wav2vec.wav2vec2_asr import Wav2Vec2CtcConfig, Wav2VecCtc
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from ...component_names import PLUGIN_CTC_MODEL
 from ...core.compact import is_compact_state, read_compact_state
 from ...core.parametrize import mask_state_digest, prepare_for_state
 from ...core.targets import encoder_weight_shapes, parse_weight_name
@@ -109,7 +110,7 @@ SubnetsWav2Vec2CtcConfig = make_dataclass(
 """The stock CTC config, the host's keys, and every registered technique's keys."""
 
 
-@register_model("subnets_wav2vec_ctc", dataclass=SubnetsWav2Vec2CtcConfig)
+@register_model(PLUGIN_CTC_MODEL, dataclass=SubnetsWav2Vec2CtcConfig)
 class SubnetsWav2VecCtc(Wav2VecCtc):
     """The host: the stock CTC model, with each technique that is on for its config
     (`self.techniques`, in registry order) called at every hook."""

@@ -19,6 +19,7 @@ from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
 from fairseq.tasks import register_task
 from fairseq.tasks.audio_pretraining import AudioPretrainingConfig, AudioPretrainingTask
 
+from ...component_names import PLUGIN_PRETRAINING_TASK
 from .errors import one_line_errors
 from .reproducible_steps import ReproducibleSteps
 from .tasks import check_training_start
@@ -52,7 +53,7 @@ def install_seeded_crops(dataset, seed):
     return crops
 
 
-@register_task("subnets_audio_pretraining", dataclass=AudioPretrainingConfig)
+@register_task(PLUGIN_PRETRAINING_TASK, dataclass=AudioPretrainingConfig)
 class SubnetsAudioPretrainingTask(ReproducibleSteps, AudioPretrainingTask):
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -36,13 +36,14 @@ from fairseq.tasks.audio_finetuning import AudioFinetuningConfig, AudioFinetunin
 from fairseq.utils import split_paths
 from omegaconf import II, open_dict
 
+from ...component_names import PLUGIN_CTC_MODEL, PLUGIN_FINETUNING_TASK, PLUGIN_MULTILINGUAL_TASK, STOCK_CTC_MODEL
 from ...core.holding import unchanged_through
 from ...data.check import check_manifest_dir
 from ...data.language_sampling import check_sampling_alpha, language_probabilities
 from ...techniques.extension import RunSettings, check_masks_identical_across_ranks, refuse_decoding_only_keys
 from ...techniques.language_heads import LANGUAGE_KEY
 from ..formats.checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
-from ..formats.compact import MODEL_NAME as PLUGIN_CTC_MODEL, STOCK_CTC_MODEL, check_checkpoints_to_decode
+from ..formats.compact import check_checkpoints_to_decode
 from ..formats.upstream import LANGUAGE_DICTIONARIES_KEY
 from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator
@@ -85,7 +86,7 @@ class SubnetsAudioFinetuningConfig(AudioFinetuningConfig):
     )
 
 
-@register_task("subnets_audio_finetuning", dataclass=SubnetsAudioFinetuningConfig)
+@register_task(PLUGIN_FINETUNING_TASK, dataclass=SubnetsAudioFinetuningConfig)
 class SubnetsAudioFinetuningTask(ReproducibleSteps, AudioFinetuningTask):
     cfg: SubnetsAudioFinetuningConfig
 
@@ -295,7 +296,7 @@ class SubnetsMultilingualFinetuningConfig(SubnetsAudioFinetuningConfig):
     update_freq: List[int] = II("optimization.update_freq")
 
 
-@register_task("subnets_multilingual_finetuning", dataclass=SubnetsMultilingualFinetuningConfig)
+@register_task(PLUGIN_MULTILINGUAL_TASK, dataclass=SubnetsMultilingualFinetuningConfig)
 class SubnetsMultilingualFinetuningTask(SubnetsAudioFinetuningTask):
     """Fine-tuning on several languages at once in monolingual batches (see
     data.language_sampling): `task.data` is the folder holding one manifest folder per language

@@ -31,6 +31,7 @@ from typing import Dict, List, Mapping
 import torch
 from omegaconf import OmegaConf
 
+from ...component_names import PLUGIN_MULTILINGUAL_TASK
 from ...core.maskfile import MaskFileError, checkpoint_fingerprint, mask_file_bytes, read_mask_bytes
 from ...core.parametrize import masks_from_state_dict
 from ...errors import PluginInputError
@@ -235,7 +236,7 @@ def multilingual_task_config(cfg: Mapping, languages: List[str]) -> dict:
             section, key = default[2:-1].split(".")
             default = (cfg.get(section) or {}).get(key)
         task[option.name] = default
-    task.update(_name="subnets_multilingual_finetuning", languages=languages, decode_language=None,
+    task.update(_name=PLUGIN_MULTILINGUAL_TASK, languages=languages, decode_language=None,
                 output_layers="per_language")
     return task
 

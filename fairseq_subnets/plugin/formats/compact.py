@@ -18,22 +18,19 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import torch
 
 from ...atomic import write_atomically
+from ...component_names import PLUGIN_CTC_MODEL
 from ...core.compact import CompactMatrix, compact_state, is_compact_state, read_compact_state
 from ...techniques.extension import W2V_PREFIX
 from ...techniques.sparse_decoding import COMPACT_KEY, KEY as SPARSE_DECODING_KEY
 from .checkpoints import ZIP_MAGIC, CheckpointLoadError, load_checkpoint, load_fairseq_checkpoint
 
-MODEL_NAME = "subnets_wav2vec_ctc"
-STOCK_CTC_MODEL = "wav2vec_ctc"
-
-
 def compact_checkpoint(exported: Mapping[str, object], mask_names: Iterable[str]) -> Dict[str, object]:
     """The compact checkpoint of a stock export (`export.plain_checkpoint`) of a CTC model
-    (STOCK_CTC_MODEL) whose encoder matrices `mask_names` (model-relative, as in mask files) are
+    (stock wav2vec_ctc) whose encoder matrices `mask_names` (model-relative, as in mask files) are
     masked."""
     cfg = dict(exported.get("cfg") or {})
     model_cfg = dict(cfg.get("model") or {})
-    model_cfg.update({"_name": MODEL_NAME, COMPACT_KEY: True, SPARSE_DECODING_KEY: "on"})
+    model_cfg.update({"_name": PLUGIN_CTC_MODEL, COMPACT_KEY: True, SPARSE_DECODING_KEY: "on"})
     cfg["model"] = model_cfg
     keys = [W2V_PREFIX + name for name in mask_names]
     return {**exported, "cfg": cfg, "model": compact_state(exported["model"], keys)}

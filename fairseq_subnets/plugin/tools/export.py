@@ -22,16 +22,16 @@ from fairseq.models import MODEL_DATACLASS_REGISTRY
 from fairseq.tasks import TASK_DATACLASS_REGISTRY
 
 from ...atomic import check_writable, write_atomically
+from ...component_names import PLUGIN_FINETUNING_TASK, PLUGIN_PREFIX, STOCK_CTC_MODEL
 from ...core.maskfile import MaskFile, MaskFileError, load_mask_file
 from ...core.parametrize import bake_state_dict, masks_from_state_dict
 from ..formats.bundles import expand_bundle_masks
 from ..formats.checkpoints import load_fairseq_checkpoint
-from ..formats.compact import STOCK_CTC_MODEL, compact_checkpoint, write_compact_checkpoint
+from ..formats.compact import compact_checkpoint, write_compact_checkpoint
 from ...techniques.extension import without_training_state
 from ...techniques.language_heads import single_language_state
 from ..components.models import TRAINING_STATE_PREFIXES
 
-PLUGIN_PREFIX = "subnets_"
 STOCK_REGISTRIES = {"model": MODEL_DATACLASS_REGISTRY, "task": TASK_DATACLASS_REGISTRY, "criterion": CRITERION_DATACLASS_REGISTRY}
 TRAINING_ONLY_KEYS = ("last_optimizer_state", "task_state")
 
@@ -64,7 +64,7 @@ def single_language_task(task_cfg, language):
     task_cfg = dict(task_cfg)
     if task_cfg.get("data"):
         task_cfg["data"] = os.path.join(task_cfg["data"], language)
-    task_cfg["_name"] = "subnets_audio_finetuning"
+    task_cfg["_name"] = PLUGIN_FINETUNING_TASK
     return task_cfg
 
 

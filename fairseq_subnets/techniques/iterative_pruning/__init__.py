@@ -45,6 +45,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ...component_names import PLUGIN_TRI_STAGE
 from ...core.maskfile import save_mask_file
 from ...core.pruning import BLOCK_METHODS, SCOPES, blocks_tile, parse_block, prune_within
 from ...core.stats import sparsity_by
@@ -389,7 +390,7 @@ class IterativePruning(Technique):
                 f"optimization.max_update={settings.max_update} ends before the target sparsity: "
                 f"{self.describe_schedule()}; raise optimization.max_update, or change model.pruning_interval / "
                 "pruning_fraction / pruning_target_sparsity")
-        if self.rewind_update is not None and settings.lr_scheduler not in (None, "subnets_tri_stage"):
+        if self.rewind_update is not None and settings.lr_scheduler not in (None, PLUGIN_TRI_STAGE):
             logger.warning("lr_scheduler %s goes on through the rewinds; subnets_tri_stage restarts at each one",
                            settings.lr_scheduler)
         if settings.save_dir:
