@@ -39,7 +39,7 @@ def test_the_coding_of_a_matrix_round_trips_exactly(sparsity, pattern):
 
     for seed, shape in enumerate(((96, 64), (3, 8), (1, 8))):
         weight = masked_weight(shape, sparsity, pattern, seed)
-        _, matrices = read_compact_state(compact_state({"w": weight}, ["w"]), "label")
+        _, matrices = read_compact_state(compact_state({"w": weight}, ["w"], b""), "label")
         assert torch.equal(bits(matrices["w"].dense()), bits(weight))
         csr = matrices["w"].csr()
         assert csr.crow_indices().dtype == torch.int32 and csr._nnz() == int((weight != 0).sum())
@@ -56,7 +56,7 @@ def test_the_coding_keeps_every_float32_bit_pattern():
     weight = torch.zeros(4, 8)
     weight.view(-1)[::3] = torch.cat([odd, nan_with_payload, odd[:2]])
     weight[3, 7] = -0.0
-    _, matrices = read_compact_state(compact_state({"w": weight}, ["w"]), "label")
+    _, matrices = read_compact_state(compact_state({"w": weight}, ["w"], b""), "label")
     expected = weight.clone()
     expected[3, 7] = 0.0
     assert torch.equal(bits(matrices["w"].dense()), bits(expected))
@@ -159,12 +159,12 @@ def test_the_file_is_a_weights_only_checkpoint_of_tensors_and_plain_data(exporte
 def damaged_copies(source, folder):
     """name -> a damaged copy of the compact checkpoint `source` (truncated; one byte of a coded
     stream flipped; a matrix's shape edited in its description; an extra tensor; a plain tensor
-    changed), each saved as a valid torch file except the first."""
+    changed; the model config edited), each saved as a valid torch file except the first."""
     from fairseq_subnets.core.compact import METADATA_KEY
 
     data = source.read_bytes()
     copies = {"truncated": data[:len(data) // 2]}
-    for name in ("flipped", "reshaped", "extra", "plain"):
+    for name in ("flipped", "reshaped", "extra", "plain", "config"):
         checkpoint = torch.load(source, weights_only=True)
         state = checkpoint["model"]
         if name == "flipped":
@@ -175,6 +175,8 @@ def damaged_copies(source, folder):
                 b'"shape": [64, 64]', b'"shape": [32, 128]', 1)), dtype=torch.uint8)
         elif name == "extra":
             state["w2v_encoder.proj.extra"] = torch.zeros(1)
+        elif name == "config":
+            checkpoint["cfg"]["model"]["final_dropout"] = 0.5
         else:
             state["w2v_encoder.proj.bias"][0] += 1
         buffer = io.BytesIO()
@@ -195,7 +197,7 @@ def test_a_damaged_compact_checkpoint_is_refused_with_one_line_naming_it(exporte
     folder, _ = exported
     expected = {"truncated": "damaged torch checkpoint", "flipped": "checksum mismatch",
                 "reshaped": "checksum mismatch", "extra": "which its description does not list",
-                "plain": "checksum mismatch"}
+                "plain": "checksum mismatch", "config": "its config or another field beside the weights differs"}
     for name, path in damaged_copies(folder / "compact.pt", tmp_path).items():
         with pytest.raises((CompactStateError, CheckpointLoadError)) as refused:
             check_checkpoints_to_decode([str(path)])

@@ -74,6 +74,18 @@ def test_a_grid_reuses_the_corpus_and_pretrained_model_another_grid_made(tmp_pat
     assert pretrain_cell(third).directory != pretrain and pretrain_cell(third).directory in fake.trained
 
 
+def test_another_package_version_synthesizes_a_corpus_of_its_own(tmp_path, definition, monkeypatch):
+    """Synthesis may change between releases, and it keeps the utterances a folder already holds:
+    so a shared corpus is one release's."""
+    import fairseq_subnets
+
+    grid = liu2023.load_grid(write_grid(tmp_path, definition, "versions", "lora"))
+    corpus = liu2023.GridRun(grid, tmp_path / "out", shared_dir=tmp_path / "shared").corpus_dir()
+    monkeypatch.setattr(fairseq_subnets, "__version__", fairseq_subnets.__version__ + ".post1")
+    upgraded = liu2023.GridRun(grid, tmp_path / "out", shared_dir=tmp_path / "shared").corpus_dir()
+    assert upgraded.parent == corpus.parent and upgraded.name.startswith("tiny-") and upgraded != corpus
+
+
 def test_a_grid_makes_the_corpus_and_pretrained_model_when_no_grid_did(tmp_path, definition):
     """The second grid of the test above, in a shared folder of its own: it synthesizes and pretrains."""
     fake = FakeRun()

@@ -20,17 +20,21 @@ A matrix (`encode_matrix`):
 A compact state dict holds, besides the plain tensors, each coded matrix's streams as uint8 tensors
 named `<weight key>::<stream>` and `METADATA_KEY`, a uint8 tensor of JSON text: the format and
 version, the matrices (key, shape, encoding) and the plain tensors (key, dtype, shape) in order,
-and a sha256 over that description, then every stream, then every plain tensor's bytes. So a
-flipped bit anywhere, and an added, removed, renamed or reshaped tensor, fail the checksum.
-`read_compact_state` checks it before decoding anything, and each matrix's fields and sizes
-before allocating from them, as mask files are checked.
+the sha256 of the context the state was written in (the bytes of what its file holds beside the
+state: a checkpoint's config, which says what model the state belongs to), and a sha256 over
+that description, then every stream, then every plain tensor's bytes. So a flipped bit anywhere,
+and an added, removed, renamed or reshaped tensor, fail the checksum, and so does an edited
+config, checked wherever the file's context is at hand (a model's `load_state_dict` sees only the
+state, so the file is checked before the model is built). `read_compact_state` checks it before
+decoding anything, and each matrix's fields and sizes before allocating from them, as mask files
+are checked.
 """
 import hashlib
 import json
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,7 +42,8 @@ import torch
 from .maskfile import MaskFileError, decode_mask, encode_mask
 
 FORMAT = "fairseq-subnets-compact"
-VERSION = 1
+VERSION = 2
+"""2: the description holds the context's digest (version 1 files were never released)."""
 METADATA_KEY = "compact_checkpoint.metadata"
 """The state-dict key of the description and checksum (a uint8 tensor of JSON text)."""
 STREAM_SEPARATOR = "::"
@@ -174,8 +179,13 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
     return memoryview(flat.view(torch.uint8).numpy() if flat.numel() else np.empty(0, np.uint8))
 
 
+def context_digest(context: bytes) -> str:
+    return hashlib.sha256(context).hexdigest()
+
+
 def _checksum(description: Mapping[str, object], streams: Sequence[np.ndarray], tensors: Sequence[torch.Tensor]) -> str:
-    digest = hashlib.sha256(json.dumps([FORMAT, VERSION, description["matrices"], description["tensors"]]).encode())
+    digest = hashlib.sha256(json.dumps([FORMAT, VERSION, description["matrices"], description["tensors"],
+                                        description["context_sha256"]]).encode())
     for array in streams:
         digest.update(memoryview(array))
     for tensor in tensors:
@@ -183,8 +193,9 @@ def _checksum(description: Mapping[str, object], streams: Sequence[np.ndarray], 
     return digest.hexdigest()
 
 
-def compact_state(state: Mapping[str, torch.Tensor], matrix_keys: Sequence[str]) -> Dict[str, torch.Tensor]:
-    """`state` with the float32 matrices under `matrix_keys` coded (see the module docstring)."""
+def compact_state(state: Mapping[str, torch.Tensor], matrix_keys: Sequence[str], context: bytes) -> Dict[str, torch.Tensor]:
+    """`state` with the float32 matrices under `matrix_keys` coded, written in `context` (see the
+    module docstring)."""
     matrices, streams = [], []
     coded: Dict[str, torch.Tensor] = {}
     for key in matrix_keys:
@@ -198,7 +209,8 @@ def compact_state(state: Mapping[str, torch.Tensor], matrix_keys: Sequence[str])
             coded[f"{key}{STREAM_SEPARATOR}{name}"] = torch.from_numpy(matrix_streams[name])
     plain = {key: value for key, value in state.items() if key not in set(matrix_keys)}
     description = {"format": FORMAT, "version": VERSION, "matrices": matrices,
-                   "tensors": [[key, str(value.dtype).replace("torch.", ""), list(value.shape)] for key, value in plain.items()]}
+                   "tensors": [[key, str(value.dtype).replace("torch.", ""), list(value.shape)] for key, value in plain.items()],
+                   "context_sha256": context_digest(context)}
     description["sha256"] = _checksum(description, streams, list(plain.values()))
     metadata = np.frombuffer(json.dumps(description).encode(), dtype=np.uint8).copy()
     return {**plain, **coded, METADATA_KEY: torch.from_numpy(metadata)}
@@ -222,6 +234,7 @@ def _description(label: str, metadata) -> Dict[str, object]:
                                 f"fairseq-subnets reads version {VERSION}")
     matrices, tensors = description.get("matrices"), description.get("tensors")
     if not (isinstance(matrices, list) and isinstance(tensors, list) and isinstance(description.get("sha256"), str)
+            and isinstance(description.get("context_sha256"), str)
             and all(isinstance(m, dict) and set(m) == {"key", "shape", "encoding"} and isinstance(m["key"], str)
                     and _is_matrix_shape(m["shape"]) and _is_encoding(m["encoding"]) for m in matrices)
             and all(isinstance(t, list) and len(t) == 3 and isinstance(t[0], str) for t in tensors)):
@@ -239,9 +252,11 @@ def _is_encoding(encoding) -> bool:
             and encoding["mask_streams"] <= 2 and encoding["index_bits"] <= 8)
 
 
-def read_compact_state(state: Mapping[str, torch.Tensor], label: str) -> Tuple[Dict[str, torch.Tensor], Dict[str, CompactMatrix]]:
+def read_compact_state(state: Mapping[str, torch.Tensor], label: str,
+                       context: Optional[bytes] = None) -> Tuple[Dict[str, torch.Tensor], Dict[str, CompactMatrix]]:
     """(the plain tensors, the coded matrices by weight key) of a compact state, its checksum and
-    every matrix's sizes checked first; a CompactStateError naming `label` otherwise."""
+    every matrix's sizes checked first, and the context it was written in when `context` is given;
+    a CompactStateError naming `label` otherwise."""
     description = _description(label, state.get(METADATA_KEY))
     matrices: Dict[str, CompactMatrix] = {}
     expected = {METADATA_KEY}
@@ -271,5 +286,7 @@ def read_compact_state(state: Mapping[str, torch.Tensor], label: str) -> Tuple[D
     streams = [matrix.streams[name] for matrix in matrices.values() for name in stream_names(matrix.description)]
     if _checksum(description, streams, list(plain.values())) != description["sha256"]:
         raise _damaged(label, "checksum mismatch")
+    if context is not None and context_digest(context) != description["context_sha256"]:
+        raise _damaged(label, "its config or another field beside the weights differs from what was written")
     return plain, matrices
 

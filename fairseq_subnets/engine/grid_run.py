@@ -11,7 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .cells import Cell
+from .cells import Cell, package_version
 from .digests import file_digest
 from .folder_locks import FolderLock
 from .grid_plan import shared_folder
@@ -49,8 +49,9 @@ class GridRun:
 
     def corpus_dir(self) -> Path:
         """`data`, else where the `corpus` is synthesized: in the shared folder, named by the digest
-        of its definition file (so grids on the same definition share it, and an edited definition
-        gets a new folder rather than meeting the old one's settings), else OUT/corpus."""
+        of its definition file and the package version (so grids on the same definition share it,
+        and an edited definition or another release, whose synthesis may differ, gets a new folder
+        rather than meeting the old one's utterances), else OUT/corpus."""
         if self.spec.data is not None:
             return Path(self.spec.data).resolve()
         if self.shared_dir is None:
@@ -59,7 +60,7 @@ class GridRun:
 
         definition = corpus_path(self.spec.corpus)
         return shared_folder(self.shared_dir / SHARED_CORPORA, definition.stem,
-                             {"definition": file_digest(definition)})
+                             {"definition": file_digest(definition), "package": package_version()})
 
     def synthesize(self) -> None:
         """Builds the corpus of a `corpus:` grid (synthesis skips the utterances already there, so

@@ -12,6 +12,7 @@ masked matrix's CSR form straight from the kept values and the mask, never its d
 weights are rebuilt instead, and the model decodes as the stock export does.
 """
 import io
+import json
 import os
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -33,7 +34,16 @@ def compact_checkpoint(exported: Mapping[str, object], mask_names: Iterable[str]
     model_cfg.update({"_name": PLUGIN_CTC_MODEL, COMPACT_KEY: True, SPARSE_DECODING_KEY: "on"})
     cfg["model"] = model_cfg
     keys = [W2V_PREFIX + name for name in mask_names]
-    return {**exported, "cfg": cfg, "model": compact_state(exported["model"], keys)}
+    checkpoint = {**exported, "cfg": cfg}
+    checkpoint["model"] = compact_state(exported["model"], keys, checkpoint_context(checkpoint))
+    return checkpoint
+
+
+def checkpoint_context(checkpoint: Mapping[str, object]) -> bytes:
+    """What a checkpoint holds beside its model state (its config, fairseq's bookkeeping), as the
+    bytes its compact state's checksum covers: JSON in the order torch keeps (weights-only loading
+    gives back the same plain values in the same order)."""
+    return json.dumps({key: value for key, value in checkpoint.items() if key != "model"}, default=repr).encode()
 
 
 def compact_checkpoint_bytes(checkpoint: Mapping[str, object]) -> bytes:
@@ -56,7 +66,8 @@ def write_compact_model_state(path, model_state: Mapping[str, torch.Tensor], mas
     `mask_names` (model-relative) coded, as `{"model": state}` without a config, and returns its
     bytes: the size of a compact checkpoint less its config (a few kB), for the `bench` group to
     set against `torch.save` of the same dense state. `read_compact_checkpoint` reads it back."""
-    return write_compact_checkpoint(path, {"model": compact_state(model_state, [W2V_PREFIX + name for name in mask_names])})
+    keys = [W2V_PREFIX + name for name in mask_names]
+    return write_compact_checkpoint(path, {"model": compact_state(model_state, keys, checkpoint_context({}))})
 
 
 def read_compact_checkpoint(path) -> Tuple[Dict[str, object], Dict[str, torch.Tensor], Dict[str, CompactMatrix]]:
@@ -66,7 +77,7 @@ def read_compact_checkpoint(path) -> Tuple[Dict[str, object], Dict[str, torch.Te
     checkpoint = load_fairseq_checkpoint(path, compact=True)
     if not is_compact_state(checkpoint["model"]):
         raise CheckpointLoadError(f"{path}: not a compact checkpoint (written by fairseq-subnets export --compact)")
-    plain, matrices = read_compact_state(checkpoint["model"], str(path))
+    plain, matrices = read_compact_state(checkpoint["model"], str(path), checkpoint_context(checkpoint))
     return checkpoint, plain, matrices
 
 
