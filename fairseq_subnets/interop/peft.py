@@ -6,17 +6,17 @@ merged model computes, where BASE is `export --format hf` of the backbone the ru
 (any CTC model with that backbone and the run's vocabulary size: the adapter brings its own output
 layer, which the run trained, as a module PEFT saves whole, `modules_to_save`).
 
-A method is written only where PEFT's own tuner computes exactly what ours does (tests/test_peft_export.py
-holds each to PEFT 0.21): LoRA, DoRA, IA3, VeRA, AdaLoRA and GLoRA. Each method declares its form in
-its own folder, reached through its `TUNER` (`techniques/tuners/<method>/peft.py`); the others
-declare why PEFT has no tuner of their form, and are refused with that line and the way out:
-`export --format hf` of the merged model. This module writes every method's folder the same way
-and names no method.
+Each tuner declares in its own folder, reached through its `TUNER`, either its PEFT form
+(`techniques/tuners/<method>/peft.py`), where PEFT's own tuner computes exactly what ours does
+(tests/test_peft_export.py holds each to PEFT 0.21), or the one line saying why PEFT has none; such
+a method is refused with that line and the way out: `export --format hf` of the merged model. This
+module writes every method's folder the same way and names no method.
 
 The adapted matrices get HF's names (interop.hf_layout), handed to the forms as data, and are
-listed in `target_modules` by their full path, so a run on some layers adapts exactly those. The folder is written from these rules
-alone: nothing here imports peft, which only loading the folder needs. It is written under a
-hidden name and renamed into place when complete (interop.hf.folder_written_whole).
+listed in `target_modules` by their full path, so a run on some layers adapts exactly those. The
+folder is written from these rules alone: nothing here imports peft, which only loading the folder
+needs. It is written under a hidden name and renamed into place when complete
+(interop.hf.folder_written_whole).
 """
 import json
 from pathlib import Path
