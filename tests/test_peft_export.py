@@ -186,12 +186,74 @@ def test_the_folder_follows_the_umask_and_is_written_whole(tmp_path):
     assert not [path.name for path in tmp_path.iterdir() if path.name.startswith(".")]  # no partial folder left
 
 
-def test_every_tuner_is_exported_or_refused_with_a_reason():
-    from fairseq_subnets.interop.peft import NO_PEFT_FORM, PEFT_FORMS
+def test_every_tuner_declares_its_peft_form_or_why_it_has_none():
+    """Exactly one of the two, in its own folder's `TUNER`: interop names no method, so a tuner that
+    declared neither could be neither exported nor refused with a reason."""
     from fairseq_subnets.techniques.tuners import TUNERS
 
-    assert set(PEFT_FORMS) == set(EXPORTED_METHODS)
-    assert sorted(TUNERS) == sorted([*PEFT_FORMS, *NO_PEFT_FORM]) and not set(PEFT_FORMS) & set(NO_PEFT_FORM)
+    declared = {method: (tuner.peft_form, tuner.no_peft_form) for method, tuner in TUNERS.items()}
+    assert sorted(method for method, (form, _) in declared.items() if form is not None) == sorted(EXPORTED_METHODS)
+    for method, (form, reason) in declared.items():
+        if form is not None:
+            assert callable(form) and reason is None, method
+        else:
+            assert isinstance(reason, str) and reason.strip() and "\n" not in reason, method
+
+
+def toy_form(matrices, tuner):
+    """A toy tuner's own PEFT form: one made-up PEFT type keeping each matrix's down-projection."""
+    from fairseq_subnets.techniques.tuners.peft_form import saved
+
+    tensors = {}
+    for matrix in matrices:
+        tensors.update(saved(matrix.module, {"toy_A": matrix.state["lora_A"]}))
+    return {"peft_type": "TOY", "r": tuner.r}, tensors
+
+
+def test_a_new_tuner_brings_its_own_peft_form_with_no_edit_to_interop(tmp_path, monkeypatch):
+    """A toy method registered in this test (LoRA's delta under a transform kind and a method name
+    of its own, with a form of its own) is saved as an adapter file and exported by the real
+    command, through its form."""
+    from dataclasses import dataclass
+
+    from factory import write_run_checkpoint
+    from safetensors.torch import load_file
+
+    from fairseq_subnets.cli.main import main
+    from fairseq_subnets.core.transforms import TRANSFORM_KINDS, add_transform
+    from fairseq_subnets.plugin.formats.adapters import read_adapter_file
+    from fairseq_subnets.techniques.tuners import TUNER_KINDS, TUNERS, Tuner, target_modules
+    from fairseq_subnets.techniques.tuners.lora import LoraConfig, LoraDelta
+
+    @dataclass(frozen=True)
+    class ToyConfig(LoraConfig):
+        method = "toy"
+
+    class ToyDelta(LoraDelta):
+        kind = "toy"
+
+    def inject_toy(root, config, prefix="", name="default"):
+        targets = target_modules(root, config, prefix)
+        for _, module in targets:
+            add_transform(module, name, ToyDelta.create(tuple(module.weight.shape), config.r, config.alpha))
+        return [weight for weight, _ in targets]
+
+    monkeypatch.setitem(TRANSFORM_KINDS, "toy", ToyDelta)
+    monkeypatch.setitem(TUNER_KINDS, "toy", "toy")
+    monkeypatch.setitem(TUNERS, "toy", Tuner(ToyConfig, inject_toy, peft_form=toy_form))
+    write_run_checkpoint(tmp_path / "toy.pt", tuner="toy", tuner_targets="q", tuner_layers="1", tuner_r=4)
+    assert main(["adapters", "save", str(tmp_path / "toy.pt"), "--out", str(tmp_path / "toy.adapter")]) == 0
+    assert main(["adapters", "export", "--format", "peft", str(tmp_path / "toy.adapter"), "--out",
+                 str(tmp_path / "peft")]) == 0
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    module = "wav2vec2.encoder.layers.1.attention.q_proj"
+    assert (config["peft_type"], config["r"], config["target_modules"]) == ("TOY", 4, [module])
+    weights = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    assert sorted(key for key in weights if not key.startswith("base_model.model.lm_head.")) == [
+        f"base_model.model.{module}.toy_A"]
+    down = next(tensor for key, tensor in read_adapter_file(str(tmp_path / "toy.adapter")).tensors.items()
+                if key.endswith(".toy.tuner.lora_A"))
+    assert torch.equal(weights[f"base_model.model.{module}.toy_A"], down)
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from torch import nn
 
 from ...core.targets import TargetError, TargetSelection, parse_weight_name
 from ...core.transforms import ADAPT, TransformError, WeightTransform, module_of, stack_of, stacks
+from .peft_form import PeftFormMaker
 
 RANK = "rank"
 """Field metadata flag of an option that is a rank: an integer >= 1, at most the rank of every
@@ -118,12 +119,16 @@ def option_default(declared: Field):
 
 class Tuner(NamedTuple):
     """What a method's package exposes as `TUNER` for the registry: its config class, the
-    injection putting it on a model, and optionally a step after each optimizer step (AdaLoRA's
-    allocator), which returns the values to log."""
+    injection putting it on a model, optionally a step after each optimizer step (AdaLoRA's
+    allocator), which returns the values to log, and exactly one of its PEFT form (`peft_form`)
+    or the one line saying why PEFT has none (`no_peft_form`), which `adapters export --format
+    peft` writes or refuses with."""
 
     config: Type[TunerConfig]
     inject: Callable[..., List[str]]
     after_optimizer_step: Optional[Callable[[TunerConfig, nn.Module, str, int], Dict[str, float]]] = None
+    peft_form: Optional[PeftFormMaker] = None
+    no_peft_form: Optional[str] = None
 
 
 def target_modules(root: nn.Module, config: TunerConfig, prefix: str = "") -> List[Tuple[str, nn.Module]]:

@@ -4,6 +4,7 @@ from .config import BitfitConfig
 from .layer import BiasChange
 from .model import inject_bitfit
 
-TUNER = Tuner(BitfitConfig, inject_bitfit)
+TUNER = Tuner(BitfitConfig, inject_bitfit,
+              no_peft_form="BitFit trains bias offsets alone; PEFT has no tuner of that form")
 
 __all__ = ["TUNER", "BiasChange", "BitfitConfig", "inject_bitfit"]
