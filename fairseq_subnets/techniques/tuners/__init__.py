@@ -1,7 +1,7 @@
-"""Parameter-efficient tuners on a frozen backbone: LoRA, alpha-LoRA, AdaLoRA, GLoRA, BitFit, IA3
-and S2-LoRA, one folder per method (config: options, checks, closed-form trainable count; layer:
-its weight transforms; model: putting it on a model; peft: its PEFT form, where PEFT has one,
-`peft_form`), registered in `registry.METHODS`.
+"""Parameter-efficient tuners on a frozen backbone, one folder per method (config: options, checks,
+closed-form trainable count; layer: its weight transforms; model: putting it on a model; peft: its
+PEFT form, where PEFT has one, `peft_form`), each registered by one line in `registry.METHODS`,
+which is the list of methods.
 
 Every tuner acts through weight transforms (`core.transforms`), so fairseq's fused attention sees
 it, and merging is baking: `core.parametrize.bake_module` on a model, `bake_state_dict` on a bare
