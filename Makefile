@@ -14,11 +14,16 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fairseq-subnets demo --out demo_output
 
+# Test workers (pytest-xdist): one per core of the 2-core development machine; each takes whole
+# files, so a file's module fixtures are built once. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+TEST_ARGS = -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest $(TEST_ARGS) tests
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest $(TEST_ARGS) -m "not slow" tests
 
 bench: $(STAMP)
 	$(VENV)/bin/fairseq-subnets bench prune

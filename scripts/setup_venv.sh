@@ -33,7 +33,7 @@ fi
 echo "[setup] installing pinned dependencies"
 "${PIP[@]}" install "${PIP_QUIET[@]}" setuptools wheel cython numpy scipy hydra-core omegaconf bitarray \
   sacrebleu regex scikit-learn cffi tqdm packaging pyyaml editdistance soundfile sentencepiece \
-  safetensors matplotlib submitit pytest Django
+  safetensors matplotlib submitit pytest pytest-xdist Django
 
 # Test-only: HF PEFT, the library the S2-LoRA paper used, which tests/test_tuners_peft.py checks
 # our tuners against (the package never imports it); and transformers, the package's optional `hf`

@@ -1,7 +1,8 @@
 """Shared fixtures.
 
 Every fairseq command a test starts, through `fairseq_subnets.runner` (grids, the demo, `launch`)
-or directly, is forked from one process that imported fairseq once (tests/forked_commands.py), and
+or directly, is forked from one process that imported fairseq once (tests/forked_commands.py; one
+such process per pytest-xdist worker), and
 only a test marked `slow` may start one: `slow` means "starts fairseq", so `-m "not slow"` runs
 none.
 
