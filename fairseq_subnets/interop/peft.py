@@ -71,10 +71,9 @@ def peft_form_of(adapter: Adapter, path: str) -> PeftFormMaker:
     return tuner.peft_form
 
 
-def peft_folder_contents(adapter: Adapter, path: str) -> Tuple[dict, Dict[str, torch.Tensor]]:
-    """(adapter_config.json, saved tensors) of an adapter whose method has a PEFT form and whose
-    tensors fit its run config (check_adapter_fits)."""
-    form = peft_form_of(adapter, path)
+def peft_folder_contents(adapter: Adapter, path: str, form: PeftFormMaker) -> Tuple[dict, Dict[str, torch.Tensor]]:
+    """(adapter_config.json, saved tensors) of an adapter whose tensors fit its run config
+    (check_adapter_fits), written in its method's PEFT `form` (peft_form_of)."""
     matrices = adapted_matrices(adapter, path)
     fields, tensors = form(matrices, tuner_config_of(adapter.cfg["model"]))
     tensors.update(saved(OUTPUT_MODULE, {name[len(STOCK_OUTPUT_LAYER_PREFIX):]: tensor for name, tensor
@@ -89,9 +88,9 @@ def write_peft_folder(adapter: Adapter, adapter_path: str, out_dir) -> dict:
     """Writes the PEFT folder `out_dir` (which must not exist, or be empty) of the adapter read from
     `adapter_path`; returns its adapter_config.json fields."""
     check_empty_folder(out_dir)
-    peft_form_of(adapter, adapter_path)  # a method PEFT cannot hold is refused before its model is built
+    form = peft_form_of(adapter, adapter_path)  # a method PEFT cannot hold is refused before its model is built
     check_adapter_fits(adapter, adapter_path)
-    config, tensors = peft_folder_contents(adapter, adapter_path)
+    config, tensors = peft_folder_contents(adapter, adapter_path, form)
     weights = safetensors_bytes({key: tensor.detach().contiguous().clone() for key, tensor in tensors.items()},
                                 metadata={"format": "pt"})
     with folder_written_whole(out_dir) as folder:
