@@ -124,18 +124,22 @@ def loaded(checkpoint, data, mode):
     return models[0].eval()
 
 
-def assert_decodes_as_dense(dense, sparse, monkeypatch, sparse_matrices, fused_attentions):
-    """`sparse` gives `dense`'s hypotheses and logits within tolerance, running the sparse kernel
-    `sparse_matrices` times and torch's fused attention `fused_attentions` times per forward pass."""
+def assert_decodes_as_dense(dense, sparse, monkeypatch, sparse_matrices, stock_attentions):
+    """`sparse` gives `dense`'s hypotheses and logits within tolerance, running per forward pass the
+    sparse kernel `sparse_matrices` times and torch's stock attention pass (which reads the dense
+    projection weights) `stock_attentions` times, and in every layer the attention's scores as one
+    fused product (directly, or inside the stock pass), never as fairseq's unfused score matrix."""
     from fairseq_subnets.techniques.sparse_decoding import kernels
 
     net_input = utterances()
     dense_logits, dense_hypotheses = decoded(dense, net_input)
     sparse_products = Calls(monkeypatch, kernels, "sparse_linear")
-    fused = Calls(monkeypatch, torch.nn.functional, "multi_head_attention_forward")
+    stock = Calls(monkeypatch, torch.nn.functional, "multi_head_attention_forward")
+    fused_scores = Calls(monkeypatch, torch.nn.functional, "scaled_dot_product_attention")
     with torch.no_grad():
         sparse_logits = sparse(**net_input)["encoder_out"]
-    assert (sparse_products.count, fused.count) == (sparse_matrices, fused_attentions)
+    assert (sparse_products.count, stock.count, fused_scores.count) == (sparse_matrices, stock_attentions,
+                                                                          TINY["layers"])
     assert (sparse_logits - dense_logits).abs().max() <= LOGIT_TOLERANCE
     assert decoded(sparse, net_input)[1] == dense_hypotheses
     assert any(dense_hypotheses), "every hypothesis is empty: the comparison would prove nothing"
@@ -156,8 +160,29 @@ def test_fixed_masks_decode_sparse_as_dense_with_attention_on_the_sparse_project
     state = sparse.techniques[-1].state
     assert state.routed_attentions == TINY["layers"]
     assert_decodes_as_dense(loaded(checkpoint, data, "off"), sparse, monkeypatch,
-                            sparse_matrices=6 * TINY["layers"], fused_attentions=0)
+                            sparse_matrices=6 * TINY["layers"], stock_attentions=0)
     assert len(state.sparse_names()) == 6 * TINY["layers"]
+
+
+def test_an_attention_call_the_fused_product_cannot_serve_takes_the_unfused_path_through_the_sparse_projections(
+        fixed_mask_checkpoint, monkeypatch):
+    """Attention weights asked for (or incremental state, an attention mask...): fairseq's unfused
+    path, which calls the projections, gives the stock pass's output and weights; the attention's
+    own setting is as before after the call."""
+    from fairseq_subnets.techniques.sparse_decoding import kernels
+
+    checkpoint, data = fixed_mask_checkpoint
+    dense, sparse = (loaded(checkpoint, data, mode).w2v_encoder.w2v_model.encoder.layers[0].self_attn
+                     for mode in ("off", "on"))
+    frames = torch.randn(9, 2, TINY["width"], generator=torch.Generator().manual_seed(3))
+    padded = torch.zeros(2, 9, dtype=torch.bool)
+    padded[1, 6:] = True
+    sparse_products = Calls(monkeypatch, kernels, "sparse_linear")
+    with torch.no_grad():
+        expected_output, expected_weights = dense(frames, frames, frames, key_padding_mask=padded, need_weights=True)
+        output, weights = sparse(frames, frames, frames, key_padding_mask=padded, need_weights=True)
+    assert sparse_products.count == 4 and not sparse.skip_embed_dim_check
+    assert (output - expected_output).abs().max() <= 1e-5 and (weights - expected_weights).abs().max() <= 1e-6
 
 
 def loaded_through_our_task(checkpoint, data, overrides):
@@ -208,8 +233,8 @@ def stock_export(fixed_mask_checkpoint):
 def test_a_pruned_stock_export_decodes_sparse_by_its_zeros_as_dense(stock_export, monkeypatch):
     """Through our task, `sparse_decoding=on` builds the plugin's model for the stock config, and
     every encoder matrix holding exact zeros runs sparse, its dense weight dropped; the one
-    without a zero stays dense (its attention still takes the unfused path for the other three
-    projections). Without the override, the stock model is built, as before."""
+    without a zero stays dense (its attention still calls the other three projections). Without
+    the override, the stock model is built, as before."""
     from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
     from fairseq_subnets.techniques.sparse_decoding import masked_projections
 
@@ -219,7 +244,7 @@ def test_a_pruned_stock_export_decodes_sparse_by_its_zeros_as_dense(stock_export
     assert not isinstance(dense, SubnetsWav2VecCtc) and isinstance(sparse, SubnetsWav2VecCtc)
     assert not masked_projections(sparse)  # no mask: the zeros alone say what is pruned
     state = sparse.techniques[-1].state
-    assert_decodes_as_dense(dense, sparse, monkeypatch, sparse_matrices=6 * TINY["layers"] - 1, fused_attentions=0)
+    assert_decodes_as_dense(dense, sparse, monkeypatch, sparse_matrices=6 * TINY["layers"] - 1, stock_attentions=0)
     assert len(state.sparse_names()) == 6 * TINY["layers"] - 1 and UNPRUNED_IN_THE_EXPORT not in state.projections
     assert all(projection.dense_dropped for projection in state.projections.values())
 
@@ -231,7 +256,7 @@ def test_learned_masks_decode_sparse_as_dense(tmp_path, monkeypatch):
     checkpoint = tmp_path / "checkpoint.pt"
     write_run_checkpoint(checkpoint, score_sparsity=0.8)
     assert_decodes_as_dense(loaded(checkpoint, tmp_path, "off"), loaded(checkpoint, tmp_path, "on"), monkeypatch,
-                            sparse_matrices=2 * TINY["layers"], fused_attentions=TINY["layers"])
+                            sparse_matrices=2 * TINY["layers"], stock_attentions=TINY["layers"])
 
 
 def test_the_active_language_of_pathway_masks_decodes_sparse_and_a_switch_follows_it(monkeypatch):

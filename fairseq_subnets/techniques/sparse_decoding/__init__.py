@@ -17,9 +17,15 @@ gradient wanted, training mode) the stock dense product. The CSR form follows th
 the stack returns (kept by the stack in eval mode), so it is rebuilt exactly when that weight
 changes: on first use and when another language is selected. fairseq's MultiheadAttention
 normally hands `q_proj.weight` etc. to torch's fused attention, which would multiply the dense
-weights without calling the projections; a forward pre-hook on each attention with a sparse
-projection sends it down fairseq's own unfused path instead (its `skip_embed_dim_check`, the
-switch fairseq keeps for pruned projections), which calls the projections.
+weights without calling the projections. So each attention with a sparse projection gets a
+forward of its own (`ProjectedAttention`): while a projection runs sparse, wav2vec2's encoder
+self-attention calls its four projections and hands their outputs to torch's fused
+scaled-dot-product attention, as the stock path does with its dense products. fairseq's own
+unfused path also calls the projections (its `skip_embed_dim_check`, the switch fairseq keeps for
+pruned projections), but writes out every head's full score matrix, which grows with the square of
+the utterance's length and lost on long utterances much of what the sparse projections gained; it
+stays for the calls the fused product cannot serve (attention weights asked for, incremental
+state, extra key and value biases, an attention mask, dropout at inference).
 
 Under `on`, a matrix whose effective weight can no longer change (no per-language masks: fixed
 masks, learned masks, tuners; not pathways, whose language may switch) is made CSR when the
@@ -224,18 +230,59 @@ def zero_pruned_projections(model: nn.Module) -> Dict[str, nn.Linear]:
             and stack_of(module) is None and bool((module.weight == 0).any())}
 
 
-class AttentionRouting:
-    """A forward pre-hook on one fairseq MultiheadAttention: before each call, takes fairseq's
-    unfused path (which calls the projections) when a projection will run sparse, and the fused
-    path, as stock, otherwise."""
+class ProjectedAttention:
+    """The forward pass of one fairseq MultiheadAttention holding a sparse projection (set as the
+    module's `forward`, with the stock one's arguments): the stock pass while no projection runs
+    sparse; otherwise the projections and torch's fused scaled-dot-product attention where that
+    computes what the stock pass would (`fused_product_serves`), and fairseq's unfused path, which
+    also calls the projections, for any other call."""
 
     def __init__(self, attention: nn.Module, projections: List[SparseProjection]):
+        self.attention = attention
         self.projections = projections
+        self.stock_forward = attention.forward
         self.stock_setting = attention.skip_embed_dim_check
 
-    def __call__(self, attention: nn.Module, args) -> None:
-        any_sparse = any([projection.runs_sparse_now() for projection in self.projections])
-        attention.skip_embed_dim_check = self.stock_setting or any_sparse
+    def __call__(self, query, key, value, key_padding_mask=None, incremental_state=None, need_weights=True,
+                 static_kv=False, attn_mask=None, before_softmax=False, need_head_weights=False):
+        arguments = (query, key, value, key_padding_mask, incremental_state, need_weights, static_kv, attn_mask,
+                     before_softmax, need_head_weights)
+        if not any([projection.runs_sparse_now() for projection in self.projections]):
+            return self.stock_forward(*arguments)
+        if self.fused_product_serves(*arguments):
+            return self.projected_self_attention(query, key_padding_mask), None
+        attention = self.attention
+        attention.skip_embed_dim_check = True
+        try:
+            return self.stock_forward(*arguments)
+        finally:
+            attention.skip_embed_dim_check = self.stock_setting
+
+    def fused_product_serves(self, query, key, value, key_padding_mask, incremental_state, need_weights, static_kv,
+                             attn_mask, before_softmax, need_head_weights) -> bool:
+        """Whether the call is a plain self-attention pass without dropout whose weights nobody
+        reads: what wav2vec2's encoder layers ask for when decoding."""
+        attention = self.attention
+        return (attention.self_attention and key is query and value is query and incremental_state is None
+                and not (static_kv or need_weights or need_head_weights or before_softmax) and attn_mask is None
+                and attention.bias_k is None and attention.bias_v is None and not attention.add_zero_attn
+                and not (attention.training or attention.dropout_module.apply_during_inference))
+
+    def projected_self_attention(self, query: torch.Tensor, key_padding_mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """The attention's output for time-major `query` (frames x batch x channels): its
+        projections (sparse or dense, each as installed) and one fused product over every head;
+        padded keys (`key_padding_mask` true) take no part."""
+        attention = self.attention
+        frames, batch, channels = query.shape
+
+        def heads_first(projected: torch.Tensor) -> torch.Tensor:
+            return projected.view(frames, batch, attention.num_heads, attention.head_dim).permute(1, 2, 0, 3)
+
+        keys_taking_part = None if key_padding_mask is None else ~key_padding_mask.bool()[:, None, None, :]
+        attended = F.scaled_dot_product_attention(
+            heads_first(attention.q_proj(query)), heads_first(attention.k_proj(query)),
+            heads_first(attention.v_proj(query)), attn_mask=keys_taking_part)
+        return attention.out_proj(attended.permute(2, 0, 1, 3).reshape(frames, batch, channels))
 
 
 class SparseDecodingState:
@@ -283,10 +330,10 @@ def enable_sparse_decoding(model: nn.Module, mode: str,
         held = [projections[f"{path}.{kind}.weight"] for kind in ATTENTION_PROJECTIONS
                 if f"{path}.{kind}.weight" in projections]
         if held:
-            attention.register_forward_pre_hook(AttentionRouting(attention, held))
+            attention.forward = ProjectedAttention(attention, held)
             routed += 1
     logger.info("%s=%s: %d masked encoder matrices run with torch's CSR kernels in eval mode%s; %d attention "
-                "layers take fairseq's unfused path when a projection runs sparse; %d dense weights dropped", KEY, mode,
+                "layers call their projections when one runs sparse; %d dense weights dropped", KEY, mode,
                 len(projections), " where faster than dense (timed on first use)" if mode == "auto" else "", routed,
                 sum(projection.dense_dropped for projection in projections.values()))
     return SparseDecodingState(projections, routed)
