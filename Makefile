@@ -15,9 +15,10 @@ demo: $(STAMP)
 	$(VENV)/bin/fairseq-subnets demo --out demo_output
 
 # Test workers (pytest-xdist): one per core of the 2-core development machine; each takes whole
-# files, so a file's module fixtures are built once. TEST_WORKERS=0 runs in this process.
+# files, so a file's module fixtures are built once, in the order tests/conftest.py sets
+# (--no-loadscope-reorder keeps it). TEST_WORKERS=0 runs in this process.
 TEST_WORKERS ?= 2
-TEST_ARGS = -q -n $(TEST_WORKERS) --dist loadfile
+TEST_ARGS = -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
 	$(PY) -m pytest $(TEST_ARGS) tests

@@ -29,13 +29,40 @@ def pytest_runtest_protocol(item, nextitem):
         running_test = None
 
 
+def uses_skeleton_run(item):
+    return "skeleton_run" in getattr(item, "fixturenames", ())
+
+
 def pytest_collection_modifyitems(items):
     """A test that uses skeleton_run (fairseq's training) is slow, even when a later session
-    finds the run in the cache."""
+    finds the run in the cache. Then the files are put in the order the test workers take them
+    (`make test` keeps it: `--no-loadscope-reorder`; each file stays whole, its tests in order)."""
     unmarked = [item.nodeid for item in items
-                if "skeleton_run" in getattr(item, "fixturenames", ()) and item.get_closest_marker("slow") is None]
+                if uses_skeleton_run(item) and item.get_closest_marker("slow") is None]
     if unmarked:
         raise pytest.UsageError(f"tests using skeleton_run must be marked slow: {', '.join(unmarked)}")
+    items[:] = in_worker_order(items)
+
+
+def in_worker_order(items):
+    """`items` with their files in the order that keeps both test workers busy to the end: first
+    one file that uses skeleton_run, whose worker builds the run (minutes) while the other worker
+    takes the other files that start fairseq; then the rest of skeleton_run's users, which find
+    the run built; and last the files that start no fairseq, which are short, so the workers
+    finish close together. Otherwise a worker reaching skeleton_run while the other builds it
+    waits for minutes, and pytest-xdist's default order (files with the most tests first) leaves
+    the long files with few tests for the end, on one worker."""
+    files = {}
+    for item in items:
+        files.setdefault(item.nodeid.split("::")[0], []).append(item)
+    users = [name for name, tests in files.items() if any(uses_skeleton_run(item) for item in tests)]
+
+    def group(name):
+        if name in users:
+            return 0 if name == users[0] else 2
+        return 1 if any(item.get_closest_marker("slow") for item in files[name]) else 3
+
+    return [item for name in sorted(files, key=group) for item in files[name]]
 
 
 def refusal_unless_slow(program):
