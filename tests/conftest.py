@@ -15,6 +15,32 @@ import pytest
 from fairseq_subnets.demo import SkeletonSettings, run_skeleton
 from forked_commands import ForkingLauncher
 
+THREADS_VARIABLE = "OMP_NUM_THREADS"
+
+
+def pytest_configure(config):
+    share_the_cores_between_workers()
+
+
+def share_the_cores_between_workers():
+    """Under pytest-xdist, each worker, and every command it starts without a thread count of its
+    own, gets its share of the cores (OMP_NUM_THREADS, and torch's thread count in the worker),
+    unless the environment already sets one. With torch's default of one thread per core in every
+    worker, the threads of one product wait on each other for a core the other worker holds: the
+    rehearsal's training steps took markedly more CPU time that way. A test that needs a thread
+    count (2-thread reproducibility, the runner's thread settings) still sets its own."""
+    import os
+
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2 or THREADS_VARIABLE in os.environ:
+        return
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    os.environ[THREADS_VARIABLE] = str(threads)
+    torch.set_num_threads(threads)
+
+
 running_test = None
 """The test pytest is setting up, running or tearing down (its fixtures' work counts as its own)."""
 
