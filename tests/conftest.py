@@ -118,18 +118,20 @@ that learned something, not a good one."""
 
 def skeleton_inputs_digest():
     """What the skeleton run's output follows from: every file of this package (code, configs,
-    corpus definitions), the schedule, the Python version, every installed distribution's version,
-    and espeak-ng's (CPU training and synthesis are deterministic, so equal inputs give equal
-    checkpoints)."""
+    corpus definitions), the schedule, the thread count its commands run at (it changes how sums
+    are split), the Python version, every installed distribution's version, and espeak-ng's (CPU
+    training and synthesis are deterministic, so equal inputs give equal checkpoints)."""
     import hashlib
     import importlib.metadata
+    import os
     import platform
     from pathlib import Path
 
     import fairseq_subnets
     from fairseq_subnets.data.synth import espeak_version
 
-    digest = hashlib.sha256(repr((SKELETON_SCHEDULE, platform.python_version(), espeak_version())).encode())
+    threads = os.environ.get(THREADS_VARIABLE)
+    digest = hashlib.sha256(repr((SKELETON_SCHEDULE, threads, platform.python_version(), espeak_version())).encode())
     for distribution in sorted(f"{d.metadata['Name']}=={d.version}" for d in importlib.metadata.distributions()):
         digest.update(distribution.encode() + b"\n")
     package = Path(fairseq_subnets.__file__).parent
