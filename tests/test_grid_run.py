@@ -1,10 +1,20 @@
-"""A CPU-sized grid through the real CLI: killed midway, run again, complete and consistent."""
+"""A CPU-sized grid through the real CLI: killed midway, run again, complete and consistent.
+
+The grid runs as a process of its own, in a session of its own, which the test kills with SIGKILL
+(its whole process group at once, as when a machine goes down) and then runs again. That process
+is the `fairseq-subnets` console script's entry point (`fairseq_subnets.cli.main.main`) on the same
+arguments, started as `python -c GRID_WITH_FORK_SERVER ARGUMENTS...`, which first makes the runner
+start the cells' fairseq commands through the tests' fork server (tests/forked_commands.py), as
+every other test's commands start: a fresh interpreter per command would import fairseq and
+torch._dynamo again for each cell. The fork server and the commands it forks belong to the grid's
+process group, so the kill takes them down with it, which the fixture checks."""
 import csv
 import json
 import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -16,11 +26,56 @@ from checkpoint_helpers import assert_pruned_weights_zero
 pytestmark = pytest.mark.slow
 
 KILL_AFTER_FINISHED_CELLS = 3
+GROUP_END_SECONDS = 30
+"""How long the killed grid's processes may take to disappear (their parent, the system's first
+process, reaps orphans when it gets to them)."""
+
+GRID_WITH_FORK_SERVER = textwrap.dedent(f"""
+    import sys
+    sys.path.insert(0, {str(Path(__file__).parent)!r})
+    from forked_commands import ForkingLauncher
+    from fairseq_subnets import runner
+    from fairseq_subnets.cli.main import main
+    launcher = ForkingLauncher()
+    runner.use_launcher(launcher)
+    try:
+        status = main(sys.argv[1:])
+    finally:
+        launcher.close()
+    sys.exit(status)
+""")
+"""`fairseq-subnets ARGUMENTS...` with every fairseq command forked from one fork server."""
 
 
 def grid_command(grid, out):
-    executable = Path(sys.executable).with_name("fairseq-subnets")
-    return [str(executable), "grid", str(grid), "--out", str(out), "--jobs", "2", "--quiet"]
+    return [sys.executable, "-c", GRID_WITH_FORK_SERVER, "grid", str(grid), "--out", str(out), "--jobs", "2",
+            "--quiet"]
+
+
+def group_members(group):
+    """The pids of the processes (zombies included) whose process group is `group`, from /proc."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()  # after the command name, which may hold spaces
+        except OSError:  # it ended while being listed
+            continue
+        if int(fields[2]) == group:
+            members.append(int(stat.parent.name))
+    return members
+
+
+def group_ended(group, seconds):
+    """Whether no process of `group` is left within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
 
 
 def finished_cells(out):
@@ -45,8 +100,11 @@ def killed_and_resumed_grid(skeleton_run, tmp_path_factory):
     while len(finished_cells(out)) < KILL_AFTER_FINISHED_CELLS and first.poll() is None:
         assert time.monotonic() < deadline, "grid made no progress"
         time.sleep(1)
+    killed = group_members(first.pid)
+    assert len(killed) > 1, f"the fork server is not in the grid's process group: {killed}"
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
+    assert group_ended(first.pid, GROUP_END_SECONDS), f"the killed grid's processes live on: {group_members(first.pid)}"
     before = {path.parent.name: path.read_text() for path in finished_cells(out)}
     interrupted = {d.name: (d / "checkpoint_last.pt").exists()
                    for d in (out / "cells").iterdir() if not (d / "result.json").exists()}
