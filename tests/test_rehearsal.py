@@ -24,9 +24,6 @@ def test_every_step_runs_and_reports_its_wall_time_and_peak_memory(tmp_path, cap
     from fairseq_subnets.core.maskfile import load_mask_file
 
     monkeypatch.chdir(tmp_path)  # a relative --out, as `make bench-rehearsal` passes it
-    # One torch thread in every step: the suite runs a worker per core, and a step's threads waiting
-    # on each other for a core nearly doubled its training steps' CPU time (the report's cpu_s).
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     out = tmp_path / "rehearsal"
     assert main(["bench", "rehearsal", "--out", "rehearsal", *SMALL, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
