@@ -1,7 +1,10 @@
 """The plugin registers its components under `subnets_*` names, keeps every stock config key, and
 registers them (and the checkpoint allow-list) exactly once whichever of fairseq and fairseq_subnets
 is imported first, by the package import, fairseq's --user-dir loader, or both. Every import-order
-test runs in a fresh interpreter that imports fairseq, and so is slow."""
+test runs in a fresh interpreter that imports fairseq, and so is slow. Where a check needs an
+interpreter that starts with one of those orders (a notebook importing the package first, the
+plugin imported alone), it runs in that order's interpreter after its registration is read
+(AFTER_THE_REPORT), instead of paying fairseq's import in one more."""
 import dataclasses
 import subprocess
 import sys
@@ -65,23 +68,67 @@ IMPORT_ORDERS = {
 }
 
 
+NOTEBOOK_LOAD = """
+    from fairseq import checkpoint_utils
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([CHECKPOINT])
+    print(type(models[0]).__name__, type(task).__name__, models[0].mask_digest())
+"""
+"""A notebook loading a plugin checkpoint with stock fairseq (CHECKPOINT: its path)."""
+TRANSFORM_KINDS_LEFT_TO_IMPORT = """
+    import importlib, pkgutil
+    import fairseq_subnets.techniques as techniques
+    from fairseq_subnets.core.transforms import TRANSFORM_KINDS
+    by_plugin = set(TRANSFORM_KINDS)
+    for info in pkgutil.walk_packages(techniques.__path__, techniques.__name__ + "."):
+        importlib.import_module(info.name)
+    print(" ".join(sorted(by_plugin)), "|", " ".join(sorted(set(TRANSFORM_KINDS) - by_plugin)))
+"""
+"""The transform kinds registered by the plugin's import, and those that importing every module
+of every technique folder adds. The report before it imports only fairseq modules, which the
+plugin has imported already, so the kinds are still the plugin's own."""
+AFTER_THE_REPORT = {"package, then a fairseq submodule": NOTEBOOK_LOAD,
+                    "plugin by name, before fairseq": TRANSFORM_KINDS_LEFT_TO_IMPORT}
+"""import order -> a check that needs an interpreter started with that order, run in its
+interpreter once the registration is printed (so nothing it imports can change what is reported)."""
+REPORTED = "-- registration reported --"
+
+
 def run_python(code):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
 
 
-def registration_after(imports):
-    """What is registered and allow-listed after running `imports` in a fresh interpreter."""
-    result = run_python("from argparse import Namespace\n" + textwrap.dedent(imports) + textwrap.dedent(REPORT_REGISTRATION))
-    assert result.returncode == 0, result.stderr
-    return result.stdout.splitlines()
+def registration_after(imports, afterwards=""):
+    """What is registered and allow-listed after running `imports` in a fresh interpreter, and what
+    `afterwards`, run in it next, prints."""
+    result = run_python("from argparse import Namespace\n" + textwrap.dedent(imports) + textwrap.dedent(REPORT_REGISTRATION)
+                        + f"print({REPORTED!r})\n" + textwrap.dedent(afterwards))
+    assert result.returncode == 0, result.stderr[-2000:]
+    registration, _, printed_afterwards = result.stdout.partition(REPORTED + "\n")
+    return registration.splitlines(), printed_afterwards
 
 
 @pytest.fixture(scope="module")
-def registrations():
-    """Every import order's registration and the stock commands' (under "stock"), two interpreters
-    at a time: each is a single-threaded import of torch and fairseq, and the machine has two cores."""
+def plugin_checkpoint(tmp_path_factory):
+    """A masked plugin checkpoint and its model's mask digest."""
+    path, model, _ = write_plugin_checkpoint(tmp_path_factory.mktemp("notebook"), sparsity=0.5, seed=3)
+    return path, model.mask_digest()
+
+
+@pytest.fixture(scope="module")
+def order_interpreters(plugin_checkpoint):
+    """Every import order's interpreter and the stock commands' (under "stock"): (registration, what
+    its AFTER_THE_REPORT check printed), two interpreters at a time: each is a single-threaded
+    import of torch and fairseq, and the machine has two cores."""
     orders = {"stock": STOCK_ORDER, **IMPORT_ORDERS}
-    return dict(zip(orders, two_at_a_time(*((registration_after, imports) for imports in orders.values()))))
+    afterwards = {order: AFTER_THE_REPORT.get(order, "").replace("CHECKPOINT", repr(str(plugin_checkpoint[0])))
+                  for order in orders}
+    return dict(zip(orders, two_at_a_time(*((registration_after, imports, afterwards[order])
+                                            for order, imports in orders.items()))))
+
+
+@pytest.fixture(scope="module")
+def registrations(order_interpreters):
+    return {order: registration for order, (registration, _) in order_interpreters.items()}
 
 
 @pytest.fixture(scope="module")
@@ -102,19 +149,15 @@ def test_every_import_order_registers_each_component_and_the_allow_list_once(ord
 
 
 @pytest.mark.slow
-def test_a_notebook_importing_the_package_first_loads_a_plugin_checkpoint_with_stock_fairseq(tmp_path):
+def test_a_notebook_importing_the_package_first_loads_a_plugin_checkpoint_with_stock_fairseq(order_interpreters,
+                                                                                             plugin_checkpoint):
     """Stock `load_model_ensemble_and_task` needs the task and model registered and the checkpoint's
-    Dictionary allow-listed for torch's weights-only loader, all after our package came first."""
-    path, model, _ = write_plugin_checkpoint(tmp_path, sparsity=0.5, seed=3)
-    result = run_python(f"""
-        import fairseq_subnets
-        from fairseq import checkpoint_utils
-        models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([{str(path)!r}])
-        print(type(models[0]).__name__, type(task).__name__, models[0].mask_digest())
-    """)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["SubnetsWav2VecCtc", "SubnetsAudioFinetuningTask", model.mask_digest()]
-    assert model.mask_digest() != ""
+    Dictionary allow-listed for torch's weights-only loader, all after our package came first
+    (the interpreter of "package, then a fairseq submodule")."""
+    _, mask_digest = plugin_checkpoint
+    _, printed = order_interpreters["package, then a fairseq submodule"]
+    assert printed.split() == ["SubnetsWav2VecCtc", "SubnetsAudioFinetuningTask", mask_digest]
+    assert mask_digest != ""
 
 
 @pytest.mark.slow
@@ -150,22 +193,13 @@ def test_plugin_classes_extend_stock_ones_and_keep_every_stock_key():
 
 
 @pytest.mark.slow
-def test_importing_the_plugin_registers_the_transform_kinds_of_every_technique_folder():
+def test_importing_the_plugin_registers_the_transform_kinds_of_every_technique_folder(order_interpreters):
     """Every tool that rebuilds or bakes a state dict (export, prune, bundles, adapters, init_from)
     imports the plugin, so the plugin alone must register every kind any technique module
-    defines; pkgutil then imports all of them and must find none left."""
-    result = run_python("""
-        import importlib, pkgutil
-        import fairseq_subnets.plugin
-        import fairseq_subnets.techniques as techniques
-        from fairseq_subnets.core.transforms import TRANSFORM_KINDS
-        by_plugin = set(TRANSFORM_KINDS)
-        for info in pkgutil.walk_packages(techniques.__path__, techniques.__name__ + "."):
-            importlib.import_module(info.name)
-        print(" ".join(sorted(by_plugin)), "|", " ".join(sorted(set(TRANSFORM_KINDS) - by_plugin)))
-    """)
-    assert result.returncode == 0, result.stderr[-2000:]
-    by_plugin, late = result.stdout.split("|")
+    defines; pkgutil then imports all of them and must find none left (the interpreter of
+    "plugin by name, before fairseq")."""
+    _, printed = order_interpreters["plugin by name, before fairseq"]
+    by_plugin, late = printed.split("|")
     assert {"fixed_mask", "dense_mask", "score_mask", "language_masks"} <= set(by_plugin.split())
     assert late.split() == []
 

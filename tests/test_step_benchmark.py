@@ -1,4 +1,6 @@
 """`fairseq-subnets bench train` on a tiny model: what it checks and reports, never how fast."""
+import contextlib
+import io
 import json
 import math
 
@@ -10,6 +12,9 @@ from factory import TINY, ctc_model
 SMALL = dict(TINY, seconds=0.25, train_steps=2, train_warmup=1, decode_steps=2, decode_warmup=1)
 SMALL_ARGS = ["--layers", "2", "--width", "64", "--ffn", "128", "--seconds", "0.25", "--train-steps", "2",
               "--train-warmup", "1", "--decode-steps", "2", "--decode-warmup", "1"]
+"""SMALL on the command line."""
+FAILING = dict(SMALL, train_steps=1, train_warmup=0, decode_steps=1, decode_warmup=0)
+"""The fewest steps a run can take: the runs that must fail stop at a check made whatever the count."""
 
 
 @pytest.fixture(scope="module")
@@ -20,8 +25,15 @@ def bench():
 
 
 @pytest.fixture(scope="module")
-def result(bench):
-    return bench.run_step_benchmark(bench.StepBenchSettings(**SMALL), say=lambda message: None)
+def result():
+    """The JSON that `bench train --json` prints at SMALL: one run serves the CLI's test and every
+    test of what the benchmark measures."""
+    from fairseq_subnets.cli.main import main
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["bench", "train", *SMALL_ARGS, "--json"]) == 0
+    return json.loads(printed.getvalue())
 
 
 def test_every_comparison_has_a_positive_finite_ratio_of_medians_against_its_reference(bench, result):
@@ -88,7 +100,7 @@ def test_the_run_fails_when_the_binarisations_keep_different_weights(bench, monk
     full_sort_kept = bench.full_sort_kept
     monkeypatch.setattr(bench, "full_sort_kept", lambda scores, n_pruned: full_sort_kept(scores, n_pruned + 1))
     with pytest.raises(AssertionError, match="binarisations keep different scores"):
-        bench.run_step_benchmark(bench.StepBenchSettings(**SMALL), say=lambda message: None)
+        bench.run_step_benchmark(bench.StepBenchSettings(**FAILING), say=lambda message: None)
 
 
 def test_the_run_fails_when_baked_and_stock_outputs_differ(bench, monkeypatch):
@@ -101,7 +113,7 @@ def test_the_run_fails_when_baked_and_stock_outputs_differ(bench, monkeypatch):
 
     monkeypatch.setattr(bench, "bake_module", bake_then_nudge)
     with pytest.raises(AssertionError, match="baked and stock decoding outputs differ"):
-        bench.run_step_benchmark(bench.StepBenchSettings(**SMALL), say=lambda message: None)
+        bench.run_step_benchmark(bench.StepBenchSettings(**FAILING), say=lambda message: None)
 
 
 def test_masked_training_steps_move_kept_weights_only(bench):
@@ -138,14 +150,11 @@ def test_interleaved_alternates_and_drops_the_warmup():
     assert {name: len(values) for name, values in seconds.items()} == {"a": 2, "b": 2}
 
 
-def test_cli_prints_parseable_json(capsys):
-    from fairseq_subnets.cli.main import main
-
-    assert main(["bench", "train", *SMALL_ARGS, "--json"]) == 0
-    payload = json.loads(capsys.readouterr().out)
-    assert payload["settings"]["layers"] == 2 and payload["settings"]["threads"] == 1
-    assert payload["pruned_nonzero_after_training"] == 0
-    assert all(math.isfinite(payload[row]["ratio"])
+def test_cli_prints_parseable_json(result):
+    """`result` is what the CLI printed, parsed."""
+    assert result["settings"]["layers"] == 2 and result["settings"]["threads"] == 1
+    assert result["pruned_nonzero_after_training"] == 0
+    assert all(math.isfinite(result[row]["ratio"])
                for row in ("train", "train_learned", "train_learned_vs_full_sort", "decode", "decode_learned"))
 
 

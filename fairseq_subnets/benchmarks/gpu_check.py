@@ -38,8 +38,8 @@ after another with the GPU to themselves (two at a time in the dry mode, sharing
 decodes and exports run afterwards, several at a time.
 The report is rewritten (atomically) after every step, so a run cut short keeps what it measured.
 
-`--dry-run` runs the same code on the CPU at a tiny shape in fp32 with 2 updates per mode: what the
-test suite runs, the only part verified so far.
+`--dry-run` runs the same code on the CPU at a tiny shape (a narrowed feature extractor included)
+in fp32 with 2 updates per mode: what the test suite runs, the only part verified so far.
 """
 import datetime
 import json
@@ -96,6 +96,8 @@ class GpuCheckSettings:
     width: int = 1024
     ffn: int = 4096
     heads: int = 16
+    extractor_channels: Optional[int] = None
+    """the channels of each of the feature extractor's 7 convolutions (None: XLS-R's, 512)"""
     updates: int = 20
     utterance_seconds: float = 10.0
     utterances_per_batch: int = 8
@@ -125,10 +127,13 @@ class GpuCheckSettings:
     @classmethod
     def dry(cls, out_dir, modes=(), budget_s=None):
         """The narrowest encoder the shipped config's channel masking accepts (width x
-        mask_channel_prob must reach mask_channel_length), one layer, half-second utterances, and
-        no budget unless one is given: the dry mode checks that every mode runs."""
-        return cls(out_dir, dry_run=True, layers=1, width=256, ffn=512, heads=4, updates=2, utterance_seconds=0.5,
-                   utterances_per_batch=4, modes=tuple(modes), budget_s=budget_s, parallel=2, trainings_at_a_time=2)
+        mask_channel_prob must reach mask_channel_length), one layer, a feature extractor of 64
+        channels instead of 512 (the same convolutions and frames; at 512 they took a good part of
+        each training's CPU time), half-second utterances, and no budget unless one is given: the
+        dry mode checks that every mode runs."""
+        return cls(out_dir, dry_run=True, layers=1, width=256, ffn=512, heads=4, extractor_channels=64, updates=2,
+                   utterance_seconds=0.5, utterances_per_batch=4, modes=tuple(modes), budget_s=budget_s, parallel=2,
+                   trainings_at_a_time=2)
 
     def cpu_threads(self, processes_at_a_time: int) -> Optional[int]:
         """CPU threads for each of `processes_at_a_time` fairseq commands running side by side: in
@@ -161,8 +166,10 @@ class GpuCheckSettings:
         return [REFERENCE] + [name for name in MODES if name in wanted and name != REFERENCE]
 
     def describe(self) -> str:
-        return (f"{self.layers} layers, width {self.width}, FFN {self.ffn}, {self.heads} heads, XLS-R feature "
-                f"extractor; {'fp16' if self.fp16 else 'fp32'} on {self.device}, {self.updates} updates per mode, "
+        extractor = ("XLS-R feature extractor" if self.extractor_channels is None
+                     else f"XLS-R feature extractor narrowed to {self.extractor_channels} channels")
+        return (f"{self.layers} layers, width {self.width}, FFN {self.ffn}, {self.heads} heads, {extractor}; "
+                f"{'fp16' if self.fp16 else 'fp32'} on {self.device}, {self.updates} updates per mode, "
                 f"batches of {self.utterances_per_batch} x {self.utterance_seconds:g} s")
 
     def check(self) -> None:
@@ -377,17 +384,23 @@ def write_data(settings: GpuCheckSettings) -> Dict[str, object]:
 
 
 def build_pretrained(settings: GpuCheckSettings) -> Dict[str, object]:
-    """The random pretraining checkpoint with XLS-R's architecture, normalizing audio as the
-    shipped config's task does (stock fine-tuning refuses a mismatch)."""
+    """The random pretraining checkpoint with XLS-R's architecture (its feature extractor narrowed
+    where the settings say), normalizing audio as the shipped config's task does (stock
+    fine-tuning refuses a mismatch)."""
     import torch
 
-    from ..benchmarks.untrained import XLSR_ARCHITECTURE, CtcModelSize, save_untrained_pretraining_checkpoint
+    from ..benchmarks.untrained import (
+        XLSR_ARCHITECTURE, CtcModelSize, narrowed_feature_extractor, save_untrained_pretraining_checkpoint,
+    )
 
     torch.manual_seed(settings.seed)
     files = CheckFiles(settings.out_dir)
     size = CtcModelSize(settings.layers, settings.width, settings.ffn, settings.heads)
     normalize = bool(_shipped_yaml("xlsr_300m")["task"]["normalize"])
-    parameters = save_untrained_pretraining_checkpoint(files.pretrained, size, normalize, **XLSR_ARCHITECTURE)
+    architecture = dict(XLSR_ARCHITECTURE)
+    if settings.extractor_channels is not None:
+        architecture["conv_feature_layers"] = narrowed_feature_extractor(settings.extractor_channels)
+    parameters = save_untrained_pretraining_checkpoint(files.pretrained, size, normalize, **architecture)
     return {"parameters": parameters, "file_gb": round(files.pretrained.stat().st_size / 1e9, 3)}
 
 

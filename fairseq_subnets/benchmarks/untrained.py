@@ -53,6 +53,13 @@ transformer layers that normalize first, and a 768-wide projection for the contr
 convolutions themselves (7 layers of 512 channels, 20 ms frames) are the default ones."""
 
 
+def narrowed_feature_extractor(channels: int) -> str:
+    """fairseq's default feature extractor (XLS-R's: 7 convolutions, 20 ms frames) with `channels`
+    channels in every convolution instead of 512, as Wav2Vec2Config's `conv_feature_layers` spells
+    it: the same frames at a fraction of the CPU time, where a check runs every mode at a tiny size."""
+    return f"[({channels}, 10, 5)] + [({channels}, 3, 2)] * 4 + [({channels}, 2, 2)] * 2"
+
+
 def wav2vec2_model_config(size: CtcModelSize, **architecture):
     """The pretraining model config (`wav2vec2`) of an encoder of `size`, with `architecture`
     (e.g. XLSR_ARCHITECTURE) replacing fairseq's defaults; a DictConfig."""

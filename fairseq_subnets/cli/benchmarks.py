@@ -351,7 +351,8 @@ def _register_gpu_check(subparsers):
     )
     parser.add_argument("--out", required=True, metavar="OUT", help="output folder (empty or new)")
     parser.add_argument("--dry-run", action="store_true",
-                        help="on the CPU: a 1-layer model of width 256, 2 updates per mode, fp32")
+                        help="on the CPU: a 1-layer model of width 256 with a 64-channel feature extractor, 2 "
+                        "updates per mode, fp32")
     parser.add_argument("--modes", metavar="M,M", help="comma-separated modes to run (default: all); the "
                         "reference, stock, always runs")
     parser.add_argument("--budget-s", type=float,
