@@ -12,6 +12,11 @@ starts as a fresh process would, without thread pools: a child whose environment
 OMP_NUM_THREADS sets torch's thread count to it before anything runs, which is what a fresh
 interpreter reads it for; without it the child keeps the default of a fresh one.
 
+The server starts with OpenMP's passive wait policy (WAIT_POLICY), which OpenMP reads once, when
+torch loads it: a thread that waits for the others then sleeps instead of spinning. On 2 cores
+shared with other runs a multi-threaded child otherwise spins through most of its time slices,
+about 3 times the CPU time of the same run waiting passively; what it computes is the same.
+
 `ForkingLauncher` is what the tests install as the runner's launcher (tests/conftest.py), so every
 command started through `fairseq_subnets.runner` is forked from one server."""
 import json
@@ -32,6 +37,7 @@ fresh interpreter would, as __main__ with sys.argv ["-c", ARGUMENTS...]; only fa
 modules are imported before it, never fairseq_subnets (checks of stock fairseq without the plugin
 rely on that)."""
 THREADS_VARIABLE = "OMP_NUM_THREADS"
+WAIT_POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 SERVER = textwrap.dedent("""
     import json, os, sys, traceback
@@ -122,7 +128,7 @@ class CommandServer:
     """A server process forking fairseq commands on request."""
 
     def __init__(self):
-        server_env = {name: value for name, value in os.environ.items() if name != THREADS_VARIABLE}
+        server_env = {**{name: value for name, value in os.environ.items() if name != THREADS_VARIABLE}, **WAIT_POLICY}
         self.process = subprocess.Popen([sys.executable, "-c", SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         text=True, env=server_env)
         self.lock = threading.Lock()

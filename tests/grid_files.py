@@ -7,12 +7,13 @@ from pathlib import Path
 from fairseq_subnets.engine.grid_file import MANIFEST_FILES
 
 
-def write_pretrained(path):
-    """An untrained TINY wav2vec2 pretraining checkpoint (2 encoder layers)."""
+def write_pretrained(path, **architecture):
+    """An untrained TINY wav2vec2 pretraining checkpoint (2 encoder layers); `architecture`: model
+    keys replacing fairseq's defaults (e.g. narrower convolutions)."""
     from factory import TINY
     from fairseq_subnets.benchmarks.untrained import CtcModelSize, save_untrained_pretraining_checkpoint
 
-    save_untrained_pretraining_checkpoint(path, CtcModelSize(**TINY), normalize=False)
+    save_untrained_pretraining_checkpoint(path, CtcModelSize(**TINY), normalize=False, **architecture)
     return Path(path)
 
 

@@ -103,7 +103,9 @@ def test_the_resume_check_reads_the_config_of_checkpoint_last_but_not_its_tensor
 
 
 TINY_RUN = ("optimization.max_update=8", "checkpoint.save_interval_updates=2", "checkpoint.keep_interval_updates=-1",
-            "dataset.disable_validation=true")
+            "dataset.disable_validation=true", "dataset.batch_size=2")
+"""Batches of two utterances: what is checked needs updates and saves, not learning, and the
+Catalan folder then holds far more updates than a run makes, so every save is one of epoch 1."""
 
 
 def kill_when_save_begins(process, save_dir, timeout=300):

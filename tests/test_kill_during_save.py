@@ -133,12 +133,16 @@ def write_corpus(folder: Path) -> Path:
 @pytest.fixture(scope="module")
 def training_command(tmp_path_factory):
     """(config folder, config name, overrides without the save dir) of a tiny fine-tuning run on an
-    untrained TINY model."""
+    untrained TINY model with the tiny pretraining config's narrow convolutions (fairseq's default
+    ones would make each checkpoint, written, copied and read at every kill, over 20 times larger)."""
+    from omegaconf import OmegaConf
+
     from grid_files import write_pretrained
     from fairseq_subnets.runner import CONFIG_DIR
 
     folder = tmp_path_factory.mktemp("kill_inputs")
-    pretrained = write_pretrained(folder / "pretrained.pt")
+    narrow = OmegaConf.load(CONFIG_DIR / "pretrain" / "tiny.yaml").model.conv_feature_layers
+    pretrained = write_pretrained(folder / "pretrained.pt", conv_feature_layers=narrow)
     corpus = write_corpus(folder / "corpus")
     return CONFIG_DIR / "finetune", "tiny", [
         f"common.user_dir={USER_DIR}", f"model.w2v_path={pretrained}", f"task.data={corpus}",

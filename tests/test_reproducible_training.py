@@ -5,17 +5,17 @@ SIGKILL at a random update and then simply run again (fairseq resumes from check
 Both runs' first interval checkpoints (written before the kill) must be bit-identical, which is
 "the same command twice gives the same checkpoint"; so must their final checkpoints: weights,
 masks, Adam's state, the scheduler and the data position; and so must every validation's results.
-The runs read a small corpus, so that their updates span several epochs, each ending with a
-validation (as does each checkpoint). Every mode runs at 1 thread; TWO_THREAD_MODES also at 2,
-where floating-point sums are split between threads. The modes: wav2vec2 pretraining, plain
-fine-tuning, fixed-mask fine-tuning, downstream fine-tuning with a frozen first epoch,
-multilingual pathway training with per-language masks on shared weights (Adam with weight decay),
-learned masks (S3-Router) with one top-k over all encoder matrices, AdaLoRA (its importance
-averages and rank budget), lottery-ticket pruning with group lasso killed between two pruning
-events (its masks, rewind point, block norms and restarted learning-rate schedule), and the three
-combinations of techniques in the two runs of tests/combinations.py: LoRA under learned masks
-inside a fixed mask (a tuner with learned masks, and learned masks inside a fixed mask), and
-lottery-ticket pruning with group lasso over LoRA.
+The runs read a small corpus in small batches, so that their updates span several epochs, each
+ending with a validation (as does each checkpoint), at a fraction of a full batch's cost. Every
+mode runs at 1 thread; TWO_THREAD_MODES also at 2, where floating-point sums are split between
+threads. The modes: wav2vec2 pretraining, plain fine-tuning, fixed-mask fine-tuning, downstream
+fine-tuning with a frozen first epoch, multilingual pathway training with per-language masks on
+shared weights (Adam with weight decay), learned masks (S3-Router) with one top-k over all encoder
+matrices, AdaLoRA (its importance averages and rank budget), lottery-ticket pruning with group
+lasso killed between two pruning events (its masks, rewind point, block norms and restarted
+learning-rate schedule), and the three combinations of techniques in the two runs of
+tests/combinations.py: LoRA under learned masks inside a fixed mask (a tuner with learned masks,
+and learned masks inside a fixed mask), and lottery-ticket pruning with group lasso over LoRA.
 
 Without seeded time masking (plugin.components.time_masking) every mode fails from the first masked update,
 and pretraining also without seeded crops (plugin.components.pretraining), without seeded validation draws
@@ -38,15 +38,17 @@ from interrupted_runs import (
 pytestmark = pytest.mark.slow
 
 LANGUAGE = "ca"
-SMALL_SPLITS = {"train": 32, "valid": 4}
-"""Utterances kept per split of each corpus folder: 3 to 7 updates per epoch with the tiny configs
-(their batch sizes differ), so MAX_UPDATE updates span several epochs, and a validation of one
-batch."""
+SMALL_SPLITS = {"train": 6, "valid": 4}
+"""Utterances kept per split of each corpus folder."""
+BATCH_SIZE = 2
+"""Utterances per batch, in every mode: 3 updates per epoch (6 in the multilingual mode, whose
+epoch holds both languages), so MAX_UPDATE updates span several epochs. Two, not one, so that
+pretraining crops a batch's longer utterance to the shorter one (the seeded crops)."""
 MAX_UPDATE = 15
 SAVE_EVERY = 5
 """fairseq writes no interval checkpoint at an epoch's last update (the epoch's save takes its
 place), and the kill falls between the first two interval checkpoints: so neither SAVE_EVERY nor
-twice it may be a multiple of an epoch's length (4 was, with 4 updates per epoch)."""
+twice it may be a multiple of an epoch's length (checked: both interval checkpoints must exist)."""
 FFN_TARGETS = "ffn"
 TWO_THREAD_MODES = ["pretraining", "learned_masks_global_top_k"]
 """The modes also run at 2 threads: pretraining, whose negatives' backward summed in thread order
@@ -152,7 +154,8 @@ def killed_and_rerun(mode, threads, result, masks, corpus, work):
     two save dirs."""
     config_dir, config_name, arguments = mode_arguments(mode, result, masks, corpus)
     arguments = [f"common.user_dir={USER_DIR}", *arguments, f"checkpoint.save_interval_updates={SAVE_EVERY}",
-                 "checkpoint.keep_interval_updates=-1", "checkpoint.save_interval=1000", "dataset.validate_interval=1"]
+                 "checkpoint.keep_interval_updates=-1", "checkpoint.save_interval=1000", "dataset.validate_interval=1",
+                 f"dataset.batch_size={BATCH_SIZE}"]
     uninterrupted, interrupted = work / "uninterrupted", work / "interrupted"
     reference = start_training(config_dir, config_name, arguments + [f"checkpoint.save_dir={uninterrupted}"],
                                work / "uninterrupted.log", threads=threads)
@@ -211,8 +214,9 @@ def mode_runs(request, skeleton_run, masks, small_corpus, tmp_path_factory):
 def test_a_run_killed_at_a_random_update_and_rerun_ends_bit_identical_to_an_uninterrupted_run(mode, threads,
                                                                                               mode_runs):
     uninterrupted, interrupted = mode_runs[mode, threads].result()
-    first = min(interval_checkpoints(uninterrupted))
-    assert_bit_identical(interval_checkpoints(uninterrupted)[first], interval_checkpoints(interrupted)[first])
+    saved = interval_checkpoints(uninterrupted)
+    assert {SAVE_EVERY, 2 * SAVE_EVERY} <= saved.keys(), f"interval checkpoints at updates {sorted(saved)}"
+    assert_bit_identical(saved[SAVE_EVERY], interval_checkpoints(interrupted)[SAVE_EVERY])
     assert_bit_identical(uninterrupted / "checkpoint_last.pt", interrupted / "checkpoint_last.pt")
     work = uninterrupted.parent
     reference = validations(work / "uninterrupted.log")
