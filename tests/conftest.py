@@ -13,9 +13,7 @@ from has changed (skeleton_run)."""
 import pytest
 
 from fairseq_subnets.demo import SkeletonSettings, run_skeleton
-from forked_commands import ForkingLauncher
-
-THREADS_VARIABLE = "OMP_NUM_THREADS"
+from forked_commands import THREADS_VARIABLE, ForkingLauncher
 
 
 def pytest_configure(config):
