@@ -49,6 +49,8 @@ def test_a_tiny_run_measures_every_mask_set_thread_count_and_length_against_dens
     assert list(memory) == list(LABELS)
     assert memory["global L1 50%"]["on_bytes"] > memory["global L1 90%"]["on_bytes"]  # more CSR entries
     assert len({row["dense_bytes"] for row in memory.values()}) == 1
+    # `auto` settles each fixed-mask matrix: no weight stack beside its product
+    assert memory["global L1 90%"]["auto_bytes"]["1"] <= memory["global L1 90%"]["dense_bytes"]
     compact = {row["masks"]: row for row in result["compact"]}
     assert list(compact) == list(LABELS)
     assert all(row["compact_bytes"] < row["dense_bytes"] and row["dense_load_s"] > 0 and row["compact_load_s"] > 0

@@ -324,6 +324,45 @@ def test_auto_decides_each_matrix_once_logs_it_and_decodes_as_dense(fixed_mask_c
     assert len(auto.techniques[-1].state.sparse_names()) == sum(decision.endswith("-> sparse") for decision in decisions)
 
 
+def test_auto_settles_each_fixed_mask_matrix_once_decided_and_refuses_what_needs_its_mask(fixed_mask_checkpoint):
+    """Fixed masks cannot change, so each decided matrix gives up its weight stack: a sparse one
+    keeps its CSR form only (an empty weight), a dense one the effective weight as a plain weight
+    (the dense export's); training, gradients and a state dict are refused by name. Each decision
+    is forced once both ways (the timing itself decides nothing testable)."""
+    from fairseq_subnets.core.transforms import stack_of
+    from fairseq_subnets.errors import PluginInputError
+    from fairseq_subnets.techniques.sparse_decoding import kernels
+
+    checkpoint, data = fixed_mask_checkpoint
+    dense = loaded(checkpoint, data, "off")
+    net_input = utterances()
+    dense_logits = decoded(dense, net_input)[0]
+    dense_weights = {name: module.weight.detach().clone()
+                     for name, module in dense.w2v_encoder.w2v_model.named_modules() if stack_of(module) is not None}
+    for sparse_is_faster in (True, False):
+        auto = loaded(checkpoint, data, "auto")
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(kernels, "prefers_sparse", lambda sparse, dense: sparse_is_faster)
+            assert (decoded(auto, net_input)[0] - dense_logits).abs().max() <= LOGIT_TOLERANCE
+        projections = auto.techniques[-1].state.projections
+        assert len(projections) == 6 * TINY["layers"] and all(p.settled for p in projections.values())
+        for name, projection in projections.items():
+            module = projection.module
+            assert stack_of(module) is None and projection.sparse == sparse_is_faster, name
+            if sparse_is_faster:
+                assert module.weight.numel() == 0, name
+            else:
+                assert torch.equal(module.weight, dense_weights[name[:-len(".weight")]]), name
+        assert (decoded(auto, net_input)[0] - dense_logits).abs().max() <= LOGIT_TOLERANCE  # settled: no new decision
+        with pytest.raises(PluginInputError, match=r"^encoder\.layers\.0\.self_attn\.q_proj\.weight: a forward pass in "
+                                                   r"training mode or with gradients needs the dense weight and its mask, "
+                                                   r"which model\.sparse_decoding=auto gave up \(it runs "
+                                                   + ("sparse" if sparse_is_faster else "dense")):
+            auto(**net_input)
+        with pytest.raises(PluginInputError, match="a state dict needs the dense weight and its mask"):
+            auto.state_dict()
+
+
 def test_training_mode_and_gradients_run_the_dense_product_where_the_dense_weight_is_kept(monkeypatch):
     """Pathway masks keep their dense weights under `on` (a language switch needs them); a model
     whose dense weights were dropped refuses both (tests/test_compact_checkpoint.py)."""

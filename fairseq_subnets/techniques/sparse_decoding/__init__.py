@@ -42,7 +42,11 @@ called right after) refuses `on` there, before the first batch.
 
 `on` runs every masked matrix sparse; `auto` times each one against dense when its effective weight
 is made (first use, a new language; `kernels.time_kernels`), keeps dense unless sparse is clearly
-faster (`kernels.prefers_sparse`), and logs each decision. Training refuses the key (it is a
+faster (`kernels.prefers_sparse`), and logs each decision. A matrix whose effective weight can no
+longer change then settles: taken sparse, its dense weight is dropped as under `on`; kept dense, its
+effective weight becomes a plain weight and the weight stack goes (`settle_dense`). So `auto` holds
+no more weight memory than the dense export instead of a stack beside each product, and a settled
+matrix refuses training, gradients and a state dict as a dropped one does. Training refuses the key (it is a
 decoding setting: `decoding_only_keys`), and a model without a masked encoder matrix refuses it
 as a setting that cannot take effect.
 """
@@ -121,14 +125,33 @@ class SparseProjection:
         self.weight_csr: Optional[torch.Tensor] = None
         self.sparse = False
         self.dense_dropped = False
+        self.settled = False
+        """Whether the weight stack is gone (`drop_dense`, `settle_dense`): the matrix runs as it
+        does now, in eval mode without gradients only."""
 
-    def can_drop_dense(self) -> bool:
+    def can_settle(self) -> bool:
         """Whether the effective weight can no longer change in eval mode: no per-language
-        transform (a language switch would need the dense weight), and a sparse CPU kernel."""
+        transform (a language switch would need the dense weight and its masks), and a sparse CPU
+        kernel."""
         stack = stack_of(self.module)
         if stack is not None and any(transform.languages for _, _, transform in stack.transforms()):
             return False
         return kernels.sparse_kernel_runs(self.module.weight)
+
+    def settle_dense(self) -> None:
+        """Keeps the effective weight (eval mode) as the module's plain weight from now on: the
+        weight stack (stored weight, mask, cached effective weight) goes, so a matrix `auto` keeps
+        dense holds one dense weight, as the dense export does. Without its mask the weight can no
+        longer be trained or saved as masked, so training mode, gradients and a state dict are
+        refused as where the dense weight was dropped."""
+        module = self.module
+        with torch.no_grad(), evaluated(module):
+            for name in ("bias", "weight"):
+                if parametrize.is_parametrized(module, name):
+                    parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+        module.weight.requires_grad_(False)
+        self.source, self.source_version = None, -1
+        self.weight_csr, self.sparse, self.settled = None, False, True
 
     def drop_dense(self, weight_csr: Optional[torch.Tensor] = None) -> None:
         """Runs `weight_csr` (by default the CSR form of the effective weight in eval mode) from now
@@ -147,12 +170,13 @@ class SparseProjection:
         placeholder = module.weight.new_empty(0)
         module.weight = nn.Parameter(placeholder, requires_grad=False)
         self.source, self.source_version = None, -1
-        self.weight_csr, self.sparse, self.dense_dropped = weight_csr, True, True
+        self.weight_csr, self.sparse, self.dense_dropped, self.settled = weight_csr, True, True, True
 
     def refresh(self) -> None:
-        """Makes the CSR form (and, under `auto`, the decision) for the current effective weight,
-        unless it is the one they were made for (or the dense weight is gone)."""
-        if self.dense_dropped:
+        """Makes the CSR form (and, under `auto`, the decision, after which the matrix settles where
+        it can) for the current effective weight, unless it is the one they were made for (or the
+        matrix has settled)."""
+        if self.settled:
             return
         weight = self.module.weight
         if weight is self.source and weight._version == self.source_version:
@@ -173,6 +197,12 @@ class SparseProjection:
                         "frames) -> %s", KEY, self.name, *weight.shape, 100 * (1 - weight_csr._nnz() / weight.numel()),
                         times.sparse * 1e3, times.dense * 1e3, kernels.AUTO_REPETITIONS, kernels.AUTO_FRAMES,
                         "sparse" if self.sparse else "dense")
+            if self.can_settle():
+                if self.sparse:
+                    self.drop_dense(weight_csr)
+                else:
+                    self.settle_dense()
+                return
         else:
             self.sparse = True
         self.weight_csr = weight_csr if self.sparse else None
@@ -181,7 +211,7 @@ class SparseProjection:
         """Whether the next forward pass runs the sparse kernel (eval mode, no gradient, chosen);
         refuses a pass that needs the dropped dense weight."""
         if self.module.training or torch.is_grad_enabled():
-            if self.dense_dropped:
+            if self.settled:
                 raise self.dense_needed("a forward pass in training mode or with gradients")
             return False
         self.refresh()
@@ -189,9 +219,9 @@ class SparseProjection:
 
     def dense_needed(self, use: str) -> PluginInputError:
         return PluginInputError(
-            f"{self.name}: {use} needs the dense weight, which model.{KEY}=on dropped (it runs sparse in eval mode "
-            f"without gradients only): load the checkpoint with model.{KEY}=auto or off for that (a compact "
-            "checkpoint: its dense export)")
+            f"{self.name}: {use} needs the dense weight and its mask, which model.{KEY}={self.mode} gave up (it runs "
+            f"{'sparse' if self.sparse else 'dense'} in eval mode without gradients only): load the checkpoint with "
+            f"model.{KEY}=off for that (a compact checkpoint: its dense export)")
 
     def check_kernel_runs(self) -> None:
         """Refuses `on` for a model cast or moved where no sparse kernel runs (the stored weight,
@@ -321,7 +351,7 @@ def enable_sparse_decoding(model: nn.Module, mode: str,
     for name, module in masked.items():
         projection = projections[name] = SparseProjection(module, name, mode)
         module.forward = projection
-        if mode == "on" and projection.can_drop_dense():
+        if mode == "on" and projection.can_settle():
             projection.drop_dense()
     routed = 0
     for path, attention in w2v_model.named_modules():
@@ -398,7 +428,7 @@ class SparseDecoding(Technique):
     def before_state_dict(self, model):
         if self.state is not None:
             for projection in self.state.projections.values():
-                if projection.dense_dropped:
+                if projection.settled:
                     raise projection.dense_needed("a state dict")
 
 
