@@ -82,6 +82,10 @@ GRID_CASES = [
              "created if needed)", existing_file="out"),
     GridCase("grid-out-under-a-file", "fairseq-subnets grid: error: <OUT>: cannot write (Not a directory: <FILE>)",
              out="notes/run", existing_file="notes"),
+    GridCase("grid-updates-too-few-for-the-schedule", GRID_ERROR + ": cell upstream-es-seed1 trains with tiny.yaml for "
+             "the grid's 3 updates: lr_scheduler.phase_ratio=[0.1, 0.6, 0.3] with optimization.max_update=3 gives the "
+             "decay phase 0 updates (int(3 x 0.3)), which the tri-stage schedule cannot divide by: raise "
+             "optimization.max_update to at least 4", {"upstream": "languages: [es, ca]\nupdates: 3"}),
     GridCase("grid-out-of-domain-alphabet", GRID_ERROR + ":6: out_of_domain: language 'ru': 2 of 2 test transcripts "
              "(<INPUTS>/corpus/ru/test.ltr line 1 first) hold no character of the training language's dictionary "
              "<INPUTS>/corpus/es/dict.ltr.txt (another alphabet?)",

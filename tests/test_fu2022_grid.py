@@ -56,7 +56,7 @@ def write_grid(folder: Path, *sections: str, s3router_lr: float = 0.001) -> Path
         "finetune: {updates: 5, lr: 0.0005}",
         f"s3router: {{updates: 5, lr: {s3router_lr}, sparsities: [0.1, 0.2], sparsity: 0.1}}",
         "ablation: {languages: [es], inits: [ri, ori], targets: [ffn, attn]}",
-        "pruning: {languages: [es], sparsities: [0.5], updates: 3}",
+        "pruning: {languages: [es], sparsities: [0.5], updates: 4}",
         f"similarity: {{matrix: {folder / 'languages.csv'}}}",
         *sections,
     ]) + "\n")
@@ -100,7 +100,7 @@ def test_a_bad_grid_fails_naming_the_file_line_and_key(inputs, capsys, case):
 
 def test_errors_give_the_line_of_the_key_and_a_matrix_must_hold_every_language(inputs):
     grid = write_grid(inputs)
-    grid.write_text(grid.read_text().replace("pruning: {languages: [es], sparsities: [0.5], updates: 3}",
+    grid.write_text(grid.read_text().replace("pruning: {languages: [es], sparsities: [0.5], updates: 4}",
                                              "pruning:\n  languages: [es]\n  init: he"))
     with pytest.raises(GridError, match=rf"^{re.escape(str(grid))}:11: pruning.init: unknown value 'he'"):
         load_grid(grid)
@@ -204,7 +204,7 @@ def test_the_grid_runs_every_cell_on_what_it_builds_on_and_reuses_them(inputs, f
     assert {name for name, (config, _) in trained.items() if config == "tiny"} == {*FINETUNED, "global-l1-es-s0.5"}
     finetuned = str(inputs / "out" / "finetune" / "es" / "checkpoint_best.pt")
     assert {f"+model.init_from={finetuned}", "model.score_init=wmi", "model.score_targets='all'",
-            "model.score_sparsity=0.5", "optimization.max_update=3"} <= set(trained["s3router-p-es-s0.5"][1])
+            "model.score_sparsity=0.5", "optimization.max_update=4"} <= set(trained["s3router-p-es-s0.5"][1])
     mask = inputs / "out" / "masks" / "es-s0.5" / "es-s0.5.mask"
     assert f"+model.mask_path={mask}" in trained["global-l1-es-s0.5"][1]
     assert "model.score_targets='attn'" in trained["s3router-es-s0.1-ori-attn"][1]

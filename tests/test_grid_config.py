@@ -233,3 +233,41 @@ def test_the_shipped_example_grid_is_valid():
     assert {"en", "es", "pl"} <= set(spec.upstream.languages)
     assert {"ca", "ast"} <= set(spec.downstream.languages)
     assert {cell.source for cell in cells} >= {"own", "swap", "union"}
+
+
+def test_a_budget_too_short_for_the_schedule_is_refused_with_and_without_dry_run(tmp_path, corpus_dir, capsys):
+    """The cells train with tiny.yaml's tri-stage schedule (phase_ratio [0.1, 0.6, 0.3]): 3 updates
+    leave its decay phase none. The refusal comes before any output folder exists (also
+    test_bad_inputs_training's `grid-updates-too-few-for-the-schedule`)."""
+    grid = write_grid(tmp_path, corpus_dir, upstream="languages: [es, ca]\nupdates: 3")
+    for options in (["--dry-run"], []):
+        assert cli(["grid", str(grid), "--out", str(tmp_path / "out"), *options]) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith(f"fairseq-subnets grid: error: {grid}: cell upstream-es-seed1 trains with tiny.yaml "
+                                "for the grid's 3 updates: lr_scheduler.phase_ratio=[0.1, 0.6, 0.3]"), error
+        assert not (tmp_path / "out").exists()
+
+
+def test_the_schedule_check_composes_each_cells_config_with_its_schedule_overrides(tmp_path, corpus_dir):
+    """A cell's lr_scheduler overrides count as fairseq-hydra-train counts them: a decay share of
+    0.5 gives 3 updates one decay update, so the same budget passes; 4 updates pass the shipped
+    schedule; a budget the engine cannot read from the cell's work (computed while it runs) is
+    left to the plugin."""
+    from functools import partial
+
+    from fairseq_subnets.engine.cells import Cell
+    from fairseq_subnets.engine.grid_run import refuse_runs_too_short_for_their_schedule
+    from fairseq_subnets.engine.hydra_configs import HydraConfig
+    from fairseq_subnets.experiments import storey2025
+    from fairseq_subnets.runner import CONFIG_DIR
+
+    overrides = "['lr_scheduler.phase_ratio=[0.5,0.0,0.5]']"
+    for upstream in (f"languages: [es, ca]\nupdates: 3\noverrides: {overrides}", "languages: [es, ca]\nupdates: 4"):
+        grid = write_grid(tmp_path, corpus_dir, upstream=upstream)
+        assert storey2025.GridRun(load_grid(grid), tmp_path / "out").cells
+    tiny = HydraConfig("tiny", CONFIG_DIR / "finetune")
+    computed_budget = Cell("downstream", tmp_path / "cell", partial(print, tiny, ["task.data=/data"]))
+    refuse_runs_too_short_for_their_schedule([computed_budget], "grid.yaml")
+    with pytest.raises(GridError, match=r"^grid.yaml: cell short trains with tiny.yaml for the grid's 2 updates: "):
+        refuse_runs_too_short_for_their_schedule(
+            [Cell("short", tmp_path / "cell", partial(print, tiny, ["optimization.max_update=2"]))], "grid.yaml")

@@ -4,7 +4,12 @@ training mode of the plugin.
 A `Wav2Vec2ForPreTraining` folder, made from a random TINY fairseq pretraining model, is imported
 once and named as `model.w2v_path` by every shipped tiny entry config (found by a glob, so a new
 technique's config is covered as soon as it ships), by a fixed mask and by the combinations of
-techniques; an imported `Wav2Vec2ForCTC` folder is named as `+model.init_from`. Each run is built
+techniques; an imported `Wav2Vec2ForCTC` folder is named as `+model.init_from`. Every XLS-R 300M
+entry config, and a fixed mask on XLS-R's, names another imported pretraining model: XLS-R's
+architecture (layer-norm feature extractor with conv biases, layers normalizing first) and
+normalized input, which those configs' task expects, at the TINY size. A fine-tuning config takes
+its encoder's size from the model at `w2v_path`, so the size is not what these configs are tested
+for, and an XLS-R-sized model would take gigabytes per mode. Each run is built
 in this process as fairseq-hydra-train builds it (the entry config composed through its
 `hydra.searchpath`, then the task and the model through fairseq's entry points), and the built
 encoder holds the source model's weights bit for bit: a transform's own parameters (scores, tuner
@@ -24,11 +29,16 @@ from fairseq_subnets.component_names import PLUGIN_MULTILINGUAL_TASK
 from fairseq_subnets.runner import CONFIG_DIR
 from fairseq_subnets.techniques.extension import W2V_PREFIX
 from test_bad_inputs_training import built_as_fairseq_hydra_train_builds
-from test_hf_interop import dictionary_of, export, stock_state, write_checkpoint
+from test_hf_interop import SHAPES, dictionary_of, export, stock_state, write_checkpoint
 from test_shipped_configs import ENTRY_CONFIGS, compose_with_choices
 
 TINY_ENTRY_CONFIGS = sorted(path.stem for path in (CONFIG_DIR / "finetune").glob("*tiny.yaml"))
 """tiny.yaml and every technique's *_tiny.yaml."""
+XLSR_ENTRY_CONFIGS = sorted(path.stem for path in (CONFIG_DIR / "finetune").glob("*xlsr_300m.yaml"))
+"""xlsr_300m.yaml and every technique's *_xlsr_300m.yaml."""
+TINY_ENCODER = SHAPES["tiny"][0]
+XLSR_ARCHITECTURE_AT_TINY_SIZE = (TINY_ENCODER, True, True)
+"""(encoder size, XLS-R's architecture, normalized input), as test_hf_interop.SHAPES holds them."""
 LANGUAGES = ("es", "ca")
 PRETRAINING_ONLY_MODULES = ("quantizer.", "project_q.", "final_proj.", "target_glu.")
 """What fairseq's fine-tuning encoder removes from a pretraining model (remove_pretraining_modules)."""
@@ -36,6 +46,9 @@ MODES = {**{name: (name, ()) for name in TINY_ENTRY_CONFIGS},
          "fixed_mask": ("tiny", ("+model.mask_path=<MASK>",)),
          **{name: combination_arguments(name, "<MASK>") for name in COMBINATIONS}}
 """Mode -> (entry config, overrides beyond the paths); <MASK> is a mask file of the TINY encoder."""
+XLSR_MODES = {**{name: (name, ()) for name in XLSR_ENTRY_CONFIGS},
+              "fixed_mask_xlsr_300m": ("xlsr_300m", ("+model.mask_path=<MASK>",))}
+"""The same for the XLS-R 300M entry configs, whose source is `xlsr_sources`."""
 
 
 def imported(folder, out):
@@ -50,24 +63,45 @@ def sources(tmp_path_factory):
     """One imported pretraining checkpoint and one imported CTC checkpoint (each with the fairseq
     model its HF folder was exported from), a manifest folder per language and one for a single
     language (each with a dict.ltr.txt), and a mask file per language and one more for fixed masks."""
-    from fairseq_subnets.core.maskfile import save_mask_file
-
     root = tmp_path_factory.mktemp("hf_import_modes")
-    pretraining_path, pretraining_model = write_checkpoint(root, "tiny", pretraining=True)
-    export(pretraining_path, root / "hf_pretraining")
+    write_folders_and_masks(root)
     (root / "ctc").mkdir()
     ctc_path, _ = write_checkpoint(root / "ctc", "tiny")
     export(ctc_path, root / "ctc" / "hf")
     (root / "ctc" / "imported").mkdir()
+    return types.SimpleNamespace(
+        root=root, **imported_pretraining(root, "tiny"),
+        ctc=imported(root / "ctc" / "hf", root / "ctc" / "imported" / "ctc.pt"), ctc_state=stock_state(ctc_path))
+
+
+@pytest.fixture(scope="module")
+def xlsr_sources(tmp_path_factory):
+    """As `sources` (no CTC model), with a pretraining model of XLS-R's architecture."""
+    root = tmp_path_factory.mktemp("hf_import_xlsr_modes")
+    write_folders_and_masks(root)
+    return types.SimpleNamespace(root=root, **imported_pretraining(root, "xlsr_architecture",
+                                                                   XLSR_ARCHITECTURE_AT_TINY_SIZE))
+
+
+def write_folders_and_masks(root):
+    """A manifest folder per language and one for a single language (each with a dict.ltr.txt),
+    and a mask file of the TINY encoder per language and one more for fixed masks."""
+    from fairseq_subnets.core.maskfile import save_mask_file
+
     for folder in (root / "single", *(root / "corpus" / language for language in LANGUAGES)):
         folder.mkdir(parents=True)
         dictionary_of().save(str(folder / "dict.ltr.txt"))
     for seed, name in enumerate(("fixed", *LANGUAGES)):
         save_mask_file(str(root / f"{name}.mask"), random_encoder_masks(0.5, seed=seed, **TINY))
-    return types.SimpleNamespace(
-        root=root, pretraining=imported(root / "hf_pretraining", root / "pretraining.pt"),
-        pretraining_state=pretraining_model.state_dict(),
-        ctc=imported(root / "ctc" / "hf", root / "ctc" / "imported" / "ctc.pt"), ctc_state=stock_state(ctc_path))
+
+
+def imported_pretraining(root, shape, settings=None) -> dict:
+    """A random pretraining model of `shape` exported to HF and imported back: the imported
+    checkpoint (`pretraining`) and the source model's state (`pretraining_state`)."""
+    path, model = write_checkpoint(root, shape, pretraining=True, settings=settings)
+    export(path, root / "hf_pretraining")
+    return {"pretraining": imported(root / "hf_pretraining", root / "pretraining.pt"),
+            "pretraining_state": model.state_dict()}
 
 
 def run_arguments(config_name, overrides, sources, save_dir, data=None):
@@ -134,18 +168,21 @@ def assert_encoder_holds(model, source_state, source_prefix=""):
     assert differing == []
 
 
-@pytest.mark.parametrize("mode", list(MODES))
-def test_an_imported_pretraining_model_is_the_w2v_path_of_every_training_mode(mode, sources, tmp_path):
-    config_name, overrides = MODES[mode]
+@pytest.mark.parametrize("modes, mode", [("tiny", mode) for mode in MODES] + [("xlsr_300m", mode) for mode in XLSR_MODES])
+def test_an_imported_pretraining_model_is_the_w2v_path_of_every_training_mode(modes, mode, request, tmp_path):
+    config_name, overrides = (MODES if modes == "tiny" else XLSR_MODES)[mode]
+    sources = request.getfixturevalue("sources" if modes == "tiny" else "xlsr_sources")
     _, model = built_run(config_name, run_arguments(config_name, overrides, sources, tmp_path / "run"))
     assert_encoder_holds(model, sources.pretraining_state)
     assert not (tmp_path / "run").exists()
 
 
-def test_the_modes_cover_every_shipped_entry_config_but_the_xlsr_sized_ones():
-    """An entry config whose name the glob misses (neither tiny nor XLS-R sized) shows here."""
-    assert set(TINY_ENTRY_CONFIGS) == {name for name in ENTRY_CONFIGS if not name.endswith("xlsr_300m")}
+def test_the_modes_cover_every_shipped_entry_config():
+    """An entry config whose name the globs miss (neither tiny nor XLS-R sized) shows here."""
+    assert set(TINY_ENTRY_CONFIGS) | set(XLSR_ENTRY_CONFIGS) == set(ENTRY_CONFIGS)
     assert {"tiny", "lora_tiny", "learned_masks_tiny", "lth_tiny", "pathways_tiny"} <= set(MODES)
+    assert {"xlsr_300m", "lora_xlsr_300m", "learned_masks_xlsr_300m", "lth_xlsr_300m", "pathways_xlsr_300m"} <= set(
+        XLSR_MODES)
 
 
 @pytest.mark.parametrize("mode", ["tiny", "fixed_mask", "lora_tiny", "learned_masks_tiny"])

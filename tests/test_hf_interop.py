@@ -65,9 +65,10 @@ def model_config(size, xlsr, normalize, pretraining=False):
     return cfg
 
 
-def write_checkpoint(directory: Path, shape: str, pretraining=False):
+def write_checkpoint(directory: Path, shape: str, pretraining=False, settings=None):
     """A random model of `shape` saved as fairseq's trainer saves it (a CTC model with its
-    Dictionary in the task state); returns (path, model in eval mode)."""
+    Dictionary in the task state); returns (path, model in eval mode). `shape` names one of SHAPES,
+    or any other shape whose `settings` (as SHAPES holds them) are given."""
     from fairseq.dataclass.configs import FairseqConfig
     from fairseq.models.wav2vec.wav2vec2 import Wav2Vec2Model
     from omegaconf import OmegaConf
@@ -75,7 +76,7 @@ def write_checkpoint(directory: Path, shape: str, pretraining=False):
     from fairseq_subnets.plugin.formats.checkpoints import trainer_checkpoint
     from fairseq_subnets.plugin.components.models import SubnetsWav2VecCtc
 
-    size, xlsr, normalize = SHAPES[shape]
+    size, xlsr, normalize = settings or SHAPES[shape]
     cfg = OmegaConf.structured(FairseqConfig)
     cfg.model = model_config(size, xlsr, normalize, pretraining)
     torch.manual_seed(0)

@@ -22,7 +22,7 @@ PACKAGE_DIR = Path(fairseq_subnets.__file__).parent
 LAYERS = (
     ("atomic", "component_names", "errors", "scoring", "plugin_loading"),
     ("(package)",),
-    ("core", "data"),
+    ("core", "data", "tri_stage_phases"),
     ("techniques",),
     ("plugin",),
     ("interop",),

@@ -141,13 +141,13 @@ def test_masked_training_steps_move_kept_weights_only(bench):
     assert bench.pruned_nonzero(model, masks) == int((~masks[name]).sum())
 
 
-def test_interleaved_alternates_and_drops_the_warmup():
+def test_interleaved_rotates_the_order_and_drops_the_warmup():
     from fairseq_subnets.benchmarks.timing import interleaved
 
     calls = []
-    seconds = interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, steps=2, warmup=1)
-    assert calls == ["a", "b"] * 3
-    assert {name: len(values) for name, values in seconds.items()} == {"a": 2, "b": 2}
+    seconds = interleaved({name: (lambda name=name: calls.append(name)) for name in "abc"}, steps=3, warmup=1)
+    assert "".join(calls) == "abc" "bca" "cab" "abc"
+    assert {name: len(values) for name, values in seconds.items()} == {"a": 3, "b": 3, "c": 3}
 
 
 def test_cli_prints_parseable_json(result):

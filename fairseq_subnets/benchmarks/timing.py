@@ -15,11 +15,17 @@ from typing import Callable, Dict, List, Mapping, Sequence
 
 
 def interleaved(runs: Mapping[str, Callable[[], object]], steps: int, warmup: int) -> Dict[str, List[float]]:
-    """Seconds per call of each function, calling them in turn (A, B, A, B, ...) warmup + steps
-    times; the warm-up rounds are not kept."""
+    """Seconds per call of each function, calling each once per round, warmup + steps rounds; the
+    warm-up rounds are not kept. The order rotates from round to round (A, B, C; B, C, A; C, A, B;
+    ...), so that each function takes each place equally often: a function that always ran right
+    after another would pay, every round, for whatever that one leaves behind (caches, the
+    allocator's state)."""
     seconds: Dict[str, List[float]] = {name: [] for name in runs}
+    names = list(runs)
     for round_index in range(warmup + steps):
-        for name, run in runs.items():
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            run = runs[name]
             start = time.perf_counter()
             run()
             elapsed = time.perf_counter() - start

@@ -75,6 +75,17 @@ def shared_dir_of(given, spec, out: Path):
     return shared
 
 
+def planned(grid_run):
+    """`grid_run()`, a GridRun, which plans every cell and refuses a cell that cannot run
+    (engine/grid_run.py) before any runs; its GridError as a UserError."""
+    from ..engine.grid_file import GridError
+
+    try:
+        return grid_run()
+    except GridError as error:
+        raise UserError(str(error)) from None
+
+
 def run(args):
     from ..engine.cells import CellError
     from ..engine.executors import make_executor, slurm_options
@@ -102,6 +113,7 @@ def run(args):
         except OSError as error:
             raise UserError(cannot_write_message(folder, error)) from None
     if args.dry_run:
+        planned(lambda: method.GridRun(spec, out, shared_dir=shared))
         if shared is not None:
             print(f"shared: {shared} (the corpus it synthesizes and the model it pretrains)")
         print("\n".join(method.dry_run_lines(spec)))
@@ -113,7 +125,8 @@ def run(args):
     except ImportError as error:
         raise UserError(f"--executor {args.executor}: {error} (pip install submitit)") from None
     with tqdm(unit="cell", disable=True if args.quiet else None, file=sys.stderr) as progress:
-        grid_run = method.GridRun(spec, out, executor, say=progress.write, progress=progress, shared_dir=shared)
+        grid_run = planned(lambda: method.GridRun(spec, out, executor, say=progress.write, progress=progress,
+                                                  shared_dir=shared))
         progress.reset(total=len(grid_run.cells))
         try:
             results = grid_run.run()

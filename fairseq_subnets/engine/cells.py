@@ -87,17 +87,23 @@ def _plain(value):
                     "numbers, strings, paths, lists, mappings, a HydraConfig)")
 
 
-def hydra_configs(value) -> List[HydraConfig]:
-    """Every HydraConfig bound to a cell's work, in order."""
+def bound_values(value, kind) -> list:
+    """Every value of type `kind` bound to a cell's work (through partials, lists, tuples and the
+    values of mappings), in order."""
     if isinstance(value, partial):
-        return hydra_configs([value.func, *value.args, *value.keywords.values()])
-    if isinstance(value, HydraConfig):
+        return bound_values([value.func, *value.args, *value.keywords.values()], kind)
+    if isinstance(value, kind):
         return [value]
     if isinstance(value, dict):
         value = list(value.values())
     if isinstance(value, (list, tuple)):
-        return [config for item in value for config in hydra_configs(item)]
+        return [found for item in value for found in bound_values(item, kind)]
     return []
+
+
+def hydra_configs(value) -> List[HydraConfig]:
+    """Every HydraConfig bound to a cell's work, in order."""
+    return bound_values(value, HydraConfig)
 
 
 def package_version() -> str:

@@ -11,16 +11,44 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .cells import Cell, package_version
+from ..tri_stage_phases import empty_decay_phase
+from .cells import Cell, bound_values, hydra_configs, package_version
 from .digests import file_digest
 from .folder_locks import FolderLock
+from .grid_file import GridError
 from .grid_plan import shared_folder
+from .hydra_configs import composed_section
 from .executors import LocalExecutor
 from .results import RESULTS_CSV, write_csv, write_results
 from .scheduler import cached_results, run_cells
 
 SHARED_CORPORA = "corpora"
 """The shared folder's subfolder of synthesized corpora."""
+MAX_UPDATE = "optimization.max_update="
+
+
+def refuse_runs_too_short_for_their_schedule(cells: Sequence[Cell], grid_path) -> None:
+    """Refuses, before any cell runs, a training cell whose budget of updates its config's
+    tri-stage schedule cannot run (tri_stage_phases): the plugin refuses such a run only when it
+    starts, after the corpus synthesis and the pretraining the grid may run first. A cell's budget
+    and schedule overrides are what its work is bound to (`optimization.max_update=N`, the last one
+    given, and `lr_scheduler.` overrides); a budget computed while the cell runs (storey2025's
+    downstream epochs) is checked by the plugin when it starts."""
+    schedules = {}
+    for cell in cells:
+        overrides = [value for value in bound_values(cell.work, str) if "=" in value]
+        budgets = [value[len(MAX_UPDATE):] for value in overrides if value.startswith(MAX_UPDATE)]
+        if not budgets or not budgets[-1].isdigit():
+            continue
+        max_update = int(budgets[-1])
+        schedule_overrides = tuple(value for value in overrides if value.lstrip("+~").startswith("lr_scheduler."))
+        for config in hydra_configs(cell.work):
+            if (config, schedule_overrides) not in schedules:
+                schedules[config, schedule_overrides] = composed_section(config, "lr_scheduler", schedule_overrides)
+            problem = empty_decay_phase(schedules[config, schedule_overrides], max_update)
+            if problem is not None:
+                raise GridError(f"{grid_path}: cell {cell.name} trains with {config.name}.yaml for the grid's "
+                                f"{max_update} updates: {problem}")
 
 
 class GridRun:
@@ -45,6 +73,7 @@ class GridRun:
         self.say, self.progress, self.runner = say, progress, runner
         self.cells: List[Cell] = list(self.plan(spec, self.out_dir, self.corpus_dir(), config_root,
                                                 shared_dir=self.shared_dir).cells.values())
+        refuse_runs_too_short_for_their_schedule(self.cells, spec.path)
         self.results: Dict[str, dict] = {}
 
     def corpus_dir(self) -> Path:

@@ -45,6 +45,16 @@ class HydraConfig:
         return found
 
 
+def composed_section(config: HydraConfig, section: str, overrides: Sequence[str] = ()):
+    """`section` of the config as fairseq-hydra-train composes it with `overrides`: Hydra alone,
+    without the schema fairseq adds (which checks types and fills in the keys no file sets), so
+    fairseq is not imported; None where no file or override sets the section."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(config.directory).resolve()), version_base="1.1"):
+        return compose(config_name=config.name, overrides=list(overrides)).get(section)
+
+
 def search_path_folders(path: Path, content) -> List[Path]:
     """The folders of the `hydra.searchpath` of the primary config at `path` (content `content`)."""
     entries = ((content.get("hydra") or {}).get("searchpath") or []) if isinstance(content, dict) else []

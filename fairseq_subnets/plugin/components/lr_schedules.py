@@ -17,8 +17,7 @@ from fairseq.optim.lr_scheduler import register_lr_scheduler
 from fairseq.optim.lr_scheduler.tri_stage_lr_scheduler import TriStageLRSchedule, TriStageLRScheduleConfig
 from omegaconf import II
 
-from ...component_names import PLUGIN_TRI_STAGE, STOCK_TRI_STAGE
-from ...errors import PluginInputError
+from ...component_names import PLUGIN_TRI_STAGE
 from ...techniques.iterative_pruning.schedule import PruningSchedule
 
 
@@ -48,35 +47,3 @@ class RestartingTriStageSchedule(TriStageLRSchedule):
 
     def step_update(self, num_updates):
         return super().step_update(self.schedule_position(num_updates))
-
-
-TRI_STAGE_SCHEDULES = (STOCK_TRI_STAGE, PLUGIN_TRI_STAGE)
-DECAY = 2
-"""The decay phase's place in `phase_ratio` (warmup, hold, decay)."""
-
-
-def check_tri_stage_phases(lr_scheduler_cfg, max_update) -> None:
-    """Refuses a tri-stage schedule whose decay phase has 0 updates, before anything is built: the
-    stock schedule divides by its length, so such a run ends in a ZeroDivisionError naming nothing.
-    A warmup or hold phase of 0 updates is fine (the schedule skips it), as in short test runs."""
-    if lr_scheduler_cfg is None or lr_scheduler_cfg.get("_name") not in TRI_STAGE_SCHEDULES:
-        return
-    ratios = lr_scheduler_cfg.get("phase_ratio")
-    if ratios is None:
-        if not lr_scheduler_cfg.get("decay_steps"):
-            raise PluginInputError(
-                "lr_scheduler.decay_steps=0: the tri-stage schedule needs a decay phase of at least 1 update "
-                "(set lr_scheduler.decay_steps, or lr_scheduler.phase_ratio)")
-    elif max_update and int(max_update * ratios[DECAY]) == 0:
-        raise PluginInputError(
-            f"lr_scheduler.phase_ratio={list(ratios)} with optimization.max_update={max_update} gives the decay phase "
-            f"0 updates (int({max_update} x {ratios[DECAY]})), which the tri-stage schedule cannot divide by: raise "
-            f"optimization.max_update to at least {minimum_updates(ratios[DECAY])}, or the decay share")
-
-
-def minimum_updates(share: float) -> int:
-    """The smallest max_update that gives a phase of `share` at least 1 update."""
-    updates = 1
-    while int(updates * share) == 0:
-        updates += 1
-    return updates

@@ -42,12 +42,12 @@ from ...data.check import check_manifest_dir
 from ...data.language_sampling import check_sampling_alpha, language_probabilities
 from ...techniques.extension import RunSettings, check_masks_identical_across_ranks, refuse_decoding_only_keys
 from ...techniques.language_heads import LANGUAGE_KEY
+from ...tri_stage_phases import check_tri_stage_phases
 from ..formats.checkpoint_kinds import DESCRIPTIONS, FINE_TUNED, PRETRAINING
 from ..formats.compact import check_checkpoints_to_decode
 from ..formats.upstream import LANGUAGE_DICTIONARIES_KEY
 from .errors import PluginInputError, one_line_errors
 from .generator import CtcGreedyGenerator
-from .lr_schedules import check_tri_stage_phases
 from .models import (
     RECORDED_MODEL_KEYS, TECHNIQUES, TRAINING_ONLY_MODEL_KEYS, SubnetsWav2Vec2CtcConfig, SubnetsWav2VecCtc,
 )
