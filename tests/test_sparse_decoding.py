@@ -363,6 +363,29 @@ def test_auto_settles_each_fixed_mask_matrix_once_decided_and_refuses_what_needs
             auto.state_dict()
 
 
+def test_auto_drops_a_plain_weight_it_runs_sparse_and_leaves_one_it_keeps_dense_as_it_was(monkeypatch):
+    """A matrix without a weight stack (a stock export's, masked by its zeros) has nothing but its
+    dense weight to give up: `auto` drops it when it runs the matrix sparse, and otherwise leaves
+    the module as it was, trainable."""
+    from fairseq_subnets.techniques.sparse_decoding import SparseProjection, kernels
+
+    input = torch.randn(3, 16)
+    for sparse_is_faster in (True, False):
+        linear = torch.nn.Linear(16, 8)
+        with torch.no_grad():
+            linear.weight[:, ::2] = 0
+        dense_output = linear(input).detach()
+        projection = SparseProjection(linear.eval(), "fc1.weight", "auto")
+        monkeypatch.setattr(kernels, "prefers_sparse", lambda sparse, dense: sparse_is_faster)
+        with torch.no_grad():
+            assert (projection(input) - dense_output).abs().max() <= LOGIT_TOLERANCE
+        assert projection.settled == projection.dense_dropped == sparse_is_faster
+        if not sparse_is_faster:
+            linear.train()
+            projection(input).sum().backward()
+            assert linear.weight.grad is not None
+
+
 def test_training_mode_and_gradients_run_the_dense_product_where_the_dense_weight_is_kept(monkeypatch):
     """Pathway masks keep their dense weights under `on` (a language switch needs them); a model
     whose dense weights were dropped refuses both (tests/test_compact_checkpoint.py)."""

@@ -187,8 +187,8 @@ def _register_deploy(subparsers):
         "break-even sparsity per thread count and length, the resident weight memory of each model (distinct "
         "tensor storages reachable from it), HF export and import time (interop.hf, in a temporary folder), "
         "and the targets with PASS or FAIL: at least 1.5x at global L1 90% on 1 thread (aim 2x), auto never "
-        "below 0.98x, weight memory at 90% at most 0.35x of dense. At XLS-R shape it needs up to 18 GB of memory "
-        "(the 50% mask set) and, with the defaults, hours of a 2-core machine (docs/benchmarks.md has measured "
+        "below 0.98x, weight memory at 90% at most 0.35x of dense. At XLS-R shape it needs about 15 GB of memory "
+        "and, with the defaults, half an hour of a 2-core machine (docs/benchmarks.md has measured "
         "times): narrow it with the options below; `--shape tiny --sparsities 0.9 --block-sparsities '' --threads 1 "
         "--seconds 1 --repeats 1` takes seconds.",
     )

@@ -126,8 +126,8 @@ class SparseProjection:
         self.sparse = False
         self.dense_dropped = False
         self.settled = False
-        """Whether the weight stack is gone (`drop_dense`, `settle_dense`): the matrix runs as it
-        does now, in eval mode without gradients only."""
+        """Whether the matrix gave up its dense weight (`drop_dense`) or its weight stack
+        (`settle_dense`): it runs as it does now, in eval mode without gradients only."""
 
     def can_settle(self) -> bool:
         """Whether the effective weight can no longer change in eval mode: no per-language
@@ -140,10 +140,10 @@ class SparseProjection:
 
     def settle_dense(self) -> None:
         """Keeps the effective weight (eval mode) as the module's plain weight from now on: the
-        weight stack (stored weight, mask, cached effective weight) goes, so a matrix `auto` keeps
-        dense holds one dense weight, as the dense export does. Without its mask the weight can no
-        longer be trained or saved as masked, so training mode, gradients and a state dict are
-        refused as where the dense weight was dropped."""
+        weight stack (stored weight, mask, cached effective weight) goes, so a matrix with a stack
+        that `auto` keeps dense holds one dense weight, as the dense export does. Without its mask
+        the weight can no longer be trained or saved as masked, so training mode, gradients and a
+        state dict are refused as where the dense weight was dropped."""
         module = self.module
         with torch.no_grad(), evaluated(module):
             for name in ("bias", "weight"):
@@ -197,15 +197,14 @@ class SparseProjection:
                         "frames) -> %s", KEY, self.name, *weight.shape, 100 * (1 - weight_csr._nnz() / weight.numel()),
                         times.sparse * 1e3, times.dense * 1e3, kernels.AUTO_REPETITIONS, kernels.AUTO_FRAMES,
                         "sparse" if self.sparse else "dense")
-            if self.can_settle():
-                if self.sparse:
-                    self.drop_dense(weight_csr)
-                else:
-                    self.settle_dense()
-                return
         else:
             self.sparse = True
         self.weight_csr = weight_csr if self.sparse else None
+        if self.mode == "auto" and self.can_settle():
+            if self.sparse:
+                self.drop_dense(weight_csr)
+            elif stack_of(self.module) is not None:  # a plain weight kept dense has nothing to give up
+                self.settle_dense()
 
     def runs_sparse_now(self) -> bool:
         """Whether the next forward pass runs the sparse kernel (eval mode, no gradient, chosen);
