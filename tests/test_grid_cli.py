@@ -16,8 +16,8 @@ pytestmark = pytest.mark.slow
 UPDATES = 4
 """The fewest updates every run of these grids starts with: the shipped tiny configs' stock
 tri_stage schedule gives its decay phase int(0.3 * max_update) updates and divides by that number,
-so the plugin and the grid refuse fewer than 4 (fairseq_subnets/tri_stage_phases.py). yang2023's pruning event (interval 2) falls
-within it. What the tests check (cells, commands, results files, mask sparsities) does not depend
+so the plugin and the grid refuse fewer than 4 (fairseq_subnets/tri_stage_phases.py). yang2023's
+pruning event (interval 2) falls within it. What the tests check (cells, commands, results files, mask sparsities) does not depend
 on how far a model has learned."""
 
 

@@ -168,7 +168,8 @@ def assert_encoder_holds(model, source_state, source_prefix=""):
     assert differing == []
 
 
-@pytest.mark.parametrize("modes, mode", [("tiny", mode) for mode in MODES] + [("xlsr_300m", mode) for mode in XLSR_MODES])
+@pytest.mark.parametrize("modes, mode",
+                         [("tiny", mode) for mode in MODES] + [("xlsr_300m", mode) for mode in XLSR_MODES])
 def test_an_imported_pretraining_model_is_the_w2v_path_of_every_training_mode(modes, mode, request, tmp_path):
     config_name, overrides = (MODES if modes == "tiny" else XLSR_MODES)[mode]
     sources = request.getfixturevalue("sources" if modes == "tiny" else "xlsr_sources")

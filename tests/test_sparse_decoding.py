@@ -354,10 +354,10 @@ def test_auto_settles_each_fixed_mask_matrix_once_decided_and_refuses_what_needs
             else:
                 assert torch.equal(module.weight, dense_weights[name[:-len(".weight")]]), name
         assert (decoded(auto, net_input)[0] - dense_logits).abs().max() <= LOGIT_TOLERANCE  # settled: no new decision
-        with pytest.raises(PluginInputError, match=r"^encoder\.layers\.0\.self_attn\.q_proj\.weight: a forward pass in "
-                                                   r"training mode or with gradients needs the dense weight and its mask, "
-                                                   r"which model\.sparse_decoding=auto gave up \(it runs "
-                                                   + ("sparse" if sparse_is_faster else "dense")):
+        refusal = (r"^encoder\.layers\.0\.self_attn\.q_proj\.weight: a forward pass in training mode or with "
+                   r"gradients needs the dense weight and its mask, which model\.sparse_decoding=auto gave up \(it "
+                   r"runs " + ("sparse" if sparse_is_faster else "dense"))
+        with pytest.raises(PluginInputError, match=refusal):
             auto(**net_input)
         with pytest.raises(PluginInputError, match="a state dict needs the dense weight and its mask"):
             auto.state_dict()

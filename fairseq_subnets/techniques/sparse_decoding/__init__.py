@@ -46,9 +46,9 @@ faster (`kernels.prefers_sparse`), and logs each decision. A matrix whose effect
 longer change then settles: taken sparse, its dense weight is dropped as under `on`; kept dense, its
 effective weight becomes a plain weight and the weight stack goes (`settle_dense`). So `auto` holds
 no more weight memory than the dense export instead of a stack beside each product, and a settled
-matrix refuses training, gradients and a state dict as a dropped one does. Training refuses the key (it is a
-decoding setting: `decoding_only_keys`), and a model without a masked encoder matrix refuses it
-as a setting that cannot take effect.
+matrix refuses training, gradients and a state dict as a dropped one does. Training refuses the
+key (it is a decoding setting: `decoding_only_keys`), and a model without a masked encoder matrix
+refuses it as a setting that cannot take effect.
 """
 import logging
 from contextlib import contextmanager
