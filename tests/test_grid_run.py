@@ -82,6 +82,12 @@ def finished_cells(out):
     return sorted((out / "cells").glob("*/result.json"))
 
 
+def started_unfinished_cells(out):
+    """The folders of the cells that have started (a cell's folder appears when it starts) and
+    have no result yet."""
+    return [d for d in (out / "cells").glob("*") if d.is_dir() and not (d / "result.json").exists()]
+
+
 @pytest.fixture(scope="module")
 def killed_and_resumed_grid(skeleton_run, tmp_path_factory):
     _, result = skeleton_run
@@ -97,7 +103,9 @@ def killed_and_resumed_grid(skeleton_run, tmp_path_factory):
     first = subprocess.Popen(grid_command(grid, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              start_new_session=True)
     deadline = time.monotonic() + 900
-    while len(finished_cells(out)) < KILL_AFTER_FINISHED_CELLS and first.poll() is None:
+    # killed while a cell runs, not between two: a kill in the gap would leave nothing to resume
+    while ((len(finished_cells(out)) < KILL_AFTER_FINISHED_CELLS or not started_unfinished_cells(out))
+           and first.poll() is None):
         assert time.monotonic() < deadline, "grid made no progress"
         time.sleep(1)
     killed = group_members(first.pid)

@@ -13,9 +13,11 @@ how an entry config in config/finetune reaches the configs each technique ships 
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 import yaml
+
+from .digests import file_digest
 
 SELF = "_self_"
 PACKAGE_SCHEME = "pkg://"
@@ -45,14 +47,24 @@ class HydraConfig:
         return found
 
 
+_composed: Dict[tuple, object] = {}
+"""composed_section's results by config, section, overrides and the content of the config's files."""
+
+
 def composed_section(config: HydraConfig, section: str, overrides: Sequence[str] = ()):
     """`section` of the config as fairseq-hydra-train composes it with `overrides`: Hydra alone,
     without the schema fairseq adds (which checks types and fills in the keys no file sets), so
-    fairseq is not imported; None where no file or override sets the section."""
+    fairseq is not imported; None where no file or override sets the section. A composition takes
+    Hydra a tenth of a second or more, and every grid planned in a process asks for the same few,
+    so each is kept for as long as the config's files hold what they held (read only, as returned)."""
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(Path(config.directory).resolve()), version_base="1.1"):
-        return compose(config_name=config.name, overrides=list(overrides)).get(section)
+    contents = tuple((str(path), file_digest(path)) for path in config.files())
+    key = (config, section, tuple(overrides), contents)
+    if key not in _composed:
+        with initialize_config_dir(config_dir=str(Path(config.directory).resolve()), version_base="1.1"):
+            _composed[key] = compose(config_name=config.name, overrides=list(overrides)).get(section)
+    return _composed[key]
 
 
 def search_path_folders(path: Path, content) -> List[Path]:
