@@ -17,11 +17,15 @@ DECAY = 2
 """The decay phase's place in `phase_ratio` (warmup, hold, decay)."""
 
 
+def is_tri_stage(lr_scheduler_cfg) -> bool:
+    return lr_scheduler_cfg is not None and lr_scheduler_cfg.get("_name") in TRI_STAGE_SCHEDULES
+
+
 def empty_decay_phase(lr_scheduler_cfg, max_update) -> Optional[str]:
     """Why a tri-stage schedule whose phases are shares of max_update (`phase_ratio`) gives
     `max_update` updates no decay update, ending with what fixes it; None where it does not (any
     other schedule, phases given in updates, or max_update unset)."""
-    if lr_scheduler_cfg is None or lr_scheduler_cfg.get("_name") not in TRI_STAGE_SCHEDULES:
+    if not is_tri_stage(lr_scheduler_cfg):
         return None
     ratios = lr_scheduler_cfg.get("phase_ratio")
     if ratios is None or not max_update or int(max_update * ratios[DECAY]) > 0:
@@ -34,7 +38,7 @@ def empty_decay_phase(lr_scheduler_cfg, max_update) -> Optional[str]:
 def check_tri_stage_phases(lr_scheduler_cfg, max_update) -> None:
     """Refuses a tri-stage schedule whose decay phase has 0 updates, before anything is built. A
     warmup or hold phase of 0 updates is fine (the schedule skips it), as in short test runs."""
-    if lr_scheduler_cfg is None or lr_scheduler_cfg.get("_name") not in TRI_STAGE_SCHEDULES:
+    if not is_tri_stage(lr_scheduler_cfg):
         return
     if lr_scheduler_cfg.get("phase_ratio") is None and not lr_scheduler_cfg.get("decay_steps"):
         raise PluginInputError(

@@ -223,7 +223,7 @@ def test_the_compact_checkpoint_loads_into_csr_without_dense_weights(exported, m
     assert sorted(projections) == sorted(masks)
     sparse_bytes = dense_bytes = 0
     for name, projection in projections.items():
-        assert projection.dense_dropped and projection.module.weight.numel() == 0
+        assert projection.dense_weight_dropped and projection.module.weight.numel() == 0
         csr = projection.weight_csr
         assert csr.col_indices().dtype == torch.int32
         sparse_bytes += sum(t.numel() * t.element_size() for t in (csr.values(), csr.col_indices(), csr.crow_indices()))
@@ -249,7 +249,7 @@ def test_sparse_decoding_on_drops_the_dense_weights_of_a_fixed_mask_model_and_re
     fc1 = model.w2v_encoder.w2v_model.encoder.layers[0].fc1
     assert fc1.weight.numel() == 0 and not hasattr(fc1, "parametrizations")
     assert fc1.forward.weight_csr.col_indices().dtype == torch.int32
-    assert all(projection.dense_dropped for projection in model.techniques[-1].state.projections.values())
+    assert all(projection.dense_weight_dropped for projection in model.techniques[-1].state.projections.values())
     net_input = utterances()
     with pytest.raises(PluginInputError, match=r"^encoder\.layers\.0\.self_attn\.q_proj\.weight: a forward pass in "
                                                r"training mode or with gradients needs the dense weight"):

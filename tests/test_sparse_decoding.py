@@ -246,7 +246,7 @@ def test_a_pruned_stock_export_decodes_sparse_by_its_zeros_as_dense(stock_export
     state = sparse.techniques[-1].state
     assert_decodes_as_dense(dense, sparse, monkeypatch, sparse_matrices=6 * TINY["layers"] - 1, stock_attentions=0)
     assert len(state.sparse_names()) == 6 * TINY["layers"] - 1 and UNPRUNED_IN_THE_EXPORT not in state.projections
-    assert all(projection.dense_dropped for projection in state.projections.values())
+    assert all(projection.dense_weight_dropped for projection in state.projections.values())
 
 
 def test_learned_masks_decode_sparse_as_dense(tmp_path, monkeypatch):
@@ -379,7 +379,7 @@ def test_auto_drops_a_plain_weight_it_runs_sparse_and_leaves_one_it_keeps_dense_
         monkeypatch.setattr(kernels, "prefers_sparse", lambda sparse, dense: sparse_is_faster)
         with torch.no_grad():
             assert (projection(input) - dense_output).abs().max() <= LOGIT_TOLERANCE
-        assert projection.settled == projection.dense_dropped == sparse_is_faster
+        assert projection.settled == projection.dense_weight_dropped == sparse_is_faster
         if not sparse_is_faster:
             linear.train()
             projection(input).sum().backward()
@@ -400,7 +400,7 @@ def test_training_mode_and_gradients_run_the_dense_product_where_the_dense_weigh
     select_language(model, "es")
     model.eval()
     state = enable_sparse_decoding(model, "on")
-    assert not any(projection.dense_dropped for projection in state.projections.values())
+    assert not any(projection.dense_weight_dropped for projection in state.projections.values())
     sparse_products = Calls(monkeypatch, kernels, "sparse_linear")
     fused = Calls(monkeypatch, torch.nn.functional, "multi_head_attention_forward")
     net_input = utterances()

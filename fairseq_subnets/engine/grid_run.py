@@ -34,7 +34,6 @@ def refuse_runs_too_short_for_their_schedule(cells: Sequence[Cell], grid_path) -
     and schedule overrides are what its work is bound to (`optimization.max_update=N`, the last one
     given, and `lr_scheduler.` overrides); a budget computed while the cell runs (storey2025's
     downstream epochs) is checked by the plugin when it starts."""
-    schedules = {}
     for cell in cells:
         overrides = [value for value in bound_values(cell.work, str) if "=" in value]
         budgets = [value[len(MAX_UPDATE):] for value in overrides if value.startswith(MAX_UPDATE)]
@@ -43,9 +42,7 @@ def refuse_runs_too_short_for_their_schedule(cells: Sequence[Cell], grid_path) -
         max_update = int(budgets[-1])
         schedule_overrides = tuple(value for value in overrides if value.lstrip("+~").startswith("lr_scheduler."))
         for config in hydra_configs(cell.work):
-            if (config, schedule_overrides) not in schedules:
-                schedules[config, schedule_overrides] = composed_section(config, "lr_scheduler", schedule_overrides)
-            problem = empty_decay_phase(schedules[config, schedule_overrides], max_update)
+            problem = empty_decay_phase(composed_section(config, "lr_scheduler", schedule_overrides), max_update)
             if problem is not None:
                 raise GridError(f"{grid_path}: cell {cell.name} trains with {config.name}.yaml for the grid's "
                                 f"{max_update} updates: {problem}")

@@ -54,9 +54,10 @@ _composed: Dict[tuple, object] = {}
 def composed_section(config: HydraConfig, section: str, overrides: Sequence[str] = ()):
     """`section` of the config as fairseq-hydra-train composes it with `overrides`: Hydra alone,
     without the schema fairseq adds (which checks types and fills in the keys no file sets), so
-    fairseq is not imported; None where no file or override sets the section. A composition takes
-    Hydra a tenth of a second or more, and every grid planned in a process asks for the same few,
-    so each is kept for as long as the config's files hold what they held (read only, as returned)."""
+    fairseq is not imported; None where no file or override sets the section. Hydra reads and
+    merges every file of the config, which is slow next to planning a grid, and every grid planned
+    in a process asks for the same few compositions, so each is kept for as long as the config's
+    files hold what they held (read only, as returned)."""
     from hydra import compose, initialize_config_dir
 
     contents = tuple((str(path), file_digest(path)) for path in config.files())

@@ -124,10 +124,14 @@ class SparseProjection:
         self.source_version = -1
         self.weight_csr: Optional[torch.Tensor] = None
         self.sparse = False
-        self.dense_dropped = False
         self.settled = False
         """Whether the matrix gave up its dense weight (`drop_dense`) or its weight stack
         (`settle_dense`): it runs as it does now, in eval mode without gradients only."""
+
+    @property
+    def dense_weight_dropped(self) -> bool:
+        """Whether the matrix runs its CSR form only: settled sparse, which only `drop_dense` does."""
+        return self.settled and self.sparse
 
     def can_settle(self) -> bool:
         """Whether the effective weight can no longer change in eval mode: no per-language
@@ -170,7 +174,7 @@ class SparseProjection:
         placeholder = module.weight.new_empty(0)
         module.weight = nn.Parameter(placeholder, requires_grad=False)
         self.source, self.source_version = None, -1
-        self.weight_csr, self.sparse, self.dense_dropped, self.settled = weight_csr, True, True, True
+        self.weight_csr, self.sparse, self.settled = weight_csr, True, True
 
     def refresh(self) -> None:
         """Makes the CSR form (and, under `auto`, the decision, after which the matrix settles where
@@ -208,7 +212,7 @@ class SparseProjection:
 
     def runs_sparse_now(self) -> bool:
         """Whether the next forward pass runs the sparse kernel (eval mode, no gradient, chosen);
-        refuses a pass that needs the dropped dense weight."""
+        refuses a pass that needs what a settled matrix gave up."""
         if self.module.training or torch.is_grad_enabled():
             if self.settled:
                 raise self.dense_needed("a forward pass in training mode or with gradients")
@@ -364,7 +368,7 @@ def enable_sparse_decoding(model: nn.Module, mode: str,
     logger.info("%s=%s: %d masked encoder matrices run with torch's CSR kernels in eval mode%s; %d attention "
                 "layers call their projections when one runs sparse; %d dense weights dropped", KEY, mode,
                 len(projections), " where faster than dense (timed on first use)" if mode == "auto" else "", routed,
-                sum(projection.dense_dropped for projection in projections.values()))
+                sum(projection.dense_weight_dropped for projection in projections.values()))
     return SparseDecodingState(projections, routed)
 
 
